@@ -1,0 +1,591 @@
+//! Typed async HTTP clients: [`Client`] for the public API, [`InternalClient`]
+//! for agents talking to the stack manager, [`AgentClient`] for the stack
+//! manager talking to an agent.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{ErrorBody, ErrorCode};
+use crate::ids::*;
+use crate::internal::*;
+use crate::resources::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error body.
+    #[error("{}: {}", .body.error, .body.message)]
+    Api { status: u16, body: ErrorBody },
+    /// The server answered with an error status but no error body.
+    #[error("HTTP {status}: {text}")]
+    Http { status: u16, text: String },
+    #[error("cannot reach {url}: {source}")]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("unexpected response from {url}: {source}")]
+    Decode {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The API error code, when the server sent one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Api { body, .. } => Some(body.error),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Bearer-authenticated JSON over HTTP; the three clients share it.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Transport {
+    pub fn new(base_url: &str, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        (url, req)
+    }
+
+    async fn send(url: String, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = req.send().await.map_err(|source| ClientError::Transport {
+            url: url.clone(),
+            source,
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            }),
+            Err(_) => Err(ClientError::Http {
+                status: status.as_u16(),
+                text,
+            }),
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(url: String, resp: reqwest::Response) -> Result<T> {
+        resp.json::<T>()
+            .await
+            .map_err(|source| ClientError::Decode { url, source })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (url, req) = self.request(reqwest::Method::GET, path);
+        let resp = Self::send(url.clone(), req).await?;
+        Self::json(url, resp).await
+    }
+
+    pub async fn get_text(&self, path: &str) -> Result<String> {
+        let (url, req) = self.request(reqwest::Method::GET, path);
+        let resp = Self::send(url.clone(), req).await?;
+        resp.text()
+            .await
+            .map_err(|source| ClientError::Decode { url, source })
+    }
+
+    pub async fn send_json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        let (url, req) = self.request(method, path);
+        let resp = Self::send(url.clone(), req.json(body)).await?;
+        Self::json(url, resp).await
+    }
+
+    pub async fn post<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send_json(reqwest::Method::POST, path, body).await
+    }
+
+    pub async fn put<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send_json(reqwest::Method::PUT, path, body).await
+    }
+
+    pub async fn patch<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send_json(reqwest::Method::PATCH, path, body).await
+    }
+
+    /// POST with no body and a JSON answer (actions such as `start`).
+    pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let (url, req) = self.request(reqwest::Method::POST, path);
+        let resp = Self::send(url.clone(), req).await?;
+        Self::json(url, resp).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<()> {
+        let (url, req) = self.request(reqwest::Method::DELETE, path);
+        Self::send(url, req).await.map(|_| ())
+    }
+}
+
+fn scoped(path: &str, project: Option<&str>) -> String {
+    match project {
+        Some(p) => format!("{path}?project={}", encode(p)),
+        None => path.to_string(),
+    }
+}
+
+/// Minimal percent-encoding for a query value (ids and names are `[a-z0-9-]`,
+/// but a user may type anything).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Client for the public `/v1` API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub transport: Transport,
+    /// Project id or name used for project-scoped calls; `None` lets the
+    /// server pick the caller's only project.
+    pub project: Option<String>,
+}
+
+macro_rules! crud {
+    ($list:ident, $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
+        pub async fn $list(&self) -> Result<Vec<$ty>> {
+            let l: List<$ty> = self.transport.get(&self.scoped($path)).await?;
+            Ok(l.items)
+        }
+        pub async fn $get(&self, id: $id) -> Result<$ty> {
+            self.transport
+                .get(&format!(concat!($path, "/{}"), id))
+                .await
+        }
+        pub async fn $create(&self, body: &$create_ty) -> Result<$ty> {
+            self.transport.post(&self.scoped($path), body).await
+        }
+        pub async fn $delete(&self, id: $id) -> Result<()> {
+            self.transport
+                .delete(&format!(concat!($path, "/{}"), id))
+                .await
+        }
+    };
+}
+
+impl Client {
+    pub fn new(base_url: &str, token: &str) -> Self {
+        Self {
+            transport: Transport::new(base_url, Some(token.to_string())),
+            project: None,
+        }
+    }
+
+    pub fn with_project(mut self, project: Option<String>) -> Self {
+        self.project = project;
+        self
+    }
+
+    fn scoped(&self, path: &str) -> String {
+        scoped(path, self.project.as_deref())
+    }
+
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.transport.get("/v1/whoami").await
+    }
+
+    // Identity.
+    pub async fn project_list(&self) -> Result<Vec<Project>> {
+        Ok(self
+            .transport
+            .get::<List<Project>>("/v1/projects")
+            .await?
+            .items)
+    }
+    pub async fn project_create(&self, body: &ProjectCreate) -> Result<Project> {
+        self.transport.post("/v1/projects", body).await
+    }
+    pub async fn project_get(&self, id_or_name: &str) -> Result<Project> {
+        self.transport
+            .get(&format!("/v1/projects/{}", encode(id_or_name)))
+            .await
+    }
+    pub async fn project_delete(&self, id_or_name: &str) -> Result<()> {
+        self.transport
+            .delete(&format!("/v1/projects/{}", encode(id_or_name)))
+            .await
+    }
+    pub async fn member_set(&self, project: &str, user: &str, role: ProjectRole) -> Result<User> {
+        self.transport
+            .put(
+                &format!("/v1/projects/{}/members/{}", encode(project), encode(user)),
+                &MembershipSet { role },
+            )
+            .await
+    }
+    pub async fn member_remove(&self, project: &str, user: &str) -> Result<()> {
+        self.transport
+            .delete(&format!(
+                "/v1/projects/{}/members/{}",
+                encode(project),
+                encode(user)
+            ))
+            .await
+    }
+    pub async fn user_list(&self) -> Result<Vec<User>> {
+        Ok(self.transport.get::<List<User>>("/v1/users").await?.items)
+    }
+    pub async fn user_create(&self, body: &UserCreate) -> Result<User> {
+        self.transport.post("/v1/users", body).await
+    }
+    pub async fn user_delete(&self, id_or_name: &str) -> Result<()> {
+        self.transport
+            .delete(&format!("/v1/users/{}", encode(id_or_name)))
+            .await
+    }
+    /// Creates a token for `user` (admins) or for the caller (`None`).
+    pub async fn token_create(
+        &self,
+        user: Option<&str>,
+        body: &TokenCreate,
+    ) -> Result<TokenCreated> {
+        match user {
+            Some(u) => {
+                self.transport
+                    .post(&format!("/v1/users/{}/tokens", encode(u)), body)
+                    .await
+            }
+            None => self.transport.post("/v1/tokens", body).await,
+        }
+    }
+    pub async fn token_list(&self) -> Result<Vec<Token>> {
+        Ok(self.transport.get::<List<Token>>("/v1/tokens").await?.items)
+    }
+    pub async fn token_delete(&self, id: TokenId) -> Result<()> {
+        self.transport.delete(&format!("/v1/tokens/{id}")).await
+    }
+
+    crud!(
+        flavor_list,
+        flavor_get,
+        flavor_create,
+        flavor_delete,
+        "/v1/flavors",
+        FlavorId,
+        FlavorCreate,
+        Flavor
+    );
+    crud!(
+        image_list,
+        image_get,
+        image_create,
+        image_delete,
+        "/v1/images",
+        ImageId,
+        ImageCreate,
+        Image
+    );
+    crud!(
+        keypair_list,
+        keypair_get,
+        keypair_create,
+        keypair_delete,
+        "/v1/keypairs",
+        KeypairId,
+        KeypairCreate,
+        Keypair
+    );
+    crud!(
+        network_list,
+        network_get,
+        network_create,
+        network_delete,
+        "/v1/networks",
+        NetworkId,
+        NetworkCreate,
+        Network
+    );
+    crud!(
+        instance_list,
+        instance_get,
+        instance_create,
+        instance_delete,
+        "/v1/instances",
+        InstanceId,
+        InstanceCreate,
+        Instance
+    );
+    crud!(
+        volume_list,
+        volume_get,
+        volume_create,
+        volume_delete,
+        "/v1/volumes",
+        VolumeId,
+        VolumeCreate,
+        Volume
+    );
+    crud!(
+        group_list,
+        group_get,
+        group_create,
+        group_delete,
+        "/v1/anti-affinity-groups",
+        GroupId,
+        GroupCreate,
+        Group
+    );
+
+    pub async fn subnet_list(&self, network: NetworkId) -> Result<Vec<Subnet>> {
+        Ok(self
+            .transport
+            .get::<List<Subnet>>(&format!("/v1/networks/{network}/subnets"))
+            .await?
+            .items)
+    }
+    pub async fn subnet_create(&self, network: NetworkId, body: &SubnetCreate) -> Result<Subnet> {
+        self.transport
+            .post(&format!("/v1/networks/{network}/subnets"), body)
+            .await
+    }
+    pub async fn subnet_get(&self, id: SubnetId) -> Result<Subnet> {
+        self.transport.get(&format!("/v1/subnets/{id}")).await
+    }
+    pub async fn subnet_delete(&self, id: SubnetId) -> Result<()> {
+        self.transport.delete(&format!("/v1/subnets/{id}")).await
+    }
+
+    pub async fn instance_action(&self, id: InstanceId, action: &str) -> Result<Instance> {
+        self.transport
+            .post_empty(&format!("/v1/instances/{id}/{action}"))
+            .await
+    }
+    pub async fn instance_console(&self, id: InstanceId) -> Result<ConsoleLog> {
+        self.transport
+            .get(&format!("/v1/instances/{id}/console"))
+            .await
+    }
+    pub async fn attachment_create(
+        &self,
+        instance: InstanceId,
+        volume: &str,
+    ) -> Result<Attachment> {
+        self.transport
+            .post(
+                &format!("/v1/instances/{instance}/attachments"),
+                &AttachmentCreate {
+                    volume: volume.to_string(),
+                },
+            )
+            .await
+    }
+    pub async fn attachment_delete(&self, instance: InstanceId, volume: VolumeId) -> Result<()> {
+        self.transport
+            .delete(&format!("/v1/instances/{instance}/attachments/{volume}"))
+            .await
+    }
+    pub async fn snapshot_create(
+        &self,
+        volume: VolumeId,
+        body: &SnapshotCreate,
+    ) -> Result<Snapshot> {
+        self.transport
+            .post(&format!("/v1/volumes/{volume}/snapshots"), body)
+            .await
+    }
+    pub async fn snapshot_list(&self) -> Result<Vec<Snapshot>> {
+        Ok(self
+            .transport
+            .get::<List<Snapshot>>(&self.scoped("/v1/snapshots"))
+            .await?
+            .items)
+    }
+    pub async fn snapshot_delete(&self, id: SnapshotId) -> Result<()> {
+        self.transport.delete(&format!("/v1/snapshots/{id}")).await
+    }
+
+    pub async fn quota_get(&self, project: &str) -> Result<Quota> {
+        self.transport
+            .get(&format!("/v1/projects/{}/quota", encode(project)))
+            .await
+    }
+    pub async fn quota_update(&self, project: &str, body: &QuotaUpdate) -> Result<Quota> {
+        self.transport
+            .put(&format!("/v1/projects/{}/quota", encode(project)), body)
+            .await
+    }
+
+    // Operator resources.
+    pub async fn rack_list(&self) -> Result<Vec<Rack>> {
+        Ok(self.transport.get::<List<Rack>>("/v1/racks").await?.items)
+    }
+    pub async fn rack_create(&self, body: &RackCreate) -> Result<Rack> {
+        self.transport.post("/v1/racks", body).await
+    }
+    pub async fn rack_delete(&self, id: RackId) -> Result<()> {
+        self.transport.delete(&format!("/v1/racks/{id}")).await
+    }
+    pub async fn host_list(&self) -> Result<Vec<Host>> {
+        Ok(self.transport.get::<List<Host>>("/v1/hosts").await?.items)
+    }
+    pub async fn host_get(&self, id: HostId) -> Result<Host> {
+        self.transport.get(&format!("/v1/hosts/{id}")).await
+    }
+    pub async fn host_update(&self, id: HostId, body: &HostUpdate) -> Result<Host> {
+        self.transport.patch(&format!("/v1/hosts/{id}"), body).await
+    }
+    pub async fn host_delete(&self, id: HostId) -> Result<()> {
+        self.transport.delete(&format!("/v1/hosts/{id}")).await
+    }
+    pub async fn enrollment_token_create(
+        &self,
+        body: &EnrollmentTokenCreate,
+    ) -> Result<EnrollmentTokenCreated> {
+        self.transport.post("/v1/enrollment-tokens", body).await
+    }
+    pub async fn audit_list(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        Ok(self
+            .transport
+            .get::<List<AuditRecord>>(&format!("/v1/audit?limit={limit}"))
+            .await?
+            .items)
+    }
+    pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport> {
+        let mut path = format!("/v1/usage?start={}", encode(&q.start.to_rfc3339()));
+        if let Some(end) = q.end {
+            path.push_str(&format!("&end={}", encode(&end.to_rfc3339())));
+        }
+        if let Some(p) = &q.project {
+            path.push_str(&format!("&project={}", encode(p)));
+        }
+        self.transport.get(&path).await
+    }
+}
+
+/// Client an agent uses to talk to the stack manager's internal listener.
+#[derive(Debug, Clone)]
+pub struct InternalClient {
+    pub transport: Transport,
+}
+
+impl InternalClient {
+    pub fn new(base_url: &str, credential: Option<String>) -> Self {
+        Self {
+            transport: Transport::new(base_url, credential),
+        }
+    }
+
+    pub async fn enroll(&self, req: &EnrollRequest) -> Result<EnrollResponse> {
+        self.transport.post(ENROLL_PATH, req).await
+    }
+
+    pub async fn heartbeat(&self, host: HostId, hb: &Heartbeat) -> Result<HeartbeatAck> {
+        self.transport.post(&heartbeat_path(host), hb).await
+    }
+
+    pub async fn desired(&self, host: HostId) -> Result<DesiredHostState> {
+        self.transport.get(&desired_path(host)).await
+    }
+}
+
+/// Client the stack manager uses to push desired state to an agent.
+#[derive(Debug, Clone)]
+pub struct AgentClient {
+    pub transport: Transport,
+}
+
+impl AgentClient {
+    pub fn new(agent_url: &str, credential: &str) -> Self {
+        Self {
+            transport: Transport::new(agent_url, Some(credential.to_string())),
+        }
+    }
+
+    pub async fn instance_put(&self, spec: &InstanceSpec) -> Result<ObservedInstance> {
+        self.transport
+            .put(&format!("/agent/v1/instances/{}", spec.id), spec)
+            .await
+    }
+    pub async fn instance_delete(&self, id: InstanceId) -> Result<()> {
+        self.transport
+            .delete(&format!("/agent/v1/instances/{id}"))
+            .await
+    }
+    pub async fn instance_list(&self) -> Result<Vec<ObservedInstance>> {
+        self.transport.get("/agent/v1/instances").await
+    }
+    pub async fn instance_console(&self, id: InstanceId) -> Result<String> {
+        self.transport
+            .get_text(&format!("/agent/v1/instances/{id}/console"))
+            .await
+    }
+    pub async fn volume_put(&self, spec: &VolumeSpec) -> Result<ObservedVolume> {
+        self.transport
+            .put(&format!("/agent/v1/volumes/{}", spec.id), spec)
+            .await
+    }
+    pub async fn volume_delete(&self, id: VolumeId) -> Result<()> {
+        self.transport
+            .delete(&format!("/agent/v1/volumes/{id}"))
+            .await
+    }
+    pub async fn volume_list(&self) -> Result<Vec<ObservedVolume>> {
+        self.transport.get("/agent/v1/volumes").await
+    }
+}

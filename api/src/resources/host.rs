@@ -1,0 +1,160 @@
+//! Racks and hosts (hypervisors and storage nodes). Admin only.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ids::{EnrollmentTokenId, HostId, RackId};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RackCreate {
+    pub name: String,
+    #[serde(default)]
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Rack {
+    pub id: RackId,
+    pub name: String,
+    pub location: String,
+    pub host_count: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKind {
+    Hypervisor,
+    Storage,
+}
+
+impl HostKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostKind::Hypervisor => "hypervisor",
+            HostKind::Storage => "storage",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "hypervisor" => Some(HostKind::Hypervisor),
+            "storage" => Some(HostKind::Storage),
+            _ => None,
+        }
+    }
+}
+
+/// What the operator wants from a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes new work.
+    Enabled,
+    /// Keeps what it has, takes nothing new.
+    Disabled,
+    /// Takes nothing new; its instances are to be moved away.
+    Draining,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Disabled => "disabled",
+            AdminState::Draining => "draining",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "enabled" => Some(AdminState::Enabled),
+            "disabled" => Some(AdminState::Disabled),
+            "draining" => Some(AdminState::Draining),
+            _ => None,
+        }
+    }
+}
+
+/// Liveness as judged from heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostHealth {
+    Up,
+    /// No heartbeat within the configured timeout.
+    Down,
+}
+
+/// Capacity an agent reports. Hypervisors fill the compute fields, storage
+/// nodes the byte fields; the rest are zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    pub storage_bytes_total: u64,
+    pub storage_bytes_free: u64,
+}
+
+/// What the scheduler has claimed on a host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Allocated {
+    pub vcpus: u64,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    pub storage_bytes: u64,
+    pub instances: u64,
+    pub volumes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Host {
+    pub id: HostId,
+    pub name: String,
+    pub kind: HostKind,
+    pub rack_id: Option<RackId>,
+    /// Where the stack manager reaches the agent.
+    pub agent_url: String,
+    pub admin_state: AdminState,
+    pub health: HostHealth,
+    pub capacity: Capacity,
+    pub allocated: Allocated,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `PATCH /v1/hosts/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostUpdate {
+    pub admin_state: AdminState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentTokenCreate {
+    pub kind: HostKind,
+    /// Rack id or name the enrolled host belongs to.
+    #[serde(default)]
+    pub rack: Option<String>,
+    /// Lifetime in seconds (default one day).
+    #[serde(default = "default_enroll_ttl")]
+    pub expires_in_secs: u64,
+}
+
+fn default_enroll_ttl() -> u64 {
+    86_400
+}
+
+/// Returned once: `secret` is what the agent presents to `POST /internal/v1/enroll`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrollmentTokenCreated {
+    pub id: EnrollmentTokenId,
+    pub kind: HostKind,
+    pub rack_id: Option<RackId>,
+    pub expires_at: DateTime<Utc>,
+    pub secret: String,
+}

@@ -1,0 +1,72 @@
+//! The audit log writer. Requests hand entries to a channel and a background
+//! task writes them in batches, so auditing costs a mutating request one
+//! channel send rather than one more database write.
+
+use api::ids::UserId;
+use tokio::sync::mpsc;
+
+use crate::db::Db;
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub at: i64,
+    pub user: Option<(UserId, String)>,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub result: String,
+}
+
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<Entry>,
+}
+
+impl AuditLog {
+    /// Starts the writer task. Entries are flushed at least every 200 ms.
+    pub fn start(db: Db) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer(db, rx));
+        Self { tx }
+    }
+
+    pub fn record(&self, e: Entry) {
+        if self.tx.send(e).is_err() {
+            tracing::error!("audit writer has stopped; audit entry lost");
+        }
+    }
+}
+
+async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Entry>) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        if rx.recv_many(&mut batch, 256).await == 0 {
+            return;
+        }
+        if let Err(e) = write_batch(&db, &batch).await {
+            tracing::error!(error = %e, lost = batch.len(), "cannot write audit entries");
+        }
+        batch.clear();
+    }
+}
+
+async fn write_batch(db: &Db, batch: &[Entry]) -> Result<(), sqlx::Error> {
+    let mut tx = db.begin_write().await?;
+    for e in batch {
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, user_id, user_name, method, path, status, result) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(e.at)
+        .bind(e.user.as_ref().map(|u| u.0.to_string()))
+        .bind(e.user.as_ref().map(|u| u.1.clone()))
+        .bind(&e.method)
+        .bind(&e.path)
+        .bind(e.status as i64)
+        .bind(&e.result)
+        .execute(&mut **tx)
+        .await?;
+    }
+    tx.commit().await
+}

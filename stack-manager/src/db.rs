@@ -1,0 +1,245 @@
+//! The metadata store: one sqlx `Any` pool over SQLite or PostgreSQL, with
+//! the same migrations and queries for both.
+//!
+//! SQLite allows one writer at a time and a deferred transaction that reads
+//! before it writes fails instead of waiting when another writer got there
+//! first. So on SQLite every write transaction first takes an in-process
+//! gate: writers queue in order instead of failing, and readers are never
+//! blocked (WAL). On PostgreSQL there is no gate; transactions that must
+//! serialize lock a row first (see `lock_row`).
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+    write_gate: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction, holding the SQLite write gate while it lives.
+pub struct WriteTx {
+    pub tx: Transaction<'static, Any>,
+    _gate: Option<OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = Transaction<'static, Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL `{0}`: use sqlite://path or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+impl Db {
+    /// Opens (creating if needed) the database and runs migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_string()));
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                // Any does not expose SQLite's options, so they go in the URL.
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|source| DbError::StateDir {
+                            path: dir.display().to_string(),
+                            source,
+                        })?;
+                    }
+                }
+                let full = if url.contains('?') {
+                    url.to_string()
+                } else {
+                    format!("{url}?mode=rwc")
+                };
+                let opts = AnyConnectOptions::from_str(&full)?;
+                AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect(url)
+                    .await?
+            }
+        };
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            backend,
+            write_gate: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+        })
+    }
+
+    /// Begins a write transaction (see the module comment on the SQLite gate).
+    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+        let gate = match &self.write_gate {
+            Some(g) => Some(g.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok(WriteTx { tx, _gate: gate })
+    }
+}
+
+/// Takes a row lock for the rest of the transaction on PostgreSQL by bumping
+/// the row's generation; on SQLite the write gate already serializes.
+/// Returns whether the row exists.
+pub async fn lock_row(
+    tx: &mut WriteTx,
+    table: &'static str,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!("UPDATE {table} SET generation = generation + 1 WHERE id = $1");
+    let done = sqlx::query(&sql).bind(id).execute(&mut ***tx).await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// Milliseconds since the Unix epoch: how every time is stored.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.kind(), sqlx::error::ErrorKind::UniqueViolation)
+                || d.code().as_deref() == Some("23505")
+                || d.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+pub fn is_foreign_key_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            matches!(d.kind(), sqlx::error::ErrorKind::ForeignKeyViolation)
+                || d.code().as_deref() == Some("23503")
+                || d.message().contains("FOREIGN KEY constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Terse, typed column access for the `Any` rows every query returns.
+pub trait RowExt {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error>;
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn uint(&self, col: &str) -> Result<u64, sqlx::Error> {
+        Ok(self.int(col)?.max(0) as u64)
+    }
+    fn time(&self, col: &str) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+        Ok(from_ms(self.int(col)?))
+    }
+    fn opt_time(&self, col: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, sqlx::Error> {
+        Ok(self.opt_int(col)?.map(from_ms))
+    }
+    /// A typed id column; a malformed value is a decode error, not a panic.
+    fn id<T: std::str::FromStr>(&self, col: &str) -> Result<T, sqlx::Error> {
+        let s = self.text(col)?;
+        s.parse()
+            .map_err(|_| sqlx::Error::Decode(format!("column {col}: bad id `{s}`").into()))
+    }
+    fn opt_id<T: std::str::FromStr>(&self, col: &str) -> Result<Option<T>, sqlx::Error> {
+        match self.opt_text(col)? {
+            None => Ok(None),
+            Some(s) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| sqlx::Error::Decode(format!("column {col}: bad id `{s}`").into())),
+        }
+    }
+    /// An enum stored as text, parsed with its `parse` function.
+    fn parsed<T>(&self, col: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error> {
+        let s = self.text(col)?;
+        parse(&s)
+            .ok_or_else(|| sqlx::Error::Decode(format!("column {col}: unknown value `{s}`").into()))
+    }
+}
+
+impl RowExt for sqlx::any::AnyRow {
+    fn text(&self, col: &str) -> Result<String, sqlx::Error> {
+        sqlx::Row::try_get(self, col)
+    }
+    fn opt_text(&self, col: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::Row::try_get(self, col)
+    }
+    fn int(&self, col: &str) -> Result<i64, sqlx::Error> {
+        sqlx::Row::try_get(self, col)
+    }
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::Row::try_get(self, col)
+    }
+}

@@ -1,0 +1,436 @@
+//! Desired state as agents see it: building complete instance and volume
+//! specs from the database, and folding what agents observe back into it.
+
+use std::net::IpAddr;
+
+use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
+use api::internal::*;
+use api::resources::{ImageFormat, InstanceStatus, VolumeStatus};
+use sqlx::any::AnyRow;
+
+use crate::db::{now_ms, Db, RowExt};
+use crate::error::ApiResult;
+use crate::scheduler::Claim;
+use crate::state::AppState;
+
+fn image_spec(r: &AnyRow) -> Result<ImageSpec, sqlx::Error> {
+    Ok(ImageSpec {
+        id: r.id("image_id")?,
+        source: r.text("image_source")?,
+        format: r.parsed("image_format", ImageFormat::parse)?,
+        sha256: r.text("image_sha256")?,
+    })
+}
+
+/// Specs of every instance placed on `host` that should exist.
+pub async fn instance_specs(
+    db: &Db,
+    host: HostId,
+    only: Option<InstanceId>,
+) -> Result<Vec<InstanceSpec>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT i.*, im.source AS image_source, im.format AS image_format, im.sha256 AS image_sha256, \
+                k.public_key AS public_key \
+         FROM instances i JOIN images im ON im.id = i.image_id LEFT JOIN keypairs k ON k.id = i.keypair_id \
+         WHERE i.host_id = $1 AND i.desired <> 'deleted' AND i.deleted_at IS NULL AND ($2 = '' OR i.id = $2)",
+    )
+    .bind(host.to_string())
+    .bind(only.map(|i| i.to_string()).unwrap_or_default())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut specs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: InstanceId = r.id("id")?;
+        specs.push(InstanceSpec {
+            id,
+            hostname: r.text("name")?,
+            generation: r.uint("generation")?,
+            power: if r.text("desired")? == "running" {
+                PowerState::Running
+            } else {
+                PowerState::Stopped
+            },
+            reboot_count: r.uint("reboot_count")?,
+            vcpus: r.uint("vcpus")? as u32,
+            ram_mib: r.uint("ram_mib")?,
+            disk_gib: r.uint("disk_gib")?,
+            image: image_spec(r)?,
+            nics: nic_specs(db, id).await?,
+            ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
+            user_data: r.opt_text("user_data")?,
+            volumes: attachment_specs(db, id).await?,
+        });
+    }
+    Ok(specs)
+}
+
+async fn nic_specs(db: &Db, instance: InstanceId) -> Result<Vec<NicSpec>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.address, a.nic_index, s.cidr, s.gateway, s.dns_servers, n.id AS network_id, n.vlan, n.mtu \
+         FROM addresses a JOIN subnets s ON s.id = a.subnet_id JOIN networks n ON n.id = s.network_id \
+         WHERE a.instance_id = $1 ORDER BY a.nic_index",
+    )
+    .bind(instance.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    let decode =
+        |col: &str, v: String| sqlx::Error::Decode(format!("{col}: bad value `{v}`").into());
+    rows.iter()
+        .map(|r| {
+            let address: IpAddr = r
+                .text("address")?
+                .parse()
+                .map_err(|_| decode("address", String::new()))?;
+            let cidr: ipnet::IpNet = r
+                .text("cidr")?
+                .parse()
+                .map_err(|_| decode("cidr", String::new()))?;
+            let dns: Vec<IpAddr> =
+                serde_json::from_str(&r.text("dns_servers")?).unwrap_or_default();
+            let index = r.uint("nic_index")? as u8;
+            Ok(NicSpec {
+                network_id: r.id("network_id")?,
+                mac: netconfig::derive_mac(instance.0.as_bytes(), index),
+                address,
+                prefix_len: cidr.prefix_len(),
+                gateway: r
+                    .text("gateway")?
+                    .parse()
+                    .map_err(|_| decode("gateway", String::new()))?,
+                dns_servers: dns,
+                vlan: r.opt_int("vlan")?.map(|v| v as u16),
+                mtu: r.uint("mtu")? as u16,
+            })
+        })
+        .collect()
+}
+
+async fn attachment_specs(
+    db: &Db,
+    instance: InstanceId,
+) -> Result<Vec<VolumeAttachmentSpec>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT a.volume_id, a.device_index, v.iqn, v.chap_user, v.chap_secret, h.iscsi_portal \
+         FROM attachments a JOIN volumes v ON v.id = a.volume_id LEFT JOIN hosts h ON h.id = v.host_id \
+         WHERE a.instance_id = $1 ORDER BY a.device_index",
+    )
+    .bind(instance.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(VolumeAttachmentSpec {
+                volume_id: r.id("volume_id")?,
+                device_index: r.uint("device_index")? as u32,
+                portal: r.opt_text("iscsi_portal")?.unwrap_or_default(),
+                iqn: r.text("iqn")?,
+                lun: 0,
+                chap_user: r.text("chap_user")?,
+                chap_secret: r.text("chap_secret")?,
+            })
+        })
+        .collect()
+}
+
+/// Specs of every volume placed on storage node `host` that should exist.
+pub async fn volume_specs(
+    db: &Db,
+    host: HostId,
+    only: Option<VolumeId>,
+) -> Result<Vec<VolumeSpec>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT v.*, hi.initiator_iqn AS initiator, im.id AS image_id, im.source AS image_source, \
+                im.format AS image_format, im.sha256 AS image_sha256, sn.volume_id AS snapshot_volume \
+         FROM volumes v \
+         LEFT JOIN attachments a ON a.volume_id = v.id \
+         LEFT JOIN instances i ON i.id = a.instance_id \
+         LEFT JOIN hosts hi ON hi.id = i.host_id \
+         LEFT JOIN images im ON im.id = v.source_image_id \
+         LEFT JOIN snapshots sn ON sn.id = v.source_snapshot_id \
+         WHERE v.host_id = $1 AND v.status <> 'deleting' AND v.deleted_at IS NULL AND ($2 = '' OR v.id = $2)",
+    )
+    .bind(host.to_string())
+    .bind(only.map(|i| i.to_string()).unwrap_or_default())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut specs = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let id: VolumeId = r.id("id")?;
+        let source = if r.opt_text("image_id")?.is_some() {
+            VolumeSourceSpec::Image {
+                image: image_spec(r)?,
+            }
+        } else if let (Some(vol), Some(snap)) = (
+            r.opt_id::<VolumeId>("snapshot_volume")?,
+            r.opt_id::<SnapshotId>("source_snapshot_id")?,
+        ) {
+            VolumeSourceSpec::Snapshot {
+                volume_id: vol,
+                snapshot_id: snap,
+            }
+        } else {
+            VolumeSourceSpec::Empty
+        };
+        let snapshots = sqlx::query(
+            "SELECT id FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL AND status <> 'deleting' ORDER BY created_at",
+        )
+        .bind(id.to_string())
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|s| s.id("id"))
+        .collect::<Result<Vec<SnapshotId>, _>>()?;
+        specs.push(VolumeSpec {
+            id,
+            generation: r.uint("generation")?,
+            size_bytes: r.uint("size_gib")? << 30,
+            source,
+            iqn: r.text("iqn")?,
+            chap_user: r.text("chap_user")?,
+            chap_secret: r.text("chap_secret")?,
+            allowed_initiators: r.opt_text("initiator")?.into_iter().collect(),
+            snapshots,
+        });
+    }
+    Ok(specs)
+}
+
+/// Folds an agent's report on one instance into its row. Returns whether
+/// the agent is behind the desired generation (so the host needs a push).
+pub async fn observe_instance(
+    state: &AppState,
+    host: HostId,
+    o: &ObservedInstance,
+) -> ApiResult<bool> {
+    let row = sqlx::query(
+        "SELECT desired, status, status_reason, generation, applied_generation, reboot_count FROM instances \
+         WHERE id = $1 AND host_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(o.id.to_string())
+    .bind(host.to_string())
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(r) = row else {
+        // Not ours any more (deleted, or moved): the host should drop it.
+        return Ok(true);
+    };
+    if r.text("desired")? == "deleted" {
+        return Ok(true);
+    }
+    let generation = r.uint("generation")?;
+    let reboot_count = r.uint("reboot_count")?;
+    let status = match o.state {
+        ObservedInstanceState::Building => InstanceStatus::Building,
+        ObservedInstanceState::Running if o.reboot_count < reboot_count => {
+            InstanceStatus::Rebooting
+        }
+        ObservedInstanceState::Running => InstanceStatus::Running,
+        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
+        ObservedInstanceState::Error => InstanceStatus::Error,
+    };
+    let reason = o.reason.clone();
+    let changed = r.text("status")? != status.as_str()
+        || r.opt_text("status_reason")? != reason
+        || r.uint("applied_generation")? != o.generation;
+    if changed {
+        let mut tx = state.db.begin_write().await?;
+        sqlx::query(
+            "UPDATE instances SET status = $2, status_reason = $3, applied_generation = $4, updated_at = $5 \
+             WHERE id = $1 AND desired <> 'deleted'",
+        )
+        .bind(o.id.to_string())
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(o.generation as i64)
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+    }
+    Ok(o.generation < generation || o.reboot_count < reboot_count)
+}
+
+/// Folds an agent's report on one volume into its row; returns whether the
+/// storage node needs a push.
+pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {
+    let row = sqlx::query(
+        "SELECT v.status, v.generation, v.applied_generation, \
+                (SELECT COUNT(*) FROM attachments a WHERE a.volume_id = v.id) AS attached \
+         FROM volumes v WHERE v.id = $1 AND v.host_id = $2 AND v.deleted_at IS NULL",
+    )
+    .bind(o.id.to_string())
+    .bind(host.to_string())
+    .fetch_optional(&state.db.pool)
+    .await?;
+    let Some(r) = row else { return Ok(true) };
+    let current = r.text("status")?;
+    if current == "deleting" {
+        return Ok(true);
+    }
+    let status = match o.state {
+        ObservedVolumeState::Creating => VolumeStatus::Creating,
+        ObservedVolumeState::Error => VolumeStatus::Error,
+        ObservedVolumeState::Available if r.int("attached")? > 0 => VolumeStatus::InUse,
+        ObservedVolumeState::Available => VolumeStatus::Available,
+    };
+    if current != status.as_str() || r.uint("applied_generation")? != o.generation {
+        let mut tx = state.db.begin_write().await?;
+        sqlx::query("UPDATE volumes SET status = $2, status_reason = $3, applied_generation = $4 WHERE id = $1 AND status <> 'deleting'")
+            .bind(o.id.to_string())
+            .bind(status.as_str())
+            .bind(o.reason.clone())
+            .bind(o.generation as i64)
+            .execute(&mut **tx)
+            .await?;
+        // Snapshots the node reports are available.
+        for s in &o.snapshots {
+            sqlx::query(
+                "UPDATE snapshots SET status = 'available' WHERE id = $1 AND status = 'creating'",
+            )
+            .bind(s.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(o.generation < r.uint("generation")?)
+}
+
+/// The claim an instance row holds on its host.
+pub fn instance_claim(r: &AnyRow) -> Result<Option<Claim>, sqlx::Error> {
+    Ok(r.opt_id::<HostId>("host_id")?.map(|host| Claim {
+        host,
+        vcpus: r.int("vcpus").unwrap_or(0),
+        ram_mib: r.int("ram_mib").unwrap_or(0),
+        disk_gib: r.int("disk_gib").unwrap_or(0),
+        storage_bytes: 0,
+        instances: 1,
+        volumes: 0,
+    }))
+}
+
+/// Finishes deleting an instance once its host confirmed (or cannot be
+/// asked): frees its host claim, addresses and quota, detaches its
+/// volumes, closes its usage span. One transaction; idempotent.
+pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiResult<()> {
+    let mut tx = state.db.begin_write().await?;
+    let row = sqlx::query("SELECT * FROM instances WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(r) = row else { return Ok(()) };
+    let now = now_ms();
+    let claim = instance_claim(&r)?;
+    if let Some(c) = claim {
+        crate::scheduler::Scheduler::release(&mut tx, c).await?;
+    }
+    let project = r.text("project_id")?;
+    let addresses = sqlx::query("DELETE FROM addresses WHERE instance_id = $1")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected() as i64;
+    // Detached volumes become available; their storage ACL changes.
+    let volumes: Vec<(String, Option<String>)> = sqlx::query(
+        "SELECT v.id, v.host_id FROM attachments a JOIN volumes v ON v.id = a.volume_id WHERE a.instance_id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|v| Ok((v.text("id")?, v.opt_text("host_id")?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    sqlx::query("DELETE FROM attachments WHERE instance_id = $1")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    for (v, _) in &volumes {
+        sqlx::query("UPDATE volumes SET generation = generation + 1, status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END WHERE id = $1")
+            .bind(v)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query(
+        "UPDATE quotas SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $2, \
+         used_ram_mib = used_ram_mib - $3, used_addresses = used_addresses - $4 WHERE project_id = $1",
+    )
+    .bind(&project)
+    .bind(r.int("vcpus")?)
+    .bind(r.int("ram_mib")?)
+    .bind(addresses)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "UPDATE instances SET status = 'deleted', deleted_at = $2, updated_at = $2, group_id = NULL WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    if let Some(c) = claim {
+        state.scheduler.apply(c.reversed());
+    }
+    for (_, host) in volumes {
+        if let Some(h) = host.and_then(|h| h.parse().ok()) {
+            state.reconciler.notify(h);
+        }
+    }
+    Ok(())
+}
+
+/// Finishes deleting a volume once its storage node confirmed.
+pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult<()> {
+    let mut tx = state.db.begin_write().await?;
+    let row = sqlx::query("SELECT * FROM volumes WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await?;
+    let Some(r) = row else { return Ok(()) };
+    let now = now_ms();
+    let size_gib = r.int("size_gib")?;
+    let claim = r.opt_id::<HostId>("host_id")?.map(|host| Claim {
+        host,
+        vcpus: 0,
+        ram_mib: 0,
+        disk_gib: 0,
+        storage_bytes: size_gib << 30,
+        instances: 0,
+        volumes: 1,
+    });
+    if let Some(c) = claim {
+        crate::scheduler::Scheduler::release(&mut tx, c).await?;
+    }
+    sqlx::query(
+        "UPDATE quotas SET used_volumes = used_volumes - 1, used_volume_gib = used_volume_gib - $2 WHERE project_id = $1",
+    )
+    .bind(r.text("project_id")?)
+    .bind(size_gib)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE snapshots SET deleted_at = $2 WHERE volume_id = $1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE volumes SET status = 'deleted', deleted_at = $2 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    tx.commit().await?;
+    if let Some(c) = claim {
+        state.scheduler.apply(c.reversed());
+    }
+    Ok(())
+}

@@ -1,0 +1,17 @@
+//! The Strato stack manager: tenant/operator REST API, metadata store,
+//! scheduler, and the reconcilers that push desired state to agents.
+
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod desired;
+pub mod error;
+pub mod http;
+pub mod internal;
+pub mod metrics;
+pub mod openapi;
+pub mod reconciler;
+pub mod scheduler;
+pub mod server;
+pub mod state;

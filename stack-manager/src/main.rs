@@ -1,0 +1,151 @@
+//! `stack-manager`: serve the API, initialize a new installation, print the
+//! OpenAPI document or the default configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stack_manager::config::Config;
+use stack_manager::state::AppState;
+
+#[derive(Parser)]
+#[command(
+    name = "stack-manager",
+    version,
+    about = "Strato stack manager: API, metadata store, scheduler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the public and internal APIs.
+    Serve {
+        /// TOML config file (see stack-manager.toml); defaults apply without one.
+        #[arg(long, env = "STRATO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Create the first admin user and project and print the admin token.
+    Init {
+        #[arg(long, env = "STRATO_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir` of the config.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        #[arg(long, default_value = "admin")]
+        admin: String,
+        #[arg(long, default_value = "admin")]
+        project: String,
+        /// Print one JSON line `{"user","project","token"}` instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the OpenAPI 3 document.
+    Openapi,
+    /// Print the default configuration as TOML.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(config.as_deref())?;
+            init_tracing(&config.log);
+            let state = AppState::start(config).await?;
+            let running = stack_manager::server::start(state).await?;
+            println!(
+                "stack manager: API on http://{} , agents on http://{}",
+                running.public, running.internal
+            );
+            running.handle.await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
+            config,
+            state_dir,
+            admin,
+            project,
+            json,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(dir) = state_dir {
+                config.state_dir = dir;
+            }
+            init_tracing("warn");
+            let token_file = config.state_dir.join("admin.token");
+            let state = AppState::start(config).await?;
+            match stack_manager::server::init(&state, &admin, &project).await {
+                Ok(b) => {
+                    write_secret(&token_file, &b.token)?;
+                    if json {
+                        println!("{}", serde_json::to_string(&b)?);
+                    } else {
+                        println!("admin user `{}` in project `{}`", b.user, b.project);
+                        println!(
+                            "token (shown once, also in {}): {}",
+                            token_file.display(),
+                            b.token
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(stack_manager::server::InitError::AlreadyInitialized) => {
+                    eprintln!(
+                        "error: {}",
+                        stack_manager::server::InitError::AlreadyInitialized
+                    );
+                    Ok(ExitCode::from(3))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Openapi => {
+            print!("{}", stack_manager::openapi::document_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&Config::default())?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Writes a secret readable by its owner only.
+fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    writeln!(f, "{secret}")?;
+    Ok(())
+}

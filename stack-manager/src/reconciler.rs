@@ -1,0 +1,272 @@
+//! Per-host reconcilers: push desired state to each agent until what it
+//! observes matches.
+//!
+//! One task per host with work, woken by [`Reconciler::notify`] whenever
+//! that host's desired state changes and otherwise every
+//! `resync_interval_secs`, so a missed update or an agent restart heals on
+//! its own. Every push is an idempotent PUT or DELETE by id; a failed push
+//! is retried with backoff. Tasks start lazily, so 20,000 idle hosts cost
+//! nothing.
+//!
+//! Deletion: an instance whose desired state is `deleted` is finalized
+//! (claims, addresses and quota released) only once its agent confirmed the
+//! DELETE, or when its host has been down for longer than `down_after_secs`
+//! — a down host's leftovers are the fencing reconciler's business.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use api::ids::{HostId, InstanceId, VolumeId};
+use api::resources::{HostHealth, HostKind};
+use api::AgentClient;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::db::{Db, RowExt};
+use crate::desired;
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+#[derive(Clone)]
+pub struct Reconciler {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    config: Arc<Config>,
+    workers: Mutex<HashMap<HostId, Arc<Notify>>>,
+    state: OnceLock<AppState>,
+}
+
+impl Reconciler {
+    pub fn new(db: Db, config: Arc<Config>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                workers: Mutex::new(HashMap::new()),
+                state: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Starts workers for every host that has unconverged work, and the
+    /// periodic scheduler refresh.
+    pub async fn start(&self, state: AppState) -> Result<(), sqlx::Error> {
+        let _ = self.inner.state.set(state.clone());
+        let rows = sqlx::query(
+            "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+               AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
+             UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+               AND (applied_generation < generation OR status = 'deleting')",
+        )
+        .fetch_all(&self.inner.db.pool)
+        .await?;
+        for r in &rows {
+            if let Ok(h) = r.id::<HostId>("host_id") {
+                self.notify(h);
+            }
+        }
+        let refresh_state = state.clone();
+        tokio::spawn(async move {
+            let every =
+                Duration::from_secs(refresh_state.config.hosts.heartbeat_interval_secs.max(1) * 5);
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = refresh_state.scheduler.refresh(&refresh_state.db).await {
+                    tracing::warn!(error = %e, "scheduler refresh failed");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Wakes (starting if needed) the reconciler of `host`.
+    pub fn notify(&self, host: HostId) {
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = workers.get(&host) {
+            n.notify_one();
+            return;
+        }
+        let Some(state) = self.inner.state.get().cloned() else {
+            return;
+        };
+        let notify = Arc::new(Notify::new());
+        notify.notify_one();
+        workers.insert(host, notify.clone());
+        let resync = Duration::from_secs(self.inner.config.hosts.resync_interval_secs.max(1));
+        tokio::spawn(worker(state, host, notify, resync));
+    }
+}
+
+async fn worker(state: AppState, host: HostId, notify: Arc<Notify>, resync: Duration) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let wait = tokio::time::timeout(resync, notify.notified()).await;
+        let _ = wait; // woken or resync: either way, converge.
+        loop {
+            match sync_host(&state, host).await {
+                Ok(true) => {
+                    backoff = Duration::from_millis(200);
+                    break;
+                }
+                Ok(false) => {
+                    // The host is gone or unreachable right now; retry later.
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    if backoff >= Duration::from_secs(10) {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "reconcile failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One pass over a host. `Ok(true)`: converged (or nothing to do);
+/// `Ok(false)`: something is still pending and worth retrying soon.
+async fn sync_host(state: &AppState, host: HostId) -> ApiResult<bool> {
+    let Some(row) = sqlx::query("SELECT kind, agent_url, credential FROM hosts WHERE id = $1")
+        .bind(host.to_string())
+        .fetch_optional(&state.db.pool)
+        .await?
+    else {
+        return Ok(true);
+    };
+    let kind = row.parsed("kind", HostKind::parse)?;
+    let agent = AgentClient::new(&row.text("agent_url")?, &row.text("credential")?);
+    let down = state
+        .scheduler
+        .get(host)
+        .map(|h| state.scheduler.health(&h) == HostHealth::Down)
+        .unwrap_or(true);
+    match kind {
+        HostKind::Hypervisor => sync_hypervisor(state, host, &agent, down).await,
+        HostKind::Storage => sync_storage(state, host, &agent, down).await,
+    }
+}
+
+async fn sync_hypervisor(
+    state: &AppState,
+    host: HostId,
+    agent: &AgentClient,
+    down: bool,
+) -> ApiResult<bool> {
+    let mut converged = true;
+    // Deletes first: they free capacity.
+    let deleting = sqlx::query("SELECT id FROM instances WHERE host_id = $1 AND desired = 'deleted' AND deleted_at IS NULL")
+        .bind(host.to_string())
+        .fetch_all(&state.db.pool)
+        .await?;
+    for r in &deleting {
+        let id: InstanceId = r.id("id")?;
+        if down {
+            tracing::warn!(%host, instance = %id, "host is down: deleting instance without its agent");
+            desired::finalize_instance_delete(state, id).await?;
+            continue;
+        }
+        match agent.instance_delete(id).await {
+            Ok(()) => desired::finalize_instance_delete(state, id).await?,
+            Err(e) if e.status() == Some(404) => {
+                desired::finalize_instance_delete(state, id).await?
+            }
+            Err(e) => {
+                tracing::debug!(%host, instance = %id, error = %e, "delete not confirmed yet");
+                converged = false;
+            }
+        }
+    }
+    if down {
+        return Ok(converged);
+    }
+    for spec in desired::instance_specs(&state.db, host, None).await? {
+        let stale = sqlx::query("SELECT applied_generation, status FROM instances WHERE id = $1")
+            .bind(spec.id.to_string())
+            .fetch_optional(&state.db.pool)
+            .await?
+            .map(|r| -> Result<bool, sqlx::Error> {
+                Ok(r.uint("applied_generation")? < spec.generation
+                    || r.text("status")? == "rebooting")
+            })
+            .transpose()?
+            .unwrap_or(false);
+        if !stale {
+            continue;
+        }
+        match agent.instance_put(&spec).await {
+            Ok(observed) => {
+                desired::observe_instance(state, host, &observed).await?;
+            }
+            Err(e) => {
+                tracing::debug!(%host, instance = %spec.id, error = %e, "push failed");
+                converged = false;
+            }
+        }
+    }
+    Ok(converged)
+}
+
+async fn sync_storage(
+    state: &AppState,
+    host: HostId,
+    agent: &AgentClient,
+    down: bool,
+) -> ApiResult<bool> {
+    let mut converged = true;
+    let deleting = sqlx::query(
+        "SELECT id FROM volumes WHERE host_id = $1 AND status = 'deleting' AND deleted_at IS NULL",
+    )
+    .bind(host.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
+    for r in &deleting {
+        let id: VolumeId = r.id("id")?;
+        if down {
+            // A volume's data lives on its node: never forget it while the
+            // node is away, or it would leak there when it returns.
+            converged = false;
+            continue;
+        }
+        match agent.volume_delete(id).await {
+            Ok(()) => desired::finalize_volume_delete(state, id).await?,
+            Err(e) if e.status() == Some(404) => desired::finalize_volume_delete(state, id).await?,
+            Err(e) => {
+                tracing::debug!(%host, volume = %id, error = %e, "delete not confirmed yet");
+                converged = false;
+            }
+        }
+    }
+    if down {
+        return Ok(converged);
+    }
+    for spec in desired::volume_specs(&state.db, host, None).await? {
+        let stale = sqlx::query("SELECT applied_generation FROM volumes WHERE id = $1")
+            .bind(spec.id.to_string())
+            .fetch_optional(&state.db.pool)
+            .await?
+            .map(|r| r.uint("applied_generation"))
+            .transpose()?
+            .is_some_and(|applied| applied < spec.generation);
+        if !stale {
+            continue;
+        }
+        match agent.volume_put(&spec).await {
+            Ok(observed) => {
+                desired::observe_volume(state, host, &observed).await?;
+            }
+            Err(e) => {
+                tracing::debug!(%host, volume = %spec.id, error = %e, "push failed");
+                converged = false;
+            }
+        }
+    }
+    Ok(converged)
+}

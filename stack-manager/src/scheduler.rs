@@ -1,0 +1,456 @@
+//! Placement: which host gets a new instance or volume.
+//!
+//! The scheduler keeps every host's capacity and allocations in memory (like
+//! Nova's host state cache), so filtering and weighing 20,000 hosts is a scan
+//! of a vector, not a query. The memory view is only advice: the claim itself
+//! is a conditional `UPDATE hosts ... WHERE alloc + request <= capacity *
+//! ratio`, in the same transaction as the instance row, so the database never
+//! overcommits even when the view is stale or several stack managers
+//! schedule at once. A failed claim refreshes that host and tries the next
+//! candidate.
+//!
+//! Filters: kind, admin state `enabled`, heartbeat fresh, vCPU/RAM/disk with
+//! allocation ratios, anti-affinity (no two members of a group on one host),
+//! rack spread `require`. Weights: `spread` (most free RAM and vCPU after
+//! placement) or `pack` (least), minus a penalty per group member already in
+//! the rack when rack spread is `prefer`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+use std::time::Instant;
+
+use api::ids::{HostId, RackId};
+use api::resources::{AdminState, Allocated, Capacity, HostHealth, HostKind};
+use sqlx::any::AnyRow;
+
+use crate::config::{HostsConfig, RackSpread, SchedulerConfig, Weigher};
+use crate::db::{now_ms, Db, RowExt, WriteTx};
+use crate::error::{ApiError, ApiResult};
+
+/// The scheduler's view of one host.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    pub id: HostId,
+    pub kind: HostKind,
+    pub rack: Option<RackId>,
+    pub admin_state: AdminState,
+    pub last_heartbeat_ms: Option<i64>,
+    pub capacity: Capacity,
+    pub allocated: Allocated,
+}
+
+impl HostView {
+    pub fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: r.id("id")?,
+            kind: r.parsed("kind", HostKind::parse)?,
+            rack: r.opt_id("rack_id")?,
+            admin_state: r.parsed("admin_state", AdminState::parse)?,
+            last_heartbeat_ms: r.opt_int("last_heartbeat_at")?,
+            capacity: Capacity {
+                vcpus: r.uint("cap_vcpus")? as u32,
+                ram_mib: r.uint("cap_ram_mib")?,
+                disk_gib: r.uint("cap_disk_gib")?,
+                storage_bytes_total: r.uint("cap_storage_total")?,
+                storage_bytes_free: r.uint("cap_storage_free")?,
+            },
+            allocated: Allocated {
+                vcpus: r.uint("alloc_vcpus")?,
+                ram_mib: r.uint("alloc_ram_mib")?,
+                disk_gib: r.uint("alloc_disk_gib")?,
+                storage_bytes: r.uint("alloc_storage")?,
+                instances: r.uint("alloc_instances")?,
+                volumes: r.uint("alloc_volumes")?,
+            },
+        })
+    }
+
+    pub fn health(&self, now_ms: i64, down_after_secs: u64) -> HostHealth {
+        match self.last_heartbeat_ms {
+            Some(t) if now_ms - t <= (down_after_secs as i64) * 1000 => HostHealth::Up,
+            _ => HostHealth::Down,
+        }
+    }
+}
+
+/// What an instance needs, and where its anti-affinity group already is.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceDemand {
+    pub vcpus: u64,
+    pub ram_mib: u64,
+    pub disk_gib: u64,
+    /// Hosts running other members of the instance's anti-affinity group.
+    pub group_hosts: HashSet<HostId>,
+    /// Members of the group per rack.
+    pub group_racks: HashMap<RackId, u32>,
+}
+
+/// A claim made in a transaction; apply it to the memory view once the
+/// transaction commits (a rolled-back claim must leave no trace).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim {
+    pub host: HostId,
+    pub vcpus: i64,
+    pub ram_mib: i64,
+    pub disk_gib: i64,
+    pub storage_bytes: i64,
+    pub instances: i64,
+    pub volumes: i64,
+}
+
+impl Claim {
+    /// The claim that gives back what `self` took.
+    pub fn reversed(self) -> Claim {
+        Claim {
+            host: self.host,
+            vcpus: -self.vcpus,
+            ram_mib: -self.ram_mib,
+            disk_gib: -self.disk_gib,
+            storage_bytes: -self.storage_bytes,
+            instances: -self.instances,
+            volumes: -self.volumes,
+        }
+    }
+}
+
+pub struct Scheduler {
+    hosts: RwLock<HashMap<HostId, HostView>>,
+    config: SchedulerConfig,
+    hosts_config: HostsConfig,
+    placement_seconds: prometheus::HistogramVec,
+}
+
+/// How many ranked candidates a placement tries before giving up.
+const CANDIDATES: usize = 8;
+
+impl Scheduler {
+    pub async fn load(
+        db: &Db,
+        config: SchedulerConfig,
+        hosts_config: HostsConfig,
+        placement_seconds: prometheus::HistogramVec,
+    ) -> Result<Self, sqlx::Error> {
+        let s = Self {
+            hosts: RwLock::new(HashMap::new()),
+            config,
+            hosts_config,
+            placement_seconds,
+        };
+        s.refresh(db).await?;
+        Ok(s)
+    }
+
+    /// Reloads every host from the database (start-up, and periodically so
+    /// that several stack managers converge on each other's heartbeats).
+    pub async fn refresh(&self, db: &Db) -> Result<(), sqlx::Error> {
+        let rows = sqlx::query("SELECT * FROM hosts")
+            .fetch_all(&db.pool)
+            .await?;
+        let mut map = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            let h = HostView::from_row(r)?;
+            map.insert(h.id, h);
+        }
+        *self.hosts.write().unwrap_or_else(|e| e.into_inner()) = map;
+        Ok(())
+    }
+
+    fn observe(&self, kind: &str, result: &str, took: std::time::Duration) {
+        self.placement_seconds
+            .with_label_values(&[kind, result])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn upsert(&self, h: HostView) {
+        self.hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h.id, h);
+    }
+
+    pub fn remove(&self, id: HostId) {
+        self.hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    pub fn heartbeat(&self, id: HostId, capacity: Capacity, at_ms: i64) {
+        if let Some(h) = self
+            .hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
+            h.capacity = capacity;
+            h.last_heartbeat_ms = Some(at_ms);
+        }
+    }
+
+    pub fn set_admin_state(&self, id: HostId, state: AdminState) {
+        if let Some(h) = self
+            .hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&id)
+        {
+            h.admin_state = state;
+        }
+    }
+
+    pub fn get(&self, id: HostId) -> Option<HostView> {
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn health(&self, h: &HostView) -> HostHealth {
+        h.health(now_ms(), self.hosts_config.down_after_secs)
+    }
+
+    /// Applies a committed claim (or its reversal) to the memory view.
+    pub fn apply(&self, c: Claim) {
+        let add = |v: &mut u64, d: i64| *v = (*v as i64 + d).max(0) as u64;
+        if let Some(h) = self
+            .hosts
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&c.host)
+        {
+            add(&mut h.allocated.vcpus, c.vcpus);
+            add(&mut h.allocated.ram_mib, c.ram_mib);
+            add(&mut h.allocated.disk_gib, c.disk_gib);
+            add(&mut h.allocated.storage_bytes, c.storage_bytes);
+            add(&mut h.allocated.instances, c.instances);
+            add(&mut h.allocated.volumes, c.volumes);
+        }
+    }
+
+    pub fn export_host_gauges(&self, gauge: &prometheus::IntGaugeVec) {
+        let now = now_ms();
+        let mut counts: HashMap<(HostKind, HostHealth), i64> = HashMap::new();
+        for h in self
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            *counts
+                .entry((h.kind, h.health(now, self.hosts_config.down_after_secs)))
+                .or_default() += 1;
+        }
+        for kind in [HostKind::Hypervisor, HostKind::Storage] {
+            for (health, label) in [(HostHealth::Up, "up"), (HostHealth::Down, "down")] {
+                gauge
+                    .with_label_values(&[kind.as_str(), label])
+                    .set(counts.get(&(kind, health)).copied().unwrap_or(0));
+            }
+        }
+    }
+
+    /// Ranks hypervisors that pass every filter, best first, at most `CANDIDATES`.
+    pub fn rank_hypervisors(&self, d: &InstanceDemand) -> Vec<HostId> {
+        let now = now_ms();
+        let cfg = &self.config;
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        let mut scored: Vec<(f64, HostId)> = Vec::new();
+        for h in hosts.values() {
+            if h.kind != HostKind::Hypervisor
+                || h.admin_state != AdminState::Enabled
+                || h.health(now, self.hosts_config.down_after_secs) != HostHealth::Up
+                || d.group_hosts.contains(&h.id)
+            {
+                continue;
+            }
+            let cpu_cap = h.capacity.vcpus as f64 * cfg.cpu_allocation_ratio;
+            let ram_cap = h.capacity.ram_mib as f64 * cfg.ram_allocation_ratio;
+            let disk_cap = h.capacity.disk_gib as f64 * cfg.disk_allocation_ratio;
+            let cpu_after = (h.allocated.vcpus + d.vcpus) as f64;
+            let ram_after = (h.allocated.ram_mib + d.ram_mib) as f64;
+            let disk_after = (h.allocated.disk_gib + d.disk_gib) as f64;
+            if cpu_after > cpu_cap || ram_after > ram_cap || disk_after > disk_cap {
+                continue;
+            }
+            let rack_members = h
+                .rack
+                .and_then(|r| d.group_racks.get(&r).copied())
+                .unwrap_or(0);
+            if cfg.rack_spread == RackSpread::Require && rack_members > 0 {
+                continue;
+            }
+            // Free fraction after placement: RAM dominates, CPU breaks ties.
+            let free =
+                (1.0 - ram_after / ram_cap.max(1.0)) + 0.25 * (1.0 - cpu_after / cpu_cap.max(1.0));
+            let mut weight = match cfg.weigher {
+                Weigher::Spread => free,
+                Weigher::Pack => -free,
+            };
+            if cfg.rack_spread == RackSpread::Prefer {
+                weight -= 10.0 * rack_members as f64;
+            }
+            scored.push((weight, h.id));
+        }
+        top(scored)
+    }
+
+    /// Ranks storage nodes by free allocatable bytes.
+    pub fn rank_storage(&self, bytes: u64) -> Vec<HostId> {
+        let now = now_ms();
+        let ratio = self.config.disk_allocation_ratio;
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        let scored = hosts
+            .values()
+            .filter(|h| {
+                h.kind == HostKind::Storage
+                    && h.admin_state == AdminState::Enabled
+                    && h.health(now, self.hosts_config.down_after_secs) == HostHealth::Up
+            })
+            .filter_map(|h| {
+                let cap = h.capacity.storage_bytes_total as f64 * ratio;
+                let after = (h.allocated.storage_bytes + bytes) as f64;
+                (after <= cap).then_some((cap - after, h.id))
+            })
+            .collect();
+        top(scored)
+    }
+
+    /// Places an instance: ranks hosts and claims the first that the
+    /// database accepts, in `tx`.
+    pub async fn claim_instance(&self, tx: &mut WriteTx, d: &InstanceDemand) -> ApiResult<Claim> {
+        let started = Instant::now();
+        let result = self.claim_instance_inner(tx, d).await;
+        let label = if result.is_ok() { "ok" } else { "no_host" };
+        self.observe("instance", label, started.elapsed());
+        result
+    }
+
+    async fn claim_instance_inner(&self, tx: &mut WriteTx, d: &InstanceDemand) -> ApiResult<Claim> {
+        let cfg = &self.config;
+        for host in self.rank_hypervisors(d) {
+            let done = sqlx::query(
+                "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
+                 alloc_disk_gib = alloc_disk_gib + $4, alloc_instances = alloc_instances + 1 \
+                 WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' \
+                 AND alloc_vcpus + $2 <= cap_vcpus * $5 AND alloc_ram_mib + $3 <= cap_ram_mib * $6 \
+                 AND alloc_disk_gib + $4 <= cap_disk_gib * $7",
+            )
+            .bind(host.to_string())
+            .bind(d.vcpus as i64)
+            .bind(d.ram_mib as i64)
+            .bind(d.disk_gib as i64)
+            .bind(cfg.cpu_allocation_ratio)
+            .bind(cfg.ram_allocation_ratio)
+            .bind(cfg.disk_allocation_ratio)
+            .execute(&mut ***tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(Claim {
+                    host,
+                    vcpus: d.vcpus as i64,
+                    ram_mib: d.ram_mib as i64,
+                    disk_gib: d.disk_gib as i64,
+                    storage_bytes: 0,
+                    instances: 1,
+                    volumes: 0,
+                });
+            }
+            // Our view was stale (another stack manager claimed it): refresh it.
+            self.reload_host(tx, host).await?;
+        }
+        Err(ApiError::new(
+            api::ErrorCode::CapacityExhausted,
+            format!(
+                "no hypervisor can take {} vCPU / {} MiB RAM / {} GiB disk: all are full, down, disabled{}",
+                d.vcpus,
+                d.ram_mib,
+                d.disk_gib,
+                if d.group_hosts.is_empty() { "" } else { ", or already hold a member of the anti-affinity group" }
+            ),
+        ))
+    }
+
+    /// Places a volume on a storage node, in `tx`.
+    pub async fn claim_volume(&self, tx: &mut WriteTx, bytes: u64) -> ApiResult<Claim> {
+        let started = Instant::now();
+        let ratio = self.config.disk_allocation_ratio;
+        for host in self.rank_storage(bytes) {
+            let done = sqlx::query(
+                "UPDATE hosts SET alloc_storage = alloc_storage + $2, alloc_volumes = alloc_volumes + 1 \
+                 WHERE id = $1 AND kind = 'storage' AND admin_state = 'enabled' \
+                 AND alloc_storage + $2 <= cap_storage_total * $3",
+            )
+            .bind(host.to_string())
+            .bind(bytes as i64)
+            .bind(ratio)
+            .execute(&mut ***tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                self.observe("volume", "ok", started.elapsed());
+                return Ok(Claim {
+                    host,
+                    vcpus: 0,
+                    ram_mib: 0,
+                    disk_gib: 0,
+                    storage_bytes: bytes as i64,
+                    instances: 0,
+                    volumes: 1,
+                });
+            }
+            self.reload_host(tx, host).await?;
+        }
+        self.observe("volume", "no_host", started.elapsed());
+        Err(ApiError::new(
+            api::ErrorCode::CapacityExhausted,
+            format!(
+                "no storage node can hold {} GiB: none is enrolled and up, or all are full (enroll a storage agent)",
+                bytes >> 30
+            ),
+        ))
+    }
+
+    /// Gives back a claim in `tx` (instance or volume deleted).
+    pub async fn release(tx: &mut WriteTx, c: Claim) -> Result<(), sqlx::Error> {
+        let r = c.reversed();
+        sqlx::query(
+            "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
+             alloc_disk_gib = alloc_disk_gib + $4, alloc_storage = alloc_storage + $5, \
+             alloc_instances = alloc_instances + $6, alloc_volumes = alloc_volumes + $7 WHERE id = $1",
+        )
+        .bind(c.host.to_string())
+        .bind(r.vcpus)
+        .bind(r.ram_mib)
+        .bind(r.disk_gib)
+        .bind(r.storage_bytes)
+        .bind(r.instances)
+        .bind(r.volumes)
+        .execute(&mut ***tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn reload_host(&self, tx: &mut WriteTx, host: HostId) -> Result<(), sqlx::Error> {
+        let row = sqlx::query("SELECT * FROM hosts WHERE id = $1")
+            .bind(host.to_string())
+            .fetch_optional(&mut ***tx)
+            .await?;
+        match row {
+            Some(r) => self.upsert(HostView::from_row(&r)?),
+            None => self.remove(host),
+        }
+        Ok(())
+    }
+}
+
+/// The best `CANDIDATES` by weight, best first, without sorting everything.
+fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
+    let by_weight_desc =
+        |a: &(f64, HostId), b: &(f64, HostId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    if scored.len() > CANDIDATES {
+        scored.select_nth_unstable_by(CANDIDATES - 1, by_weight_desc);
+        scored.truncate(CANDIDATES);
+    }
+    scored.sort_by(by_weight_desc);
+    scored.into_iter().map(|(_, id)| id).collect()
+}

@@ -1,0 +1,130 @@
+//! Running the stack manager: both listeners, and first-time set-up.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::auth::{hash_secret, new_secret};
+use crate::db::now_ms;
+use crate::state::AppState;
+
+/// Bound listeners; tests bind to port 0 and read the addresses back.
+pub struct Running {
+    pub public: SocketAddr,
+    pub internal: SocketAddr,
+    pub state: AppState,
+    pub handle: tokio::task::JoinHandle<()>,
+}
+
+/// Starts serving on the configured listeners and returns once both are bound.
+pub async fn start(state: AppState) -> anyhow::Result<Running> {
+    let public = TcpListener::bind(state.config.listen).await?;
+    let internal = TcpListener::bind(state.config.internal_listen).await?;
+    let public_addr = public.local_addr()?;
+    let internal_addr = internal.local_addr()?;
+    let public_app = crate::http::router(state.clone());
+    let internal_app = crate::internal::router(state.clone());
+    let handle = tokio::spawn(async move {
+        let a = axum::serve(public, public_app).with_graceful_shutdown(shutdown_signal());
+        let b = axum::serve(internal, internal_app).with_graceful_shutdown(shutdown_signal());
+        if let Err(e) = tokio::try_join!(a, b) {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    tracing::info!(%public_addr, %internal_addr, backend = ?state.db.backend, "stack manager listening");
+    Ok(Running {
+        public: public_addr,
+        internal: internal_addr,
+        state,
+        handle,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// What `stack-manager init` creates.
+#[derive(Debug, serde::Serialize)]
+pub struct Bootstrap {
+    pub user: String,
+    pub project: String,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error(
+        "already initialized: an admin user exists (create more tokens with `strato user token`)"
+    )]
+    AlreadyInitialized,
+    #[error(transparent)]
+    Api(#[from] crate::error::ApiError),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Creates the first admin user, an `admin` project they are a member of,
+/// and a token for them. Refuses to run twice.
+pub async fn init(
+    state: &AppState,
+    admin_name: &str,
+    project_name: &str,
+) -> Result<Bootstrap, InitError> {
+    let admins = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE admin = 1")
+        .fetch_one(&state.db.pool)
+        .await?;
+    if crate::db::RowExt::int(&admins, "n")? > 0 {
+        return Err(InitError::AlreadyInitialized);
+    }
+    crate::http::validate::name("user", admin_name)?;
+    crate::http::validate::name("project", project_name)?;
+    let project =
+        crate::http::projects::project_insert(state, project_name, "operators' own project")
+            .await?;
+    let user_id = api::ids::UserId::new();
+    let secret = new_secret("strato");
+    let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    sqlx::query("INSERT INTO users (id, name, admin, created_at) VALUES ($1, $2, 1, $3)")
+        .bind(user_id.to_string())
+        .bind(admin_name)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO memberships (user_id, project_id, role) VALUES ($1, $2, 'member')")
+        .bind(user_id.to_string())
+        .bind(project.id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO tokens (id, user_id, secret_hash, description, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL)",
+    )
+    .bind(api::ids::TokenId::new().to_string())
+    .bind(user_id.to_string())
+    .bind(hash_secret(&secret))
+    .bind("created by stack-manager init")
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Bootstrap {
+        user: admin_name.to_string(),
+        project: project_name.to_string(),
+        token: secret,
+    })
+}
