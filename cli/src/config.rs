@@ -29,8 +29,12 @@ pub fn path_from(strato_config: Option<OsString>, home: Option<OsString>) -> Opt
     if let Some(p) = strato_config.filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    home.filter(|h| !h.is_empty())
-        .map(|h| PathBuf::from(h).join(".config").join("strato").join("config.toml"))
+    home.filter(|h| !h.is_empty()).map(|h| {
+        PathBuf::from(h)
+            .join(".config")
+            .join("strato")
+            .join("config.toml")
+    })
 }
 
 /// The config file path for this process, if one can be named.
@@ -46,19 +50,22 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        toml::from_str(&text).with_context(|| format!("{} is not a valid strato config", path.display()))
+        toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid strato config", path.display()))
     }
 
     /// Writes the file atomically, readable by its owner only (it holds a token).
     pub fn save(&self, path: &Path) -> Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let text = toml::to_string(self)?;
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        write_private(&tmp, text.as_bytes()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        write_private(&tmp, text.as_bytes())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
         Ok(())
     }
@@ -87,7 +94,8 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("strato-cli-{name}-{}-{nanos}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("strato-cli-{name}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -135,7 +143,10 @@ mod tests {
         let dir = temp_dir("parse");
         let path = dir.join("config.toml");
         std::fs::write(&path, "url = \"http://h:1\"\nfuture = 3\n").unwrap();
-        assert_eq!(Config::load(&path).unwrap().url.as_deref(), Some("http://h:1"));
+        assert_eq!(
+            Config::load(&path).unwrap().url.as_deref(),
+            Some("http://h:1")
+        );
         std::fs::write(&path, "url = [").unwrap();
         let err = Config::load(&path).unwrap_err();
         assert!(err.to_string().contains("not a valid strato config"));

@@ -38,7 +38,8 @@ impl fmt::Display for NotLoggedIn {
 
 impl StdError for NotLoggedIn {}
 
-const LOGIN_HINT: &str = "run `strato login --url URL --token TOKEN`, or `strato up` for an all-in-one cloud";
+const LOGIN_HINT: &str =
+    "run `strato login --url URL --token TOKEN`, or `strato up` for an all-in-one cloud";
 
 /// What to print for a failed command, and the exit code.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,7 +69,7 @@ impl Report {
             }
             let text = cause.to_string();
             // anyhow's context and the source often repeat each other.
-            if parts.last().is_none_or(|last| !last.contains(&text)) {
+            if !parts.last().is_some_and(|last| last.contains(&text)) {
                 parts.push(text);
             }
         }
@@ -181,7 +182,10 @@ mod tests {
 
     #[test]
     fn quota_exceeded_shows_message_and_quota_hint() {
-        let r = Report::of(&api_err(ErrorCode::QuotaExceeded, "quota `instances` exceeded: 20 of 20 used"));
+        let r = Report::of(&api_err(
+            ErrorCode::QuotaExceeded,
+            "quota `instances` exceeded: 20 of 20 used",
+        ));
         assert_eq!(r.message, "quota `instances` exceeded: 20 of 20 used");
         assert!(r.hint.unwrap().contains("strato quota show"));
         assert_eq!(r.code, 1);

@@ -165,7 +165,7 @@ pub mod fmt {
 
     /// RAM in MiB as `512 MiB` or `4 GiB` (whole GiB only).
     pub fn mib(m: u64) -> String {
-        if m >= 1024 && m % 1024 == 0 {
+        if m >= 1024 && m & 1023 == 0 {
             format!("{} GiB", m / 1024)
         } else {
             format!("{m} MiB")
@@ -215,7 +215,10 @@ mod tests {
             ],
         );
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines, ["ID  NAME   STATUS", "1   web-1  running", "22  db     -"]);
+        assert_eq!(
+            lines,
+            ["ID  NAME   STATUS", "1   web-1  running", "22  db     -"]
+        );
     }
 
     #[test]
@@ -231,7 +234,14 @@ mod tests {
             ("addresses", "10.0.0.5\n10.0.1.5".into()),
         ]);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines, ["id:         abc", "addresses:  10.0.0.5", "            10.0.1.5"]);
+        assert_eq!(
+            lines,
+            [
+                "id:         abc",
+                "addresses:  10.0.0.5",
+                "            10.0.1.5"
+            ]
+        );
     }
 
     #[test]
@@ -243,7 +253,10 @@ mod tests {
         assert_eq!(fmt::named(Some("m1"), "id-1"), "m1 (id-1)");
         assert_eq!(fmt::named(None, "id-1"), "id-1");
         let now = Utc::now();
-        assert_eq!(fmt::ago(&(now - chrono::Duration::seconds(5)), now), "5s ago");
+        assert_eq!(
+            fmt::ago(&(now - chrono::Duration::seconds(5)), now),
+            "5s ago"
+        );
         assert_eq!(fmt::ago(&(now - chrono::Duration::hours(3)), now), "3h ago");
     }
 

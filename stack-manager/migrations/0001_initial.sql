@@ -73,6 +73,10 @@ CREATE TABLE images (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX images_project ON images(project_id);
+-- Image names resolve unambiguously: unique among public images and within
+-- each project's private images (a private image may shadow a public one).
+CREATE UNIQUE INDEX images_public_name ON images(name) WHERE project_id IS NULL;
+CREATE UNIQUE INDEX images_private_name ON images(project_id, name) WHERE project_id IS NOT NULL;
 
 CREATE TABLE keypairs (
     id TEXT PRIMARY KEY,
@@ -178,8 +182,11 @@ CREATE TABLE instances (
     id TEXT PRIMARY KEY,
     project_id TEXT NOT NULL REFERENCES projects(id),
     name TEXT NOT NULL,
-    flavor_id TEXT NOT NULL REFERENCES flavors(id),
-    image_id TEXT NOT NULL REFERENCES images(id),
+    flavor_id TEXT NOT NULL,
+    -- No foreign key: deleted instances keep the id of the image they came
+    -- from after it is gone; images.rs refuses to delete an image live
+    -- instances use.
+    image_id TEXT NOT NULL,
     keypair_id TEXT REFERENCES keypairs(id) ON DELETE SET NULL,
     group_id TEXT REFERENCES anti_affinity_groups(id),
     host_id TEXT REFERENCES hosts(id),
@@ -268,3 +275,8 @@ CREATE TABLE audit_log (
     result TEXT NOT NULL
 );
 CREATE INDEX audit_log_at ON audit_log(at);
+
+-- Names are unique among live resources of a project (deleted rows stay
+-- for metering). Partial indexes work the same on SQLite and PostgreSQL.
+CREATE UNIQUE INDEX instances_live_name ON instances(project_id, name) WHERE deleted_at IS NULL;
+CREATE UNIQUE INDEX volumes_live_name ON volumes(project_id, name) WHERE deleted_at IS NULL;

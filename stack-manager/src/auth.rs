@@ -94,7 +94,7 @@ impl Caller {
         match self.role_in(project) {
             Some(ProjectRole::Member) => Ok(()),
             Some(ProjectRole::Reader) => Err(ApiError::forbidden(format!(
-                "the reader role cannot change a {kind}"
+                "the reader role cannot change {kind}s"
             ))),
             None => Err(ApiError::not_found(kind, id)),
         }
@@ -114,7 +114,7 @@ impl Caller {
                 self.check_write(p, "project", p)
                     .map_err(|e| match e.code {
                         api::ErrorCode::Forbidden => {
-                            ApiError::forbidden(format!("the reader role cannot create a {kind}"))
+                            ApiError::forbidden(format!("the reader role cannot create {kind}s"))
                         }
                         _ => e,
                     })?;
@@ -124,7 +124,7 @@ impl Caller {
             None => match self.memberships.as_slice() {
                 [(only, _)] => Ok(*only),
                 _ => Err(ApiError::invalid(format!(
-                    "say which project the {kind} belongs to with ?project=<id or name>"
+                    "say which project the new {kind} belongs to with ?project=<id or name>"
                 ))),
             },
         }

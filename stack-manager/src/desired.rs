@@ -282,18 +282,51 @@ pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) 
             .bind(o.generation as i64)
             .execute(&mut **tx)
             .await?;
-        // Snapshots the node reports are available.
-        for s in &o.snapshots {
-            sqlx::query(
-                "UPDATE snapshots SET status = 'available' WHERE id = $1 AND status = 'creating'",
-            )
-            .bind(s.to_string())
-            .execute(&mut **tx)
-            .await?;
-        }
         tx.commit().await?;
     }
+    observe_snapshots(state, o).await?;
     Ok(o.generation < r.uint("generation")?)
+}
+
+/// Snapshots the node reports exist become available; snapshots being
+/// deleted that it no longer reports are gone.
+async fn observe_snapshots(state: &AppState, o: &ObservedVolume) -> ApiResult<()> {
+    let rows =
+        sqlx::query("SELECT id, status FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL")
+            .bind(o.id.to_string())
+            .fetch_all(&state.db.pool)
+            .await?;
+    let mut became_available = Vec::new();
+    let mut gone = Vec::new();
+    for r in &rows {
+        let id: SnapshotId = r.id("id")?;
+        let reported = o.snapshots.contains(&id);
+        match r.text("status")?.as_str() {
+            "creating" if reported => became_available.push(id),
+            "deleting" if !reported => gone.push(id),
+            _ => {}
+        }
+    }
+    if became_available.is_empty() && gone.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    for id in became_available {
+        sqlx::query("UPDATE snapshots SET status = 'available' WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    for id in gone {
+        sqlx::query("UPDATE snapshots SET deleted_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The claim an instance row holds on its host.

@@ -24,12 +24,12 @@ enum Command {
     /// Serve the public and internal APIs.
     Serve {
         /// TOML config file (see stack-manager.toml); defaults apply without one.
-        #[arg(long, env = "STRATO_CONFIG")]
+        #[arg(long, env = "STRATO_STACK_MANAGER_CONFIG")]
         config: Option<PathBuf>,
     },
     /// Create the first admin user and project and print the admin token.
     Init {
-        #[arg(long, env = "STRATO_CONFIG")]
+        #[arg(long, env = "STRATO_STACK_MANAGER_CONFIG")]
         config: Option<PathBuf>,
         /// Overrides `state_dir` of the config.
         #[arg(long)]
@@ -69,7 +69,12 @@ fn main() -> ExitCode {
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -1,13 +1,587 @@
-//! Placeholder: being written.
+//! `/v1/instances`: virtual machines, their lifecycle actions, console and
+//! volume attachments. See `api::resources::instance` for the state machine.
+//!
+//! Create is one transaction: quota claim, anti-affinity group lock, host
+//! claim, instance row, addresses, usage span. Either all of it happens or
+//! none does; only after commit is the host's reconciler woken.
 
-use axum::Router;
+use std::collections::{HashMap, HashSet};
 
+use api::ids::{HostId, InstanceId, VolumeId};
+use api::resources::{
+    Attachment, AttachmentCreate, ConsoleLog, DesiredState, Instance, InstanceCreate,
+    InstanceStatus, List, Nic, ProjectScope,
+};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete as delete_route, get, post};
+use axum::{Json, Router};
+use sqlx::any::AnyRow;
+
+use crate::auth::Caller;
+use crate::db::{lock_row, now_ms, RowExt, WriteTx};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::http::quotas::QuotaDelta;
+use crate::http::{flavors, groups, images, keypairs, networks, quotas, usage, validate};
+use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/v1/instances", get(list).post(create))
+        .route("/v1/instances/{id}", get(show).delete(delete))
+        .route("/v1/instances/{id}/start", post(start))
+        .route("/v1/instances/{id}/stop", post(stop))
+        .route("/v1/instances/{id}/reboot", post(reboot))
+        .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/instances/{id}/attachments", post(attach))
+        .route(
+            "/v1/instances/{id}/attachments/{volume}",
+            delete_route(detach),
+        )
 }
 
 #[derive(utoipa::OpenApi)]
-#[openapi()]
+#[openapi(
+    paths(
+        list, create, show, delete, start, stop, reboot, console, attach, detach
+    ),
+    components(schemas(
+        Instance,
+        InstanceCreate,
+        InstanceStatus,
+        DesiredState,
+        Nic,
+        ConsoleLog,
+        Attachment,
+        AttachmentCreate
+    ))
+)]
 pub struct Doc;
+
+/// Most NICs and volumes one instance may have.
+const MAX_NICS: usize = 8;
+const MAX_VOLUMES: i64 = 16;
+const MAX_USER_DATA: usize = 64 * 1024;
+
+async fn nics_of(state: &AppState, id: InstanceId) -> ApiResult<Vec<Nic>> {
+    let rows = sqlx::query(
+        "SELECT a.subnet_id, a.address, a.nic_index, s.network_id FROM addresses a JOIN subnets s ON s.id = a.subnet_id \
+         WHERE a.instance_id = $1 ORDER BY a.nic_index",
+    )
+    .bind(id.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let address = r.text("address")?;
+            Ok(Nic {
+                network_id: r.id("network_id")?,
+                subnet_id: r.id("subnet_id")?,
+                address: address.parse().map_err(|_| {
+                    ApiError::internal(format!("stored address `{address}` is invalid"))
+                })?,
+                mac: netconfig::derive_mac(id.0.as_bytes(), r.uint("nic_index")? as u8),
+            })
+        })
+        .collect()
+}
+
+async fn view(state: &AppState, r: &AnyRow) -> ApiResult<Instance> {
+    let id: InstanceId = r.id("id")?;
+    Ok(Instance {
+        id,
+        project_id: r.id("project_id")?,
+        name: r.text("name")?,
+        flavor_id: r.id("flavor_id")?,
+        image_id: r.id("image_id")?,
+        keypair_id: r.opt_id("keypair_id")?,
+        anti_affinity_group_id: r.opt_id("group_id")?,
+        host_id: r.opt_id("host_id")?,
+        desired: r.parsed("desired", DesiredState::parse)?,
+        status: r.parsed("status", InstanceStatus::parse)?,
+        status_reason: r.opt_text("status_reason")?,
+        nics: nics_of(state, id).await?,
+        vcpus: r.uint("vcpus")? as u32,
+        ram_mib: r.uint("ram_mib")?,
+        disk_gib: r.uint("disk_gib")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+/// A live instance row the caller may read; 404 otherwise.
+async fn load(state: &AppState, caller: &Caller, id: InstanceId) -> ApiResult<AnyRow> {
+    let row = sqlx::query("SELECT * FROM instances WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id.to_string())
+        .fetch_optional(&state.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("instance", id))?;
+    caller.check_read(row.id("project_id")?, "instance", id)?;
+    Ok(row)
+}
+
+async fn load_for_write(state: &AppState, caller: &Caller, id: InstanceId) -> ApiResult<AnyRow> {
+    let row = load(state, caller, id).await?;
+    caller.check_write(row.id("project_id")?, "instance", id)?;
+    Ok(row)
+}
+
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ProjectScope),
+    responses((status = 200, body = List<Instance>)))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(scope): ApiQuery<ProjectScope>,
+) -> ApiResult<Json<List<Instance>>> {
+    let project = caller
+        .project_for_read(&state, scope.project.as_deref())
+        .await?;
+    let rows = sqlx::query(
+        "SELECT * FROM instances WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at",
+    )
+    .bind(project.map(|p| p.to_string()).unwrap_or_default())
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for r in &rows {
+        items.push(view(&state, r).await?);
+    }
+    Ok(Json(items.into()))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = api::ErrorBody)))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<Instance>> {
+    let row = load(&state, &caller, id).await?;
+    Ok(Json(view(&state, &row).await?))
+}
+
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", params(ProjectScope), request_body = InstanceCreate,
+    responses((status = 201, body = Instance), (status = 400, body = api::ErrorBody),
+              (status = 409, description = "quota, capacity or addresses exhausted", body = api::ErrorBody)))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(scope): ApiQuery<ProjectScope>,
+    ApiJson(body): ApiJson<InstanceCreate>,
+) -> ApiResult<(StatusCode, Json<Instance>)> {
+    // Everything that can be checked without writing is checked first.
+    validate::name("instance", &body.name)?;
+    if body.networks.is_empty() || body.networks.len() > MAX_NICS {
+        return Err(ApiError::invalid(format!("give 1 to {MAX_NICS} networks")));
+    }
+    if body
+        .user_data
+        .as_ref()
+        .is_some_and(|u| u.len() > MAX_USER_DATA)
+    {
+        return Err(ApiError::invalid("user_data is larger than 64 KiB"));
+    }
+    let project = caller
+        .project_for_write(&state, scope.project.as_deref(), "instance")
+        .await?;
+    let flavor = flavors::resolve(&state, &body.flavor).await?;
+    let image = images::resolve_for_project(&state, project, &body.image).await?;
+    if image.min_disk_gib > flavor.disk_gib {
+        return Err(ApiError::invalid(format!(
+            "image `{}` needs a {} GiB disk but flavor `{}` has {} GiB",
+            image.name, image.min_disk_gib, flavor.name, flavor.disk_gib
+        )));
+    }
+    let keypair = match &body.keypair {
+        Some(k) => Some(keypairs::resolve(&state, project, k).await?),
+        None => None,
+    };
+    let group = match &body.anti_affinity_group {
+        Some(g) => Some(groups::resolve(&state, project, g).await?),
+        None => None,
+    };
+    let mut nets = Vec::with_capacity(body.networks.len());
+    for n in &body.networks {
+        nets.push(networks::resolve(&state, project, n).await?);
+    }
+
+    let id = InstanceId::new();
+    let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    // Images carry no foreign key (deleted instances keep pointing at
+    // theirs), so make sure it is still there now that we write.
+    let image_exists = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE id = $1")
+        .bind(image.id.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .int("n")?;
+    if image_exists == 0 {
+        return Err(ApiError::conflict(format!(
+            "image `{}` was deleted meanwhile",
+            image.name
+        )));
+    }
+    quotas::claim(
+        &mut tx,
+        project,
+        QuotaDelta {
+            instances: 1,
+            vcpus: flavor.vcpus as i64,
+            ram_mib: validate::to_i64(flavor.ram_mib),
+            addresses: nets.len() as i64,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut demand = InstanceDemand {
+        vcpus: flavor.vcpus as u64,
+        ram_mib: flavor.ram_mib,
+        disk_gib: flavor.disk_gib,
+        ..Default::default()
+    };
+    if let Some(g) = &group {
+        // Serializes placement of the group's members (PostgreSQL row lock).
+        lock_row(&mut tx, "anti_affinity_groups", &g.id.to_string()).await?;
+        (demand.group_hosts, demand.group_racks) =
+            group_footprint(&mut tx, &g.id.to_string()).await?;
+    }
+    let claim = state.scheduler.claim_instance(&mut tx, &demand).await?;
+    sqlx::query(
+        "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, vcpus, ram_mib, \
+         disk_gib, user_data, desired, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)",
+    )
+    .bind(id.to_string())
+    .bind(project.to_string())
+    .bind(&body.name)
+    .bind(flavor.id.to_string())
+    .bind(image.id.to_string())
+    .bind(keypair.as_ref().map(|k| k.id.to_string()))
+    .bind(group.as_ref().map(|g| g.id.to_string()))
+    .bind(claim.host.to_string())
+    .bind(flavor.vcpus as i64)
+    .bind(validate::to_i64(flavor.ram_mib))
+    .bind(validate::to_i64(flavor.disk_gib))
+    .bind(body.user_data.clone())
+    .bind(if body.start { "running" } else { "stopped" })
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(|e| match crate::db::is_unique_violation(&e) {
+        true => ApiError::conflict(format!("an instance named `{}` already exists in this project", body.name)),
+        false => e.into(),
+    })?;
+    for (index, net) in nets.iter().enumerate() {
+        networks::allocate_address(&mut tx, net, id, index as u32).await?;
+    }
+    usage::open_span(
+        &mut tx,
+        project,
+        "instance",
+        &id.to_string(),
+        Some(flavor.id),
+        0,
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    state.scheduler.apply(claim);
+    state.reconciler.notify(claim.host);
+    let row = load(&state, &caller, id).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
+}
+
+/// Hosts and racks holding live members of an anti-affinity group.
+async fn group_footprint(
+    tx: &mut WriteTx,
+    group: &str,
+) -> ApiResult<(HashSet<HostId>, HashMap<api::ids::RackId, u32>)> {
+    let rows = sqlx::query(
+        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
+         WHERE i.group_id = $1 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
+    )
+    .bind(group)
+    .fetch_all(&mut ***tx)
+    .await?;
+    let mut hosts = HashSet::new();
+    let mut racks = HashMap::new();
+    for r in &rows {
+        hosts.insert(r.id("host_id")?);
+        if let Some(rack) = r.opt_id("rack_id")? {
+            *racks.entry(rack).or_insert(0) += 1;
+        }
+    }
+    Ok((hosts, racks))
+}
+
+/// Changes an instance's desired state after checking the transition.
+async fn transition(
+    state: &AppState,
+    caller: &Caller,
+    id: InstanceId,
+    action: &'static str,
+) -> ApiResult<Json<Instance>> {
+    let row = load_for_write(state, caller, id).await?;
+    let desired = row.parsed("desired", DesiredState::parse)?;
+    let status = row.parsed("status", InstanceStatus::parse)?;
+    let (new_desired, new_status, reboot) = match (action, desired) {
+        ("start", DesiredState::Stopped) => (DesiredState::Running, status, 0),
+        // An instance in error is retried by starting it again.
+        ("start", DesiredState::Running) if status == InstanceStatus::Error => {
+            (DesiredState::Running, InstanceStatus::Building, 0)
+        }
+        ("stop", DesiredState::Running) => (DesiredState::Stopped, status, 0),
+        ("reboot", DesiredState::Running) => (DesiredState::Running, InstanceStatus::Rebooting, 1),
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "cannot {action} instance {id}: it is {} (desired {})",
+                status.as_str(),
+                desired.as_str()
+            )))
+        }
+    };
+    let mut tx = state.db.begin_write().await?;
+    let done = sqlx::query(
+        "UPDATE instances SET desired = $2, status = $3, generation = generation + 1, reboot_count = reboot_count + $4, \
+         updated_at = $5 WHERE id = $1 AND desired = $6 AND deleted_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(new_desired.as_str())
+    .bind(new_status.as_str())
+    .bind(reboot)
+    .bind(now_ms())
+    .bind(desired.as_str())
+    .execute(&mut **tx)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::conflict(format!(
+            "instance {id} changed meanwhile; retry"
+        )));
+    }
+    tx.commit().await?;
+    if let Some(h) = row.opt_id::<HostId>("host_id")? {
+        state.reconciler.notify(h);
+    }
+    let row = load(state, caller, id).await?;
+    Ok(Json(view(state, &row).await?))
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance), (status = 409, body = api::ErrorBody)))]
+async fn start(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<Instance>> {
+    transition(&state, &caller, id, "start").await
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance), (status = 409, body = api::ErrorBody)))]
+async fn stop(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<Instance>> {
+    transition(&state, &caller, id, "stop").await
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/reboot", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = Instance), (status = 409, body = api::ErrorBody)))]
+async fn reboot(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<Instance>> {
+    transition(&state, &caller, id, "reboot").await
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 202, description = "deletion started; the instance shows `deleting` until its host confirms"),
+              (status = 404, body = api::ErrorBody)))]
+async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<StatusCode> {
+    let row = load_for_write(&state, &caller, id).await?;
+    let mut tx = state.db.begin_write().await?;
+    sqlx::query(
+        "UPDATE instances SET desired = 'deleted', status = 'deleting', generation = generation + 1, updated_at = $2 \
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id.to_string())
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    match row.opt_id::<HostId>("host_id")? {
+        Some(h) => state.reconciler.notify(h),
+        None => crate::desired::finalize_instance_delete(&state, id).await?,
+    }
+    Ok(StatusCode::ACCEPTED)
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}/console", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = ConsoleLog), (status = 503, description = "the host's agent cannot be reached", body = api::ErrorBody)))]
+async fn console(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<ConsoleLog>> {
+    let row = load(&state, &caller, id).await?;
+    let host: HostId = row
+        .opt_id("host_id")?
+        .ok_or_else(|| ApiError::conflict(format!("instance {id} is not on a host")))?;
+    let h = sqlx::query("SELECT agent_url, credential FROM hosts WHERE id = $1")
+        .bind(host.to_string())
+        .fetch_one(&state.db.pool)
+        .await?;
+    let agent = api::AgentClient::new(&h.text("agent_url")?, &h.text("credential")?);
+    let data = agent.instance_console(id).await.map_err(|e| {
+        ApiError::new(
+            api::ErrorCode::Unavailable,
+            format!("cannot read the console from host {host}: {e}"),
+        )
+    })?;
+    Ok(Json(ConsoleLog {
+        instance_id: id,
+        data,
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/instances/{id}/attachments", tag = "instances", params(("id" = InstanceId, Path)),
+    request_body = AttachmentCreate,
+    responses((status = 201, body = Attachment), (status = 409, body = api::ErrorBody)))]
+async fn attach(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiJson(body): ApiJson<AttachmentCreate>,
+) -> ApiResult<(StatusCode, Json<Attachment>)> {
+    let row = load_for_write(&state, &caller, id).await?;
+    if row.text("desired")? == "deleted" {
+        return Err(ApiError::conflict(format!(
+            "instance {id} is being deleted"
+        )));
+    }
+    let project = row.text("project_id")?;
+    let volume = sqlx::query(
+        "SELECT id, status, host_id FROM volumes WHERE (id = $1 OR name = $1) AND project_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(&body.volume)
+    .bind(&project)
+    .fetch_optional(&state.db.pool)
+    .await?
+    .ok_or_else(|| ApiError::not_found("volume", &body.volume))?;
+    let volume_id: VolumeId = volume.id("id")?;
+    let status = volume.text("status")?;
+    if status != "available" {
+        return Err(ApiError::conflict(format!(
+            "volume {volume_id} is {status}; only an available volume can be attached"
+        )));
+    }
+    let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    let used: Vec<i64> = sqlx::query(
+        "SELECT device_index FROM attachments WHERE instance_id = $1 ORDER BY device_index",
+    )
+    .bind(id.to_string())
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.int("device_index"))
+    .collect::<Result<_, _>>()?;
+    let index = (0..MAX_VOLUMES)
+        .find(|i| !used.contains(i))
+        .ok_or_else(|| {
+            ApiError::conflict(format!("instance {id} already has {MAX_VOLUMES} volumes"))
+        })?;
+    // The volume row's status is the lock: only one attach wins.
+    let claimed = sqlx::query(
+        "UPDATE volumes SET status = 'in_use', generation = generation + 1 WHERE id = $1 AND status = 'available'",
+    )
+    .bind(volume_id.to_string())
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() == 0 {
+        return Err(ApiError::conflict(format!(
+            "volume {volume_id} was attached meanwhile"
+        )));
+    }
+    sqlx::query("INSERT INTO attachments (volume_id, instance_id, device_index, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(volume_id.to_string())
+        .bind(id.to_string())
+        .bind(index)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE instances SET generation = generation + 1, updated_at = $2 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    tx.commit().await?;
+    // The storage node first opens its ACL to the host, then the host logs in.
+    notify_both(&state, volume.opt_id("host_id")?, row.opt_id("host_id")?);
+    Ok((
+        StatusCode::CREATED,
+        Json(Attachment {
+            volume_id,
+            instance_id: id,
+            device_index: index as u32,
+            created_at: crate::db::from_ms(now),
+        }),
+    ))
+}
+
+#[utoipa::path(delete, path = "/v1/instances/{id}/attachments/{volume}", tag = "instances",
+    params(("id" = InstanceId, Path), ("volume" = VolumeId, Path)),
+    responses((status = 204), (status = 404, body = api::ErrorBody)))]
+async fn detach(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath((id, volume)): ApiPath<(InstanceId, VolumeId)>,
+) -> ApiResult<StatusCode> {
+    let row = load_for_write(&state, &caller, id).await?;
+    let mut tx = state.db.begin_write().await?;
+    let done = sqlx::query("DELETE FROM attachments WHERE volume_id = $1 AND instance_id = $2")
+        .bind(volume.to_string())
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found(
+            "attachment of volume",
+            format!("{volume} on instance {id}"),
+        ));
+    }
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE volumes SET status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END, \
+         generation = generation + 1 WHERE id = $1",
+    )
+    .bind(volume.to_string())
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE instances SET generation = generation + 1, updated_at = $2 WHERE id = $1")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let storage_host = sqlx::query("SELECT host_id FROM volumes WHERE id = $1")
+        .bind(volume.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .opt_id("host_id")?;
+    tx.commit().await?;
+    notify_both(&state, storage_host, row.opt_id("host_id")?);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn notify_both(state: &AppState, storage: Option<HostId>, hypervisor: Option<HostId>) {
+    for h in [storage, hypervisor].into_iter().flatten() {
+        state.reconciler.notify(h);
+    }
+}

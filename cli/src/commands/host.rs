@@ -1,0 +1,282 @@
+//! `strato host` and `strato rack`: the operator's view of the hardware.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Result;
+use api::ids::RackId;
+use api::resources::{
+    AdminState, EnrollmentTokenCreate, Host, HostHealth, HostKind, HostUpdate, Rack, RackCreate,
+};
+use api::Client;
+use chrono::Utc;
+use clap::{Subcommand, ValueEnum};
+
+use super::{label, names, resolve, Ctx};
+use crate::output::{fmt, Row};
+use crate::parse;
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List hosts with their health and allocation.
+    List,
+    /// Show one host.
+    Show {
+        /// Host id or name.
+        host: String,
+    },
+    /// Let a host take new work.
+    Enable {
+        /// Host id or name.
+        host: String,
+    },
+    /// Stop placing new work on a host; what runs there stays.
+    Disable {
+        /// Host id or name.
+        host: String,
+    },
+    /// Stop placing new work on a host and move its VMs away.
+    Drain {
+        /// Host id or name.
+        host: String,
+    },
+    /// Forget a host (it must hold no VMs or volumes).
+    Delete {
+        /// Host id or name.
+        host: String,
+    },
+    /// Create a one-time token an agent uses to enroll its host.
+    EnrollToken {
+        /// What the host will be.
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// Rack (id or name) the host belongs to.
+        #[arg(long)]
+        rack: Option<String>,
+        /// How long the token stays valid, e.g. 1h, 24h, 7d.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse::duration)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RackCmd {
+    /// List racks.
+    List,
+    /// Declare a rack.
+    Create {
+        /// Rack name.
+        name: String,
+        /// Free-form location, e.g. "dc1 row 3".
+        #[arg(long, default_value = "")]
+        location: String,
+    },
+    /// Delete a rack (it must hold no hosts).
+    Delete {
+        /// Rack id or name.
+        rack: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    Hypervisor,
+    Storage,
+}
+
+impl From<Kind> for HostKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Hypervisor => HostKind::Hypervisor,
+            Kind::Storage => HostKind::Storage,
+        }
+    }
+}
+
+const HEADERS: &[&str] = &[
+    "ID",
+    "NAME",
+    "KIND",
+    "RACK",
+    "ADMIN",
+    "HEALTH",
+    "ALLOCATED",
+    "LAST SEEN",
+];
+
+/// What is claimed against what is there, in the terms of the host's kind.
+fn allocation(h: &Host) -> String {
+    let (a, c) = (&h.allocated, &h.capacity);
+    match h.kind {
+        HostKind::Hypervisor => format!(
+            "{} vms, {}/{} vcpu, {}/{} GiB ram, {}/{} GiB disk",
+            a.instances,
+            a.vcpus,
+            c.vcpus,
+            a.ram_mib / 1024,
+            c.ram_mib / 1024,
+            a.disk_gib,
+            c.disk_gib
+        ),
+        HostKind::Storage => format!(
+            "{} volumes, {}/{} GiB ({} GiB free)",
+            a.volumes,
+            fmt::bytes_gib(a.storage_bytes),
+            fmt::bytes_gib(c.storage_bytes_total),
+            fmt::bytes_gib(c.storage_bytes_free)
+        ),
+    }
+}
+
+fn row(h: &Host, racks: &HashMap<RackId, String>) -> Vec<String> {
+    let now = Utc::now();
+    vec![
+        h.id.to_string(),
+        h.name.clone(),
+        h.kind.as_str().into(),
+        h.rack_id.map_or_else(|| "-".into(), |r| label(racks, &r)),
+        h.admin_state.as_str().into(),
+        health(h),
+        allocation(h),
+        h.last_heartbeat_at
+            .map_or_else(|| "never".into(), |t| fmt::ago(&t, now)),
+    ]
+}
+
+fn health(h: &Host) -> String {
+    match h.health {
+        HostHealth::Up => "up",
+        HostHealth::Down => "down",
+    }
+    .into()
+}
+
+async fn set_state(ctx: &Ctx, c: &Client, host: &str, state: AdminState) -> Result<()> {
+    let id = resolve(host, c.host_list()).await?;
+    let h = c
+        .host_update(id, &HostUpdate { admin_state: state })
+        .await?;
+    if ctx.out.json {
+        return ctx.out.json(&h);
+    }
+    ctx.out
+        .note(format!("host {}: {}", h.name, h.admin_state.as_str()))
+}
+
+pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
+    let c = ctx.client()?;
+    match cmd {
+        HostCmd::List => {
+            let hosts = c.host_list().await?;
+            let racks = if ctx.out.json {
+                Default::default()
+            } else {
+                names(c.rack_list().await)
+            };
+            ctx.out.list_with(&hosts, HEADERS, |h| row(h, &racks))?;
+            if !ctx.out.json && !hosts.iter().any(|h| h.kind == HostKind::Hypervisor) {
+                ctx.out.note(
+                    "\nno hypervisor host has enrolled: VMs cannot be scheduled until one does \
+                     (create a token with `strato host enroll-token --kind hypervisor`)",
+                )?;
+            }
+            Ok(())
+        }
+        HostCmd::Show { host } => {
+            let id = resolve(&host, c.host_list()).await?;
+            let h = c.host_get(id).await?;
+            let rack = match (h.rack_id, ctx.out.json) {
+                (Some(r), false) => names(c.rack_list().await).get(&r).cloned(),
+                _ => None,
+            };
+            let now = Utc::now();
+            ctx.out.show_with(
+                &h,
+                vec![
+                    ("id", h.id.to_string()),
+                    ("name", h.name.clone()),
+                    ("kind", h.kind.as_str().into()),
+                    (
+                        "rack",
+                        h.rack_id
+                            .map_or_else(|| "-".into(), |r| fmt::named(rack.as_deref(), r)),
+                    ),
+                    ("admin state", h.admin_state.as_str().into()),
+                    ("health", health(&h)),
+                    ("agent url", h.agent_url.clone()),
+                    ("allocated", allocation(&h)),
+                    (
+                        "last heartbeat",
+                        h.last_heartbeat_at.map_or_else(
+                            || "never".into(),
+                            |t| format!("{} ({})", fmt::time(&t), fmt::ago(&t, now)),
+                        ),
+                    ),
+                    ("created", fmt::time(&h.created_at)),
+                ],
+            )
+        }
+        HostCmd::Enable { host } => set_state(ctx, &c, &host, AdminState::Enabled).await,
+        HostCmd::Disable { host } => set_state(ctx, &c, &host, AdminState::Disabled).await,
+        HostCmd::Drain { host } => set_state(ctx, &c, &host, AdminState::Draining).await,
+        HostCmd::Delete { host } => {
+            let id = resolve(&host, c.host_list()).await?;
+            c.host_delete(id).await?;
+            ctx.out.note(format!("deleted host {host}"))
+        }
+        HostCmd::EnrollToken { kind, rack, ttl } => {
+            let body = EnrollmentTokenCreate {
+                kind: kind.into(),
+                rack,
+                expires_in_secs: ttl.as_secs(),
+            };
+            let t = c.enrollment_token_create(&body).await?;
+            if ctx.out.json {
+                return ctx.out.json(&t);
+            }
+            ctx.out.note(format!(
+                "enrollment token for a {} host (expires {}), shown only once:\n\n{}\n\n\
+                 Give it to the {}-agent on the new host; it enrolls with the stack manager's internal API.",
+                t.kind.as_str(),
+                fmt::time(&t.expires_at),
+                t.secret,
+                t.kind.as_str()
+            ))
+        }
+    }
+}
+
+impl Row for Rack {
+    const HEADERS: &'static [&'static str] = &["ID", "NAME", "LOCATION", "HOSTS"];
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.id.to_string(),
+            self.name.clone(),
+            fmt::or_dash(&self.location),
+            self.host_count.to_string(),
+        ]
+    }
+}
+
+pub async fn run_rack(ctx: &Ctx, cmd: RackCmd) -> Result<()> {
+    let c = ctx.client()?;
+    match cmd {
+        RackCmd::List => ctx.out.list(&c.rack_list().await?),
+        RackCmd::Create { name, location } => {
+            let r = c.rack_create(&RackCreate { name, location }).await?;
+            ctx.out.show_with(
+                &r,
+                vec![
+                    ("id", r.id.to_string()),
+                    ("name", r.name.clone()),
+                    ("location", fmt::or_dash(&r.location)),
+                ],
+            )
+        }
+        RackCmd::Delete { rack } => {
+            let id = resolve(&rack, c.rack_list()).await?;
+            c.rack_delete(id).await?;
+            ctx.out.note(format!("deleted rack {rack}"))
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! `strato up` and `strato down`: an all-in-one cloud on this machine.
+//!
+//! `up` initializes a state directory with `stack-manager init` (once),
+//! writes a stack-manager config, starts `stack-manager serve` in the
+//! background, waits for `/v1/health`, and saves an admin login for the CLI.
+//! Layout of the state directory:
+//!
+//! ```text
+//! admin.token          admin API token (written by `stack-manager init`)
+//! stack-manager.toml   config written by `strato up`
+//! stack-manager.log    stdout and stderr of the background stack manager
+//! stack-manager.pid    its process id
+//! ```
+
+use std::ffi::OsString;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use api::client::Transport;
+use chrono::Utc;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::Ctx;
+use crate::config::{write_private, Config};
+use crate::output::render_detail;
+use crate::wait::spinner;
+
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const ADMIN_PROJECT: &str = "admin";
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the database, log, pid file and admin token live
+    /// [default: $HOME/.local/share/strato, or ./.state when HOME is unset].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address the public API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7100")]
+    pub listen: SocketAddr,
+    /// Address the internal API for agents listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7101")]
+    pub internal_listen: SocketAddr,
+    /// Run the stack manager in this terminal instead of in the background
+    /// (logs to the terminal; Ctrl-C stops it; its exit code is strato's).
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// The state directory given to `strato up`
+    /// [default: $HOME/.local/share/strato, or ./.state when HOME is unset].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Files in the state directory.
+struct Paths {
+    state: PathBuf,
+    token: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    pid: PathBuf,
+}
+
+impl Paths {
+    fn new(state: PathBuf) -> Self {
+        Self {
+            token: state.join("admin.token"),
+            config: state.join("stack-manager.toml"),
+            log: state.join("stack-manager.log"),
+            pid: state.join("stack-manager.pid"),
+            state,
+        }
+    }
+}
+
+pub fn default_state_dir(home: Option<OsString>) -> PathBuf {
+    match home.filter(|h| !h.is_empty()) {
+        Some(h) => PathBuf::from(h).join(".local").join("share").join("strato"),
+        None => PathBuf::from(".state"),
+    }
+}
+
+fn state_dir(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| default_state_dir(std::env::var_os("HOME")))
+}
+
+/// Progress lines go to stderr; stdout carries the result.
+fn progress(msg: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// The URL clients use for a listen address (`0.0.0.0` → loopback).
+pub fn api_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(a) if a.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(a) if a.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+/// `stack-manager` next to this executable, else on `PATH`.
+fn find_stack_manager() -> Result<PathBuf> {
+    let name = format!("stack-manager{}", std::env::consts::EXE_SUFFIX);
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    if let Some(p) = exe_dir
+        .as_ref()
+        .map(|d| d.join(&name))
+        .filter(|p| is_executable(p))
+    {
+        return Ok(p);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        if let Some(p) = std::env::split_paths(&path)
+            .map(|d| d.join(&name))
+            .find(|p| is_executable(p))
+        {
+            return Ok(p);
+        }
+    }
+    let beside = exe_dir.map_or_else(|| "this executable".into(), |d| d.display().to_string());
+    bail!(
+        "cannot find the `stack-manager` binary in {beside} or on PATH; \
+         build it with `cargo build -p stack-manager` (next to `strato`) or install it"
+    )
+}
+
+fn is_executable(p: &Path) -> bool {
+    let Ok(meta) = fs::metadata(p) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
+/// The line `stack-manager init --json` prints.
+#[derive(Debug, Deserialize)]
+struct InitOutput {
+    token: String,
+}
+
+/// The admin token of an initialized state directory: the file holds the
+/// token itself (or, leniently, the JSON `init` printed).
+fn read_token(path: &Path) -> Result<String> {
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = text.trim();
+    let token = if text.starts_with('{') {
+        serde_json::from_str::<InitOutput>(text)
+            .map(|o| o.token)
+            .with_context(|| format!("{} holds JSON without a token", path.display()))?
+    } else {
+        text.to_string()
+    };
+    if token.is_empty() {
+        bail!("{} is empty; restore the admin token there", path.display());
+    }
+    Ok(token)
+}
+
+/// The token from `init`'s output: the last line that is JSON with a token.
+fn parse_init_output(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<InitOutput>(l.trim()).ok())
+        .map(|o| o.token)
+}
+
+/// Runs `stack-manager init`: creates the database and the admin user.
+fn init(sm: &Path, p: &Paths) -> Result<String> {
+    progress(format!("initializing a new cloud in {}", p.state.display()));
+    let out = Command::new(sm)
+        .env_remove("STRATO_CONFIG")
+        .arg("init")
+        .arg("--config")
+        .arg(&p.config)
+        .arg("--state-dir")
+        .arg(&p.state)
+        .arg("--json")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", sm.display()))?;
+    if !out.status.success() {
+        bail!(
+            "`stack-manager init` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let token = parse_init_output(&String::from_utf8_lossy(&out.stdout))
+        .ok_or_else(|| anyhow!("`stack-manager init --json` printed no token"))?;
+    // init writes it too; make sure the next `strato up` finds it either way.
+    if !p.token.exists() {
+        write_private(&p.token, token.as_bytes())
+            .with_context(|| format!("cannot write {}", p.token.display()))?;
+    }
+    Ok(token)
+}
+
+/// What `strato up` writes for `stack-manager serve --config`.
+#[derive(Debug, Serialize)]
+struct StackManagerConfig<'a> {
+    listen: SocketAddr,
+    internal_listen: SocketAddr,
+    state_dir: &'a Path,
+}
+
+fn write_stack_manager_config(
+    p: &Paths,
+    listen: SocketAddr,
+    internal_listen: SocketAddr,
+) -> Result<()> {
+    let cfg = StackManagerConfig {
+        listen,
+        internal_listen,
+        state_dir: &p.state,
+    };
+    let text = format!(
+        "# Written by `strato up`; rewritten on every `strato up`.\n{}",
+        toml::to_string(&cfg).context("the state directory path must be UTF-8")?
+    );
+    fs::write(&p.config, text).with_context(|| format!("cannot write {}", p.config.display()))
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether `pid` is a live stack manager. On Linux the command line is
+/// checked too, so a recycled pid is not mistaken for it.
+fn running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    if proc.join("self").exists() {
+        return fs::read(proc.join(pid.to_string()).join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains("stack-manager"))
+            .unwrap_or(false);
+    }
+    Command::new("kill")
+        .arg("-0")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Starts `stack-manager serve` detached, logging to the state directory.
+fn spawn(sm: &Path, p: &Paths) -> Result<Child> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .with_context(|| format!("cannot open {}", p.log.display()))?;
+    writeln!(log, "--- strato up at {} ---", Utc::now().to_rfc3339())?;
+    let err = log.try_clone()?;
+    let mut cmd = Command::new(sm);
+    cmd.env_remove("STRATO_CONFIG")
+        .env("NO_COLOR", "1")
+        .arg("serve")
+        .arg("--config")
+        .arg(&p.config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    #[cfg(unix)]
+    {
+        // Its own process group: Ctrl-C in this terminal does not reach it.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", sm.display()))?;
+    fs::write(&p.pid, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+    Ok(child)
+}
+
+/// The last `n` lines of a file, for error messages.
+fn tail(path: &Path, n: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Polls `/v1/health` until it answers, the child exits, or time runs out.
+async fn wait_healthy(url: &str, mut child: Option<&mut Child>, log: &Path) -> Result<()> {
+    let transport = Transport::new(url, None);
+    let pb = spinner(format!("waiting for the stack manager at {url}"));
+    let deadline = Instant::now() + HEALTH_TIMEOUT;
+    let result = loop {
+        let last = match transport.get_text("/v1/health").await {
+            Ok(_) => break Ok(()),
+            Err(e) => e,
+        };
+        if let Some(c) = child.as_deref_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                break Err(anyhow!(
+                    "the stack manager exited ({status}); the end of {}:\n{}",
+                    log.display(),
+                    tail(log, 20)
+                ));
+            }
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow!(
+                "the stack manager did not answer {url}/v1/health within {} s ({last}); see {} \
+                 (stop it with `strato down`)",
+                HEALTH_TIMEOUT.as_secs(),
+                log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    pb.finish_and_clear();
+    result
+}
+
+fn save_login(ctx: &Ctx, url: &str, token: &str) -> Result<PathBuf> {
+    let path = ctx.config_path()?;
+    Config {
+        url: Some(url.to_string()),
+        token: Some(token.to_string()),
+        project: Some(ADMIN_PROJECT.to_string()),
+    }
+    .save(&path)?;
+    Ok(path)
+}
+
+const NO_AGENTS: &str = "\
+No hypervisor or storage agent runs yet: VMs will not be scheduled until a
+hypervisor agent enrolls, nor volumes until a storage agent does. Create a
+token for one with `strato host enroll-token --kind hypervisor`.";
+
+#[derive(Serialize)]
+struct UpSummary<'a> {
+    url: &'a str,
+    token: &'a str,
+    project: &'a str,
+    state_dir: &'a Path,
+    log: &'a Path,
+    config: &'a Path,
+    pid: Option<u32>,
+}
+
+fn summary_text(s: &UpSummary) -> String {
+    render_detail(&[
+        ("API URL", s.url.to_string()),
+        ("admin token", s.token.to_string()),
+        ("log", s.log.display().to_string()),
+        ("state", s.state_dir.display().to_string()),
+        (
+            "CLI login",
+            format!("{} (project {})", s.config.display(), s.project),
+        ),
+    ])
+}
+
+pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
+    let state = state_dir(a.state_dir);
+    fs::create_dir_all(&state).with_context(|| format!("cannot create {}", state.display()))?;
+    let state =
+        fs::canonicalize(&state).with_context(|| format!("cannot resolve {}", state.display()))?;
+    let p = Paths::new(state);
+    let sm = find_stack_manager()?;
+    write_stack_manager_config(&p, a.listen, a.internal_listen)?;
+    let token = if p.token.exists() {
+        read_token(&p.token)?
+    } else {
+        init(&sm, &p)?
+    };
+    let url = api_url(a.listen);
+    let running_pid = read_pid(&p.pid).filter(|pid| running(*pid));
+
+    if a.foreground {
+        if let Some(pid) = running_pid {
+            bail!("the stack manager is already running (pid {pid}); stop it with `strato down` first");
+        }
+        let config = save_login(ctx, &url, &token)?;
+        let s = UpSummary {
+            url: &url,
+            token: &token,
+            project: ADMIN_PROJECT,
+            state_dir: &p.state,
+            log: Path::new("(this terminal)"),
+            config: &config,
+            pid: Some(std::process::id()),
+        };
+        progress(format!("{}\n\n{NO_AGENTS}\n", summary_text(&s)));
+        return foreground(&sm, &p);
+    }
+
+    let mut child = match running_pid {
+        Some(pid) => {
+            progress(format!("the stack manager is already running (pid {pid})"));
+            None
+        }
+        None => {
+            let c = spawn(&sm, &p)?;
+            progress(format!("started the stack manager (pid {})", c.id()));
+            Some(c)
+        }
+    };
+    let pid = running_pid.or(child.as_ref().map(Child::id));
+    wait_healthy(&url, child.as_mut(), &p.log).await?;
+    let config = save_login(ctx, &url, &token)?;
+    let s = UpSummary {
+        url: &url,
+        token: &token,
+        project: ADMIN_PROJECT,
+        state_dir: &p.state,
+        log: &p.log,
+        config: &config,
+        pid,
+    };
+    if ctx.out.json {
+        ctx.out.json(&s)?;
+    } else {
+        ctx.out.note(format!(
+            "Strato is up.\n\n{}\n\n{NO_AGENTS}\n\nnext: strato flavor list",
+            summary_text(&s)
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the stack manager in place of this process (Unix `exec`): signals
+/// reach it directly and its exit code is the command's. The pid file gets
+/// our pid, which `exec` keeps, so `strato down` works from elsewhere.
+fn foreground(sm: &Path, p: &Paths) -> Result<ExitCode> {
+    let mut cmd = Command::new(sm);
+    cmd.env_remove("STRATO_CONFIG")
+        .arg("serve")
+        .arg("--config")
+        .arg(&p.config);
+    fs::write(&p.pid, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = cmd.exec();
+        Err(anyhow::Error::from(err).context(format!("cannot run {}", sm.display())))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot run {}", sm.display()))?;
+        let code = status.code().unwrap_or(1);
+        Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    }
+}
+
+pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<()> {
+    let p = Paths::new(state_dir(a.state_dir));
+    let Some(pid) = read_pid(&p.pid) else {
+        return ctx.out.note(format!(
+            "the stack manager is not running (no pid file {})",
+            p.pid.display()
+        ));
+    };
+    if !running(pid) {
+        let _ = fs::remove_file(&p.pid);
+        return ctx.out.note(format!(
+            "the stack manager is not running (removed stale pid file {})",
+            p.pid.display()
+        ));
+    }
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .context("cannot run `kill`")?;
+    if !status.success() {
+        bail!("cannot signal the stack manager (pid {pid}): `kill` failed ({status})");
+    }
+    let pb = spinner(format!("stopping the stack manager (pid {pid})"));
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while running(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    pb.finish_and_clear();
+    if running(pid) {
+        bail!(
+            "the stack manager (pid {pid}) is still running {} s after SIGTERM; see {} or `kill -9 {pid}`",
+            STOP_TIMEOUT.as_secs(),
+            p.log.display()
+        );
+    }
+    let _ = fs::remove_file(&p.pid);
+    ctx.out
+        .note(format!("stopped the stack manager (pid {pid})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_defaults() {
+        assert_eq!(
+            default_state_dir(Some("/home/u".into())),
+            PathBuf::from("/home/u/.local/share/strato")
+        );
+        assert_eq!(default_state_dir(None), PathBuf::from(".state"));
+    }
+
+    #[test]
+    fn api_url_maps_unspecified_to_loopback() {
+        assert_eq!(
+            api_url("127.0.0.1:7100".parse().unwrap()),
+            "http://127.0.0.1:7100"
+        );
+        assert_eq!(
+            api_url("0.0.0.0:8000".parse().unwrap()),
+            "http://127.0.0.1:8000"
+        );
+        assert_eq!(api_url("[::]:7100".parse().unwrap()), "http://[::1]:7100");
+    }
+
+    #[test]
+    fn init_output_is_found_among_other_lines() {
+        let out =
+            "migrating\n{\"user\":\"admin\",\"project\":\"admin\",\"token\":\"strato_abc\"}\n";
+        assert_eq!(parse_init_output(out).as_deref(), Some("strato_abc"));
+        assert_eq!(parse_init_output("nothing here"), None);
+    }
+
+    #[test]
+    fn stack_manager_config_is_toml_it_understands() {
+        let p = Paths::new(PathBuf::from("/var/lib/strato"));
+        let cfg = StackManagerConfig {
+            listen: "127.0.0.1:7100".parse().unwrap(),
+            internal_listen: "127.0.0.1:7101".parse().unwrap(),
+            state_dir: &p.state,
+        };
+        let v: toml::Value = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(v["listen"].as_str(), Some("127.0.0.1:7100"));
+        assert_eq!(v["internal_listen"].as_str(), Some("127.0.0.1:7101"));
+        assert_eq!(v["state_dir"].as_str(), Some("/var/lib/strato"));
+    }
+
+    #[test]
+    fn no_pid_is_not_running() {
+        // Pid 0 is never a user process.
+        assert!(!running(0));
+        assert!(!running(u32::MAX));
+    }
+}

@@ -1,0 +1,199 @@
+//! Scale benchmark: 20,000 simulated hosts enrolled through the real
+//! internal API, then 10,000 instances created through the public HTTP API.
+//! Reports placement latency (the scheduler's own histogram: filter, weigh
+//! and claim) and end-to-end create latency and throughput, on SQLite and
+//! on PostgreSQL.
+//!
+//! `cargo bench -p stack-manager --bench placement` — environment:
+//! `BENCH_HOSTS` (20000), `BENCH_INSTANCES` (10000), `BENCH_CONCURRENCY` (32),
+//! `BENCH_BACKENDS` (`sqlite,postgres`; PostgreSQL needs
+//! `STRATO_TEST_POSTGRES_URL`, which `scripts/test.sh` sets up).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use api::resources::*;
+use futures::stream::{self, StreamExt};
+use support::{Backend, TestCloud};
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// `histogram_quantile` over the scheduler's placement histogram, as
+/// Prometheus would compute it from `/metrics`.
+fn placement_quantile(metrics: &str, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("strato_scheduler_placement_duration_seconds_bucket")
+                && l.contains("kind=\"instance\"")
+                && l.contains("result=\"ok\"")
+        })
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
+            Some((le, count))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    let target = q * total;
+    let mut prev = (0.0, 0.0);
+    for (le, count) in buckets {
+        if count >= target {
+            if le.is_infinite() {
+                return prev.0;
+            }
+            let frac = if count > prev.1 {
+                (target - prev.1) / (count - prev.1)
+            } else {
+                0.0
+            };
+            return prev.0 + (le - prev.0) * frac;
+        }
+        prev = (le, count);
+    }
+    f64::NAN
+}
+
+async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usize) {
+    println!("\n== {backend:?}: {hosts} hosts, {instances} instances, concurrency {concurrency}");
+    let cloud = TestCloud::start_with(backend, |c| {
+        // Simulated hosts heartbeat once, at enrollment.
+        c.hosts.down_after_secs = 86_400;
+        c.hosts.resync_interval_secs = 3600;
+        c.database_max_connections = 16;
+    })
+    .await;
+
+    let t = Instant::now();
+    let enrolled = stream::iter(0..hosts)
+        .map(|i| {
+            let cloud = &cloud;
+            async move {
+                cloud
+                    .hypervisor(&format!("sim-{i:05}"), 64, 262_144, None)
+                    .await
+            }
+        })
+        .buffer_unordered(concurrency)
+        .count()
+        .await;
+    let enroll_secs = t.elapsed().as_secs_f64();
+    println!(
+        "enrolled {enrolled} hosts in {enroll_secs:.1} s ({:.0}/s)",
+        enrolled as f64 / enroll_secs
+    );
+
+    // Tenants: 50 projects with room for their share.
+    let projects = 50.min(instances.max(1));
+    let per_project = instances.div_ceil(projects) as u64;
+    let mut clients = Vec::new();
+    for p in 0..projects {
+        let name = format!("tenant-{p}");
+        cloud.project(&name).await;
+        cloud
+            .admin
+            .quota_update(
+                &name,
+                &QuotaUpdate {
+                    instances: Some(per_project),
+                    vcpus: Some(per_project * 2),
+                    ram_mib: Some(per_project * 1024),
+                    addresses: Some(per_project),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("quota");
+        let client = cloud
+            .user(&format!("user-{p}"), &name, ProjectRole::Member)
+            .await;
+        cloud.basics(&client).await;
+        clients.push(client);
+    }
+
+    let t = Instant::now();
+    let mut latencies: Vec<f64> = stream::iter(0..instances)
+        .map(|i| {
+            let client = &clients[i % projects];
+            async move {
+                let started = Instant::now();
+                client
+                    .instance_create(&TestCloud::vm(&format!("vm-{i}")))
+                    .await
+                    .expect("create instance");
+                started.elapsed().as_secs_f64() * 1000.0
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let secs = t.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let metrics = reqwest::get(format!("{}/metrics", cloud.url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    println!(
+        "created {instances} instances in {secs:.1} s: {:.0} creates/s sustained",
+        instances as f64 / secs
+    );
+    println!(
+        "placement latency (scheduler histogram): p50 {:.3} ms, p99 {:.3} ms",
+        placement_quantile(&metrics, 0.50) * 1000.0,
+        placement_quantile(&metrics, 0.99) * 1000.0
+    );
+    println!(
+        "create request latency (client): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    // Every instance reached its simulated host through the reconcilers.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cloud.fleet.instance_count() < instances && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "instances realized on simulated hosts: {}",
+        cloud.fleet.instance_count()
+    );
+}
+
+fn main() {
+    let hosts = env_num("BENCH_HOSTS", 20_000);
+    let instances = env_num("BENCH_INSTANCES", 10_000);
+    let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for b in backends.split(',') {
+        let backend = match b.trim() {
+            "sqlite" => Backend::Sqlite,
+            "postgres" => Backend::Postgres,
+            other => panic!("unknown backend `{other}` in BENCH_BACKENDS"),
+        };
+        rt.block_on(run(backend, hosts, instances, concurrency));
+    }
+}

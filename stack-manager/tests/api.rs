@@ -1,0 +1,598 @@
+//! The stack manager's API end to end: real HTTP, a real database (SQLite
+//! and PostgreSQL, every scenario on both), simulated agents speaking the
+//! real internal API.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+
+use api::resources::*;
+use api::ErrorCode;
+use support::{eventually, Backend, TestCloud};
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    instance_lifecycle,
+    volume_lifecycle,
+    quota_exceeded_names_the_quota_and_changes_nothing,
+    exhausted_addresses_and_capacity_change_nothing,
+    parallel_creates_never_overcommit_or_break_anti_affinity,
+    silent_host_goes_down_and_gets_no_work,
+    lost_agent_state_is_pushed_again,
+    usage_and_audit_are_recorded,
+);
+
+async fn tenant(cloud: &TestCloud) -> api::Client {
+    cloud.project("acme").await;
+    let c = cloud.user("alice", "acme", ProjectRole::Member).await;
+    cloud.basics(&c).await;
+    c
+}
+
+async fn wait_status(c: &api::Client, id: api::ids::InstanceId, want: InstanceStatus) -> Instance {
+    eventually(10, || async {
+        let i = c.instance_get(id).await.ok()?;
+        (i.status == want).then_some(i)
+    })
+    .await
+}
+
+async fn instance_lifecycle(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    let host = cloud.hypervisor("hv-1", 8, 16_384, None).await;
+
+    let vm = c.instance_create(&TestCloud::vm("web-1")).await.unwrap();
+    assert_eq!(vm.host_id, Some(host));
+    assert_eq!(vm.desired, DesiredState::Running);
+    assert_eq!(vm.nics.len(), 1);
+    assert_eq!(
+        vm.nics[0].address.to_string(),
+        "10.20.0.2",
+        "lowest free address after the gateway"
+    );
+    let vm = wait_status(&c, vm.id, InstanceStatus::Running).await;
+
+    // The agent got a complete spec.
+    let spec = cloud
+        .fleet
+        .with_host("hv-1", |h| h.instances.get(&vm.id).cloned())
+        .unwrap();
+    assert_eq!(spec.hostname, "web-1");
+    assert_eq!(spec.vcpus, 1);
+    assert_eq!(spec.nics[0].address.to_string(), "10.20.0.2");
+    assert_eq!(spec.nics[0].gateway.to_string(), "10.20.0.1");
+    assert_eq!(spec.nics[0].prefix_len, 24);
+    assert_eq!(spec.nics[0].mac, vm.nics[0].mac);
+    assert_eq!(
+        spec.ssh_authorized_keys,
+        vec![support::TEST_KEY.to_string()]
+    );
+
+    let console = c.instance_console(vm.id).await.unwrap();
+    assert!(console.data.contains("web-1"), "{}", console.data);
+
+    // stop → stopped; a second stop is an illegal transition.
+    c.instance_action(vm.id, "stop").await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Stopped).await;
+    let err = c.instance_action(vm.id, "stop").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict));
+    assert!(err.to_string().contains("cannot stop"), "{err}");
+
+    c.instance_action(vm.id, "start").await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+
+    let rebooting = c.instance_action(vm.id, "reboot").await.unwrap();
+    assert_eq!(rebooting.status, InstanceStatus::Rebooting);
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    let reboots = cloud
+        .fleet
+        .with_host("hv-1", |h| h.instances[&vm.id].reboot_count);
+    assert_eq!(reboots, 1);
+
+    // delete → gone everywhere, everything given back.
+    c.instance_delete(vm.id).await.unwrap();
+    eventually(10, || async {
+        matches!(c.instance_get(vm.id).await, Err(e) if e.status() == Some(404)).then_some(())
+    })
+    .await;
+    assert_eq!(cloud.fleet.instance_count(), 0);
+    let quota = c.quota_get("acme").await.unwrap();
+    assert_eq!(
+        quota.usage,
+        QuotaUsage {
+            instances: 0,
+            vcpus: 0,
+            ram_mib: 0,
+            volumes: 0,
+            volume_gib: 0,
+            addresses: 0
+        }
+    );
+    let h = cloud.admin.host_get(host).await.unwrap();
+    assert_eq!(h.allocated, Allocated::default());
+    // The address is free again: the next instance gets it.
+    let again = c.instance_create(&TestCloud::vm("web-2")).await.unwrap();
+    assert_eq!(again.nics[0].address.to_string(), "10.20.0.2");
+}
+
+async fn volume_lifecycle(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let storage = cloud.storage("st-1", 100).await;
+    let vm = c.instance_create(&TestCloud::vm("db-1")).await.unwrap();
+
+    let vol = c
+        .volume_create(&VolumeCreate {
+            name: "data".into(),
+            size_gib: 10,
+            source: VolumeSource::Empty,
+        })
+        .await
+        .unwrap();
+    assert_eq!(vol.host_id, Some(storage));
+    assert!(vol.iqn.starts_with("iqn.2026-11.io.strato:vol-"));
+    eventually(10, || async {
+        (c.volume_get(vol.id).await.ok()?.status == VolumeStatus::Available).then_some(())
+    })
+    .await;
+
+    let att = c.attachment_create(vm.id, "data").await.unwrap();
+    assert_eq!(att.device_index, 0);
+    // The storage node lets exactly the instance's host in; the host knows where to log in.
+    eventually(10, || async {
+        let acl = cloud.fleet.with_host("st-1", |h| {
+            h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
+        })?;
+        let disks = cloud.fleet.with_host("hv-1", |h| {
+            h.instances.get(&vm.id).map(|i| i.volumes.clone())
+        })?;
+        (acl == vec!["iqn.2026-11.io.strato.sim:hv-1".to_string()]
+            && disks.len() == 1
+            && disks[0].iqn == vol.iqn
+            && disks[0].portal == "127.0.0.1:3260")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.volume_get(vol.id).await.unwrap().status,
+        VolumeStatus::InUse
+    );
+    // Attached volumes cannot be deleted or attached twice.
+    assert_eq!(
+        c.volume_delete(vol.id).await.unwrap_err().code(),
+        Some(ErrorCode::Conflict)
+    );
+    assert_eq!(
+        c.attachment_create(vm.id, "data").await.unwrap_err().code(),
+        Some(ErrorCode::Conflict)
+    );
+
+    let snap = c
+        .snapshot_create(
+            vol.id,
+            &SnapshotCreate {
+                name: "before".into(),
+            },
+        )
+        .await
+        .unwrap();
+    eventually(10, || async {
+        let s = c
+            .snapshot_list()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|s| s.id == snap.id)?;
+        (s.status == SnapshotStatus::Available).then_some(())
+    })
+    .await;
+
+    c.attachment_delete(vm.id, vol.id).await.unwrap();
+    eventually(10, || async {
+        let acl = cloud.fleet.with_host("st-1", |h| {
+            h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
+        })?;
+        acl.is_empty().then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.volume_get(vol.id).await.unwrap().status,
+        VolumeStatus::Available
+    );
+
+    // A volume with snapshots stays until they go.
+    assert_eq!(
+        c.volume_delete(vol.id).await.unwrap_err().code(),
+        Some(ErrorCode::Conflict)
+    );
+    c.snapshot_delete(snap.id).await.unwrap();
+    eventually(10, || async {
+        c.snapshot_list().await.ok()?.is_empty().then_some(())
+    })
+    .await;
+    c.volume_delete(vol.id).await.unwrap();
+    eventually(10, || async {
+        (c.volume_get(vol.id).await.err()?.status() == Some(404)).then_some(())
+    })
+    .await;
+    assert!(cloud.fleet.with_host("st-1", |h| h.volumes.is_empty()));
+    let q = c.quota_get("acme").await.unwrap();
+    assert_eq!((q.usage.volumes, q.usage.volume_gib), (0, 0));
+}
+
+async fn quota_exceeded_names_the_quota_and_changes_nothing(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 64, 65_536, None).await;
+    cloud
+        .admin
+        .quota_update(
+            "acme",
+            &QuotaUpdate {
+                vcpus: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    c.instance_create(&TestCloud::vm("a")).await.unwrap();
+    c.instance_create(&TestCloud::vm("b")).await.unwrap();
+    let before = c.quota_get("acme").await.unwrap().usage;
+    let err = c.instance_create(&TestCloud::vm("c")).await.unwrap_err();
+    assert_eq!(err.status(), Some(409));
+    assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded));
+    assert!(
+        err.to_string().contains("vcpus"),
+        "message names the quota: {err}"
+    );
+    assert_eq!(c.quota_get("acme").await.unwrap().usage, before);
+    assert_eq!(c.instance_list().await.unwrap().len(), 2);
+}
+
+async fn exhausted_addresses_and_capacity_change_nothing(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    // No hypervisor yet: capacity is exhausted, nothing is written.
+    let err = c
+        .instance_create(&TestCloud::vm("early"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CapacityExhausted), "{err}");
+    assert!(c.instance_list().await.unwrap().is_empty());
+    assert_eq!(c.quota_get("acme").await.unwrap().usage.instances, 0);
+
+    let host = cloud.hypervisor("hv-1", 64, 65_536, None).await;
+    let small = c
+        .network_create(&NetworkCreate {
+            name: "small".into(),
+            vlan: None,
+            mtu: 1500,
+        })
+        .await
+        .unwrap();
+    c.subnet_create(
+        small.id,
+        &SubnetCreate {
+            name: "tiny".into(),
+            cidr: "192.168.50.0/29".parse().unwrap(),
+            gateway: None,
+            pools: vec![],
+            reserved: vec![AddressRange {
+                start: "192.168.50.5".parse().unwrap(),
+                end: "192.168.50.6".parse().unwrap(),
+            }],
+            dns_servers: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    // .1 gateway, .5-.6 reserved: .2, .3, .4 are all there is.
+    let mut got = HashSet::new();
+    for i in 0..3 {
+        let mut vm = TestCloud::vm(&format!("s{i}"));
+        vm.networks = vec!["small".into()];
+        got.insert(
+            c.instance_create(&vm).await.unwrap().nics[0]
+                .address
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        got,
+        HashSet::from([
+            "192.168.50.2".into(),
+            "192.168.50.3".into(),
+            "192.168.50.4".into()
+        ])
+    );
+    let alloc_before = cloud.admin.host_get(host).await.unwrap().allocated;
+    let usage_before = c.quota_get("acme").await.unwrap().usage;
+    let mut vm = TestCloud::vm("s3");
+    vm.networks = vec!["small".into()];
+    let err = c.instance_create(&vm).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AddressesExhausted), "{err}");
+    assert!(
+        err.to_string().contains("small"),
+        "names the network: {err}"
+    );
+    assert_eq!(
+        cloud.admin.host_get(host).await.unwrap().allocated,
+        alloc_before,
+        "host claim rolled back"
+    );
+    assert_eq!(
+        c.quota_get("acme").await.unwrap().usage,
+        usage_before,
+        "quota claim rolled back"
+    );
+    assert_eq!(c.instance_list().await.unwrap().len(), 3);
+}
+
+async fn parallel_creates_never_overcommit_or_break_anti_affinity(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud
+        .admin
+        .quota_update(
+            "acme",
+            &QuotaUpdate {
+                instances: Some(1000),
+                vcpus: Some(1000),
+                ram_mib: Some(1_000_000),
+                addresses: Some(1000),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // 4 hosts × 2 pCPU × ratio 4.0 = 32 one-vCPU slots; RAM allows 64.
+    for rack in ["r1", "r2"] {
+        cloud
+            .admin
+            .rack_create(&RackCreate {
+                name: rack.into(),
+                location: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut hosts = Vec::new();
+    for i in 0..4 {
+        hosts.push(
+            cloud
+                .hypervisor(
+                    &format!("hv-{i}"),
+                    2,
+                    32_768,
+                    Some(if i < 2 { "r1" } else { "r2" }),
+                )
+                .await,
+        );
+    }
+    let group = c
+        .group_create(&GroupCreate { name: "ha".into() })
+        .await
+        .unwrap();
+    let c = std::sync::Arc::new(c);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut vm = TestCloud::vm(&format!("p{i}"));
+            if i % 10 == 0 {
+                vm.anti_affinity_group = Some("ha".into());
+            }
+            c.instance_create(&vm).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(
+                matches!(e.code(), Some(ErrorCode::CapacityExhausted)),
+                "only capacity may run out: {e}"
+            ),
+        }
+    }
+    let instances = c.instance_list().await.unwrap();
+    assert_eq!(instances.len(), ok);
+    assert_eq!(ok, 32, "every slot is used and none twice");
+    let mut per_host: HashMap<_, u64> = HashMap::new();
+    for i in &instances {
+        *per_host.entry(i.host_id.unwrap()).or_default() += i.vcpus as u64;
+    }
+    for h in &hosts {
+        let used = per_host.get(h).copied().unwrap_or(0);
+        assert!(used <= 8, "host {h} has {used} vCPUs on 2 pCPUs × 4.0");
+        assert_eq!(
+            cloud.admin.host_get(*h).await.unwrap().allocated.vcpus,
+            used,
+            "claims match instances"
+        );
+    }
+    let members: Vec<_> = instances
+        .iter()
+        .filter(|i| i.anti_affinity_group_id == Some(group.id))
+        .collect();
+    let distinct: HashSet<_> = members.iter().map(|i| i.host_id).collect();
+    assert_eq!(
+        distinct.len(),
+        members.len(),
+        "anti-affinity: one member per host"
+    );
+    assert!(members.len() <= 4);
+    let addresses: HashSet<_> = instances.iter().map(|i| i.nics[0].address).collect();
+    assert_eq!(
+        addresses.len(),
+        instances.len(),
+        "no address handed out twice"
+    );
+}
+
+async fn silent_host_goes_down_and_gets_no_work(backend: Backend) {
+    let cloud = TestCloud::start_with(backend, |c| {
+        c.hosts.heartbeat_interval_secs = 1;
+        c.hosts.down_after_secs = 2;
+    })
+    .await;
+    let c = tenant(&cloud).await;
+    let host = cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    assert_eq!(
+        cloud.admin.host_get(host).await.unwrap().health,
+        HostHealth::Up
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        cloud.admin.host_get(host).await.unwrap().health,
+        HostHealth::Down
+    );
+    let err = c.instance_create(&TestCloud::vm("x")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CapacityExhausted));
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        cloud.admin.host_get(host).await.unwrap().health,
+        HostHealth::Up
+    );
+    c.instance_create(&TestCloud::vm("x")).await.unwrap();
+    // A disabled host takes nothing new.
+    cloud
+        .admin
+        .host_update(
+            host,
+            &HostUpdate {
+                admin_state: AdminState::Disabled,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.instance_create(&TestCloud::vm("y"))
+            .await
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::CapacityExhausted)
+    );
+}
+
+async fn lost_agent_state_is_pushed_again(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    // The agent restarts with nothing: its next heartbeat reports no instance.
+    cloud.fleet.with_host("hv-1", |h| h.instances.clear());
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    eventually(10, || async {
+        cloud
+            .fleet
+            .with_host("hv-1", |h| h.instances.contains_key(&vm.id))
+            .then_some(())
+    })
+    .await;
+    // Repeating pushes changes nothing: still one instance.
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    assert_eq!(cloud.fleet.instance_count(), 1);
+}
+
+async fn usage_and_audit_are_recorded(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    cloud.storage("st-1", 100).await;
+    let start = chrono::Utc::now() - chrono::Duration::minutes(1);
+    c.instance_create(&TestCloud::vm("metered")).await.unwrap();
+    c.volume_create(&VolumeCreate {
+        name: "v".into(),
+        size_gib: 10,
+        source: VolumeSource::Empty,
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let report = cloud
+        .admin
+        .usage(&UsageQuery {
+            start,
+            end: None,
+            project: Some("acme".into()),
+        })
+        .await
+        .unwrap();
+    let acme = report
+        .projects
+        .iter()
+        .find(|p| p.project_name == "acme")
+        .expect("acme has usage");
+    assert_eq!(acme.instances.len(), 1);
+    assert_eq!(acme.instances[0].flavor_name, "small");
+    assert!(acme.instances[0].instance_hours > 0.0);
+    assert!(acme.volume_gib_hours > 0.0);
+    // Non-admins cannot read usage of all projects.
+    assert_eq!(
+        c.usage(&UsageQuery {
+            start,
+            end: None,
+            project: None
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        Some(ErrorCode::Forbidden)
+    );
+    // Every mutating call, successful or not, is in the audit log.
+    let _ = c
+        .instance_create(&TestCloud::vm("Bad Name"))
+        .await
+        .unwrap_err();
+    let records = eventually(5, || async {
+        let r = cloud.admin.audit_list(1000).await.ok()?;
+        r.iter().any(|a| a.result == "invalid_request").then_some(r)
+    })
+    .await;
+    let create = records
+        .iter()
+        .find(|a| a.method == "POST" && a.path == "/v1/instances" && a.result == "ok")
+        .expect("instance create audited");
+    assert_eq!(create.user_name.as_deref(), Some("alice"));
+    assert_eq!(create.status, 201);
+    assert_eq!(
+        c.audit_list(10).await.unwrap_err().code(),
+        Some(ErrorCode::Forbidden)
+    );
+}

@@ -1,0 +1,300 @@
+//! Test harness: a real stack manager (real HTTP listeners, real SQLite file
+//! or a fresh PostgreSQL database) plus simulated agents.
+
+#![allow(dead_code)]
+
+pub mod sim_agent;
+
+use std::time::Duration;
+
+use api::resources::*;
+use api::{Client, InternalClient};
+use stack_manager::config::Config;
+use stack_manager::state::AppState;
+
+pub use sim_agent::SimFleet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestCloud {
+    pub url: String,
+    pub internal_url: String,
+    pub admin: Client,
+    pub admin_token: String,
+    pub state: AppState,
+    pub fleet: SimFleet,
+    _dir: tempfile::TempDir,
+}
+
+/// A fresh, empty PostgreSQL database for one test. The suite needs
+/// PostgreSQL: without it this fails loudly rather than skipping.
+async fn fresh_postgres() -> String {
+    let base = std::env::var("STRATO_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "STRATO_TEST_POSTGRES_URL is not set. The PostgreSQL half of the suite needs a server: \
+             run the suite with `bash scripts/test.sh`, which installs and starts one."
+        )
+    });
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {base}: {e}"));
+    let name = format!("strato_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+    format!("{prefix}/{name}")
+}
+
+impl TestCloud {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            internal_listen: "127.0.0.1:0".parse().unwrap(),
+            state_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.database_url = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(fresh_postgres().await),
+        };
+        tweak(&mut config);
+        let state = AppState::start(config).await.expect("stack manager starts");
+        let boot = stack_manager::server::init(&state, "admin", "admin")
+            .await
+            .expect("init");
+        let running = stack_manager::server::start(state.clone())
+            .await
+            .expect("listen");
+        let url = format!("http://{}", running.public);
+        let internal_url = format!("http://{}", running.internal);
+        let admin = Client::new(&url, &boot.token);
+        Self {
+            url,
+            internal_url,
+            admin,
+            admin_token: boot.token,
+            state,
+            fleet: SimFleet::start().await,
+            _dir: dir,
+        }
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        Client::new(&self.url, token)
+    }
+
+    /// A new project with default quota.
+    pub async fn project(&self, name: &str) -> Project {
+        self.admin
+            .project_create(&ProjectCreate {
+                name: name.into(),
+                description: String::new(),
+            })
+            .await
+            .expect("create project")
+    }
+
+    /// A user with `role` in `project`, and a client holding their token.
+    pub async fn user(&self, name: &str, project: &str, role: ProjectRole) -> Client {
+        self.admin
+            .user_create(&UserCreate {
+                name: name.into(),
+                admin: false,
+            })
+            .await
+            .expect("create user");
+        self.admin
+            .member_set(project, name, role)
+            .await
+            .expect("membership");
+        let t = self
+            .admin
+            .token_create(
+                Some(name),
+                &TokenCreate {
+                    description: "test".into(),
+                    expires_in_secs: None,
+                },
+            )
+            .await
+            .expect("token");
+        self.client(&t.secret)
+            .with_project(Some(project.to_string()))
+    }
+
+    /// Enrolls a simulated host of `kind` through the real internal API.
+    pub async fn enroll(
+        &self,
+        key: &str,
+        kind: HostKind,
+        capacity: Capacity,
+        rack: Option<&str>,
+    ) -> api::ids::HostId {
+        let token = self
+            .admin
+            .enrollment_token_create(&EnrollmentTokenCreate {
+                kind,
+                rack: rack.map(str::to_string),
+                expires_in_secs: 3600,
+            })
+            .await
+            .expect("enrollment token");
+        let internal = InternalClient::new(&self.internal_url, None);
+        self.fleet
+            .enroll(&internal, &token.secret, key, kind, capacity)
+            .await
+            .expect("enroll")
+    }
+
+    pub async fn hypervisor(
+        &self,
+        key: &str,
+        vcpus: u32,
+        ram_mib: u64,
+        rack: Option<&str>,
+    ) -> api::ids::HostId {
+        self.enroll(
+            key,
+            HostKind::Hypervisor,
+            Capacity {
+                vcpus,
+                ram_mib,
+                disk_gib: 1000,
+                ..Default::default()
+            },
+            rack,
+        )
+        .await
+    }
+
+    pub async fn storage(&self, key: &str, gib: u64) -> api::ids::HostId {
+        self.enroll(
+            key,
+            HostKind::Storage,
+            Capacity {
+                storage_bytes_total: gib << 30,
+                storage_bytes_free: gib << 30,
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+    }
+
+    /// Sets up what an instance needs in `project`: flavor `small` (1 vCPU,
+    /// 512 MiB, 5 GiB; admin-made once), image `tiny`, network `net` with a
+    /// /24 subnet, keypair `key`.
+    pub async fn basics(&self, client: &Client) {
+        if self.admin.flavor_get_by_name("small").await.is_none() {
+            self.admin
+                .flavor_create(&FlavorCreate {
+                    name: "small".into(),
+                    vcpus: 1,
+                    ram_mib: 512,
+                    disk_gib: 5,
+                })
+                .await
+                .expect("flavor");
+        }
+        client
+            .image_create(&ImageCreate {
+                name: "tiny".into(),
+                source: "/var/lib/strato/images/tiny.qcow2".into(),
+                format: ImageFormat::Qcow2,
+                sha256: "a".repeat(64),
+                min_disk_gib: 1,
+                visibility: Visibility::Private,
+            })
+            .await
+            .expect("image");
+        let net = client
+            .network_create(&NetworkCreate {
+                name: "net".into(),
+                vlan: None,
+                mtu: 1500,
+            })
+            .await
+            .expect("network");
+        client
+            .subnet_create(
+                net.id,
+                &SubnetCreate {
+                    name: "v4".into(),
+                    cidr: "10.20.0.0/24".parse().unwrap(),
+                    gateway: None,
+                    pools: vec![],
+                    reserved: vec![],
+                    dns_servers: vec!["10.20.0.1".parse().unwrap()],
+                },
+            )
+            .await
+            .expect("subnet");
+        client
+            .keypair_create(&KeypairCreate {
+                name: "key".into(),
+                public_key: TEST_KEY.into(),
+            })
+            .await
+            .expect("keypair");
+    }
+
+    pub fn vm(name: &str) -> InstanceCreate {
+        InstanceCreate {
+            name: name.into(),
+            flavor: "small".into(),
+            image: "tiny".into(),
+            networks: vec!["net".into()],
+            keypair: Some("key".into()),
+            user_data: None,
+            anti_affinity_group: None,
+            start: true,
+        }
+    }
+}
+
+pub const TEST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGuEbkB5fiabq34MkliWiex1mZ7OFzxnZjfW/XWDNRTO test@strato";
+
+/// Polls `f` until it returns `Some`, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("condition not reached within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+trait FlavorByName {
+    async fn flavor_get_by_name(&self, name: &str) -> Option<Flavor>;
+}
+
+impl FlavorByName for Client {
+    async fn flavor_get_by_name(&self, name: &str) -> Option<Flavor> {
+        self.flavor_list()
+            .await
+            .ok()?
+            .into_iter()
+            .find(|f| f.name == name)
+    }
+}

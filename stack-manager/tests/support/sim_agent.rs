@@ -1,0 +1,277 @@
+//! Simulated agents: many fake hosts behind one HTTP server, speaking the
+//! real agent contract (`api::internal`). They exist for the stack manager's
+//! own tests and the scale benchmark only — real hosts run the hypervisor
+//! and storage agents. A simulated host "realizes" a spec instantly.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use api::ids::{HostId, InstanceId, VolumeId};
+use api::internal::*;
+use api::resources::{Capacity, HostKind};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+
+#[derive(Default)]
+pub struct SimHost {
+    pub host_id: Option<HostId>,
+    pub credential: String,
+    pub kind: Option<HostKind>,
+    pub capacity: Capacity,
+    pub instances: HashMap<InstanceId, InstanceSpec>,
+    pub volumes: HashMap<VolumeId, VolumeSpec>,
+    /// Every PUT/DELETE received, for assertions on idempotency.
+    pub calls: u64,
+    /// When set, every call fails with 500 (an agent in trouble).
+    pub failing: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct SimFleet {
+    pub hosts: Arc<Mutex<HashMap<String, SimHost>>>,
+    pub addr: Option<SocketAddr>,
+}
+
+type Fleet = Arc<Mutex<HashMap<String, SimHost>>>;
+
+impl SimFleet {
+    /// Starts the fleet's HTTP server on a loopback port.
+    pub async fn start() -> Self {
+        let hosts: Fleet = Arc::default();
+        let app = Router::new()
+            .route("/h/{key}/agent/v1/instances", get(instance_list))
+            .route(
+                "/h/{key}/agent/v1/instances/{id}",
+                put(instance_put).delete(instance_delete),
+            )
+            .route("/h/{key}/agent/v1/instances/{id}/console", get(console))
+            .route("/h/{key}/agent/v1/volumes", get(volume_list))
+            .route(
+                "/h/{key}/agent/v1/volumes/{id}",
+                put(volume_put).delete(volume_delete),
+            )
+            .with_state(hosts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind sim fleet");
+        let addr = listener.local_addr().expect("sim fleet address");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            hosts,
+            addr: Some(addr),
+        }
+    }
+
+    pub fn agent_url(&self, key: &str) -> String {
+        format!("http://{}/h/{key}", self.addr.expect("fleet started"))
+    }
+
+    /// Enrolls a simulated host through the real internal API.
+    pub async fn enroll(
+        &self,
+        internal: &api::InternalClient,
+        token: &str,
+        key: &str,
+        kind: HostKind,
+        capacity: Capacity,
+    ) -> Result<HostId, api::ClientError> {
+        let req = EnrollRequest {
+            token: token.to_string(),
+            name: key.to_string(),
+            kind,
+            agent_url: self.agent_url(key),
+            capacity,
+            initiator_iqn: (kind == HostKind::Hypervisor)
+                .then(|| format!("iqn.2026-11.io.strato.sim:{key}")),
+            iscsi_portal: (kind == HostKind::Storage).then(|| "127.0.0.1:3260".to_string()),
+        };
+        let resp = internal.enroll(&req).await?;
+        self.hosts.lock().unwrap().insert(
+            key.to_string(),
+            SimHost {
+                host_id: Some(resp.host_id),
+                credential: resp.credential,
+                kind: Some(kind),
+                capacity,
+                ..Default::default()
+            },
+        );
+        Ok(resp.host_id)
+    }
+
+    /// What a host would report in a heartbeat now.
+    pub fn heartbeat_of(&self, key: &str) -> Option<(HostId, String, Heartbeat)> {
+        let hosts = self.hosts.lock().unwrap();
+        let h = hosts.get(key)?;
+        Some((
+            h.host_id?,
+            h.credential.clone(),
+            Heartbeat {
+                capacity: h.capacity,
+                instances: h.instances.values().map(observed_instance).collect(),
+                volumes: h.volumes.values().map(observed_volume).collect(),
+            },
+        ))
+    }
+
+    /// Sends one heartbeat for `key` through the real internal API.
+    pub async fn heartbeat(&self, internal_url: &str, key: &str) -> Result<(), api::ClientError> {
+        let (id, credential, hb) = self.heartbeat_of(key).expect("known sim host");
+        api::InternalClient::new(internal_url, Some(credential))
+            .heartbeat(id, &hb)
+            .await?;
+        Ok(())
+    }
+
+    pub fn with_host<T>(&self, key: &str, f: impl FnOnce(&mut SimHost) -> T) -> T {
+        f(self
+            .hosts
+            .lock()
+            .unwrap()
+            .get_mut(key)
+            .expect("known sim host"))
+    }
+
+    pub fn instance_count(&self) -> usize {
+        self.hosts
+            .lock()
+            .unwrap()
+            .values()
+            .map(|h| h.instances.len())
+            .sum()
+    }
+}
+
+fn observed_instance(s: &InstanceSpec) -> ObservedInstance {
+    ObservedInstance {
+        id: s.id,
+        state: match s.power {
+            PowerState::Running => ObservedInstanceState::Running,
+            PowerState::Stopped => ObservedInstanceState::Stopped,
+        },
+        generation: s.generation,
+        reboot_count: s.reboot_count,
+        reason: None,
+    }
+}
+
+fn observed_volume(s: &VolumeSpec) -> ObservedVolume {
+    ObservedVolume {
+        id: s.id,
+        state: ObservedVolumeState::Available,
+        generation: s.generation,
+        size_bytes: s.size_bytes,
+        snapshots: s.snapshots.clone(),
+        reason: None,
+    }
+}
+
+/// Checks the stack manager's bearer credential and returns the host.
+fn authorized<'a>(
+    hosts: &'a mut HashMap<String, SimHost>,
+    key: &str,
+    headers: &HeaderMap,
+) -> Result<&'a mut SimHost, StatusCode> {
+    let h = hosts.get_mut(key).ok_or(StatusCode::NOT_FOUND)?;
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if bearer != Some(h.credential.as_str()) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    if h.failing {
+        return Err(StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    h.calls += 1;
+    Ok(h)
+}
+
+async fn instance_put(
+    State(f): State<Fleet>,
+    Path((key, _id)): Path<(String, InstanceId)>,
+    headers: HeaderMap,
+    Json(spec): Json<InstanceSpec>,
+) -> Result<Json<ObservedInstance>, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    let o = observed_instance(&spec);
+    h.instances.insert(spec.id, spec);
+    Ok(Json(o))
+}
+
+async fn instance_delete(
+    State(f): State<Fleet>,
+    Path((key, id)): Path<(String, InstanceId)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    h.instances.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn instance_list(
+    State(f): State<Fleet>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ObservedInstance>>, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    Ok(Json(h.instances.values().map(observed_instance).collect()))
+}
+
+async fn console(
+    State(f): State<Fleet>,
+    Path((key, id)): Path<(String, InstanceId)>,
+    headers: HeaderMap,
+) -> Result<String, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    let spec = h.instances.get(&id).ok_or(StatusCode::NOT_FOUND)?;
+    Ok(format!(
+        "simulated console of {} ({})\n",
+        spec.hostname, spec.id
+    ))
+}
+
+async fn volume_put(
+    State(f): State<Fleet>,
+    Path((key, _id)): Path<(String, VolumeId)>,
+    headers: HeaderMap,
+    Json(spec): Json<VolumeSpec>,
+) -> Result<Json<ObservedVolume>, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    let o = observed_volume(&spec);
+    h.volumes.insert(spec.id, spec);
+    Ok(Json(o))
+}
+
+async fn volume_delete(
+    State(f): State<Fleet>,
+    Path((key, id)): Path<(String, VolumeId)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    h.volumes.remove(&id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn volume_list(
+    State(f): State<Fleet>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ObservedVolume>>, StatusCode> {
+    let mut hosts = f.lock().unwrap();
+    let h = authorized(&mut hosts, &key, &headers)?;
+    Ok(Json(h.volumes.values().map(observed_volume).collect()))
+}
