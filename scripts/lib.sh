@@ -56,5 +56,8 @@ ensure_postgres() {
         sleep 0.5
     done
     as_root su postgres -c "psql -qtAc \"DO \\\$\\\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'strato') THEN CREATE ROLE strato LOGIN CREATEDB PASSWORD 'strato'; END IF; END \\\$\\\$;\"" >/dev/null
+    # Each test makes its own database; drop the previous run's.
+    as_root su postgres -c "psql -qtAc \"SELECT datname FROM pg_database WHERE datname LIKE 'strato_t_%'\"" |
+        while read -r db; do as_root su postgres -c "dropdb --if-exists $db" >/dev/null 2>&1 || true; done
     export STRATO_TEST_POSTGRES_URL="postgres://strato:strato@127.0.0.1:5432/postgres"
 }

@@ -7,7 +7,9 @@ ensure_postgres
 cd "$STRATO_ROOT"
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "build"
+cargo build --locked --workspace
 log "tests"
-cargo test --locked --workspace --all-targets -- --test-threads 2
+cargo test --locked --workspace --lib --bins --tests -- --test-threads 2
 log "benchmarks compile"
 cargo bench --locked --no-run -p stack-manager

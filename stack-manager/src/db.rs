@@ -30,27 +30,54 @@ pub struct Db {
 }
 
 /// A write transaction, holding the SQLite write gate while it lives.
+///
+/// Dropping one without committing rolls it back *before* the gate opens:
+/// sqlx would otherwise only queue the rollback, and the next writer would
+/// find the database still locked by a transaction nobody owns any more.
 pub struct WriteTx {
-    pub tx: Transaction<'static, Any>,
-    _gate: Option<OwnedMutexGuard<()>>,
+    tx: Option<Transaction<'static, Any>>,
+    gate: Option<OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let result = match self.tx.take() {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        };
+        self.gate.take();
+        result
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let gate = self.gate.take();
+            tokio::spawn(async move {
+                if let Err(e) = tx.rollback().await {
+                    tracing::warn!(error = %e, "rollback failed");
+                }
+                drop(gate);
+            });
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = Transaction<'static, Any>;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.tx
+            .as_ref()
+            .expect("transaction is live until commit or drop")
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        self.tx
+            .as_mut()
+            .expect("transaction is live until commit or drop")
     }
 }
 
@@ -104,14 +131,23 @@ impl Db {
                     format!("{url}?mode=rwc")
                 };
                 let opts = AnyConnectOptions::from_str(&full)?;
+                // WAL is a property of the file: set it once, before the pool
+                // exists, so that no pooled connection ever needs the lock
+                // switching modes takes.
+                {
+                    use sqlx::{ConnectOptions, Executor};
+                    let mut conn = opts.connect().await?;
+                    conn.execute("PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL;")
+                        .await?;
+                }
                 AnyPoolOptions::new()
                     .max_connections(max_connections.max(2))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                                "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON;",
                             )
                             .await?;
                             Ok(())
@@ -143,7 +179,7 @@ impl Db {
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx { tx, _gate: gate })
+        Ok(WriteTx { tx: Some(tx), gate })
     }
 }
 

@@ -82,11 +82,25 @@ impl From<sqlx::Error> for ApiError {
         if crate::db::is_foreign_key_violation(&e) {
             return ApiError::conflict("the resource is still referenced by others");
         }
+        if let sqlx::Error::Database(d) = &e {
+            // PostgreSQL: text it cannot store (e.g. NUL). Input, not a bug.
+            if matches!(d.code().as_deref(), Some("22021") | Some("22P05")) {
+                return ApiError::invalid("a text field holds characters that cannot be stored");
+            }
+        }
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                ApiError::new(ErrorCode::Unavailable, format!("database unavailable: {e}"))
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the database is unavailable; retry later",
+                )
             }
-            other => ApiError::internal(format!("database error: {other}")),
+            other => {
+                // The details stay in the log: they can describe the schema.
+                tracing::error!(error = %other, "database error");
+                ApiError::internal("internal database error; see the stack manager's log")
+            }
         }
     }
 }
@@ -98,14 +112,50 @@ impl From<api::ids::IdParseError> for ApiError {
 }
 
 /// `Json<T>` whose rejections are API errors (malformed JSON, unknown fields,
-/// wrong content type).
+/// wrong content type). Stricter than `axum::Json` in two ways: the body must
+/// be a JSON object (serde would accept a struct as an array of its field
+/// values), and it may not carry NUL characters (PostgreSQL cannot store
+/// them; SQLite would, and the two stores must agree).
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        let json_type = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !json_type {
+            return Err(ApiError::new(
+                ErrorCode::MalformedBody,
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::MalformedBody, e.body_text()))?;
+        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'{') => {}
+            _ => {
+                return Err(ApiError::new(
+                    ErrorCode::MalformedBody,
+                    "the body must be a JSON object",
+                ))
+            }
+        }
+        if contains_nul_escape(&bytes) {
+            return Err(ApiError::invalid(
+                "strings may not contain NUL characters (\\u0000)",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rej) => Err(json_rejection(rej)),
         }
@@ -113,13 +163,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(rej: JsonRejection) -> ApiError {
-    let msg = match &rej {
-        JsonRejection::MissingJsonContentType(_) => {
-            "expected `Content-Type: application/json`".to_string()
-        }
-        other => other.body_text(),
-    };
-    ApiError::new(ErrorCode::MalformedBody, msg)
+    ApiError::new(ErrorCode::MalformedBody, rej.body_text())
+}
+
+/// Whether a JSON text has a `\u0000` escape (a raw NUL byte is not valid
+/// JSON and the parser refuses it anyway).
+fn contains_nul_escape(json: &[u8]) -> bool {
+    json.windows(6).enumerate().any(|(i, w)| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && &w[2..] == b"0000"
+            // `\\u0000` is an escaped backslash followed by text, not a NUL.
+            && json[..i].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 0
+    })
 }
 
 /// `Path<T>` whose rejections are `invalid_id` errors.
@@ -129,6 +185,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidId,
+                "path may not contain NUL characters",
+            ));
+        }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
             Err(rej) => Err(path_rejection(rej)),
@@ -147,6 +209,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_encoded_nul(parts.uri.query().unwrap_or("")) {
+            return Err(ApiError::invalid("query may not contain NUL characters"));
+        }
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
             Err(rej) => Err(query_rejection(rej)),
@@ -156,4 +221,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 fn query_rejection(rej: QueryRejection) -> ApiError {
     ApiError::invalid(rej.body_text())
+}
+
+fn has_encoded_nul(s: &str) -> bool {
+    s.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_nul_escape;
+
+    #[test]
+    fn nul_escapes_are_found_but_escaped_backslashes_are_not() {
+        assert!(contains_nul_escape(br#"{"a":"x\u0000y"}"#));
+        assert!(!contains_nul_escape(br#"{"a":"x\\u0000y"}"#));
+        assert!(contains_nul_escape(br#"{"a":"x\\\u0000y"}"#));
+        assert!(!contains_nul_escape(br#"{"a":"plain"}"#));
+    }
 }

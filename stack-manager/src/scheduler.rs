@@ -228,6 +228,14 @@ impl Scheduler {
         }
     }
 
+    fn any_of_kind(&self, kind: HostKind) -> bool {
+        self.hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|h| h.kind == kind)
+    }
+
     pub fn export_host_gauges(&self, gauge: &prometheus::IntGaugeVec) {
         let now = now_ms();
         let mut counts: HashMap<(HostKind, HostHealth), i64> = HashMap::new();
@@ -359,6 +367,12 @@ impl Scheduler {
             // Our view was stale (another stack manager claimed it): refresh it.
             self.reload_host(tx, host).await?;
         }
+        if !self.any_of_kind(HostKind::Hypervisor) {
+            return Err(ApiError::new(
+                api::ErrorCode::CapacityExhausted,
+                "no hypervisor has enrolled yet: instances cannot be placed until a hypervisor agent enrolls",
+            ));
+        }
         Err(ApiError::new(
             api::ErrorCode::CapacityExhausted,
             format!(
@@ -404,8 +418,13 @@ impl Scheduler {
         Err(ApiError::new(
             api::ErrorCode::CapacityExhausted,
             format!(
-                "no storage node can hold {} GiB: none is enrolled and up, or all are full (enroll a storage agent)",
-                bytes >> 30
+                "no storage node can hold {} GiB: {}",
+                bytes >> 30,
+                if self.any_of_kind(HostKind::Storage) {
+                    "all are full, down or disabled"
+                } else {
+                    "none has enrolled yet; volumes need a storage agent"
+                }
             ),
         ))
     }
@@ -443,8 +462,15 @@ impl Scheduler {
     }
 }
 
+/// Weights this close to the best count as a tie.
+const TIE: f64 = 0.02;
+
 /// The best `CANDIDATES` by weight, best first, without sorting everything.
+/// Near-ties are shuffled: concurrent requests would otherwise all pick the
+/// same emptiest host and queue on its row lock (PostgreSQL) or fail their
+/// claims one after another (several stack managers).
 fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
+    use rand::seq::SliceRandom;
     let by_weight_desc =
         |a: &(f64, HostId), b: &(f64, HostId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
     if scored.len() > CANDIDATES {
@@ -452,5 +478,30 @@ fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
         scored.truncate(CANDIDATES);
     }
     scored.sort_by(by_weight_desc);
+    if let Some(best) = scored.first().map(|s| s.0) {
+        let ties = scored.iter().take_while(|s| s.0 >= best - TIE).count();
+        scored[..ties].shuffle(&mut rand::thread_rng());
+    }
     scored.into_iter().map(|(_, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clear_winner_comes_first_and_ties_are_spread() {
+        let a = HostId::new();
+        let others: Vec<HostId> = (0..20).map(|_| HostId::new()).collect();
+        let mut scored = vec![(0.9, a)];
+        scored.extend(others.iter().map(|h| (0.5, *h)));
+        for _ in 0..20 {
+            let ranked = top(scored.clone());
+            assert_eq!(ranked[0], a);
+            assert_eq!(ranked.len(), CANDIDATES);
+        }
+        let tied: Vec<(f64, HostId)> = others.iter().map(|h| (0.5, *h)).collect();
+        let firsts: HashSet<HostId> = (0..50).map(|_| top(tied.clone())[0]).collect();
+        assert!(firsts.len() > 1, "ties are shuffled");
+    }
 }

@@ -190,6 +190,9 @@ async fn show(
 
 /// A limit may be set below what the project already uses: nothing is taken
 /// away, new claims of that kind simply fail until usage drops.
+/// The largest value a quota limit may take (2^50: more than any cloud holds).
+const MAX_LIMIT: u64 = 1 << 50;
+
 #[utoipa::path(put, path = "/v1/projects/{project}/quota", tag = "quotas",
     request_body = QuotaUpdate,
     params(("project" = String, Path, description = "Project id or name")),
@@ -211,6 +214,12 @@ async fn update(
         body.volume_gib,
         body.addresses,
     ];
+    // Limits are stored as signed 64-bit; anything near that is a typo.
+    for (field, v) in FIELDS.iter().zip(values) {
+        if let Some(v) = v {
+            validate::range(field, v, 0, MAX_LIMIT)?;
+        }
+    }
     let sets: Vec<String> = FIELDS
         .iter()
         .enumerate()

@@ -1,0 +1,210 @@
+//! The README's tour, end to end: the real `strato` binary starts the real
+//! `stack-manager` with `strato up` and drives it. No agents exist yet, so
+//! scheduling answers with a clear capacity error.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn strato(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_strato"))
+            .args(args)
+            .env("HOME", self.home.path())
+            .env_remove("STRATO_URL")
+            .env_remove("STRATO_TOKEN")
+            .env_remove("STRATO_PROJECT")
+            .env_remove("STRATO_CONFIG")
+            .output()
+            .expect("run strato")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.strato(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "strato {args:?} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).expect("--json prints JSON")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = self.strato(&["down"]);
+    }
+}
+
+#[test]
+fn tour_through_strato_up() {
+    let stack_manager = Path::new(env!("CARGO_BIN_EXE_strato")).with_file_name("stack-manager");
+    assert!(
+        stack_manager.exists(),
+        "{} is not built; run the suite with `bash scripts/test.sh` (cargo test --workspace builds it)",
+        stack_manager.display()
+    );
+    let env = Env {
+        home: tempfile::tempdir().expect("temp home"),
+    };
+    let listen = format!("127.0.0.1:{}", free_port());
+    let internal = format!("127.0.0.1:{}", free_port());
+    let up = env.ok(&["up", "--listen", &listen, "--internal-listen", &internal]);
+    assert!(up.contains("admin token:"), "{up}");
+    assert!(up.contains(&listen), "{up}");
+    // A second `up` finds it running.
+    let again = env.strato(&["up", "--listen", &listen, "--internal-listen", &internal]);
+    assert!(again.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(said.contains("already running"), "{said}");
+
+    let me = env.json(&["whoami"]);
+    assert_eq!(me["user"]["name"], "admin");
+    assert_eq!(me["user"]["admin"], true);
+
+    env.ok(&[
+        "flavor",
+        "create",
+        "m1.small",
+        "--vcpus",
+        "1",
+        "--ram-mib",
+        "1024",
+        "--disk-gib",
+        "10",
+    ]);
+    let flavors = env.ok(&["flavor", "list"]);
+    assert!(flavors.contains("m1.small"), "{flavors}");
+
+    let net = env.json(&["network", "create", "web"]);
+    assert_eq!(net["name"], "web");
+    let subnet = env.json(&[
+        "network",
+        "subnet-create",
+        "web",
+        "v4",
+        "--cidr",
+        "10.10.0.0/24",
+    ]);
+    assert_eq!(subnet["gateway"], "10.10.0.1");
+    assert_eq!(subnet["capacity"], 253);
+
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGuEbkB5fiabq34MkliWiex1mZ7OFzxnZjfW/XWDNRTO tour@strato";
+    let kp = env.json(&["keypair", "create", "laptop", "--public-key", key]);
+    assert!(
+        kp["fingerprint"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("SHA256:"),
+        "{kp}"
+    );
+
+    let sha = "8950abfda7b727630760dd35bcf5c3daa7631aff223a90f7728c0d2521dde10c";
+    env.ok(&[
+        "image",
+        "create",
+        "tiny",
+        "--source",
+        "/var/lib/strato/images/tiny.qcow2",
+        "--format",
+        "qcow2",
+        "--sha256",
+        sha,
+        "--public",
+    ]);
+
+    // No hypervisor agent yet: a clear 409, and nothing written.
+    let vm = env.strato(&[
+        "vm",
+        "create",
+        "web-1",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "tiny",
+        "--network",
+        "web",
+        "--keypair",
+        "laptop",
+    ]);
+    assert_eq!(vm.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&vm.stderr);
+    assert!(err.contains("no hypervisor has enrolled"), "{err}");
+    let vms = env.json(&["vm", "list"]);
+    assert_eq!(vms["items"].as_array().map(Vec::len), Some(0));
+    let quota = env.json(&["quota", "show"]);
+    assert_eq!(quota["usage"]["instances"], 0);
+
+    // Bad input from the command line gets a clear error, not a crash.
+    let bad = env.strato(&[
+        "network",
+        "subnet-create",
+        "web",
+        "bad",
+        "--cidr",
+        "10.10.0.5/24",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+
+    // The audit log saw all of it.
+    let audit = env.ok(&["audit", "--limit", "20"]);
+    assert!(audit.contains("capacity_exhausted"), "{audit}");
+
+    // A tenant: project, user, membership, token, login.
+    env.ok(&["project", "create", "acme"]);
+    env.ok(&["user", "create", "alice"]);
+    env.ok(&["project", "add-member", "acme", "alice", "--role", "member"]);
+    let token = env.json(&["user", "token", "alice"]);
+    let secret = token["secret"].as_str().expect("token secret").to_string();
+    let url = format!("http://{listen}");
+    env.ok(&[
+        "--url",
+        &url,
+        "--token",
+        &secret,
+        "--project",
+        "acme",
+        "login",
+    ]);
+    let me = env.json(&["whoami"]);
+    assert_eq!(me["user"]["name"], "alice");
+    // alice sees her project's (empty) networks, not admin's `web`.
+    let nets = env.json(&["network", "list"]);
+    assert_eq!(nets["items"].as_array().map(Vec::len), Some(0), "{nets}");
+    let denied = env.strato(&[
+        "flavor",
+        "create",
+        "x1",
+        "--vcpus",
+        "1",
+        "--ram-mib",
+        "512",
+        "--disk-gib",
+        "1",
+    ]);
+    assert_eq!(denied.status.code(), Some(1));
+
+    env.ok(&["down"]);
+}
