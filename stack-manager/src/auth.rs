@@ -26,6 +26,8 @@ pub struct Caller {
     pub user_name: String,
     pub admin: bool,
     pub memberships: Vec<(ProjectId, ProjectRole)>,
+    /// When the token presented expires (ms), if it does.
+    pub expires_at: Option<i64>,
 }
 
 /// A new random secret with a recognisable prefix (so leaked tokens can be
@@ -159,14 +161,70 @@ impl Caller {
     }
 }
 
+/// Recently resolved callers by token hash. Every request would otherwise
+/// cost two queries before it does anything. Entries live a few seconds and
+/// the whole cache is dropped by any change to users, tokens or projects made
+/// through this stack manager; another replica's change shows within the TTL.
+#[derive(Default)]
+pub struct CallerCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Caller, std::time::Instant)>>,
+}
+
+const CALLER_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl CallerCache {
+    fn get(&self, hash: &str) -> Option<Caller> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < CALLER_TTL)
+            .map(|(c, _)| c.clone())
+    }
+
+    fn put(&self, hash: String, caller: Caller) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() > 10_000 {
+            entries.retain(|_, (_, at)| at.elapsed() < CALLER_TTL);
+        }
+        entries.insert(hash, (caller, std::time::Instant::now()));
+    }
+
+    pub fn clear(&self) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+/// Whether a mutating request may change who a token stands for.
+fn changes_identity(path: &str) -> bool {
+    ["/v1/users", "/v1/tokens", "/v1/projects"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
 /// Looks up the caller of a bearer token; `None` for unknown or expired ones.
 pub async fn caller_for_token(state: &AppState, secret: &str) -> ApiResult<Option<Caller>> {
     let hash = hash_secret(secret);
+    if let Some(c) = state.callers.get(&hash) {
+        if c.expires_at.is_none_or(|e| e > now_ms()) {
+            return Ok(Some(c));
+        }
+    }
+    let caller = caller_from_db(state, &hash).await?;
+    if let Some(c) = &caller {
+        state.callers.put(hash, c.clone());
+    }
+    Ok(caller)
+}
+
+async fn caller_from_db(state: &AppState, hash: &str) -> ApiResult<Option<Caller>> {
     let row = sqlx::query(
         "SELECT u.id, u.name, u.admin, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.secret_hash = $1",
     )
-    .bind(&hash)
+    .bind(hash)
     .fetch_optional(&state.db.pool)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -191,6 +249,7 @@ pub async fn caller_for_token(state: &AppState, secret: &str) -> ApiResult<Optio
         user_name: row.try_get("name")?,
         admin: row.try_get::<i64, _>("admin")? != 0,
         memberships,
+        expires_at: expires,
     }))
 }
 
@@ -221,6 +280,9 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         }
         Err(e) => (e.into_response(), None),
     };
+    if mutating && changes_identity(&path) {
+        state.callers.clear();
+    }
     if mutating {
         let code = resp.extensions().get::<api::ErrorCode>().copied();
         state.audit.record(crate::audit::Entry {

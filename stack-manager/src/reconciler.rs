@@ -187,17 +187,11 @@ async fn sync_hypervisor(
     if down {
         return Ok(converged);
     }
+    let applied = applied_generations(state, "instances", host).await?;
     for spec in desired::instance_specs(&state.db, host, None).await? {
-        let stale = sqlx::query("SELECT applied_generation, status FROM instances WHERE id = $1")
-            .bind(spec.id.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .map(|r| -> Result<bool, sqlx::Error> {
-                Ok(r.uint("applied_generation")? < spec.generation
-                    || r.text("status")? == "rebooting")
-            })
-            .transpose()?
-            .unwrap_or(false);
+        let stale = applied
+            .get(&spec.id.to_string())
+            .is_some_and(|(gen, status)| *gen < spec.generation || status == "rebooting");
         if !stale {
             continue;
         }
@@ -247,14 +241,11 @@ async fn sync_storage(
     if down {
         return Ok(converged);
     }
+    let applied = applied_generations(state, "volumes", host).await?;
     for spec in desired::volume_specs(&state.db, host, None).await? {
-        let stale = sqlx::query("SELECT applied_generation FROM volumes WHERE id = $1")
-            .bind(spec.id.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .map(|r| r.uint("applied_generation"))
-            .transpose()?
-            .is_some_and(|applied| applied < spec.generation);
+        let stale = applied
+            .get(&spec.id.to_string())
+            .is_some_and(|(gen, _)| *gen < spec.generation);
         if !stale {
             continue;
         }
@@ -269,4 +260,26 @@ async fn sync_storage(
         }
     }
     Ok(converged)
+}
+
+/// What the agent last applied, per live row of `table` on `host`, with the row's status.
+async fn applied_generations(
+    state: &AppState,
+    table: &'static str,
+    host: HostId,
+) -> ApiResult<HashMap<String, (u64, String)>> {
+    let sql = format!("SELECT id, applied_generation, status FROM {table} WHERE host_id = $1 AND deleted_at IS NULL");
+    let rows = sqlx::query(&sql)
+        .bind(host.to_string())
+        .fetch_all(&state.db.pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.text("id")?,
+                (r.uint("applied_generation")?, r.text("status")?),
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }

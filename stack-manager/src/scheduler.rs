@@ -85,6 +85,13 @@ pub struct InstanceDemand {
     pub group_racks: HashMap<RackId, u32>,
 }
 
+/// Hosts ranked for a request before its transaction, best first.
+#[derive(Debug, Clone)]
+pub struct Ranking {
+    pub hosts: Vec<HostId>,
+    took: std::time::Duration,
+}
+
 /// A claim made in a transaction; apply it to the memory view once the
 /// transaction commits (a rolled-back claim must leave no trace).
 #[derive(Debug, Clone, Copy)]
@@ -324,48 +331,55 @@ impl Scheduler {
         top(scored)
     }
 
-    /// Places an instance: ranks hosts and claims the first that the
-    /// database accepts, in `tx`.
-    pub async fn claim_instance(&self, tx: &mut WriteTx, d: &InstanceDemand) -> ApiResult<Claim> {
+    /// Ranks hosts for an instance. Done before the write transaction
+    /// begins, so the scan of every host never holds the SQLite write gate;
+    /// [`Scheduler::claim_instance`] re-checks what may have changed since.
+    pub fn rank_instance(&self, d: &InstanceDemand) -> Ranking {
         let started = Instant::now();
-        let result = self.claim_instance_inner(tx, d).await;
+        let hosts = self.rank_hypervisors(d);
+        Ranking {
+            hosts,
+            took: started.elapsed(),
+        }
+    }
+
+    /// Claims the first ranked host that still fits `d` (whose group
+    /// footprint was read inside `tx`, after the group lock) and that the
+    /// database accepts. When every ranked host is gone, ranks once more.
+    pub async fn claim_instance(
+        &self,
+        tx: &mut WriteTx,
+        d: &InstanceDemand,
+        ranking: Ranking,
+    ) -> ApiResult<Claim> {
+        let started = Instant::now();
+        let result = self.claim_instance_inner(tx, d, ranking.hosts).await;
         let label = if result.is_ok() { "ok" } else { "no_host" };
-        self.observe("instance", label, started.elapsed());
+        self.observe("instance", label, ranking.took + started.elapsed());
         result
     }
 
-    async fn claim_instance_inner(&self, tx: &mut WriteTx, d: &InstanceDemand) -> ApiResult<Claim> {
-        let cfg = &self.config;
-        for host in self.rank_hypervisors(d) {
-            let done = sqlx::query(
-                "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
-                 alloc_disk_gib = alloc_disk_gib + $4, alloc_instances = alloc_instances + 1 \
-                 WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' \
-                 AND alloc_vcpus + $2 <= cap_vcpus * $5 AND alloc_ram_mib + $3 <= cap_ram_mib * $6 \
-                 AND alloc_disk_gib + $4 <= cap_disk_gib * $7",
-            )
-            .bind(host.to_string())
-            .bind(d.vcpus as i64)
-            .bind(d.ram_mib as i64)
-            .bind(d.disk_gib as i64)
-            .bind(cfg.cpu_allocation_ratio)
-            .bind(cfg.ram_allocation_ratio)
-            .bind(cfg.disk_allocation_ratio)
-            .execute(&mut ***tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                return Ok(Claim {
-                    host,
-                    vcpus: d.vcpus as i64,
-                    ram_mib: d.ram_mib as i64,
-                    disk_gib: d.disk_gib as i64,
-                    storage_bytes: 0,
-                    instances: 1,
-                    volumes: 0,
-                });
+    async fn claim_instance_inner(
+        &self,
+        tx: &mut WriteTx,
+        d: &InstanceDemand,
+        ranked: Vec<HostId>,
+    ) -> ApiResult<Claim> {
+        let mut tried = HashSet::new();
+        for round in 0..2 {
+            let candidates = if round == 0 {
+                ranked.clone()
+            } else {
+                self.rank_hypervisors(d)
+            };
+            for host in candidates {
+                if !tried.insert(host) || !self.still_allowed(host, d) {
+                    continue;
+                }
+                if let Some(claim) = self.try_claim(tx, host, d).await? {
+                    return Ok(claim);
+                }
             }
-            // Our view was stale (another stack manager claimed it): refresh it.
-            self.reload_host(tx, host).await?;
         }
         if !self.any_of_kind(HostKind::Hypervisor) {
             return Err(ApiError::new(
@@ -383,6 +397,60 @@ impl Scheduler {
                 if d.group_hosts.is_empty() { "" } else { ", or already hold a member of the anti-affinity group" }
             ),
         ))
+    }
+
+    /// Anti-affinity against the footprint read inside the transaction.
+    fn still_allowed(&self, host: HostId, d: &InstanceDemand) -> bool {
+        if d.group_hosts.contains(&host) {
+            return false;
+        }
+        if self.config.rack_spread == RackSpread::Require {
+            let rack = self.get(host).and_then(|h| h.rack);
+            if rack.is_some_and(|r| d.group_racks.get(&r).copied().unwrap_or(0) > 0) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The conditional claim on one host; `None` when the database says it
+    /// no longer fits (our view was stale: refresh that host).
+    async fn try_claim(
+        &self,
+        tx: &mut WriteTx,
+        host: HostId,
+        d: &InstanceDemand,
+    ) -> ApiResult<Option<Claim>> {
+        let cfg = &self.config;
+        let done = sqlx::query(
+            "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
+             alloc_disk_gib = alloc_disk_gib + $4, alloc_instances = alloc_instances + 1 \
+             WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' \
+             AND alloc_vcpus + $2 <= cap_vcpus * $5 AND alloc_ram_mib + $3 <= cap_ram_mib * $6 \
+             AND alloc_disk_gib + $4 <= cap_disk_gib * $7",
+        )
+        .bind(host.to_string())
+        .bind(d.vcpus as i64)
+        .bind(d.ram_mib as i64)
+        .bind(d.disk_gib as i64)
+        .bind(cfg.cpu_allocation_ratio)
+        .bind(cfg.ram_allocation_ratio)
+        .bind(cfg.disk_allocation_ratio)
+        .execute(&mut ***tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Some(Claim {
+                host,
+                vcpus: d.vcpus as i64,
+                ram_mib: d.ram_mib as i64,
+                disk_gib: d.disk_gib as i64,
+                storage_bytes: 0,
+                instances: 1,
+                volumes: 0,
+            }));
+        }
+        self.reload_host(tx, host).await?;
+        Ok(None)
     }
 
     /// Places a volume on a storage node, in `tx`.
@@ -465,6 +533,10 @@ impl Scheduler {
 /// Weights this close to the best count as a tie.
 const TIE: f64 = 0.02;
 
+/// How many of the best hosts ties are drawn from: wide enough that 32
+/// concurrent requests on an empty cloud rarely pick the same host.
+const TIE_POOL: usize = 64;
+
 /// The best `CANDIDATES` by weight, best first, without sorting everything.
 /// Near-ties are shuffled: concurrent requests would otherwise all pick the
 /// same emptiest host and queue on its row lock (PostgreSQL) or fail their
@@ -473,15 +545,16 @@ fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
     use rand::seq::SliceRandom;
     let by_weight_desc =
         |a: &(f64, HostId), b: &(f64, HostId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    if scored.len() > CANDIDATES {
-        scored.select_nth_unstable_by(CANDIDATES - 1, by_weight_desc);
-        scored.truncate(CANDIDATES);
+    if scored.len() > TIE_POOL {
+        scored.select_nth_unstable_by(TIE_POOL - 1, by_weight_desc);
+        scored.truncate(TIE_POOL);
     }
     scored.sort_by(by_weight_desc);
     if let Some(best) = scored.first().map(|s| s.0) {
         let ties = scored.iter().take_while(|s| s.0 >= best - TIE).count();
         scored[..ties].shuffle(&mut rand::thread_rng());
     }
+    scored.truncate(CANDIDATES);
     scored.into_iter().map(|(_, id)| id).collect()
 }
 

@@ -17,6 +17,7 @@ pub struct AppState {
     pub audit: AuditLog,
     pub scheduler: Arc<Scheduler>,
     pub reconciler: Reconciler,
+    pub callers: Arc<crate::auth::CallerCache>,
 }
 
 impl AppState {
@@ -44,6 +45,7 @@ impl AppState {
             audit,
             scheduler,
             reconciler,
+            callers: Arc::default(),
         };
         state.reconciler.start(state.clone()).await?;
         Ok(state)

@@ -19,7 +19,7 @@ use axum::{Json, Router};
 use sqlx::any::AnyRow;
 
 use crate::auth::Caller;
-use crate::db::{lock_row, now_ms, RowExt, WriteTx};
+use crate::db::{lock_row, now_ms, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::quotas::QuotaDelta;
 use crate::http::{flavors, groups, images, keypairs, networks, quotas, usage, validate};
@@ -206,6 +206,18 @@ async fn create(
         nets.push(networks::resolve(&state, project, n).await?);
     }
 
+    let mut demand = InstanceDemand {
+        vcpus: flavor.vcpus as u64,
+        ram_mib: flavor.ram_mib,
+        disk_gib: flavor.disk_gib,
+        ..Default::default()
+    };
+    if let Some(g) = &group {
+        (demand.group_hosts, demand.group_racks) =
+            group_footprint(&mut *state.db.pool.acquire().await?, &g.id.to_string()).await?;
+    }
+    let ranking = state.scheduler.rank_instance(&demand);
+
     let id = InstanceId::new();
     let now = now_ms();
     let mut tx = state.db.begin_write().await?;
@@ -234,19 +246,17 @@ async fn create(
         },
     )
     .await?;
-    let mut demand = InstanceDemand {
-        vcpus: flavor.vcpus as u64,
-        ram_mib: flavor.ram_mib,
-        disk_gib: flavor.disk_gib,
-        ..Default::default()
-    };
     if let Some(g) = &group {
-        // Serializes placement of the group's members (PostgreSQL row lock).
+        // Serializes placement of the group's members (PostgreSQL row lock),
+        // then reads where they are now.
         lock_row(&mut tx, "anti_affinity_groups", &g.id.to_string()).await?;
         (demand.group_hosts, demand.group_racks) =
             group_footprint(&mut tx, &g.id.to_string()).await?;
     }
-    let claim = state.scheduler.claim_instance(&mut tx, &demand).await?;
+    let claim = state
+        .scheduler
+        .claim_instance(&mut tx, &demand, ranking)
+        .await?;
     sqlx::query(
         "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, vcpus, ram_mib, \
          disk_gib, user_data, desired, status, created_at, updated_at) \
@@ -294,7 +304,7 @@ async fn create(
 
 /// Hosts and racks holding live members of an anti-affinity group.
 async fn group_footprint(
-    tx: &mut WriteTx,
+    conn: &mut sqlx::AnyConnection,
     group: &str,
 ) -> ApiResult<(HashSet<HostId>, HashMap<api::ids::RackId, u32>)> {
     let rows = sqlx::query(
@@ -302,7 +312,7 @@ async fn group_footprint(
          WHERE i.group_id = $1 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
     )
     .bind(group)
-    .fetch_all(&mut ***tx)
+    .fetch_all(conn)
     .await?;
     let mut hosts = HashSet::new();
     let mut racks = HashMap::new();
