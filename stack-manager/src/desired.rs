@@ -250,6 +250,39 @@ pub async fn observe_instance(
     Ok(o.generation < generation || o.reboot_count < reboot_count)
 }
 
+/// Records what an agent answered to a push of `spec`: one write, no read,
+/// since the spec already says what was desired. A request that raced the
+/// push bumped the generation, so the next pass pushes again.
+pub async fn record_pushed_instance(
+    state: &AppState,
+    spec: &InstanceSpec,
+    o: &ObservedInstance,
+) -> ApiResult<()> {
+    let status = match o.state {
+        ObservedInstanceState::Building => InstanceStatus::Building,
+        ObservedInstanceState::Running if o.reboot_count < spec.reboot_count => {
+            InstanceStatus::Rebooting
+        }
+        ObservedInstanceState::Running => InstanceStatus::Running,
+        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
+        ObservedInstanceState::Error => InstanceStatus::Error,
+    };
+    let mut tx = state.db.begin_write().await?;
+    sqlx::query(
+        "UPDATE instances SET status = $2, status_reason = $3, applied_generation = $4, updated_at = $5 \
+         WHERE id = $1 AND desired <> 'deleted' AND deleted_at IS NULL",
+    )
+    .bind(o.id.to_string())
+    .bind(status.as_str())
+    .bind(o.reason.clone())
+    .bind(o.generation as i64)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Folds an agent's report on one volume into its row; returns whether the
 /// storage node needs a push.
 pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {

@@ -197,7 +197,7 @@ async fn sync_hypervisor(
         }
         match agent.instance_put(&spec).await {
             Ok(observed) => {
-                desired::observe_instance(state, host, &observed).await?;
+                desired::record_pushed_instance(state, &spec, &observed).await?;
             }
             Err(e) => {
                 tracing::debug!(%host, instance = %spec.id, error = %e, "push failed");

@@ -270,12 +270,16 @@ impl Scheduler {
         let now = now_ms();
         let cfg = &self.config;
         let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
-        let mut scored: Vec<(f64, HostId)> = Vec::new();
+        let mut scored = BestOf::new();
+        // This loop runs over every host for every request: no hashing or
+        // allocation per host unless the request needs it.
+        let alive_since = now - (self.hosts_config.down_after_secs as i64) * 1000;
+        let has_group = !d.group_hosts.is_empty();
         for h in hosts.values() {
             if h.kind != HostKind::Hypervisor
                 || h.admin_state != AdminState::Enabled
-                || h.health(now, self.hosts_config.down_after_secs) != HostHealth::Up
-                || d.group_hosts.contains(&h.id)
+                || h.last_heartbeat_ms.is_none_or(|t| t < alive_since)
+                || (has_group && d.group_hosts.contains(&h.id))
             {
                 continue;
             }
@@ -288,10 +292,10 @@ impl Scheduler {
             if cpu_after > cpu_cap || ram_after > ram_cap || disk_after > disk_cap {
                 continue;
             }
-            let rack_members = h
-                .rack
-                .and_then(|r| d.group_racks.get(&r).copied())
-                .unwrap_or(0);
+            let rack_members = match h.rack {
+                Some(r) if has_group => d.group_racks.get(&r).copied().unwrap_or(0),
+                _ => 0,
+            };
             if cfg.rack_spread == RackSpread::Require && rack_members > 0 {
                 continue;
             }
@@ -305,9 +309,9 @@ impl Scheduler {
             if cfg.rack_spread == RackSpread::Prefer {
                 weight -= 10.0 * rack_members as f64;
             }
-            scored.push((weight, h.id));
+            scored.push(weight, h.id);
         }
-        top(scored)
+        top(scored.into_vec())
     }
 
     /// Ranks storage nodes by free allocatable bytes.
@@ -530,12 +534,47 @@ impl Scheduler {
     }
 }
 
+/// Keeps the `TIE_POOL` best (weight, host) pairs seen so far without
+/// holding on to every host.
+struct BestOf {
+    items: Vec<(f64, HostId)>,
+    /// Weights below this cannot make the pool any more.
+    floor: f64,
+}
+
+impl BestOf {
+    fn new() -> Self {
+        Self {
+            items: Vec::with_capacity(TIE_POOL * 2),
+            floor: f64::NEG_INFINITY,
+        }
+    }
+
+    fn push(&mut self, weight: f64, host: HostId) {
+        if weight < self.floor {
+            return;
+        }
+        self.items.push((weight, host));
+        if self.items.len() == TIE_POOL * 2 {
+            self.items
+                .select_nth_unstable_by(TIE_POOL - 1, |a, b| b.0.total_cmp(&a.0));
+            self.items.truncate(TIE_POOL);
+            self.floor = self.items.iter().map(|i| i.0).fold(f64::INFINITY, f64::min);
+        }
+    }
+
+    fn into_vec(self) -> Vec<(f64, HostId)> {
+        self.items
+    }
+}
+
 /// Weights this close to the best count as a tie.
 const TIE: f64 = 0.02;
 
 /// How many of the best hosts ties are drawn from: wide enough that 32
-/// concurrent requests on an empty cloud rarely pick the same host.
-const TIE_POOL: usize = 64;
+/// concurrent requests on an empty cloud rarely pick the same host (on
+/// PostgreSQL a shared pick queues on that host's row lock).
+const TIE_POOL: usize = 256;
 
 /// The best `CANDIDATES` by weight, best first, without sorting everything.
 /// Near-ties are shuffled: concurrent requests would otherwise all pick the

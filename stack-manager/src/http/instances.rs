@@ -282,8 +282,16 @@ async fn create(
         true => ApiError::conflict(format!("an instance named `{}` already exists in this project", body.name)),
         false => e.into(),
     })?;
+    let mut nics = Vec::with_capacity(nets.len());
     for (index, net) in nets.iter().enumerate() {
-        networks::allocate_address(&mut tx, net, id, index as u32).await?;
+        let (subnet_id, address) =
+            networks::allocate_address(&mut tx, net, id, index as u32).await?;
+        nics.push(Nic {
+            network_id: net.id,
+            subnet_id,
+            address,
+            mac: netconfig::derive_mac(id.0.as_bytes(), index as u8),
+        });
     }
     usage::open_span(
         &mut tx,
@@ -298,8 +306,31 @@ async fn create(
     tx.commit().await?;
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);
-    let row = load(&state, &caller, id).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &row).await?)))
+    let created_at = crate::db::from_ms(now);
+    let instance = Instance {
+        id,
+        project_id: project,
+        name: body.name,
+        flavor_id: flavor.id,
+        image_id: image.id,
+        keypair_id: keypair.map(|k| k.id),
+        anti_affinity_group_id: group.map(|g| g.id),
+        host_id: Some(claim.host),
+        desired: if body.start {
+            DesiredState::Running
+        } else {
+            DesiredState::Stopped
+        },
+        status: InstanceStatus::Building,
+        status_reason: None,
+        nics,
+        vcpus: flavor.vcpus,
+        ram_mib: flavor.ram_mib,
+        disk_gib: flavor.disk_gib,
+        created_at,
+        updated_at: created_at,
+    };
+    Ok((StatusCode::CREATED, Json(instance)))
 }
 
 /// Hosts and racks holding live members of an anti-affinity group.
