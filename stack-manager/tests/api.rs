@@ -2,6 +2,7 @@
 //! and PostgreSQL, every scenario on both), simulated agents speaking the
 //! real internal API.
 
+#[macro_use]
 mod support;
 
 use std::collections::{HashMap, HashSet};
@@ -9,27 +10,6 @@ use std::collections::{HashMap, HashSet};
 use api::resources::*;
 use api::ErrorCode;
 use support::{eventually, Backend, TestCloud};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
 
 on_both_backends!(
     instance_lifecycle,

@@ -8,6 +8,7 @@
 //! work from that table. `the_body_table_covers_every_operation_with_a_body`
 //! fails when the API grows a body the table does not know.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -16,29 +17,7 @@ use std::time::Duration;
 use api::ids::*;
 use api::resources::*;
 use serde_json::{json, Value};
-use sqlx::Row;
-use support::{eventually, Backend, TestCloud};
-
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Postgres).await
-                }
-            )*
-        }
-    };
-}
+use support::{changed, eventually, Backend, TestCloud};
 
 on_both_backends!(
     malformed_bodies_are_400_malformed_body_and_change_nothing,
@@ -159,88 +138,6 @@ fn report(failures: Vec<String>, what: &str) {
     }
 }
 
-/// The columns only API calls change, per table (agents' reports and the
-/// audit log, which records refused calls too, are left out).
-const FINGERPRINT: &[(&str, &str)] = &[
-    ("projects", "id, name, description"),
-    ("users", "id, name, admin"),
-    ("memberships", "user_id, project_id, role"),
-    ("tokens", "id, user_id, description, expires_at"),
-    (
-        "quotas",
-        "project_id, max_instances, max_vcpus, max_ram_mib, max_volumes, max_volume_gib, \
-         max_addresses, used_instances, used_vcpus, used_ram_mib, used_volumes, \
-         used_volume_gib, used_addresses",
-    ),
-    ("flavors", "id, name, vcpus, ram_mib, disk_gib"),
-    (
-        "images",
-        "id, project_id, name, source, format, sha256, min_disk_gib, visibility",
-    ),
-    ("keypairs", "id, project_id, name, public_key"),
-    ("networks", "id, project_id, name, vlan, mtu"),
-    (
-        "subnets",
-        "id, network_id, name, cidr, gateway, pools, reserved, dns_servers",
-    ),
-    ("addresses", "subnet_id, address, instance_id"),
-    ("anti_affinity_groups", "id, project_id, name"),
-    ("racks", "id, name, location"),
-    (
-        "enrollment_tokens",
-        "id, kind, rack_id, expires_at, used_at",
-    ),
-    (
-        "hosts",
-        "id, name, kind, rack_id, admin_state, alloc_vcpus, alloc_ram_mib, alloc_disk_gib, \
-         alloc_storage, alloc_instances, alloc_volumes",
-    ),
-    (
-        "instances",
-        "id, project_id, name, keypair_id, group_id, host_id, desired, generation, \
-         reboot_count, user_data, deleted_at",
-    ),
-    (
-        "volumes",
-        "id, project_id, name, size_gib, host_id, status, generation, deleted_at",
-    ),
-    ("attachments", "volume_id, instance_id, device_index"),
-    ("snapshots", "id, volume_id, name, status, deleted_at"),
-    ("usage_spans", "id, resource_id, ended_at"),
-];
-
-async fn fingerprint(cloud: &TestCloud) -> Vec<String> {
-    let mut out = Vec::new();
-    for (table, cols) in FINGERPRINT {
-        let expr = cols
-            .split(',')
-            .map(|c| format!("COALESCE(CAST({} AS TEXT), '~')", c.trim()))
-            .collect::<Vec<_>>()
-            .join(" || '|' || ");
-        let rows = sqlx::query(&format!("SELECT {expr} AS r FROM {table}"))
-            .fetch_all(&cloud.state.db.pool)
-            .await
-            .unwrap_or_else(|e| panic!("fingerprint of {table}: {e}"));
-        let mut rows: Vec<String> = rows
-            .iter()
-            .map(|r| format!("{table}: {}", r.get::<String, _>("r")))
-            .collect();
-        rows.sort();
-        out.extend(rows);
-    }
-    out
-}
-
-/// `Some(diff)` when the database changed.
-fn changed(before: &[String], after: &[String]) -> Option<String> {
-    assert!(before.len() > 20, "fingerprint too small: {before:?}");
-    (before != after).then(|| {
-        let gone: Vec<_> = before.iter().filter(|r| !after.contains(r)).collect();
-        let new: Vec<_> = after.iter().filter(|r| !before.contains(r)).collect();
-        format!("database changed: before only {gone:?}, after only {new:?}")
-    })
-}
-
 // ---------------------------------------------------------------------------
 // The world: project `acme` with member `alice` and everything an instance
 // needs, a running instance `vm`, an available volume `data`, a rack.
@@ -257,7 +154,7 @@ struct World {
 
 impl World {
     async fn fingerprint(&self) -> Vec<String> {
-        fingerprint(&self.cloud).await
+        support::fingerprint(&self.cloud).await
     }
 }
 

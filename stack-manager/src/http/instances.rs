@@ -134,15 +134,7 @@ async fn list(
     caller: Caller,
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Instance>>> {
-    let project = caller
-        .project_for_read(&state, scope.project.as_deref())
-        .await?;
-    let rows = sqlx::query(
-        "SELECT * FROM instances WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at",
-    )
-    .bind(project.map(|p| p.to_string()).unwrap_or_default())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let rows = super::scoped_rows(&state, &caller, &scope, "instances").await?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
         items.push(view(&state, r).await?);

@@ -84,6 +84,26 @@ async fn method_not_allowed() -> (StatusCode, Json<api::ErrorBody>) {
     )
 }
 
+/// Live rows of a project-scoped `table` the caller may list: the scoped
+/// project's, or every project's for an admin who named none. Oldest first.
+pub async fn scoped_rows(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    scope: &api::resources::ProjectScope,
+    table: &'static str,
+) -> crate::error::ApiResult<Vec<sqlx::any::AnyRow>> {
+    let project = caller
+        .project_for_read(state, scope.project.as_deref())
+        .await?;
+    let sql = format!(
+        "SELECT * FROM {table} WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(project.map(|p| p.to_string()).unwrap_or_default())
+        .fetch_all(&state.db.pool)
+        .await?)
+}
+
 /// Every module's OpenAPI fragment, merged in `openapi::document`.
 pub fn docs() -> Vec<utoipa::openapi::OpenApi> {
     vec![

@@ -109,15 +109,7 @@ async fn list(
     caller: Caller,
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Volume>>> {
-    let project = caller
-        .project_for_read(&state, scope.project.as_deref())
-        .await?;
-    let rows = sqlx::query(
-        "SELECT * FROM volumes WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at",
-    )
-    .bind(project.map(|p| p.to_string()).unwrap_or_default())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let rows = super::scoped_rows(&state, &caller, &scope, "volumes").await?;
     let mut items = Vec::with_capacity(rows.len());
     for r in &rows {
         items.push(view(&state, r).await?);
@@ -356,15 +348,7 @@ async fn snapshot_list(
     caller: Caller,
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Snapshot>>> {
-    let project = caller
-        .project_for_read(&state, scope.project.as_deref())
-        .await?;
-    let rows = sqlx::query(
-        "SELECT * FROM snapshots WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at",
-    )
-    .bind(project.map(|p| p.to_string()).unwrap_or_default())
-    .fetch_all(&state.db.pool)
-    .await?;
+    let rows = super::scoped_rows(&state, &caller, &scope, "snapshots").await?;
     Ok(Json(
         rows.iter()
             .map(snapshot_from_row)
