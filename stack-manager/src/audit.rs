@@ -19,25 +19,28 @@ pub struct Entry {
 
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Entry>,
+    tx: mpsc::Sender<Entry>,
 }
 
 impl AuditLog {
     /// Starts the writer task. Entries are flushed at least every 200 ms.
     pub fn start(db: Db) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         tokio::spawn(writer(db, rx));
         Self { tx }
     }
 
     pub fn record(&self, e: Entry) {
-        if self.tx.send(e).is_err() {
-            tracing::error!("audit writer has stopped; audit entry lost");
+        if let Err(err) = self.tx.try_send(e) {
+            tracing::error!(error = %err, "audit entry lost");
         }
     }
 }
 
-async fn writer(db: Db, mut rx: mpsc::UnboundedReceiver<Entry>) {
+/// Entries waiting to be written before new ones are dropped.
+const QUEUE: usize = 65_536;
+
+async fn writer(db: Db, mut rx: mpsc::Receiver<Entry>) {
     let mut batch = Vec::with_capacity(256);
     loop {
         if rx.recv_many(&mut batch, 256).await == 0 {

@@ -3,13 +3,14 @@
 
 use std::net::IpAddr;
 
-use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
+use api::ids::{HostId, InstanceId, ProjectId, SnapshotId, VolumeId};
 use api::internal::*;
 use api::resources::{ImageFormat, InstanceStatus, VolumeStatus};
 use sqlx::any::AnyRow;
 
 use crate::db::{now_ms, Db, RowExt};
 use crate::error::ApiResult;
+use crate::http::quotas::{self, QuotaDelta};
 use crate::scheduler::Claim;
 use crate::state::AppState;
 
@@ -219,6 +220,12 @@ pub async fn observe_instance(
     }
     let generation = r.uint("generation")?;
     let reboot_count = r.uint("reboot_count")?;
+    // An agent cannot have applied a generation we never sent.
+    let o = &ObservedInstance {
+        generation: o.generation.min(generation),
+        reboot_count: o.reboot_count.min(reboot_count),
+        ..o.clone()
+    };
     let status = match o.state {
         ObservedInstanceState::Building => InstanceStatus::Building,
         ObservedInstanceState::Running if o.reboot_count < reboot_count => {
@@ -275,7 +282,7 @@ pub async fn record_pushed_instance(
     .bind(o.id.to_string())
     .bind(status.as_str())
     .bind(o.reason.clone())
-    .bind(o.generation as i64)
+    .bind(o.generation.min(spec.generation) as i64)
     .bind(now_ms())
     .execute(&mut **tx)
     .await?;
@@ -305,6 +312,10 @@ pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) 
         ObservedVolumeState::Error => VolumeStatus::Error,
         ObservedVolumeState::Available if r.int("attached")? > 0 => VolumeStatus::InUse,
         ObservedVolumeState::Available => VolumeStatus::Available,
+    };
+    let o = &ObservedVolume {
+        generation: o.generation.min(r.uint("generation")?),
+        ..o.clone()
     };
     if current != status.as_str() || r.uint("applied_generation")? != o.generation {
         let mut tx = state.db.begin_write().await?;
@@ -375,75 +386,101 @@ pub fn instance_claim(r: &AnyRow) -> Result<Option<Claim>, sqlx::Error> {
     }))
 }
 
-/// Finishes deleting an instance once its host confirmed (or cannot be
-/// asked): frees its host claim, addresses and quota, detaches its
-/// volumes, closes its usage span. One transaction; idempotent.
-pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiResult<()> {
-    let mut tx = state.db.begin_write().await?;
-    let row = sqlx::query("SELECT * FROM instances WHERE id = $1 AND deleted_at IS NULL")
-        .bind(id.to_string())
-        .fetch_optional(&mut **tx)
+/// Marks a live row deleted, returning it as it was, or `None` when it was
+/// already gone. This is the first write of a finalize transaction: the
+/// row lock it takes makes a second finalize (another replica, a retry)
+/// find nothing to release, so nothing is given back twice.
+async fn mark_deleted(
+    tx: &mut crate::db::WriteTx,
+    table: &'static str,
+    id: &str,
+    now: i64,
+) -> ApiResult<Option<AnyRow>> {
+    let sql = format!("UPDATE {table} SET deleted_at = $2, status = 'deleted' WHERE id = $1 AND deleted_at IS NULL");
+    let done = sqlx::query(&sql)
+        .bind(id)
+        .bind(now)
+        .execute(&mut ***tx)
         .await?;
-    let Some(r) = row else { return Ok(()) };
-    let now = now_ms();
-    let claim = instance_claim(&r)?;
-    if let Some(c) = claim {
-        crate::scheduler::Scheduler::release(&mut tx, c).await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
     }
-    let project = r.text("project_id")?;
+    let sql = format!("SELECT * FROM {table} WHERE id = $1");
+    Ok(Some(
+        sqlx::query(&sql).bind(id).fetch_one(&mut ***tx).await?,
+    ))
+}
+
+/// Finishes deleting an instance once its host confirmed: frees its host
+/// claim, addresses and quota, detaches its volumes, closes its usage span.
+/// One transaction; idempotent. Locks are taken in the same order as a
+/// create (quota, then host) so the two cannot deadlock on PostgreSQL.
+pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiResult<()> {
+    let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    let Some(r) = mark_deleted(&mut tx, "instances", &id.to_string(), now).await? else {
+        return Ok(());
+    };
+    let project: ProjectId = r.id("project_id")?;
     let addresses = sqlx::query("DELETE FROM addresses WHERE instance_id = $1")
         .bind(id.to_string())
         .execute(&mut **tx)
         .await?
         .rows_affected() as i64;
+    quotas::release(
+        &mut tx,
+        project,
+        QuotaDelta {
+            instances: 1,
+            vcpus: r.int("vcpus")?,
+            ram_mib: r.int("ram_mib")?,
+            addresses,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let claim = instance_claim(&r)?;
+    if let Some(c) = claim {
+        crate::scheduler::Scheduler::release(&mut tx, c).await?;
+    }
     // Detached volumes become available; their storage ACL changes.
-    let volumes: Vec<(String, Option<String>)> = sqlx::query(
+    let volumes: Vec<Option<String>> = sqlx::query(
         "SELECT v.id, v.host_id FROM attachments a JOIN volumes v ON v.id = a.volume_id WHERE a.instance_id = $1",
     )
     .bind(id.to_string())
     .fetch_all(&mut **tx)
     .await?
     .iter()
-    .map(|v| Ok((v.text("id")?, v.opt_text("host_id")?)))
+    .map(|v| v.opt_text("host_id"))
     .collect::<Result<_, sqlx::Error>>()?;
+    sqlx::query(
+        "UPDATE volumes SET generation = generation + 1, \
+         status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END \
+         WHERE id IN (SELECT volume_id FROM attachments WHERE instance_id = $1)",
+    )
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?;
     sqlx::query("DELETE FROM attachments WHERE instance_id = $1")
         .bind(id.to_string())
         .execute(&mut **tx)
         .await?;
-    for (v, _) in &volumes {
-        sqlx::query("UPDATE volumes SET generation = generation + 1, status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END WHERE id = $1")
-            .bind(v)
-            .execute(&mut **tx)
-            .await?;
-    }
-    sqlx::query(
-        "UPDATE quotas SET used_instances = used_instances - 1, used_vcpus = used_vcpus - $2, \
-         used_ram_mib = used_ram_mib - $3, used_addresses = used_addresses - $4 WHERE project_id = $1",
-    )
-    .bind(&project)
-    .bind(r.int("vcpus")?)
-    .bind(r.int("ram_mib")?)
-    .bind(addresses)
-    .execute(&mut **tx)
-    .await?;
     sqlx::query("UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL")
         .bind(id.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;
-    sqlx::query(
-        "UPDATE instances SET status = 'deleted', deleted_at = $2, updated_at = $2, group_id = NULL WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("UPDATE instances SET updated_at = $2, group_id = NULL WHERE id = $1")
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
     tx.commit().await?;
     if let Some(c) = claim {
         state.scheduler.apply(c.reversed());
     }
-    for (_, host) in volumes {
-        if let Some(h) = host.and_then(|h| h.parse().ok()) {
+    for host in volumes.into_iter().flatten() {
+        if let Ok(h) = host.parse() {
             state.reconciler.notify(h);
         }
     }
@@ -452,14 +489,22 @@ pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiRe
 
 /// Finishes deleting a volume once its storage node confirmed.
 pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult<()> {
-    let mut tx = state.db.begin_write().await?;
-    let row = sqlx::query("SELECT * FROM volumes WHERE id = $1 AND deleted_at IS NULL")
-        .bind(id.to_string())
-        .fetch_optional(&mut **tx)
-        .await?;
-    let Some(r) = row else { return Ok(()) };
     let now = now_ms();
+    let mut tx = state.db.begin_write().await?;
+    let Some(r) = mark_deleted(&mut tx, "volumes", &id.to_string(), now).await? else {
+        return Ok(());
+    };
     let size_gib = r.int("size_gib")?;
+    quotas::release(
+        &mut tx,
+        r.id("project_id")?,
+        QuotaDelta {
+            volumes: 1,
+            volume_gib: size_gib,
+            ..Default::default()
+        },
+    )
+    .await?;
     let claim = r.opt_id::<HostId>("host_id")?.map(|host| Claim {
         host,
         vcpus: 0,
@@ -472,24 +517,12 @@ pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult
     if let Some(c) = claim {
         crate::scheduler::Scheduler::release(&mut tx, c).await?;
     }
-    sqlx::query(
-        "UPDATE quotas SET used_volumes = used_volumes - 1, used_volume_gib = used_volume_gib - $2 WHERE project_id = $1",
-    )
-    .bind(r.text("project_id")?)
-    .bind(size_gib)
-    .execute(&mut **tx)
-    .await?;
     sqlx::query("UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL")
         .bind(id.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;
     sqlx::query("UPDATE snapshots SET deleted_at = $2 WHERE volume_id = $1 AND deleted_at IS NULL")
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE volumes SET status = 'deleted', deleted_at = $2 WHERE id = $1")
         .bind(id.to_string())
         .bind(now)
         .execute(&mut **tx)

@@ -343,7 +343,8 @@ async fn fold_instances(
     for o in observed {
         let key = o.id.to_string();
         let Some(r) = rows.get(&key) else {
-            push = true; // not ours (any more): the agent should drop it
+            // Not ours (any more): the agent should drop it.
+            state.reconciler.notify_orphans(host);
             continue;
         };
         seen.insert(key);
@@ -427,7 +428,7 @@ async fn fold_volumes(
     for o in observed {
         let key = o.id.to_string();
         let Some(r) = rows.get(&key) else {
-            push = true;
+            state.reconciler.notify_orphans(host);
             continue;
         };
         seen.insert(key);

@@ -10,15 +10,19 @@
 //!
 //! Deletion: an instance whose desired state is `deleted` is finalized
 //! (claims, addresses and quota released) only once its agent confirmed the
-//! DELETE, or when its host has been down for longer than `down_after_secs`
-//! — a down host's leftovers are the fencing reconciler's business.
+//! DELETE. While its host is down it stays `deleting`: the host may still be
+//! running it, and its address and volumes must not be reused before the
+//! host is fenced.
+//!
+//! Orphans: what an agent reports but the database does not place on that
+//! host (deleted meanwhile, or moved) is deleted on the agent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use api::ids::{HostId, InstanceId, VolumeId};
-use api::resources::{HostHealth, HostKind};
+use api::resources::HostKind;
 use api::AgentClient;
 use tokio::sync::Notify;
 
@@ -37,6 +41,8 @@ struct Inner {
     db: Db,
     config: Arc<Config>,
     workers: Mutex<HashMap<HostId, Arc<Notify>>>,
+    /// Hosts whose last report named something not placed there.
+    orphans: Mutex<std::collections::HashSet<HostId>>,
     state: OnceLock<AppState>,
 }
 
@@ -47,6 +53,7 @@ impl Reconciler {
                 db,
                 config,
                 workers: Mutex::new(HashMap::new()),
+                orphans: Mutex::new(Default::default()),
                 state: OnceLock::new(),
             }),
         }
@@ -83,6 +90,33 @@ impl Reconciler {
         Ok(())
     }
 
+    /// The host reported something the database does not place there: the
+    /// next pass lists the agent and deletes what is not ours.
+    pub fn notify_orphans(&self, host: HostId) {
+        self.inner
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(host);
+        self.notify(host);
+    }
+
+    fn take_orphan_flag(&self, host: HostId) -> bool {
+        self.inner
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host)
+    }
+
+    fn forget(&self, host: HostId) {
+        self.inner
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&host);
+    }
+
     /// Wakes (starting if needed) the reconciler of `host`.
     pub fn notify(&self, host: HostId) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
@@ -108,12 +142,16 @@ async fn worker(state: AppState, host: HostId, notify: Arc<Notify>, resync: Dura
         let _ = wait; // woken or resync: either way, converge.
         loop {
             match sync_host(&state, host).await {
-                Ok(true) => {
+                Ok(Sync::HostGone) => {
+                    state.reconciler.forget(host);
+                    return;
+                }
+                Ok(Sync::Converged) => {
                     backoff = Duration::from_millis(200);
                     break;
                 }
-                Ok(false) => {
-                    // The host is gone or unreachable right now; retry later.
+                Ok(Sync::Pending) => {
+                    // The agent is unreachable or behind right now; retry soon.
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     if backoff >= Duration::from_secs(10) {
@@ -131,27 +169,50 @@ async fn worker(state: AppState, host: HostId, notify: Arc<Notify>, resync: Dura
     }
 }
 
-/// One pass over a host. `Ok(true)`: converged (or nothing to do);
-/// `Ok(false)`: something is still pending and worth retrying soon.
-async fn sync_host(state: &AppState, host: HostId) -> ApiResult<bool> {
-    let Some(row) = sqlx::query("SELECT kind, agent_url, credential FROM hosts WHERE id = $1")
-        .bind(host.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?
+/// How a pass over a host ended.
+enum Sync {
+    Converged,
+    /// Something is still pending and worth retrying soon.
+    Pending,
+    /// The host was deleted: its reconciler ends.
+    HostGone,
+}
+
+impl Sync {
+    fn from(converged: bool) -> Self {
+        if converged {
+            Sync::Converged
+        } else {
+            Sync::Pending
+        }
+    }
+}
+
+/// One pass over a host.
+async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
+    let Some(row) = sqlx::query(
+        "SELECT kind, agent_url, credential, last_heartbeat_at FROM hosts WHERE id = $1",
+    )
+    .bind(host.to_string())
+    .fetch_optional(&state.db.pool)
+    .await?
     else {
-        return Ok(true);
+        return Ok(Sync::HostGone);
     };
     let kind = row.parsed("kind", HostKind::parse)?;
     let agent = AgentClient::new(&row.text("agent_url")?, &row.text("credential")?);
-    let down = state
-        .scheduler
-        .get(host)
-        .map(|h| state.scheduler.health(&h) == HostHealth::Down)
-        .unwrap_or(true);
-    match kind {
-        HostKind::Hypervisor => sync_hypervisor(state, host, &agent, down).await,
-        HostKind::Storage => sync_storage(state, host, &agent, down).await,
-    }
+    // Judged from the database, not this replica's view: another replica
+    // may be the one receiving this host's heartbeats.
+    let alive_since = crate::db::now_ms() - (state.config.hosts.down_after_secs as i64) * 1000;
+    let down = row
+        .opt_int("last_heartbeat_at")?
+        .is_none_or(|t| t < alive_since);
+    let orphans = state.reconciler.take_orphan_flag(host);
+    let converged = match kind {
+        HostKind::Hypervisor => sync_hypervisor(state, host, &agent, down, orphans).await?,
+        HostKind::Storage => sync_storage(state, host, &agent, down, orphans).await?,
+    };
+    Ok(Sync::from(converged))
 }
 
 async fn sync_hypervisor(
@@ -159,20 +220,23 @@ async fn sync_hypervisor(
     host: HostId,
     agent: &AgentClient,
     down: bool,
+    orphans: bool,
 ) -> ApiResult<bool> {
+    if down {
+        // Nothing can be confirmed by an agent that does not answer, and
+        // nothing it may still run is given away before fencing.
+        return Ok(false);
+    }
     let mut converged = true;
     // Deletes first: they free capacity.
-    let deleting = sqlx::query("SELECT id FROM instances WHERE host_id = $1 AND desired = 'deleted' AND deleted_at IS NULL")
-        .bind(host.to_string())
-        .fetch_all(&state.db.pool)
-        .await?;
+    let deleting = sqlx::query(
+        "SELECT id FROM instances WHERE host_id = $1 AND desired = 'deleted' AND deleted_at IS NULL",
+    )
+    .bind(host.to_string())
+    .fetch_all(&state.db.pool)
+    .await?;
     for r in &deleting {
         let id: InstanceId = r.id("id")?;
-        if down {
-            tracing::warn!(%host, instance = %id, "host is down: deleting instance without its agent");
-            desired::finalize_instance_delete(state, id).await?;
-            continue;
-        }
         match agent.instance_delete(id).await {
             Ok(()) => desired::finalize_instance_delete(state, id).await?,
             Err(e) if e.status() == Some(404) => {
@@ -184,10 +248,28 @@ async fn sync_hypervisor(
             }
         }
     }
-    if down {
-        return Ok(converged);
-    }
     let applied = applied_generations(state, "instances", host).await?;
+    if orphans {
+        let reported = agent
+            .instance_list()
+            .await
+            .map(|l| l.into_iter().map(|o| o.id));
+        match reported {
+            Ok(ids) => {
+                for id in ids.filter(|id| !applied.contains_key(&id.to_string())) {
+                    tracing::info!(%host, instance = %id, "deleting an instance the host should not have");
+                    if let Err(e) = agent.instance_delete(id).await {
+                        tracing::warn!(%host, instance = %id, error = %e, "cannot delete orphan");
+                        converged = false;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "cannot list instances");
+                converged = false;
+            }
+        }
+    }
     for spec in desired::instance_specs(&state.db, host, None).await? {
         let stale = applied
             .get(&spec.id.to_string())
@@ -196,9 +278,7 @@ async fn sync_hypervisor(
             continue;
         }
         match agent.instance_put(&spec).await {
-            Ok(observed) => {
-                desired::record_pushed_instance(state, &spec, &observed).await?;
-            }
+            Ok(observed) => desired::record_pushed_instance(state, &spec, &observed).await?,
             Err(e) => {
                 tracing::debug!(%host, instance = %spec.id, error = %e, "push failed");
                 converged = false;
@@ -213,7 +293,13 @@ async fn sync_storage(
     host: HostId,
     agent: &AgentClient,
     down: bool,
+    orphans: bool,
 ) -> ApiResult<bool> {
+    if down {
+        // A volume's data lives on its node: never forget it while the
+        // node is away, or it would leak there when it returns.
+        return Ok(false);
+    }
     let mut converged = true;
     let deleting = sqlx::query(
         "SELECT id FROM volumes WHERE host_id = $1 AND status = 'deleting' AND deleted_at IS NULL",
@@ -223,12 +309,6 @@ async fn sync_storage(
     .await?;
     for r in &deleting {
         let id: VolumeId = r.id("id")?;
-        if down {
-            // A volume's data lives on its node: never forget it while the
-            // node is away, or it would leak there when it returns.
-            converged = false;
-            continue;
-        }
         match agent.volume_delete(id).await {
             Ok(()) => desired::finalize_volume_delete(state, id).await?,
             Err(e) if e.status() == Some(404) => desired::finalize_volume_delete(state, id).await?,
@@ -238,10 +318,37 @@ async fn sync_storage(
             }
         }
     }
-    if down {
-        return Ok(converged);
-    }
     let applied = applied_generations(state, "volumes", host).await?;
+    if orphans {
+        match agent.volume_list().await {
+            Ok(list) => {
+                for o in list
+                    .into_iter()
+                    .filter(|o| !applied.contains_key(&o.id.to_string()))
+                {
+                    // Only volumes we know were deleted: a volume's data is
+                    // never dropped on a guess.
+                    let deleted = sqlx::query(
+                        "SELECT 1 AS x FROM volumes WHERE id = $1 AND deleted_at IS NOT NULL",
+                    )
+                    .bind(o.id.to_string())
+                    .fetch_optional(&state.db.pool)
+                    .await?
+                    .is_some();
+                    if deleted {
+                        if let Err(e) = agent.volume_delete(o.id).await {
+                            tracing::warn!(%host, volume = %o.id, error = %e, "cannot delete orphan");
+                            converged = false;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%host, error = %e, "cannot list volumes");
+                converged = false;
+            }
+        }
+    }
     for spec in desired::volume_specs(&state.db, host, None).await? {
         let stale = applied
             .get(&spec.id.to_string())

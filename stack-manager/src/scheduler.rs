@@ -458,10 +458,30 @@ impl Scheduler {
     }
 
     /// Places a volume on a storage node, in `tx`.
-    pub async fn claim_volume(&self, tx: &mut WriteTx, bytes: u64) -> ApiResult<Claim> {
+    /// `only_on` pins the volume to one node (a clone must live where its
+    /// snapshot does).
+    pub async fn claim_volume(
+        &self,
+        tx: &mut WriteTx,
+        bytes: u64,
+        only_on: Option<HostId>,
+    ) -> ApiResult<Claim> {
         let started = Instant::now();
         let ratio = self.config.disk_allocation_ratio;
-        for host in self.rank_storage(bytes) {
+        let candidates = match only_on {
+            Some(h) => {
+                let healthy = self
+                    .get(h)
+                    .is_some_and(|v| self.health(&v) == HostHealth::Up);
+                if healthy {
+                    vec![h]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => self.rank_storage(bytes),
+        };
+        for host in candidates {
             let done = sqlx::query(
                 "UPDATE hosts SET alloc_storage = alloc_storage + $2, alloc_volumes = alloc_volumes + 1 \
                  WHERE id = $1 AND kind = 'storage' AND admin_state = 'enabled' \

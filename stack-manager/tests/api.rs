@@ -20,6 +20,8 @@ on_both_backends!(
     silent_host_goes_down_and_gets_no_work,
     lost_agent_state_is_pushed_again,
     usage_and_audit_are_recorded,
+    orphans_are_deleted_on_the_agent,
+    deleting_on_a_down_host_waits_for_it,
 );
 
 async fn tenant(cloud: &TestCloud) -> api::Client {
@@ -575,4 +577,68 @@ async fn usage_and_audit_are_recorded(backend: Backend) {
         c.audit_list(10).await.unwrap_err().code(),
         Some(ErrorCode::Forbidden)
     );
+}
+
+async fn orphans_are_deleted_on_the_agent(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    // The host runs something the database does not place there.
+    let stray = cloud.fleet.with_host("hv-1", |h| {
+        let mut spec = h.instances[&vm.id].clone();
+        spec.id = api::ids::InstanceId::new();
+        h.instances.insert(spec.id, spec.clone());
+        spec.id
+    });
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    eventually(10, || async {
+        cloud
+            .fleet
+            .with_host("hv-1", |h| !h.instances.contains_key(&stray))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        cloud
+            .fleet
+            .with_host("hv-1", |h| h.instances.contains_key(&vm.id)),
+        "ours stays"
+    );
+}
+
+async fn deleting_on_a_down_host_waits_for_it(backend: Backend) {
+    let cloud = TestCloud::start_with(backend, |c| {
+        c.hosts.heartbeat_interval_secs = 1;
+        c.hosts.down_after_secs = 2;
+    })
+    .await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    c.instance_delete(vm.id).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    // The host may still run it: nothing is given back yet.
+    let i = c.instance_get(vm.id).await.unwrap();
+    assert_eq!(i.status, InstanceStatus::Deleting);
+    assert_eq!(c.quota_get("acme").await.unwrap().usage.addresses, 1);
+    // The host comes back, confirms the delete, and only then is it all freed.
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    eventually(15, || async {
+        (c.instance_get(vm.id).await.err()?.status() == Some(404)).then_some(())
+    })
+    .await;
+    assert_eq!(cloud.fleet.instance_count(), 0);
+    assert_eq!(c.quota_get("acme").await.unwrap().usage.addresses, 0);
 }

@@ -249,6 +249,12 @@ async fn delete(
         Some(p) => caller.check_write(p, "image", id)?,
     }
     let mut tx = state.db.begin_write().await?;
+    // Lock the row before counting users: creates lock it too, so on
+    // PostgreSQL a create and this delete cannot both pass their checks.
+    sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
     // Live instances are re-created from their image after a host failure,
     // and volumes may still be waiting to be filled from it.
     let used = sqlx::query(

@@ -214,13 +214,14 @@ async fn create(
     let now = now_ms();
     let mut tx = state.db.begin_write().await?;
     // Images carry no foreign key (deleted instances keep pointing at
-    // theirs), so make sure it is still there now that we write.
-    let image_exists = sqlx::query("SELECT COUNT(*) AS n FROM images WHERE id = $1")
+    // theirs): lock the image row so a concurrent image delete either
+    // finishes first (and we refuse) or waits for us (and sees the user).
+    let image_live = sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
         .bind(image.id.to_string())
-        .fetch_one(&mut **tx)
+        .execute(&mut **tx)
         .await?
-        .int("n")?;
-    if image_exists == 0 {
+        .rows_affected();
+    if image_live == 0 {
         return Err(ApiError::conflict(format!(
             "image `{}` was deleted meanwhile",
             image.name
@@ -517,6 +518,22 @@ async fn attach(
     }
     let now = now_ms();
     let mut tx = state.db.begin_write().await?;
+    // First write: the instance must still be live and not being deleted,
+    // or the attachment would outlive it.
+    let live = sqlx::query(
+        "UPDATE instances SET generation = generation + 1, updated_at = $2 \
+         WHERE id = $1 AND deleted_at IS NULL AND desired <> 'deleted'",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if live == 0 {
+        return Err(ApiError::conflict(format!(
+            "instance {id} is being deleted"
+        )));
+    }
     let used: Vec<i64> = sqlx::query(
         "SELECT device_index FROM attachments WHERE instance_id = $1 ORDER BY device_index",
     )
@@ -547,11 +564,6 @@ async fn attach(
         .bind(volume_id.to_string())
         .bind(id.to_string())
         .bind(index)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE instances SET generation = generation + 1, updated_at = $2 WHERE id = $1")
-        .bind(id.to_string())
         .bind(now)
         .execute(&mut **tx)
         .await?;

@@ -232,6 +232,11 @@ async fn remove(
         ));
     }
     let mut tx = state.db.begin_write().await?;
+    // Lock every admin row before counting them, so that on PostgreSQL two
+    // concurrent deletes of the last two admins cannot both see two.
+    sqlx::query("UPDATE users SET admin = admin WHERE admin = 1")
+        .execute(&mut **tx)
+        .await?;
     // Counted inside the transaction so two concurrent deletes cannot both
     // pass the check and leave no admin at all.
     let row = sqlx::query(

@@ -189,7 +189,45 @@ async fn create(
         },
     )
     .await?;
-    let claim = state.scheduler.claim_volume(&mut tx, bytes).await?;
+    // The source must still be there now that we write (lock it, as its
+    // delete does): a volume silently created empty would be worse than none.
+    if let Some(i) = image {
+        let live = sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
+            .bind(i.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        if live == 0 {
+            return Err(ApiError::conflict(format!(
+                "image {i} was deleted meanwhile"
+            )));
+        }
+    }
+    let mut source_host = None;
+    if let Some(snap) = &snapshot {
+        let live = sqlx::query(
+            "UPDATE snapshots SET status = status WHERE id = $1 AND status = 'available' AND deleted_at IS NULL",
+        )
+        .bind(snap.id.to_string())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if live == 0 {
+            return Err(ApiError::conflict(format!(
+                "snapshot {} is no longer available",
+                snap.id
+            )));
+        }
+        source_host = sqlx::query("SELECT host_id FROM volumes WHERE id = $1")
+            .bind(snap.volume_id.to_string())
+            .fetch_one(&mut **tx)
+            .await?
+            .opt_id::<HostId>("host_id")?;
+    }
+    let claim = state
+        .scheduler
+        .claim_volume(&mut tx, bytes, source_host)
+        .await?;
     sqlx::query(
         "INSERT INTO volumes (id, project_id, name, size_gib, source_image_id, source_snapshot_id, host_id, status, iqn, \
          chap_user, chap_secret, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11)",
@@ -238,29 +276,34 @@ async fn delete(
     let row = load(&state, &caller, id).await?;
     caller.check_write(row.id("project_id")?, "volume", id)?;
     let mut tx = state.db.begin_write().await?;
-    let blockers = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM attachments WHERE volume_id = $1) AS attached, \
-                (SELECT COUNT(*) FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL) AS snapshots",
+    // The status change comes first and is conditional: an attach that
+    // committed meanwhile made the volume `in_use`, and then nothing changes.
+    let marked = sqlx::query(
+        "UPDATE volumes SET status = 'deleting', generation = generation + 1 \
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('available', 'error', 'creating', 'deleting') \
+         AND NOT EXISTS (SELECT 1 FROM attachments WHERE volume_id = $1)",
     )
     .bind(id.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    if blockers.int("attached")? > 0 {
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if marked == 0 {
         return Err(ApiError::conflict(format!(
             "volume {id} is attached; detach it first"
         )));
     }
-    if blockers.int("snapshots")? > 0 {
+    let snapshots = sqlx::query(
+        "SELECT COUNT(*) AS n FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id.to_string())
+    .fetch_one(&mut **tx)
+    .await?
+    .int("n")?;
+    if snapshots > 0 {
         return Err(ApiError::conflict(format!(
             "volume {id} has snapshots; delete them first"
         )));
     }
-    sqlx::query(
-        "UPDATE volumes SET status = 'deleting', generation = generation + 1 WHERE id = $1",
-    )
-    .bind(id.to_string())
-    .execute(&mut **tx)
-    .await?;
     tx.commit().await?;
     match row.opt_id::<HostId>("host_id")? {
         Some(h) => state.reconciler.notify(h),
@@ -331,10 +374,19 @@ async fn snapshot_create(
     .bind(snap.created_at.timestamp_millis())
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE volumes SET generation = generation + 1 WHERE id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
+    let live = sqlx::query(
+        "UPDATE volumes SET generation = generation + 1 \
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('available', 'in_use')",
+    )
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if live == 0 {
+        return Err(ApiError::conflict(format!(
+            "volume {id} is no longer available for snapshots"
+        )));
+    }
     tx.commit().await?;
     if let Some(h) = row.opt_id::<HostId>("host_id")? {
         state.reconciler.notify(h);
