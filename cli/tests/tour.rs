@@ -87,16 +87,19 @@ fn tour_through_strato_up() {
     env.ok(&[
         "flavor",
         "create",
-        "m1.small",
+        "t1.custom",
         "--vcpus",
-        "1",
+        "3",
         "--ram-mib",
-        "1024",
+        "3072",
         "--disk-gib",
-        "10",
+        "30",
     ]);
     let flavors = env.ok(&["flavor", "list"]);
-    assert!(flavors.contains("m1.small"), "{flavors}");
+    // A new cloud comes with the usual sizes.
+    for f in ["m1.tiny", "m1.small", "m1.medium", "m1.large", "t1.custom"] {
+        assert!(flavors.contains(f), "{f} missing: {flavors}");
+    }
 
     let net = env.json(&["network", "create", "web"]);
     assert_eq!(net["name"], "web");

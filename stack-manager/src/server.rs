@@ -78,8 +78,16 @@ pub enum InitError {
     Db(#[from] sqlx::Error),
 }
 
+/// Flavors every new cloud starts with: name, vCPUs, RAM MiB, disk GiB.
+pub const DEFAULT_FLAVORS: [(&str, i64, i64, i64); 4] = [
+    ("m1.tiny", 1, 512, 1),
+    ("m1.small", 1, 2048, 20),
+    ("m1.medium", 2, 4096, 40),
+    ("m1.large", 4, 8192, 80),
+];
+
 /// Creates the first admin user, an `admin` project they are a member of,
-/// and a token for them. Refuses to run twice.
+/// a token for them, and the default flavors. Refuses to run twice.
 pub async fn init(
     state: &AppState,
     admin_name: &str,
@@ -121,6 +129,21 @@ pub async fn init(
     .bind(now)
     .execute(&mut **tx)
     .await?;
+    // A new cloud gets the usual sizes so that a first VM needs no
+    // operator homework; they are ordinary flavors, free to delete.
+    for (name, vcpus, ram_mib, disk_gib) in DEFAULT_FLAVORS {
+        sqlx::query(
+            "INSERT INTO flavors (id, name, vcpus, ram_mib, disk_gib, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(api::ids::FlavorId::new().to_string())
+        .bind(name)
+        .bind(vcpus)
+        .bind(ram_mib)
+        .bind(disk_gib)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(Bootstrap {
         user: admin_name.to_string(),
