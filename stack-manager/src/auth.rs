@@ -15,7 +15,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::db::now_ms;
+use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -26,6 +26,9 @@ pub struct Caller {
     pub user_name: String,
     pub admin: bool,
     pub memberships: Vec<(ProjectId, ProjectRole)>,
+    /// Names of the projects in `memberships`, so that `?project=<name>`
+    /// needs no query for the caller's own projects.
+    pub project_names: Vec<(String, ProjectId)>,
     /// When the token presented expires (ms), if it does.
     pub expires_at: Option<i64>,
 }
@@ -141,7 +144,15 @@ impl Caller {
     ) -> ApiResult<Option<ProjectId>> {
         match scope {
             Some(s) if !s.is_empty() => {
-                let id = crate::http::projects::resolve(state, s).await?;
+                let own = self
+                    .project_names
+                    .iter()
+                    .find(|(name, id)| name == s || id.to_string() == s)
+                    .map(|(_, id)| *id);
+                let id = match own {
+                    Some(id) => id,
+                    None => crate::http::projects::resolve(state, s).await?,
+                };
                 self.check_read(id, "project", s)?;
                 Ok(Some(id))
             }
@@ -233,22 +244,27 @@ async fn caller_from_db(state: &AppState, hash: &str) -> ApiResult<Option<Caller
         return Ok(None);
     }
     let user_id: String = row.try_get("id")?;
-    let memberships = sqlx::query("SELECT project_id, role FROM memberships WHERE user_id = $1")
-        .bind(&user_id)
-        .fetch_all(&state.db.pool)
-        .await?
-        .into_iter()
-        .filter_map(|r| {
-            let p: String = r.try_get("project_id").ok()?;
-            let role: String = r.try_get("role").ok()?;
-            Some((p.parse().ok()?, ProjectRole::parse(&role)?))
-        })
-        .collect();
+    let rows = sqlx::query(
+        "SELECT m.project_id, m.role, p.name FROM memberships m JOIN projects p ON p.id = m.project_id \
+         WHERE m.user_id = $1",
+    )
+    .bind(&user_id)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut memberships = Vec::with_capacity(rows.len());
+    let mut project_names = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let project: ProjectId = r.id("project_id")?;
+        let role = r.parsed("role", ProjectRole::parse)?;
+        memberships.push((project, role));
+        project_names.push((r.text("name")?, project));
+    }
     Ok(Some(Caller {
         user_id: user_id.parse()?,
         user_name: row.try_get("name")?,
         admin: row.try_get::<i64, _>("admin")? != 0,
         memberships,
+        project_names,
         expires_at: expires,
     }))
 }

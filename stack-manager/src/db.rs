@@ -172,6 +172,17 @@ impl Db {
         })
     }
 
+    /// Runs one write statement (no transaction needed) under the SQLite
+    /// gate: `db.gated(query.execute(&db.pool)).await`. Three round trips
+    /// fewer than BEGIN/statement/COMMIT on the hot paths that use it.
+    pub async fn gated<F: std::future::Future>(&self, write: F) -> F::Output {
+        let _gate = match &self.write_gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        };
+        write.await
+    }
+
     /// Begins a write transaction (see the module comment on the SQLite gate).
     pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
         let gate = match &self.write_gate {

@@ -23,12 +23,32 @@ fn image_spec(r: &AnyRow) -> Result<ImageSpec, sqlx::Error> {
     })
 }
 
+/// A spec with what its agent last applied, for the reconciler.
+pub struct Pushable {
+    pub spec: InstanceSpec,
+    pub applied_generation: u64,
+    pub status: String,
+}
+
 /// Specs of every instance placed on `host` that should exist.
 pub async fn instance_specs(
     db: &Db,
     host: HostId,
     only: Option<InstanceId>,
 ) -> Result<Vec<InstanceSpec>, sqlx::Error> {
+    Ok(pushable_instances(db, host, only)
+        .await?
+        .into_iter()
+        .map(|p| p.spec)
+        .collect())
+}
+
+/// [`instance_specs`] with the applied generation and status of each.
+pub async fn pushable_instances(
+    db: &Db,
+    host: HostId,
+    only: Option<InstanceId>,
+) -> Result<Vec<Pushable>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT i.*, im.source AS image_source, im.format AS image_format, im.sha256 AS image_sha256, \
                 k.public_key AS public_key \
@@ -42,7 +62,7 @@ pub async fn instance_specs(
     let mut specs = Vec::with_capacity(rows.len());
     for r in &rows {
         let id: InstanceId = r.id("id")?;
-        specs.push(InstanceSpec {
+        let spec = InstanceSpec {
             id,
             hostname: r.text("name")?,
             generation: r.uint("generation")?,
@@ -60,6 +80,11 @@ pub async fn instance_specs(
             ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
             user_data: r.opt_text("user_data")?,
             volumes: attachment_specs(db, id).await?,
+        };
+        specs.push(Pushable {
+            spec,
+            applied_generation: r.uint("applied_generation")?,
+            status: r.text("status")?,
         });
     }
     Ok(specs)
@@ -274,8 +299,7 @@ pub async fn record_pushed_instance(
         ObservedInstanceState::Stopped => InstanceStatus::Stopped,
         ObservedInstanceState::Error => InstanceStatus::Error,
     };
-    let mut tx = state.db.begin_write().await?;
-    sqlx::query(
+    let update = sqlx::query(
         "UPDATE instances SET status = $2, status_reason = $3, applied_generation = $4, updated_at = $5 \
          WHERE id = $1 AND desired <> 'deleted' AND deleted_at IS NULL",
     )
@@ -283,10 +307,8 @@ pub async fn record_pushed_instance(
     .bind(status.as_str())
     .bind(o.reason.clone())
     .bind(o.generation.min(spec.generation) as i64)
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
-    tx.commit().await?;
+    .bind(now_ms());
+    state.db.gated(update.execute(&state.db.pool)).await?;
     Ok(())
 }
 

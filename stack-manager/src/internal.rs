@@ -261,10 +261,10 @@ async fn heartbeat(
     let now = now_ms();
     let c = hb.capacity;
     // Authentication and the update in one statement: this runs for every
-    // host every few seconds. It still takes the write gate: on SQLite an
-    // ungated write would make gated transactions fail mid-way.
-    let mut tx = state.db.begin_write().await?;
-    let kind = sqlx::query(
+    // host every few seconds. It still takes the write gate (without a
+    // transaction): on SQLite an ungated write would make gated
+    // transactions fail mid-way.
+    let update = sqlx::query(
         "UPDATE hosts SET cap_vcpus = $3, cap_ram_mib = $4, cap_disk_gib = $5, cap_storage_total = $6, \
            cap_storage_free = $7, last_heartbeat_at = $8 \
          WHERE id = $1 AND credential_hash = $2 RETURNING kind",
@@ -276,12 +276,13 @@ async fn heartbeat(
     .bind(validate::to_i64(c.disk_gib))
     .bind(validate::to_i64(c.storage_bytes_total))
     .bind(validate::to_i64(c.storage_bytes_free))
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await?
-    .ok_or_else(bad_credential)?
-    .parsed("kind", HostKind::parse)?;
-    tx.commit().await?;
+    .bind(now);
+    let kind = state
+        .db
+        .gated(update.fetch_optional(&state.db.pool))
+        .await?
+        .ok_or_else(bad_credential)?
+        .parsed("kind", HostKind::parse)?;
     state.scheduler.heartbeat(id, c, now);
 
     // A hypervisor reports instances, a storage node volumes; the other

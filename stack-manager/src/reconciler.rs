@@ -248,8 +248,8 @@ async fn sync_hypervisor(
             }
         }
     }
-    let applied = applied_generations(state, "instances", host).await?;
     if orphans {
+        let applied = applied_generations(state, "instances", host).await?;
         let reported = agent
             .instance_list()
             .await
@@ -270,11 +270,9 @@ async fn sync_hypervisor(
             }
         }
     }
-    for spec in desired::instance_specs(&state.db, host, None).await? {
-        let stale = applied
-            .get(&spec.id.to_string())
-            .is_some_and(|(gen, status)| *gen < spec.generation || status == "rebooting");
-        if !stale {
+    for p in desired::pushable_instances(&state.db, host, None).await? {
+        let spec = p.spec;
+        if p.applied_generation >= spec.generation && p.status != "rebooting" {
             continue;
         }
         match agent.instance_put(&spec).await {

@@ -12,6 +12,13 @@ pub fn name(kind: &str, value: &str) -> ApiResult<()> {
         && value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    // Resources are looked up by id or name: a name shaped like an id
+    // could shadow another resource's id.
+    if ok && uuid::Uuid::parse_str(value).is_ok() {
+        return Err(ApiError::invalid(format!(
+            "{kind} name `{value}` looks like an id; choose another"
+        )));
+    }
     if ok {
         Ok(())
     } else {
@@ -44,7 +51,16 @@ mod tests {
     #[test]
     fn names() {
         assert!(super::name("x", "web-1").is_ok());
-        for bad in ["", "1abc", "Abc", "a_b", "abc-", &"a".repeat(64), "ä"] {
+        for bad in [
+            "",
+            "1abc",
+            "Abc",
+            "a_b",
+            "abc-",
+            &"a".repeat(64),
+            "ä",
+            "abcdef01-2345-6789-abcd-ef0123456789",
+        ] {
             assert!(super::name("x", bad).is_err(), "{bad}");
         }
     }
