@@ -81,7 +81,12 @@ async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usiz
         // Simulated hosts heartbeat once, at enrollment.
         c.hosts.down_after_secs = 86_400;
         c.hosts.resync_interval_secs = 3600;
-        c.database_max_connections = 16;
+        if let Some(n) = std::env::var("BENCH_DB_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            c.database_max_connections = n;
+        }
     })
     .await;
 

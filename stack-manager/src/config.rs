@@ -19,7 +19,8 @@ pub struct Config {
     /// `sqlite://path` or `postgres://user:pass@host/db`. Default: SQLite
     /// file `strato.db` in `state_dir`.
     pub database_url: Option<String>,
-    /// Maximum pooled database connections. Default 16.
+    /// Maximum pooled database connections. Default 16; SQLite uses at most 4
+    /// (one writer at a time; more connections only add thread switching).
     pub database_max_connections: u32,
     pub scheduler: SchedulerConfig,
     pub hosts: HostsConfig,

@@ -97,6 +97,11 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// SQLite writes one transaction at a time and every connection is a
+/// thread of its own; past a few readers, more connections only add thread
+/// switching (measured: 4 connections 487 creates/s, 16 connections 443).
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl Db {
@@ -141,7 +146,7 @@ impl Db {
                         .await?;
                 }
                 AnyPoolOptions::new()
-                    .max_connections(max_connections.max(2))
+                    .max_connections(max_connections.clamp(2, SQLITE_MAX_CONNECTIONS))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
