@@ -275,14 +275,7 @@ async fn host_delete(
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let mut tx = state.db.begin_write().await?;
-    let live = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM instances WHERE host_id = $1 AND deleted_at IS NULL) \
-              + (SELECT COUNT(*) FROM volumes WHERE host_id = $1 AND deleted_at IS NULL) AS n",
-    )
-    .bind(id.to_string())
-    .fetch_one(&mut **tx)
-    .await?
-    .int("n")?;
+    let live = super::live_instances_and_volumes(&mut tx, "host_id", &id.to_string()).await?;
     if live > 0 {
         return Err(ApiError::conflict(format!(
             "host {id} still holds {live} instance(s) or volume(s); drain it or delete them first"

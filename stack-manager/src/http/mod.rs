@@ -104,6 +104,25 @@ pub async fn scoped_rows(
         .await?)
 }
 
+/// How many live instances and volumes have `column = id` (a project or a
+/// host that still holds some cannot be deleted).
+pub async fn live_instances_and_volumes(
+    tx: &mut crate::db::WriteTx,
+    column: &'static str,
+    id: &str,
+) -> crate::error::ApiResult<i64> {
+    use crate::db::RowExt;
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM instances WHERE {column} = $1 AND deleted_at IS NULL) \
+              + (SELECT COUNT(*) FROM volumes WHERE {column} = $1 AND deleted_at IS NULL) AS n"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .fetch_one(&mut ***tx)
+        .await?
+        .int("n")?)
+}
+
 /// Every module's OpenAPI fragment, merged in `openapi::document`.
 pub fn docs() -> Vec<utoipa::openapi::OpenApi> {
     vec![
