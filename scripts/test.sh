@@ -9,7 +9,7 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "build"
 cargo build --locked --workspace
-log "tests"
-cargo test --locked --workspace --lib --bins --tests -- --test-threads 2
 log "benchmarks compile"
 cargo bench --locked --no-run -p stack-manager
+log "tests"
+cargo test --locked --workspace --lib --bins --tests -- --test-threads 2
