@@ -53,23 +53,38 @@ async fn writer(db: Db, mut rx: mpsc::Receiver<Entry>) {
     }
 }
 
+/// Rows per INSERT: 8 columns each keeps a statement well under SQLite's
+/// 32,766 bound parameters and PostgreSQL's 65,535.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Writes a batch as a few multi-row INSERTs in one transaction: each
+/// statement is a round trip (and, on SQLite, a thread hand-off).
 async fn write_batch(db: &Db, batch: &[Entry]) -> Result<(), sqlx::Error> {
     let mut tx = db.begin_write().await?;
-    for e in batch {
-        sqlx::query(
-            "INSERT INTO audit_log (id, at, user_id, user_name, method, path, status, result) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(uuid::Uuid::new_v4().to_string())
-        .bind(e.at)
-        .bind(e.user.as_ref().map(|u| u.0.to_string()))
-        .bind(e.user.as_ref().map(|u| u.1.clone()))
-        .bind(&e.method)
-        .bind(&e.path)
-        .bind(e.status as i64)
-        .bind(&e.result)
-        .execute(&mut **tx)
-        .await?;
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let p: Vec<String> = (1..=8).map(|c| format!("${}", r * 8 + c)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit_log (id, at, user_id, user_name, method, path, status, result) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(e.at)
+                .bind(e.user.as_ref().map(|u| u.0.to_string()))
+                .bind(e.user.as_ref().map(|u| u.1.clone()))
+                .bind(e.method.clone())
+                .bind(e.path.clone())
+                .bind(e.status as i64)
+                .bind(e.result.clone());
+        }
+        q.execute(&mut **tx).await?;
     }
     tx.commit().await
 }
