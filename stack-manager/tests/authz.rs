@@ -29,7 +29,7 @@ use api::ids::*;
 use api::resources::*;
 use serde_json::{json, Value};
 use sqlx::Row;
-use support::{eventually, Backend, TestCloud};
+use support::{eventually, Backend, Resp, TestCloud};
 
 on_both_backends!(
     strangers_get_404_for_every_foreign_resource_and_it_survives,
@@ -106,13 +106,6 @@ impl Case {
     }
 }
 
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: Value,
-    raw: String,
-}
-
 async fn send(
     http: &reqwest::Client,
     base: &str,
@@ -129,11 +122,7 @@ async fn send(
     if let Some(b) = body {
         req = req.json(b);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status().as_u16();
-    let raw = resp.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    Resp { status, body, raw }
+    support::send(req, path).await
 }
 
 /// `Some(problem)` unless `r` is a `status` error with code `code` and a

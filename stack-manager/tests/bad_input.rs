@@ -17,7 +17,7 @@ use std::time::Duration;
 use api::ids::*;
 use api::resources::*;
 use serde_json::{json, Value};
-use support::{changed, eventually, Backend, TestCloud};
+use support::{changed, eventually, Backend, Resp, TestCloud};
 
 on_both_backends!(
     malformed_bodies_are_400_malformed_body_and_change_nothing,
@@ -30,13 +30,6 @@ on_both_backends!(
 
 // ---------------------------------------------------------------------------
 // HTTP and database helpers.
-
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    body: Value,
-    raw: String,
-}
 
 /// One request; `body` is sent as is, with `content_type` if given.
 async fn send_raw(
@@ -57,11 +50,7 @@ async fn send_raw(
     if let Some(b) = body {
         req = req.body(b);
     }
-    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = resp.status().as_u16();
-    let raw = resp.text().await.unwrap_or_default();
-    let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    Resp { status, body, raw }
+    support::send(req, path).await
 }
 
 /// A JSON request as the admin.

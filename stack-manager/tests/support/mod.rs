@@ -413,3 +413,20 @@ pub fn changed(before: &[String], after: &[String]) -> Option<String> {
         format!("database changed: before only {gone:?}, after only {new:?}")
     })
 }
+
+/// A raw HTTP answer: status, body as JSON (`Null` when it is not JSON), text.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub body: serde_json::Value,
+    pub raw: String,
+}
+
+/// Sends a raw request built by a test; a transport failure fails the test.
+pub async fn send(req: reqwest::RequestBuilder, path: &str) -> Resp {
+    let resp = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = resp.status().as_u16();
+    let raw = resp.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+    Resp { status, body, raw }
+}
