@@ -221,6 +221,31 @@ pub async fn volume_specs(
     Ok(specs)
 }
 
+/// The status an agent's report means: running with a reboot still owed
+/// is `rebooting`.
+pub fn instance_status(o: &ObservedInstance, desired_reboot_count: u64) -> InstanceStatus {
+    match o.state {
+        ObservedInstanceState::Building => InstanceStatus::Building,
+        ObservedInstanceState::Running if o.reboot_count < desired_reboot_count => {
+            InstanceStatus::Rebooting
+        }
+        ObservedInstanceState::Running => InstanceStatus::Running,
+        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
+        ObservedInstanceState::Error => InstanceStatus::Error,
+    }
+}
+
+/// The status a storage node's report means: an available, attached
+/// volume is `in_use`.
+pub fn volume_status(o: &ObservedVolume, attached: bool) -> VolumeStatus {
+    match o.state {
+        ObservedVolumeState::Creating => VolumeStatus::Creating,
+        ObservedVolumeState::Error => VolumeStatus::Error,
+        ObservedVolumeState::Available if attached => VolumeStatus::InUse,
+        ObservedVolumeState::Available => VolumeStatus::Available,
+    }
+}
+
 /// Folds an agent's report on one instance into its row. Returns whether
 /// the agent is behind the desired generation (so the host needs a push).
 pub async fn observe_instance(
@@ -251,15 +276,7 @@ pub async fn observe_instance(
         reboot_count: o.reboot_count.min(reboot_count),
         ..o.clone()
     };
-    let status = match o.state {
-        ObservedInstanceState::Building => InstanceStatus::Building,
-        ObservedInstanceState::Running if o.reboot_count < reboot_count => {
-            InstanceStatus::Rebooting
-        }
-        ObservedInstanceState::Running => InstanceStatus::Running,
-        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
-        ObservedInstanceState::Error => InstanceStatus::Error,
-    };
+    let status = instance_status(o, reboot_count);
     let reason = o.reason.clone();
     let changed = r.text("status")? != status.as_str()
         || r.opt_text("status_reason")? != reason
@@ -290,15 +307,7 @@ pub async fn record_pushed_instance(
     spec: &InstanceSpec,
     o: &ObservedInstance,
 ) -> ApiResult<()> {
-    let status = match o.state {
-        ObservedInstanceState::Building => InstanceStatus::Building,
-        ObservedInstanceState::Running if o.reboot_count < spec.reboot_count => {
-            InstanceStatus::Rebooting
-        }
-        ObservedInstanceState::Running => InstanceStatus::Running,
-        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
-        ObservedInstanceState::Error => InstanceStatus::Error,
-    };
+    let status = instance_status(o, spec.reboot_count);
     let update = sqlx::query(
         "UPDATE instances SET status = $2, status_reason = $3, applied_generation = $4, updated_at = $5 \
          WHERE id = $1 AND desired <> 'deleted' AND deleted_at IS NULL",
@@ -329,12 +338,7 @@ pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) 
     if current == "deleting" {
         return Ok(true);
     }
-    let status = match o.state {
-        ObservedVolumeState::Creating => VolumeStatus::Creating,
-        ObservedVolumeState::Error => VolumeStatus::Error,
-        ObservedVolumeState::Available if r.int("attached")? > 0 => VolumeStatus::InUse,
-        ObservedVolumeState::Available => VolumeStatus::Available,
-    };
+    let status = volume_status(o, r.int("attached")? > 0);
     let o = &ObservedVolume {
         generation: o.generation.min(r.uint("generation")?),
         ..o.clone()

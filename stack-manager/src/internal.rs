@@ -354,13 +354,7 @@ async fn fold_instances(
             continue;
         }
         let reboot_count = r.uint("reboot_count")?;
-        let status = match o.state {
-            ObservedInstanceState::Building => "building",
-            ObservedInstanceState::Running if o.reboot_count < reboot_count => "rebooting",
-            ObservedInstanceState::Running => "running",
-            ObservedInstanceState::Stopped => "stopped",
-            ObservedInstanceState::Error => "error",
-        };
+        let status = desired::instance_status(o, reboot_count).as_str();
         let changed = r.text("status")? != status
             || r.opt_text("status_reason")? != o.reason
             || r.uint("applied_generation")? != o.generation;
@@ -438,12 +432,7 @@ async fn fold_volumes(
             push = true;
             continue;
         }
-        let status = match o.state {
-            ObservedVolumeState::Creating => "creating",
-            ObservedVolumeState::Error => "error",
-            ObservedVolumeState::Available if r.int("attached")? > 0 => "in_use",
-            ObservedVolumeState::Available => "available",
-        };
+        let status = desired::volume_status(o, r.int("attached")? > 0).as_str();
         // Snapshots being created or deleted settle only through the report.
         if current != status
             || r.uint("applied_generation")? != o.generation
