@@ -61,3 +61,45 @@ ensure_postgres() {
         while read -r db; do as_root su postgres -c "dropdb --if-exists $db" >/dev/null 2>&1 || true; done
     export STRATO_TEST_POSTGRES_URL="postgres://strato:strato@127.0.0.1:5432/postgres"
 }
+
+# libvirt and QEMU for the hypervisor agent, plus the host tools it drives.
+# Some machines carry qemu-utils from bookworm-backports; QEMU itself must
+# then come from there too, or apt refuses the mix.
+ensure_virt() {
+    if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+        local utils_ver
+        utils_ver="$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)"
+        if [[ "$utils_ver" == *bpo12* ]]; then
+            if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+                log "enabling bookworm-backports (qemu-utils $utils_ver came from there)"
+                echo "deb http://deb.debian.org/debian bookworm-backports main" |
+                    as_root tee /etc/apt/sources.list.d/strato-backports.list >/dev/null
+                as_root apt-get update -qq
+            fi
+            log "installing QEMU from bookworm-backports"
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+                -t bookworm-backports qemu-system-x86 qemu-block-extra qemu-utils >/dev/null
+        fi
+    fi
+    apt_install qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu seabios \
+        libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
+        genisoimage iproute2
+    start_libvirtd
+}
+
+# libvirtd and virtlogd, with or without systemd.
+start_libvirtd() {
+    if virsh -c qemu:///system version >/dev/null 2>&1; then return 0; fi
+    log "starting libvirtd"
+    if [ -d /run/systemd/system ]; then
+        as_root systemctl start virtlogd libvirtd || true
+    fi
+    pgrep -x virtlogd >/dev/null || as_root virtlogd -d
+    pgrep -x libvirtd >/dev/null || as_root libvirtd -d
+    for _ in $(seq 1 40); do
+        virsh -c qemu:///system version >/dev/null 2>&1 && return 0
+        sleep 0.25
+    done
+    echo "error: libvirtd did not come up" >&2
+    exit 1
+}

@@ -1,0 +1,230 @@
+//! The agent's life: probe the hypervisor, enroll once (or load the
+//! credential from an earlier enrollment), serve the agent API, adopt what
+//! the stack manager wants, and heartbeat.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::ids::HostId;
+use api::internal::{EnrollRequest, Heartbeat};
+use api::resources::{Capacity, HostKind};
+use api::InternalClient;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, VirtTypeSetting};
+use crate::domain::Templates;
+use crate::error::{AgentError, Result};
+use crate::hypervisor::{kvm_works, Hypervisor};
+use crate::images::{set_mode, ImageCache};
+use crate::instances::{Realizer, RealizerConfig};
+use crate::server::{router, ServerState};
+
+/// What enrollment gave this host, kept in `<state_dir>/identity.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub host_id: HostId,
+    pub credential: String,
+    pub stack_manager_url: String,
+}
+
+fn identity_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("identity.json")
+}
+
+fn statvfs_bytes(path: &Path) -> Option<u64> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_blocks as u64 * st.f_frsize as u64)
+}
+
+async fn capacity(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<Capacity> {
+    let node = hv.node_capacity().await?;
+    let disk_gib = statvfs_bytes(&cfg.state_dir).unwrap_or(0) >> 30;
+    Ok(Capacity {
+        vcpus: node.cpus,
+        ram_mib: node.memory_mib.saturating_sub(cfg.reserved_ram_mib),
+        disk_gib: disk_gib.saturating_sub(cfg.reserved_disk_gib),
+        storage_bytes_total: 0,
+        storage_bytes_free: 0,
+    })
+}
+
+async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> {
+    let path = identity_path(&cfg.state_dir);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id: Identity = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", path.display()))?;
+        tracing::info!(host = %id.host_id, "using the credential of an earlier enrollment");
+        return Ok(id);
+    }
+    let token = cfg.enrollment_token()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "this host is not enrolled yet: set enrollment_token (or enrollment_token_file) in the config; \
+             an admin creates one with `strato host enroll-token`"
+        )
+    })?;
+    let req = EnrollRequest {
+        token,
+        name: cfg.host_name(),
+        kind: HostKind::Hypervisor,
+        agent_url: cfg.agent_url(),
+        capacity: capacity(cfg, hv).await?,
+        initiator_iqn: Some(cfg.initiator_iqn()),
+        iscsi_portal: None,
+    };
+    let client = InternalClient::new(&cfg.stack_manager_url, None);
+    let resp = retry("enroll", || client.enroll(&req)).await?;
+    let id = Identity {
+        host_id: resp.host_id,
+        credential: resp.credential,
+        stack_manager_url: cfg.stack_manager_url.clone(),
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?)?;
+    set_mode(&tmp, 0o600)?;
+    std::fs::rename(&tmp, &path)?;
+    tracing::info!(host = %id.host_id, "enrolled");
+    Ok(id)
+}
+
+/// Retries while the stack manager is unreachable or unavailable; a
+/// refusal (bad token, 4xx) is final.
+async fn retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, api::ClientError>>,
+{
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
+                anyhow::bail!("{what} refused by the stack manager: {e}")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn choose_virt_type(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<&'static str> {
+    if cfg.is_xen() {
+        return Ok("xen");
+    }
+    let caps = hv.capabilities().await?;
+    let kind = match cfg.virt_type {
+        VirtTypeSetting::Kvm => "kvm",
+        VirtTypeSetting::Qemu => "qemu",
+        VirtTypeSetting::Auto => {
+            let timeout = Duration::from_secs(cfg.kvm_probe_timeout_secs);
+            if kvm_works(&caps, &cfg.state_dir.join("probe"), timeout).await {
+                "kvm"
+            } else {
+                "qemu"
+            }
+        }
+    };
+    tracing::info!(
+        virt_type = kind,
+        "guests run under {}",
+        if kind == "kvm" {
+            "KVM"
+        } else {
+            "plain emulation (TCG)"
+        }
+    );
+    Ok(kind)
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir).map_err(AgentError::io(&cfg.state_dir))?;
+    // QEMU runs as its own user and must reach disks under state_dir.
+    set_mode(&cfg.state_dir, 0o755)?;
+    let hv = Arc::new(Hypervisor::new(&cfg.libvirt_uri));
+    let virt_type = choose_virt_type(&cfg, &hv).await?;
+    let identity = enroll(&cfg, &hv).await?;
+    let images = ImageCache::new(cfg.state_dir.join("images"), cfg.max_image_bytes)?;
+    set_mode(&cfg.state_dir.join("images"), 0o755)?;
+    let templates = Templates::load(cfg.template_dir.as_deref(), cfg.is_xen())?;
+    let realizer = Realizer::new(
+        RealizerConfig {
+            host_id: identity.host_id,
+            state_dir: cfg.state_dir.clone(),
+            virt_type,
+            initiator_iqn: cfg.initiator_iqn(),
+            uplink: cfg.uplink.clone(),
+            shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
+        },
+        hv.clone(),
+        images,
+        templates,
+    )?;
+    set_mode(&cfg.state_dir.join("instances"), 0o755)?;
+    realizer.resume();
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, url = cfg.agent_url(), "agent API listening");
+    let app = router(ServerState {
+        realizer: realizer.clone(),
+        credential: Arc::new(identity.credential.clone()),
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let client = InternalClient::new(&cfg.stack_manager_url, Some(identity.credential.clone()));
+    // Adoption: the stack manager's desired state is the truth; until it
+    // answers, nothing is deleted.
+    let desired = retry("fetch desired state", || client.desired(identity.host_id)).await?;
+    tracing::info!(
+        instances = desired.instances.len(),
+        "adopting desired state"
+    );
+    realizer.adopt(desired.instances).await?;
+
+    let heartbeat = heartbeat_loop(
+        cfg.clone(),
+        hv.clone(),
+        realizer.clone(),
+        client,
+        identity.host_id,
+    );
+    tokio::select! {
+        r = server => { r??; Ok(()) }
+        r = heartbeat => r,
+    }
+}
+
+async fn heartbeat_loop(
+    cfg: Config,
+    hv: Arc<Hypervisor>,
+    realizer: Arc<Realizer>,
+    client: InternalClient,
+    host: HostId,
+) -> anyhow::Result<()> {
+    let mut every = Duration::from_secs(cfg.heartbeat_interval_secs);
+    loop {
+        match capacity(&cfg, &hv).await {
+            Ok(capacity) => {
+                let hb = Heartbeat {
+                    capacity,
+                    instances: realizer.observe_all().await,
+                    volumes: Vec::new(),
+                };
+                match client.heartbeat(host, &hb).await {
+                    Ok(ack) => every = Duration::from_secs(ack.heartbeat_interval_secs.max(1)),
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read host capacity; skipping a heartbeat"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}

@@ -1,0 +1,247 @@
+//! The hypervisor agent's configuration: one TOML file, every field
+//! optional with a documented default. `hypervisor-agent config` prints the
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The stack manager's internal API. Default `http://127.0.0.1:7101`.
+    pub stack_manager_url: String,
+    /// One-time enrollment token (`strato host enroll-token`). Needed only on
+    /// the first start; afterwards the per-host credential in `state_dir`
+    /// is used. Default: none.
+    pub enrollment_token: Option<String>,
+    /// File holding the enrollment token, for deployments that keep secrets
+    /// out of config files. Read when `enrollment_token` is unset.
+    pub enrollment_token_file: Option<PathBuf>,
+    /// Host name reported to the stack manager. Default: the kernel's
+    /// hostname.
+    pub name: Option<String>,
+    /// Where the agent API (`/agent/v1`) listens. Default `127.0.0.1:7200`.
+    pub listen: SocketAddr,
+    /// URL the stack manager uses to reach this agent. Default
+    /// `http://<listen>`, with an unspecified address replaced by loopback.
+    pub advertise_url: Option<String>,
+    /// Image cache, instance disks, config drives, console logs and the
+    /// host credential. Must be traversable by the QEMU user (the agent
+    /// makes it `0755`). Default `/var/lib/strato/hypervisor`.
+    pub state_dir: PathBuf,
+    /// libvirt connection URI: `qemu:///system` (default) or `xen:///system`.
+    pub libvirt_uri: String,
+    /// `auto` (default): use KVM when a probe guest actually boots under it
+    /// within `kvm_probe_timeout_secs`, else plain emulation. `kvm` or
+    /// `qemu` force one. Ignored for Xen.
+    pub virt_type: VirtTypeSetting,
+    /// How long the KVM probe may take before KVM is judged not to work.
+    /// Default 10 s.
+    pub kvm_probe_timeout_secs: u64,
+    /// Heartbeat interval until the stack manager names one. Default 2 s.
+    pub heartbeat_interval_secs: u64,
+    /// How long a stop waits for the guest to power off after an ACPI
+    /// shutdown before the domain is destroyed. Default 60 s.
+    pub shutdown_timeout_secs: u64,
+    /// Physical interface that carries tenant VLANs. Networks with a VLAN
+    /// get a `<uplink>.<vlan>` sub-interface enslaved to their bridge.
+    /// Default: none (bridges stay local to this host).
+    pub uplink: Option<String>,
+    /// iSCSI initiator name this host logs in to volumes with. Default
+    /// `iqn.2026-11.io.strato:<name>`.
+    pub initiator_iqn: Option<String>,
+    /// RAM kept for the host itself, not reported as capacity. Default 512 MiB.
+    pub reserved_ram_mib: u64,
+    /// Disk kept for the host itself, not reported as capacity. Default 2 GiB.
+    pub reserved_disk_gib: u64,
+    /// Directory with `domain.xml.tera` / `domain-xen.xml.tera` overriding
+    /// the built-in domain templates. Default: built-in.
+    pub template_dir: Option<PathBuf>,
+    /// Largest image download accepted, in bytes. Default 64 GiB.
+    pub max_image_bytes: u64,
+    /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VirtTypeSetting {
+    Auto,
+    Kvm,
+    Qemu,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            stack_manager_url: "http://127.0.0.1:7101".into(),
+            enrollment_token: None,
+            enrollment_token_file: None,
+            name: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7200)),
+            advertise_url: None,
+            state_dir: PathBuf::from("/var/lib/strato/hypervisor"),
+            libvirt_uri: "qemu:///system".into(),
+            virt_type: VirtTypeSetting::Auto,
+            kvm_probe_timeout_secs: 10,
+            heartbeat_interval_secs: 2,
+            shutdown_timeout_secs: 60,
+            uplink: None,
+            initiator_iqn: None,
+            reserved_ram_mib: 512,
+            reserved_disk_gib: 2,
+            template_dir: None,
+            max_image_bytes: 64 << 30,
+            log: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.libvirt_uri.starts_with("qemu") || self.libvirt_uri.starts_with("xen")) {
+            return Err(ConfigError::Invalid(format!(
+                "libvirt_uri {:?}: only qemu:// and xen:// drivers are supported",
+                self.libvirt_uri
+            )));
+        }
+        if let Some(u) = &self.uplink {
+            if !crate::network::valid_ifname(u) {
+                return Err(ConfigError::Invalid(format!(
+                    "uplink {u:?} is not an interface name"
+                )));
+            }
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "heartbeat_interval_secs must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn is_xen(&self) -> bool {
+        self.libvirt_uri.starts_with("xen")
+    }
+
+    pub fn host_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "hypervisor".into())
+        })
+    }
+
+    pub fn initiator_iqn(&self) -> String {
+        self.initiator_iqn.clone().unwrap_or_else(|| {
+            let name: String = self
+                .host_name()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c.to_ascii_lowercase()
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            format!("iqn.2026-11.io.strato:{name}")
+        })
+    }
+
+    pub fn agent_url(&self) -> String {
+        if let Some(u) = &self.advertise_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let ip = match self.listen.ip() {
+            std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        format!("http://{}", SocketAddr::new(ip, self.listen.port()))
+    }
+
+    pub fn enrollment_token(&self) -> Result<Option<String>, ConfigError> {
+        if let Some(t) = &self.enrollment_token {
+            return Ok(Some(t.trim().to_string()));
+        }
+        match &self.enrollment_token_file {
+            Some(p) => std::fs::read_to_string(p)
+                .map(|s| Some(s.trim().to_string()))
+                .map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                }),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let cfg: Config = toml::from_str("").unwrap();
+        assert_eq!(cfg.listen, Config::default().listen);
+        assert_eq!(cfg.libvirt_uri, "qemu:///system");
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(toml::from_str::<Config>("listne = \"0.0.0.0:1\"").is_err());
+    }
+
+    #[test]
+    fn unspecified_listen_advertises_loopback() {
+        let cfg = Config {
+            listen: "0.0.0.0:7200".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(cfg.agent_url(), "http://127.0.0.1:7200");
+    }
+
+    #[test]
+    fn other_drivers_are_refused() {
+        let cfg = Config {
+            libvirt_uri: "lxc:///".into(),
+            ..Config::default()
+        };
+        assert!(cfg.validate().is_err());
+    }
+}

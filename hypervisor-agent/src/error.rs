@@ -1,0 +1,49 @@
+//! Errors of realizing an instance. Their `Display` is what an operator
+//! or tenant reads as the instance's status reason, so each names the
+//! thing that failed and why.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("image {image}: {reason}")]
+    Image { image: String, reason: String },
+    #[error("image {image}: checksum mismatch: expected sha256 {expected}, got {actual}")]
+    ChecksumMismatch {
+        image: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("libvirt: {0}")]
+    Libvirt(String),
+    #[error("{program} failed ({status}): {stderr}")]
+    Command {
+        program: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("template: {0}")]
+    Template(String),
+}
+
+impl AgentError {
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError {
+        let path = path.into();
+        move |source| AgentError::Io { path, source }
+    }
+}
+
+impl From<virt::error::Error> for AgentError {
+    fn from(e: virt::error::Error) -> Self {
+        AgentError::Libvirt(e.message().to_string())
+    }
+}
+
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

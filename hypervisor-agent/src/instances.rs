@@ -1,0 +1,777 @@
+//! Realizing instance specs as libvirt domains.
+//!
+//! Each instance has a slot: the desired spec (persisted in
+//! `instances/<id>/spec.json` before the PUT is answered), what was last
+//! applied (`applied.json`), and one worker task that converges the host
+//! towards the desired spec whenever it changes. A PUT returns at once
+//! with the spec accepted; heartbeats report progress. Converging is
+//! idempotent: every step checks what exists first, so repeating a spec,
+//! restarting the agent or retrying after a crash changes nothing twice.
+//!
+//! Files of an instance, under `<state_dir>/instances/<id>/`:
+//! `spec.json`, `applied.json`, `root.qcow2` (thin overlay on the cached
+//! image), `cidata.iso` (+ `cidata.sha256`), `console.log`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::ids::{HostId, InstanceId, NetworkId};
+use api::internal::{
+    InstanceSpec, ObservedInstance, ObservedInstanceState, PowerState, VolumeAttachmentSpec,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::configdrive::Seed;
+use crate::domain::{DomainParams, NicParams, Templates, VolumeParams};
+use crate::error::{AgentError, Result};
+use crate::hypervisor::Hypervisor;
+use crate::images::ImageCache;
+use crate::{exec, network};
+
+const GIB: u64 = 1 << 30;
+
+/// What the agent last applied to an instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    generation: u64,
+    reboot_count: u64,
+    /// Volumes hot-plugged into (or defined on) the domain.
+    volumes: Vec<VolumeAttachmentSpec>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Status {
+    applied: Option<Applied>,
+    /// The generation whose converge failed, and why.
+    error: Option<(u64, String)>,
+}
+
+struct Slot {
+    id: InstanceId,
+    dir: PathBuf,
+    /// `None` once a delete was requested.
+    desired: Mutex<Option<InstanceSpec>>,
+    status: Mutex<Status>,
+    wake: Notify,
+    /// Held while converging or tearing down: one operation at a time.
+    op: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn desired(&self) -> Option<InstanceSpec> {
+        self.desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+    fn set_status(&self, f: impl FnOnce(&mut Status)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn deleting(&self) -> bool {
+        self.desired().is_none()
+    }
+}
+
+pub struct RealizerConfig {
+    pub host_id: HostId,
+    pub state_dir: PathBuf,
+    pub virt_type: &'static str,
+    pub initiator_iqn: String,
+    pub uplink: Option<String>,
+    pub shutdown_timeout: Duration,
+}
+
+pub struct Realizer {
+    cfg: RealizerConfig,
+    hv: Arc<Hypervisor>,
+    images: ImageCache,
+    templates: Templates,
+    slots: Mutex<HashMap<InstanceId, Arc<Slot>>>,
+    /// Bridges are shared between instances: creating and removing them is
+    /// serialized so a removal never races a new user.
+    net: tokio::sync::Mutex<()>,
+}
+
+pub fn domain_name(id: InstanceId) -> String {
+    format!("{}{id}", crate::domain::DOMAIN_PREFIX)
+}
+
+fn secret_usage(instance: InstanceId, volume: &VolumeAttachmentSpec) -> String {
+    format!("strato-{instance}-{}", volume.volume_id)
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(value).map_err(|e| AgentError::Invalid(e.to_string()))?;
+    std::fs::write(&tmp, body).map_err(AgentError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(AgentError::io(path))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
+            None
+        }
+    }
+}
+
+/// Checks a spec before anything is touched for it.
+pub fn validate(spec: &InstanceSpec) -> Result<()> {
+    let bad = |m: String| Err(AgentError::Invalid(m));
+    if spec.hostname.is_empty()
+        || spec.hostname.len() > 63
+        || !spec
+            .hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return bad(format!(
+            "hostname {:?} is not a valid host name",
+            spec.hostname
+        ));
+    }
+    if spec.vcpus == 0 || spec.ram_mib < 16 || spec.disk_gib == 0 {
+        return bad("vcpus, ram_mib and disk_gib must be positive".into());
+    }
+    for nic in &spec.nics {
+        let ok = nic.mac.len() == 17
+            && nic.mac.split(':').count() == 6
+            && nic
+                .mac
+                .split(':')
+                .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return bad(format!("NIC MAC {:?} is malformed", nic.mac));
+        }
+        if nic.mtu < 576 {
+            return bad(format!("NIC MTU {} is too small", nic.mtu));
+        }
+    }
+    let mut seen = HashSet::new();
+    for v in &spec.volumes {
+        if !seen.insert(v.device_index) {
+            return bad(format!("two volumes use device index {}", v.device_index));
+        }
+        if v.portal
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return bad(format!(
+                "volume {} portal {:?} is not host:port",
+                v.volume_id, v.portal
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl Realizer {
+    pub fn new(
+        cfg: RealizerConfig,
+        hv: Arc<Hypervisor>,
+        images: ImageCache,
+        templates: Templates,
+    ) -> Result<Arc<Self>> {
+        let dir = cfg.state_dir.join("instances");
+        std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+        Ok(Arc::new(Self {
+            cfg,
+            hv,
+            images,
+            templates,
+            slots: Mutex::new(HashMap::new()),
+            net: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    fn instances_dir(&self) -> PathBuf {
+        self.cfg.state_dir.join("instances")
+    }
+
+    fn slot(&self, id: InstanceId) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn known(&self) -> Vec<InstanceId> {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Reloads the specs persisted before a restart and resumes converging
+    /// them. Running domains are left as they are: converging a running
+    /// instance whose spec did not change touches nothing.
+    pub fn resume(self: &Arc<Self>) {
+        let Ok(entries) = std::fs::read_dir(self.instances_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            let Some(spec) = read_json::<InstanceSpec>(&dir.join("spec.json")) else {
+                continue;
+            };
+            let applied = read_json::<Applied>(&dir.join("applied.json"));
+            tracing::info!(instance = %spec.id, "resuming instance");
+            let slot = self.insert_slot(spec.id);
+            slot.set_status(|s| s.applied = applied);
+            *slot.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec);
+            self.spawn_worker(slot);
+        }
+    }
+
+    fn insert_slot(&self, id: InstanceId) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    id,
+                    dir: self.instances_dir().join(id.to_string()),
+                    desired: Mutex::new(None),
+                    status: Mutex::new(Status::default()),
+                    wake: Notify::new(),
+                    op: tokio::sync::Mutex::new(()),
+                })
+            })
+            .clone()
+    }
+
+    /// `PUT /agent/v1/instances/{id}`: accepts the spec and returns what is
+    /// observed now; the worker converges in the background.
+    pub async fn put(self: &Arc<Self>, spec: InstanceSpec) -> Result<ObservedInstance> {
+        validate(&spec)?;
+        let existing = self.slot(spec.id);
+        if let Some(slot) = &existing {
+            if slot.desired().as_ref() == Some(&spec) {
+                return Ok(self.observe(slot).await);
+            }
+        }
+        let slot = self.insert_slot(spec.id);
+        std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
+        write_json(&slot.dir.join("spec.json"), &spec)?;
+        let fresh = {
+            let mut d = slot.desired.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = d.is_none() && existing.is_none();
+            *d = Some(spec);
+            fresh
+        };
+        if fresh {
+            self.spawn_worker(slot.clone());
+        } else {
+            slot.wake.notify_one();
+        }
+        Ok(self.observe(&slot).await)
+    }
+
+    fn spawn_worker(self: &Arc<Self>, slot: Arc<Slot>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.worker(slot).await });
+    }
+
+    async fn worker(self: Arc<Self>, slot: Arc<Slot>) {
+        loop {
+            let notified = slot.wake.notified();
+            let Some(spec) = slot.desired() else {
+                return; // the delete handler tears down
+            };
+            {
+                let _op = slot.op.lock().await;
+                if slot.deleting() {
+                    return;
+                }
+                let status = slot.status();
+                let up_to_date = status.applied.as_ref().is_some_and(|a| {
+                    a.generation == spec.generation && a.reboot_count == spec.reboot_count
+                }) || status
+                    .error
+                    .as_ref()
+                    .is_some_and(|(g, _)| *g == spec.generation);
+                if !up_to_date {
+                    let first = status.applied.is_none();
+                    match self.converge(&slot, &spec).await {
+                        Ok(applied) => {
+                            let _ = write_json(&slot.dir.join("applied.json"), &applied);
+                            slot.set_status(|s| {
+                                s.applied = Some(applied);
+                                s.error = None;
+                            });
+                            tracing::info!(instance = %spec.id, generation = spec.generation, "instance converged");
+                        }
+                        Err(e) => {
+                            tracing::warn!(instance = %spec.id, generation = spec.generation, error = %e, "instance failed");
+                            if first && !slot.deleting() {
+                                // Nothing half-created stays behind.
+                                if let Err(c) = self.teardown(slot.id, Some(&spec), false).await {
+                                    tracing::warn!(instance = %spec.id, error = %c, "cleanup after failure incomplete");
+                                }
+                            }
+                            slot.set_status(|s| s.error = Some((spec.generation, e.to_string())));
+                        }
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// What is true of the instance now.
+    async fn observe(&self, slot: &Slot) -> ObservedInstance {
+        let desired = slot.desired();
+        let status = slot.status();
+        let generation = desired.as_ref().map_or(0, |d| d.generation);
+        let reboot_count = status.applied.as_ref().map_or(0, |a| a.reboot_count);
+        let (state, reason) = match (&status.error, &status.applied) {
+            (Some((g, reason)), _) if *g == generation => {
+                (ObservedInstanceState::Error, Some(reason.clone()))
+            }
+            (_, None) => (ObservedInstanceState::Building, None),
+            (_, Some(_)) => match self.hv.domain_state(&slot.id.to_string()).await {
+                Ok(Some(true)) => (ObservedInstanceState::Running, None),
+                Ok(Some(false)) => (ObservedInstanceState::Stopped, None),
+                Ok(None) => (
+                    ObservedInstanceState::Error,
+                    Some("the domain disappeared from libvirt".to_string()),
+                ),
+                Err(e) => (ObservedInstanceState::Error, Some(e.to_string())),
+            },
+        };
+        ObservedInstance {
+            id: slot.id,
+            state,
+            generation,
+            reboot_count,
+            reason,
+        }
+    }
+
+    pub async fn observe_one(&self, id: InstanceId) -> Option<ObservedInstance> {
+        let slot = self.slot(id)?;
+        if slot.deleting() {
+            return None;
+        }
+        Some(self.observe(&slot).await)
+    }
+
+    pub async fn observe_all(&self) -> Vec<ObservedInstance> {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for s in slots {
+            if !s.deleting() {
+                out.push(self.observe(&s).await);
+            }
+        }
+        out
+    }
+
+    pub fn console_log(&self, id: InstanceId) -> Option<PathBuf> {
+        let slot = self.slot(id)?;
+        Some(slot.dir.join("console.log"))
+    }
+
+    /// `DELETE /agent/v1/instances/{id}`: destroys the domain and removes
+    /// everything created for it. Idempotent; waits for a running converge
+    /// step to finish (a pending graceful shutdown is cut short).
+    pub async fn delete(self: &Arc<Self>, id: InstanceId) -> Result<()> {
+        let slot = self.insert_slot(id);
+        let spec = {
+            let mut d = slot.desired.lock().unwrap_or_else(|p| p.into_inner());
+            d.take()
+        };
+        slot.wake.notify_one();
+        let _op = slot.op.lock().await;
+        let spec = spec.or_else(|| read_json::<InstanceSpec>(&slot.dir.join("spec.json")));
+        self.teardown(id, spec.as_ref(), true).await?;
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        Ok(())
+    }
+
+    /// Removes the domain, its secrets and files. `forget` also removes the
+    /// persisted spec (a delete); a failed first create keeps it so the
+    /// error stays reportable across restarts.
+    async fn teardown(
+        &self,
+        id: InstanceId,
+        spec: Option<&InstanceSpec>,
+        forget: bool,
+    ) -> Result<()> {
+        let uuid = id.to_string();
+        self.hv.destroy(&uuid).await?;
+        self.hv.undefine(&uuid).await?;
+        for usage in self.hv.iscsi_secrets(&format!("strato-{id}-")).await? {
+            self.hv.remove_iscsi_secret(&usage).await?;
+        }
+        let dir = self.instances_dir().join(&uuid);
+        if forget {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(AgentError::io(&dir)(e))
+                }
+                _ => {}
+            }
+        } else if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name() != "spec.json" {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        if let Some(spec) = spec {
+            self.release_bridges(id, spec).await;
+        }
+        tracing::info!(instance = %id, "instance torn down");
+        Ok(())
+    }
+
+    /// Removes the bridges of `spec`'s networks no other instance uses.
+    async fn release_bridges(&self, id: InstanceId, spec: &InstanceSpec) {
+        let _net = self.net.lock().await;
+        let in_use: HashSet<NetworkId> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|s| s.id != id)
+            .filter_map(|s| s.desired())
+            .flat_map(|d| d.nics.into_iter().map(|n| n.network_id))
+            .collect();
+        for nic in &spec.nics {
+            if !in_use.contains(&nic.network_id) {
+                if let Err(e) =
+                    network::remove_bridge(nic.network_id, nic.vlan, self.cfg.uplink.as_deref())
+                        .await
+                {
+                    tracing::warn!(network = %nic.network_id, error = %e, "cannot remove bridge");
+                }
+            }
+        }
+    }
+
+    fn volume_params(&self, id: InstanceId, v: &VolumeAttachmentSpec) -> Result<VolumeParams> {
+        let (host, port) = v
+            .portal
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                Some((
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    p.parse().ok()?,
+                ))
+            })
+            .ok_or_else(|| {
+                AgentError::Invalid(format!("portal {:?} is not host:port", v.portal))
+            })?;
+        Ok(VolumeParams {
+            dev: self.templates.volume_dev(v.device_index)?,
+            bus: self.templates.volume_bus(),
+            iqn: v.iqn.clone(),
+            lun: v.lun,
+            host,
+            port,
+            initiator_iqn: self.cfg.initiator_iqn.clone(),
+            chap_user: v.chap_user.clone(),
+            secret_usage: secret_usage(id, v),
+            serial: v
+                .volume_id
+                .to_string()
+                .chars()
+                .filter(|c| *c != '-')
+                .take(20)
+                .collect(),
+        })
+    }
+
+    /// Brings the host in line with `spec`; returns what was applied.
+    async fn converge(&self, slot: &Slot, spec: &InstanceSpec) -> Result<Applied> {
+        let id = spec.id;
+        let uuid = id.to_string();
+        std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
+        crate::images::set_mode(&slot.dir, 0o755)?;
+
+        // Disks: the cached image and a thin overlay grown to the flavor.
+        let image = self.images.ensure(&spec.image).await?;
+        let root = slot.dir.join("root.qcow2");
+        let want = spec.disk_gib.saturating_mul(GIB);
+        if want < image.virtual_size {
+            return Err(AgentError::Invalid(format!(
+                "the flavor's {} GiB root disk is smaller than image {} ({} bytes)",
+                spec.disk_gib, spec.image.id, image.virtual_size
+            )));
+        }
+        if !root.exists() {
+            let tmp = slot.dir.join(".root.qcow2");
+            let backing = format!("{}", image.path.display());
+            exec::run(
+                "qemu-img",
+                [
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-F",
+                    "qcow2",
+                    "-b",
+                    &backing,
+                    tmp.to_str()
+                        .ok_or_else(|| AgentError::Invalid("state_dir is not UTF-8".into()))?,
+                    &want.to_string(),
+                ],
+            )
+            .await?;
+            std::fs::rename(&tmp, &root).map_err(AgentError::io(&root))?;
+        }
+
+        // Config drive.
+        let iso = slot.dir.join("cidata.iso");
+        Seed::for_instance(spec)?.write_iso(&iso).await?;
+
+        // Networks.
+        let mut nics = Vec::new();
+        {
+            let _net = self.net.lock().await;
+            for nic in &spec.nics {
+                let bridge = network::ensure_bridge(
+                    nic.network_id,
+                    nic.vlan,
+                    nic.mtu,
+                    self.cfg.uplink.as_deref(),
+                )
+                .await?;
+                nics.push(NicParams {
+                    bridge,
+                    mac: nic.mac.to_ascii_lowercase(),
+                    mtu: nic.mtu,
+                });
+            }
+        }
+
+        // Volume secrets, then the domain definition with every volume.
+        let mut volumes = Vec::new();
+        for v in &spec.volumes {
+            if !v.chap_user.is_empty() {
+                self.hv
+                    .set_iscsi_secret(&secret_usage(id, v), &v.chap_secret)
+                    .await?;
+            }
+            volumes.push(self.volume_params(id, v)?);
+        }
+        let params = DomainParams {
+            name: domain_name(id),
+            uuid: uuid.clone(),
+            host_id: self.cfg.host_id.to_string(),
+            generation: spec.generation,
+            virt_type: self.cfg.virt_type,
+            vcpus: spec.vcpus,
+            memory_kib: spec.ram_mib * 1024,
+            root_disk: root.display().to_string(),
+            config_drive: iso.display().to_string(),
+            console_log: slot.dir.join("console.log").display().to_string(),
+            nics,
+            volumes: volumes.clone(),
+        };
+        let xml = self.templates.domain_xml(&params)?;
+        let previously = slot.status().applied.unwrap_or_default();
+        self.hv.define(xml).await?;
+
+        let running = self.hv.domain_state(&uuid).await?.unwrap_or(false);
+        let mut applied = Applied {
+            generation: spec.generation,
+            reboot_count: spec.reboot_count,
+            volumes: spec.volumes.clone(),
+        };
+        match spec.power {
+            PowerState::Running if !running => {
+                self.hv.start(&uuid).await?;
+                tracing::info!(instance = %id, "domain started");
+            }
+            PowerState::Running => {
+                self.hotplug(slot, spec, &previously.volumes, &volumes)
+                    .await?;
+                if spec.reboot_count > previously.reboot_count {
+                    // A cold reboot: certain to happen whatever the guest
+                    // does, and it boots the current definition.
+                    self.hv.destroy(&uuid).await?;
+                    self.hv.start(&uuid).await?;
+                    tracing::info!(instance = %id, "domain rebooted");
+                }
+            }
+            PowerState::Stopped if running => {
+                self.stop(slot, &uuid).await?;
+            }
+            PowerState::Stopped => {}
+        }
+        applied.reboot_count = spec.reboot_count;
+        Ok(applied)
+    }
+
+    /// ACPI shutdown, then destroy after the timeout (or at once when the
+    /// instance is being deleted meanwhile).
+    async fn stop(&self, slot: &Slot, uuid: &str) -> Result<()> {
+        self.hv.shutdown(uuid).await?;
+        let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
+        while tokio::time::Instant::now() < deadline && !slot.deleting() {
+            if self.hv.domain_state(uuid).await? != Some(true) {
+                tracing::info!(instance = uuid, "guest powered off");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        tracing::info!(
+            instance = uuid,
+            "guest did not power off in time; destroying"
+        );
+        self.hv.destroy(uuid).await
+    }
+
+    /// Hot-plugs volumes into the running domain and unplugs removed ones,
+    /// judged from the live XML so a crash between the two steps heals.
+    async fn hotplug(
+        &self,
+        slot: &Slot,
+        spec: &InstanceSpec,
+        previous: &[VolumeAttachmentSpec],
+        wanted: &[VolumeParams],
+    ) -> Result<()> {
+        let uuid = spec.id.to_string();
+        let live = self.hv.live_xml(&uuid).await?.unwrap_or_default();
+        let has_target = |xml: &str, dev: &str| {
+            xml.contains(&format!("<target dev='{dev}'"))
+                || xml.contains(&format!("<target dev=\"{dev}\""))
+        };
+        let wanted_devs: HashSet<&str> = wanted.iter().map(|v| v.dev.as_str()).collect();
+        // Unplug what is no longer wanted.
+        for v in previous {
+            let params = self.volume_params(spec.id, v)?;
+            if wanted_devs.contains(params.dev.as_str())
+                && spec.volumes.iter().any(|w| w.volume_id == v.volume_id)
+            {
+                continue;
+            }
+            if has_target(&live, &params.dev) {
+                let xml = self.templates.volume_xml(&params)?;
+                self.hv.detach_live(&uuid, xml).await?;
+                self.wait_for_target(slot, &uuid, &params.dev, false)
+                    .await?;
+                tracing::info!(instance = %spec.id, volume = %v.volume_id, dev = params.dev, "volume detached");
+            }
+            let _ = self.hv.remove_iscsi_secret(&secret_usage(spec.id, v)).await;
+        }
+        let live = self.hv.live_xml(&uuid).await?.unwrap_or_default();
+        for (v, params) in spec.volumes.iter().zip(wanted) {
+            if has_target(&live, &params.dev) {
+                continue;
+            }
+            let xml = self.templates.volume_xml(params)?;
+            self.hv.attach_live(&uuid, xml).await.map_err(|e| {
+                AgentError::Libvirt(format!(
+                    "cannot attach volume {} ({}): {e}",
+                    v.volume_id, v.portal
+                ))
+            })?;
+            tracing::info!(instance = %spec.id, volume = %v.volume_id, dev = params.dev, "volume attached");
+        }
+        Ok(())
+    }
+
+    async fn wait_for_target(
+        &self,
+        slot: &Slot,
+        uuid: &str,
+        dev: &str,
+        present: bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let live = self.hv.live_xml(uuid).await?.unwrap_or_default();
+            if live.contains(&format!("<target dev='{dev}'")) == present {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline || slot.deleting() {
+                return Err(AgentError::Libvirt(format!(
+                    "the guest did not release {dev} within 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Deletes Strato domains this host created that the stack manager no
+    /// longer wants, and persisted specs it no longer knows. Domains of
+    /// other creators are left alone.
+    pub async fn adopt(self: &Arc<Self>, desired: Vec<InstanceSpec>) -> Result<()> {
+        let wanted: HashSet<InstanceId> = desired.iter().map(|s| s.id).collect();
+        for spec in desired {
+            if let Err(e) = self.put(spec.clone()).await {
+                tracing::warn!(instance = %spec.id, error = %e, "desired instance rejected");
+            }
+        }
+        for id in self.known() {
+            if !wanted.contains(&id) {
+                tracing::info!(instance = %id, "the stack manager no longer wants this instance; deleting");
+                self.delete(id).await?;
+            }
+        }
+        let me = self.cfg.host_id.to_string();
+        for d in self.hv.strato_domains().await? {
+            let Ok(id) = d.uuid.parse::<InstanceId>() else {
+                continue;
+            };
+            if wanted.contains(&id) {
+                continue;
+            }
+            if d.host.as_deref() == Some(me.as_str()) {
+                tracing::info!(instance = %id, "deleting an orphan domain this host created");
+                self.delete(id).await?;
+            } else {
+                tracing::warn!(domain = d.uuid, creator = ?d.host, "leaving a Strato domain this host did not create");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_rejects_bad_specs_before_side_effects() {
+        let mut s = crate::tests_support::spec();
+        validate(&s).unwrap();
+        s.hostname = "bad host".into();
+        assert!(validate(&s).is_err());
+        let mut s = crate::tests_support::spec();
+        s.nics[0].mac = "52:54:00:zz:00:01".into();
+        assert!(validate(&s).is_err());
+        let mut s = crate::tests_support::spec();
+        s.vcpus = 0;
+        assert!(validate(&s).is_err());
+    }
+}

@@ -1,0 +1,495 @@
+//! A real all-in-one cloud for end-to-end tests: the `stack-manager` and
+//! `hypervisor-agent` binaries as processes, the machine's libvirtd and
+//! QEMU, and the tiny guest image built by `scripts/guest-images.sh`.
+//! Nothing is simulated; a missing prerequisite fails the test loudly.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use api::ids::{HostId, InstanceId};
+use api::resources::*;
+use api::Client;
+
+pub const TEST_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g test@strato";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_hypervisor-agent")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run the suite with `bash scripts/test.sh` (it builds the workspace)",
+        p.display()
+    );
+    p
+}
+
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("STRATO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/strato/images"))
+}
+
+/// A guest image built by `scripts/guest-images.sh`, with its sha256.
+pub fn guest_image(file: &str) -> (PathBuf, String) {
+    let path = image_cache().join(file);
+    let sha = std::fs::read_to_string(path.with_file_name(format!("{file}.sha256")));
+    match sha {
+        Ok(sha) if path.exists() => (
+            path,
+            sha.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        _ => panic!(
+            "guest image {} is missing: build it with `bash scripts/guest-images.sh` \
+             (scripts/test.sh does this before the suite)",
+            path.display()
+        ),
+    }
+}
+
+/// Panics with a clear message unless libvirtd answers on qemu:///system.
+pub fn require_libvirt() {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .expect("virsh is not installed: run the suite with `bash scripts/test.sh` (it installs libvirt)");
+    assert!(
+        out.status.success(),
+        "libvirtd is not running: {} (scripts/test.sh starts it)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn virsh(args: &[&str]) -> String {
+    let out = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output()
+        .expect("run virsh");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct AgentOptions {
+    pub virt_type: &'static str,
+}
+
+pub struct Cloud {
+    pub dir: tempfile::TempDir,
+    sm: Child,
+    pub agent: Option<Child>,
+    pub admin: Client,
+    pub public_url: String,
+    pub internal_url: String,
+    pub agent_config: PathBuf,
+    pub agent_state: PathBuf,
+    pub host_id: Option<HostId>,
+    networks: std::sync::Mutex<Vec<api::ids::NetworkId>>,
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+impl Cloud {
+    /// Starts a stack manager and one enrolled hypervisor agent.
+    pub async fn start(opts: AgentOptions) -> Cloud {
+        require_libvirt();
+        let dir = tempfile::tempdir().expect("temp dir");
+        // QEMU runs as libvirt-qemu and must reach the agent's files.
+        set_mode(dir.path(), 0o755);
+        let sm_state = dir.path().join("sm");
+        let init = Command::new(bin("stack-manager"))
+            .args(["init", "--state-dir"])
+            .arg(&sm_state)
+            .arg("--json")
+            .output()
+            .expect("run stack-manager init");
+        assert!(
+            init.status.success(),
+            "stack-manager init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let token = std::fs::read_to_string(sm_state.join("admin.token")).expect("admin token");
+        let (listen, internal) = (free_port(), free_port());
+        let sm_config = dir.path().join("stack-manager.toml");
+        std::fs::write(
+            &sm_config,
+            format!(
+                "listen = \"127.0.0.1:{listen}\"\ninternal_listen = \"127.0.0.1:{internal}\"\n\
+                 state_dir = \"{}\"\nlog = \"info\"\n[scheduler]\ncpu_allocation_ratio = 32.0\n\
+                 disk_allocation_ratio = 8.0\n[hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 10\n\
+                 resync_interval_secs = 5\n",
+                sm_state.display()
+            ),
+        )
+        .expect("write sm config");
+        let sm_log = std::fs::File::create(dir.path().join("stack-manager.log")).expect("sm log");
+        let sm = Command::new(bin("stack-manager"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&sm_config)
+            .stdout(sm_log.try_clone().expect("log fd"))
+            .stderr(sm_log)
+            .spawn()
+            .expect("start stack-manager");
+        let public_url = format!("http://127.0.0.1:{listen}");
+        let admin = Client::new(&public_url, token.trim()).with_project(Some("admin".into()));
+        let probe = admin.clone();
+        for _ in 0..120 {
+            if probe.whoami().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        admin.whoami().await.expect("stack manager answers");
+        let agent_state = dir.path().join("agent");
+        let mut cloud = Cloud {
+            agent_config: dir.path().join("hypervisor-agent.toml"),
+            dir,
+            sm,
+            agent: None,
+            admin,
+            public_url,
+            internal_url: format!("http://127.0.0.1:{internal}"),
+            agent_state,
+            host_id: None,
+            networks: Default::default(),
+        };
+        cloud.enroll_agent(opts).await;
+        cloud
+    }
+
+    async fn enroll_agent(&mut self, opts: AgentOptions) {
+        let token = self
+            .admin
+            .enrollment_token_create(&EnrollmentTokenCreate {
+                kind: HostKind::Hypervisor,
+                rack: None,
+                expires_in_secs: 600,
+            })
+            .await
+            .expect("enrollment token");
+        let name = format!(
+            "hv-{}",
+            self.dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .replace('.', "")
+                .to_lowercase()
+        );
+        std::fs::write(
+            &self.agent_config,
+            format!(
+                "stack_manager_url = \"{}\"\nenrollment_token = \"{}\"\nname = \"{name}\"\n\
+                 listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nvirt_type = \"{}\"\n\
+                 kvm_probe_timeout_secs = 8\nshutdown_timeout_secs = 3\nheartbeat_interval_secs = 1\n\
+                 reserved_ram_mib = 0\nlog = \"info,hypervisor_agent=debug\"\n",
+                self.internal_url,
+                token.secret,
+                free_port(),
+                self.agent_state.display(),
+                opts.virt_type
+            ),
+        )
+        .expect("write agent config");
+        self.start_agent();
+        let admin = self.admin.clone();
+        let host = wait_async(
+            "the agent to enroll and heartbeat",
+            Duration::from_secs(60),
+            || {
+                let admin = admin.clone();
+                async move {
+                    let hosts = admin.host_list().await.ok()?;
+                    hosts
+                        .into_iter()
+                        .find(|h| h.kind == HostKind::Hypervisor && h.last_heartbeat_at.is_some())
+                }
+            },
+        )
+        .await;
+        self.host_id = Some(host.id);
+    }
+
+    pub fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("hypervisor-agent.log"))
+            .expect("agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_hypervisor-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&self.agent_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("start hypervisor-agent");
+        self.agent = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hypervisor-agent.log")).unwrap_or_default()
+    }
+
+    /// A network with one subnet, a keypair and a small flavor.
+    pub async fn tenant_basics(&self, net: &str, cidr: &str) -> Network {
+        let n = self
+            .admin
+            .network_create(&NetworkCreate {
+                name: net.into(),
+                vlan: None,
+                mtu: 1500,
+            })
+            .await
+            .expect("network");
+        self.admin
+            .subnet_create(
+                n.id,
+                &SubnetCreate {
+                    name: format!("{net}-v4"),
+                    cidr: cidr.parse().expect("cidr"),
+                    gateway: None,
+                    pools: vec![],
+                    reserved: vec![],
+                    dns_servers: vec![],
+                },
+            )
+            .await
+            .expect("subnet");
+        self.networks.lock().expect("networks").push(n.id);
+        let keys = self.admin.keypair_list().await.expect("keypairs");
+        if !keys.iter().any(|k| k.name == "test-key") {
+            self.admin
+                .keypair_create(&KeypairCreate {
+                    name: "test-key".into(),
+                    public_key: TEST_KEY.into(),
+                })
+                .await
+                .expect("keypair");
+            self.admin
+                .flavor_create(&FlavorCreate {
+                    name: "t1.micro".into(),
+                    vcpus: 1,
+                    ram_mib: 160,
+                    disk_gib: 1,
+                })
+                .await
+                .expect("flavor");
+        }
+        n
+    }
+
+    pub async fn register_image(
+        &self,
+        name: &str,
+        source: &Path,
+        format: ImageFormat,
+        sha256: &str,
+    ) -> Image {
+        self.admin
+            .image_create(&ImageCreate {
+                name: name.into(),
+                source: source.display().to_string(),
+                format,
+                sha256: sha256.into(),
+                min_disk_gib: 1,
+                visibility: Visibility::Public,
+            })
+            .await
+            .expect("image")
+    }
+
+    pub async fn create_vm(
+        &self,
+        name: &str,
+        image: &str,
+        network: &str,
+        user_data: Option<String>,
+    ) -> Instance {
+        self.admin
+            .instance_create(&InstanceCreate {
+                name: name.into(),
+                flavor: "t1.micro".into(),
+                image: image.into(),
+                networks: vec![network.into()],
+                keypair: Some("test-key".into()),
+                user_data,
+                anti_affinity_group: None,
+                start: true,
+            })
+            .await
+            .expect("create instance")
+    }
+
+    /// Waits until the instance reports `status` (and fails fast on `error`).
+    pub async fn wait_status(
+        &self,
+        id: InstanceId,
+        status: InstanceStatus,
+        timeout: Duration,
+    ) -> Instance {
+        let admin = self.admin.clone();
+        let log = self.dir.path().join("hypervisor-agent.log");
+        wait_async(
+            &format!("instance {id} to be {}", status.as_str()),
+            timeout,
+            || {
+                let admin = admin.clone();
+                let log = log.clone();
+                async move {
+                    let i = admin.instance_get(id).await.ok()?;
+                    if i.status == InstanceStatus::Error && status != InstanceStatus::Error {
+                        panic!(
+                            "instance {id} went to error: {:?}\nagent log:\n{}",
+                            i.status_reason,
+                            std::fs::read_to_string(log).unwrap_or_default()
+                        );
+                    }
+                    (i.status == status).then_some(i)
+                }
+            },
+        )
+        .await
+    }
+
+    pub async fn console(&self, id: InstanceId) -> String {
+        self.admin
+            .instance_console(id)
+            .await
+            .map(|c| c.data)
+            .unwrap_or_default()
+    }
+
+    /// Waits until the console log contains `needle` `times` times.
+    pub async fn wait_console(
+        &self,
+        id: InstanceId,
+        needle: &str,
+        times: usize,
+        timeout: Duration,
+    ) -> String {
+        let admin = self.admin.clone();
+        let needle = needle.to_string();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = admin
+                .instance_console(id)
+                .await
+                .map(|c| c.data)
+                .unwrap_or_default();
+            if text.matches(&needle).count() >= times {
+                return text;
+            }
+            if Instant::now() > deadline {
+                panic!("console of {id} never showed {needle:?} x{times} within {timeout:?}; it shows:\n{text}\nagent log:\n{}", self.agent_log());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    pub fn instance_dir(&self, id: InstanceId) -> PathBuf {
+        self.agent_state.join("instances").join(id.to_string())
+    }
+}
+
+pub async fn wait_async<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Domains created by this cloud's host, from libvirt itself.
+pub fn domains_of(host: HostId) -> Vec<String> {
+    virsh(&["list", "--all", "--name"])
+        .lines()
+        .filter(|n| n.starts_with("strato-"))
+        .filter(|n| {
+            virsh(&["metadata", n, "https://strato.dev/xmlns/libvirt/instance/1"])
+                .contains(&host.to_string())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        self.kill_agent();
+        let _ = self.sm.kill();
+        let _ = self.sm.wait();
+        // Whatever a failed test left behind must not leak into the next.
+        if let Some(host) = self.host_id {
+            for d in domains_of(host) {
+                virsh(&["destroy", &d]);
+                virsh(&["undefine", &d, "--nvram"]);
+            }
+        }
+        for n in self.networks.lock().map(|n| n.clone()).unwrap_or_default() {
+            let hex: String = n
+                .to_string()
+                .chars()
+                .filter(|c| *c != '-')
+                .take(11)
+                .collect();
+            let _ = Command::new("ip")
+                .args(["link", "del", "dev", &format!("sbr-{hex}")])
+                .output();
+        }
+        if std::env::var_os("STRATO_KEEP_TEST_DIRS").is_some() {
+            let p = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp")).keep();
+            eprintln!("kept test dir {}", p.display());
+        }
+    }
+}

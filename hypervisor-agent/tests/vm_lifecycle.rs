@@ -1,0 +1,159 @@
+//! A real VM through the public API: network, keypair, image, create →
+//! running → the guest prints its identity from the config drive on the
+//! serial console; stop, start, reboot, delete; nothing left in libvirt or
+//! on disk. Real libvirtd, real QEMU, the tiny guest image.
+
+mod support;
+
+use std::time::Duration;
+
+use api::resources::{ImageFormat, InstanceStatus};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_lifecycle_through_the_public_api() {
+    let mut cloud = Cloud::start(AgentOptions { virt_type: "auto" }).await;
+    let host = cloud.host_id.expect("enrolled");
+    let (image_path, sha) = guest_image("tiny.raw");
+    let image = cloud
+        .register_image("tiny", &image_path, ImageFormat::Raw, &sha)
+        .await;
+    let net = cloud.tenant_basics("lifecycle", "10.77.0.0/24").await;
+    let vm = cloud.create_vm("web-1", "tiny", "lifecycle", None).await;
+    let vm = cloud
+        .wait_status(vm.id, InstanceStatus::Running, Duration::from_secs(90))
+        .await;
+    assert_eq!(vm.host_id, Some(host));
+    assert_eq!(vm.image_id, image.id);
+
+    // The guest read the config drive and says who it is.
+    let console = cloud
+        .wait_console(vm.id, "STRATO-GUEST ready", 1, Duration::from_secs(60))
+        .await;
+    let address = vm.nics[0].address;
+    for line in [
+        format!("STRATO-GUEST instance-id={}", vm.id),
+        "STRATO-GUEST hostname=web-1".to_string(),
+        format!("STRATO-GUEST address={address}/24"),
+        format!(
+            "STRATO-GUEST ssh-key={}",
+            ssh_key::PublicKey::from_openssh(TEST_KEY)
+                .expect("key")
+                .fingerprint(ssh_key::HashAlg::Sha256)
+        ),
+    ] {
+        assert!(
+            console.contains(&line),
+            "console lacks {line:?}:\n{console}"
+        );
+    }
+    // The NIC is on the network's bridge with the MAC the API shows.
+    let xml = virsh(&["dumpxml", &format!("strato-{}", vm.id)]);
+    assert!(
+        xml.contains(&format!(
+            "<mac address='{}'/>",
+            vm.nics[0].mac.to_lowercase()
+        )),
+        "{xml}"
+    );
+    let bridge: String = format!(
+        "sbr-{}",
+        net.id
+            .to_string()
+            .replace('-', "")
+            .chars()
+            .take(11)
+            .collect::<String>()
+    );
+    assert!(
+        xml.contains(&format!("<source bridge='{bridge}'/>")),
+        "{xml}"
+    );
+
+    // Stop: the tiny guest ignores ACPI, so this also proves the
+    // shutdown timeout falls back to destroy.
+    cloud
+        .admin
+        .instance_action(vm.id, "stop")
+        .await
+        .expect("stop");
+    cloud
+        .wait_status(vm.id, InstanceStatus::Stopped, Duration::from_secs(60))
+        .await;
+    assert!(virsh(&["domstate", &format!("strato-{}", vm.id)]).contains("shut off"));
+
+    cloud
+        .admin
+        .instance_action(vm.id, "start")
+        .await
+        .expect("start");
+    cloud
+        .wait_status(vm.id, InstanceStatus::Running, Duration::from_secs(60))
+        .await;
+    cloud
+        .wait_console(vm.id, "STRATO-GUEST ready", 2, Duration::from_secs(60))
+        .await;
+
+    cloud
+        .admin
+        .instance_action(vm.id, "reboot")
+        .await
+        .expect("reboot");
+    cloud
+        .wait_console(vm.id, "STRATO-GUEST ready", 3, Duration::from_secs(60))
+        .await;
+    cloud
+        .wait_status(vm.id, InstanceStatus::Running, Duration::from_secs(30))
+        .await;
+
+    // Delete: nothing left behind in libvirt, on disk or in host networking.
+    cloud.admin.instance_delete(vm.id).await.expect("delete");
+    let admin = cloud.admin.clone();
+    wait_async(
+        "the instance to be gone from the API",
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .instance_get(vm.id)
+                    .await
+                    .err()
+                    .filter(|e| e.status() == Some(404))
+            }
+        },
+    )
+    .await;
+    assert!(
+        domains_of(host).is_empty(),
+        "domains left: {:?}",
+        domains_of(host)
+    );
+    assert!(
+        !cloud.instance_dir(vm.id).exists(),
+        "instance files left behind"
+    );
+    assert!(virsh(&["secret-list"])
+        .lines()
+        .all(|l| !l.contains(&vm.id.to_string())));
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(&bridge),
+        "bridge {bridge} left behind"
+    );
+    // The image stays cached for the next instance.
+    assert!(cloud
+        .agent_state
+        .join("images")
+        .join(format!("{sha}.qcow2"))
+        .exists());
+    let log = cloud.agent_log();
+    assert!(
+        log.contains("guests run under"),
+        "the agent logs its virtualization choice:\n{log}"
+    );
+    cloud.kill_agent();
+}
