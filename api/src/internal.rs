@@ -209,6 +209,10 @@ pub struct ObservedVolume {
     /// Snapshots that exist.
     pub snapshots: Vec<SnapshotId>,
     pub reason: Option<String>,
+    /// LUN the volume is exported on within its target. Targets that keep
+    /// LUN 0 for a controller device (tgt) export data on LUN 1.
+    #[serde(default)]
+    pub lun: u32,
 }
 
 /// `GET /internal/v1/hosts/{id}/desired`.

@@ -276,7 +276,10 @@ impl Hypervisor {
         self.with(move |c| {
             let mut out = Vec::new();
             for s in c.list_all_secrets(0)? {
-                if let Ok(u) = s.get_usage_id() {
+                // Not `get_usage_id`: virt 0.4.3 frees the string libvirt
+                // keeps owning (a double free); the XML is ours to free.
+                let Ok(xml) = s.get_xml_desc(0) else { continue };
+                if let Some(u) = secret_usage_target(&xml) {
                     if u.starts_with(&prefix) {
                         out.push(u);
                     }
@@ -286,6 +289,14 @@ impl Hypervisor {
         })
         .await
     }
+}
+
+/// The `<usage><target>` of a secret's XML.
+fn secret_usage_target(xml: &str) -> Option<String> {
+    let usage = &xml[xml.find("<usage")?..];
+    let start = usage.find("<target>")? + "<target>".len();
+    let end = usage[start..].find("</target>")?;
+    Some(usage[start..start + end].trim().to_string())
 }
 
 /// Whether hardware virtualization actually works here: libvirt must offer
@@ -422,6 +433,13 @@ pub async fn probe_boots(accel: &str, scratch: &Path, timeout: Duration) -> std:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_usage_is_read_from_xml() {
+        let xml = "<secret ephemeral='no' private='yes'><uuid>x</uuid><usage type='iscsi'>\n  <target>strato-a-b</target>\n</usage></secret>";
+        assert_eq!(secret_usage_target(xml).as_deref(), Some("strato-a-b"));
+        assert_eq!(secret_usage_target("<secret/>"), None);
+    }
 
     #[test]
     fn probe_sector_is_bootable() {

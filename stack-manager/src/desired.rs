@@ -136,7 +136,7 @@ async fn attachment_specs(
     instance: InstanceId,
 ) -> Result<Vec<VolumeAttachmentSpec>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT a.volume_id, a.device_index, v.iqn, v.chap_user, v.chap_secret, h.iscsi_portal \
+        "SELECT a.volume_id, a.device_index, v.iqn, v.lun, v.chap_user, v.chap_secret, h.iscsi_portal \
          FROM attachments a JOIN volumes v ON v.id = a.volume_id LEFT JOIN hosts h ON h.id = v.host_id \
          WHERE a.instance_id = $1 ORDER BY a.device_index",
     )
@@ -150,7 +150,7 @@ async fn attachment_specs(
                 device_index: r.uint("device_index")? as u32,
                 portal: r.opt_text("iscsi_portal")?.unwrap_or_default(),
                 iqn: r.text("iqn")?,
-                lun: 0,
+                lun: r.uint("lun")? as u32,
                 chap_user: r.text("chap_user")?,
                 chap_secret: r.text("chap_secret")?,
             })
@@ -325,7 +325,7 @@ pub async fn record_pushed_instance(
 /// storage node needs a push.
 pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {
     let row = sqlx::query(
-        "SELECT v.status, v.generation, v.applied_generation, \
+        "SELECT v.status, v.generation, v.applied_generation, v.lun, \
                 (SELECT COUNT(*) FROM attachments a WHERE a.volume_id = v.id) AS attached \
          FROM volumes v WHERE v.id = $1 AND v.host_id = $2 AND v.deleted_at IS NULL",
     )
@@ -343,13 +343,17 @@ pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) 
         generation: o.generation.min(r.uint("generation")?),
         ..o.clone()
     };
-    if current != status.as_str() || r.uint("applied_generation")? != o.generation {
+    if current != status.as_str()
+        || r.uint("applied_generation")? != o.generation
+        || r.uint("lun")? != u64::from(o.lun)
+    {
         let mut tx = state.db.begin_write().await?;
-        sqlx::query("UPDATE volumes SET status = $2, status_reason = $3, applied_generation = $4 WHERE id = $1 AND status <> 'deleting'")
+        sqlx::query("UPDATE volumes SET status = $2, status_reason = $3, applied_generation = $4, lun = $5 WHERE id = $1 AND status <> 'deleting'")
             .bind(o.id.to_string())
             .bind(status.as_str())
             .bind(o.reason.clone())
             .bind(o.generation as i64)
+            .bind(i64::from(o.lun))
             .execute(&mut **tx)
             .await?;
         tx.commit().await?;

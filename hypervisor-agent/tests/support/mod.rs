@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod tgt_storage;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -471,9 +473,15 @@ impl Drop for Cloud {
         let _ = self.sm.wait();
         // Whatever a failed test left behind must not leak into the next.
         if let Some(host) = self.host_id {
+            let secrets = virsh(&["secret-list"]);
             for d in domains_of(host) {
                 virsh(&["destroy", &d]);
                 virsh(&["undefine", &d, "--nvram"]);
+                for line in secrets.lines().filter(|l| l.contains(&format!("{d}-"))) {
+                    if let Some(uuid) = line.split_whitespace().next() {
+                        virsh(&["secret-undefine", uuid]);
+                    }
+                }
             }
         }
         for n in self.networks.lock().map(|n| n.clone()).unwrap_or_default() {

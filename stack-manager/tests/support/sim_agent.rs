@@ -170,6 +170,7 @@ fn observed_volume(s: &VolumeSpec) -> ObservedVolume {
         size_bytes: s.size_bytes,
         snapshots: s.snapshots.clone(),
         reason: None,
+        lun: 0,
     }
 }
 
