@@ -55,9 +55,16 @@ pub type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Debug, Clone)]
 pub struct Transport {
     http: reqwest::Client,
+    /// For endless bodies (a live console): `http`'s total timeout would cut
+    /// them off after 60 s. Built on first use, since most transports (one
+    /// per reconciler pass) never open a stream.
+    stream_http: std::sync::OnceLock<reqwest::Client>,
     base: String,
     token: Option<String>,
 }
+
+/// How long a stream may take to connect; once connected it has no deadline.
+const STREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Transport {
     pub fn new(base_url: &str, token: Option<String>) -> Self {
@@ -68,6 +75,7 @@ impl Transport {
             .unwrap_or_else(|_| reqwest::Client::new());
         Self {
             http,
+            stream_http: std::sync::OnceLock::new(),
             base: base_url.trim_end_matches('/').to_string(),
             token,
         }
@@ -75,6 +83,24 @@ impl Transport {
 
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    /// The bearer token sent with every call, for clients that speak to the
+    /// same server over another protocol (the CLI's WebSocket console).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    fn stream_client(&self) -> &reqwest::Client {
+        self.stream_http.get_or_init(|| {
+            reqwest::Client::builder()
+                .connect_timeout(STREAM_CONNECT_TIMEOUT)
+                // A stream can be silent for hours; keepalive probes are what
+                // notice a peer that vanished without closing the connection.
+                .tcp_keepalive(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_else(|_| reqwest::Client::new())
+        })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
@@ -118,6 +144,18 @@ impl Transport {
         let (url, req) = self.request(reqwest::Method::GET, path);
         let resp = Self::send(url.clone(), req).await?;
         Self::json(url, resp).await
+    }
+
+    /// GET whose body is read by the caller as it arrives, with no overall
+    /// deadline (only connecting is bounded). Error statuses are turned into
+    /// [`ClientError`]s as for every other call.
+    pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.stream_client().get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        Self::send(url, req).await
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String> {
@@ -573,6 +611,14 @@ impl AgentClient {
     pub async fn instance_console(&self, id: InstanceId) -> Result<String> {
         self.transport
             .get_text(&format!("/agent/v1/instances/{id}/console"))
+            .await
+    }
+    /// Opens the live serial console: the body first carries the last few KiB
+    /// of the log, then every byte the guest prints, and ends only when the
+    /// instance is deleted. Read it with [`reqwest::Response::chunk`].
+    pub async fn instance_console_stream(&self, id: InstanceId) -> Result<reqwest::Response> {
+        self.transport
+            .get_stream(&format!("/agent/v1/instances/{id}/console/stream"))
             .await
     }
     pub async fn volume_put(&self, spec: &VolumeSpec) -> Result<ObservedVolume> {

@@ -12,7 +12,11 @@
 //! stack manager presents the same credential as Bearer): every call is an
 //! idempotent PUT or DELETE by id, repeated until the observed state matches.
 //! - hypervisor: `PUT|DELETE /agent/v1/instances/{id}`, `GET /agent/v1/instances`,
-//!   `GET /agent/v1/instances/{id}/console`;
+//!   `GET /agent/v1/instances/{id}/console` (text: the recent serial console log),
+//!   `GET /agent/v1/instances/{id}/console/stream` (the live console: an endless
+//!   chunked `application/octet-stream` body carrying the last ≤ 4 KiB of the
+//!   log, then every new byte as the guest prints it; it ends when the
+//!   instance is deleted, so callers must not put a total timeout on it);
 //! - storage: `PUT|DELETE /agent/v1/volumes/{id}`,
 //!   `PUT|DELETE /agent/v1/volumes/{id}/snapshots/{snapshot}`, `GET /agent/v1/volumes`.
 

@@ -9,7 +9,13 @@ use std::collections::{HashMap, HashSet};
 
 use api::resources::*;
 use api::ErrorCode;
+use futures::StreamExt;
+use support::sim_agent::{SimConsole, CONSOLE_LINES};
 use support::{eventually, Backend, TestCloud};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 on_both_backends!(
     instance_lifecycle,
@@ -22,6 +28,8 @@ on_both_backends!(
     usage_and_audit_are_recorded,
     orphans_are_deleted_on_the_agent,
     deleting_on_a_down_host_waits_for_it,
+    console_stream_relays_the_live_console,
+    console_stream_refuses_strangers_and_unreachable_agents,
 );
 
 async fn tenant(cloud: &TestCloud) -> api::Client {
@@ -641,4 +649,154 @@ async fn deleting_on_a_down_host_waits_for_it(backend: Backend) {
     .await;
     assert_eq!(cloud.fleet.instance_count(), 0);
     assert_eq!(c.quota_get("acme").await.unwrap().usage.addresses, 0);
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens an instance's live console as a WebSocket, like the CLI does.
+async fn console_socket(
+    cloud: &TestCloud,
+    id: api::ids::InstanceId,
+    token: Option<&str>,
+) -> Result<Socket, tungstenite::Error> {
+    let url = format!(
+        "{}/v1/instances/{id}/console/stream",
+        cloud.url.replacen("http://", "ws://", 1)
+    );
+    let mut req = url.into_client_request()?;
+    if let Some(t) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
+    Ok(tokio_tungstenite::connect_async(req).await?.0)
+}
+
+/// Status and JSON body of an upgrade the server refused.
+fn refusal(result: Result<Socket, tungstenite::Error>) -> (u16, serde_json::Value) {
+    match result {
+        Err(tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            (
+                resp.status().as_u16(),
+                serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got a WebSocket"),
+    }
+}
+
+/// Every byte until the server closes, and its close frame.
+async fn read_to_close(ws: &mut Socket) -> (String, Option<CloseFrame>) {
+    let mut data = Vec::new();
+    let close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(msg) = ws.next().await {
+            match msg.expect("WebSocket message") {
+                Message::Binary(b) => data.extend_from_slice(&b),
+                Message::Close(frame) => return frame,
+                Message::Ping(_) | Message::Pong(_) => {}
+                other => panic!("console bytes come as binary messages, got {other:?}"),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the console stream ends within 10 s");
+    (String::from_utf8(data).expect("UTF-8 console"), close)
+}
+
+async fn console_stream_relays_the_live_console(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web-1")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    let token = c.transport.token();
+
+    // Everything the agent sends arrives, in order; its end is a normal close.
+    let mut ws = console_socket(&cloud, vm.id, token).await.unwrap();
+    let (data, close) = read_to_close(&mut ws).await;
+    let mut want = format!("simulated console of web-1 ({})\n", vm.id);
+    for n in 1..=CONSOLE_LINES {
+        want.push_str(&format!("line {n}\n"));
+    }
+    assert_eq!(data, want);
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Normal));
+
+    // The agent breaks mid-stream: what came is relayed, then an error close.
+    cloud
+        .fleet
+        .with_host("hv-1", |h| h.console = SimConsole::Breaks);
+    let mut ws = console_socket(&cloud, vm.id, token).await.unwrap();
+    let (data, close) = read_to_close(&mut ws).await;
+    assert_eq!(
+        data,
+        format!("simulated console of web-1 ({})\nline 1\n", vm.id)
+    );
+    let close = close.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Error);
+    assert!(
+        close.reason.contains("lost the console stream"),
+        "{}",
+        close.reason
+    );
+
+    // The client goes away: the stack manager stops reading the agent.
+    cloud
+        .fleet
+        .with_host("hv-1", |h| h.console = SimConsole::Endless);
+    let mut ws = console_socket(&cloud, vm.id, token).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("line 2\n") {
+        match ws.next().await.expect("more console").unwrap() {
+            Message::Binary(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(cloud.fleet.open_console_streams(), 1);
+    ws.close(None).await.unwrap();
+    drop(ws);
+    eventually(5, || async {
+        (cloud.fleet.open_console_streams() == 0).then_some(())
+    })
+    .await;
+}
+
+async fn console_stream_refuses_strangers_and_unreachable_agents(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web-1")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+
+    let (status, body) = refusal(console_socket(&cloud, vm.id, None).await);
+    assert_eq!((status, &body["error"]), (401, &"unauthenticated".into()));
+
+    // Another project's instance does not exist for the caller.
+    cloud.project("rival").await;
+    let bob = cloud.user("bob", "rival", ProjectRole::Member).await;
+    let (status, body) = refusal(console_socket(&cloud, vm.id, bob.transport.token()).await);
+    assert_eq!((status, &body["error"]), (404, &"not_found".into()));
+    let (status, _) =
+        refusal(console_socket(&cloud, api::ids::InstanceId::new(), c.transport.token()).await);
+    assert_eq!(status, 404);
+
+    // A plain GET is told what the endpoint wants.
+    let path = format!("/v1/instances/{}/console/stream", vm.id);
+    let resp = support::send(
+        reqwest::Client::new()
+            .get(format!("{}{path}", cloud.url))
+            .bearer_auth(c.transport.token().unwrap()),
+        &path,
+    )
+    .await;
+    assert_eq!(resp.status, 400, "{}", resp.raw);
+    assert!(resp.raw.contains("WebSocket"), "{}", resp.raw);
+
+    // The agent cannot be reached: a JSON error, not a socket.
+    cloud.fleet.with_host("hv-1", |h| h.failing = true);
+    let (status, body) = refusal(console_socket(&cloud, vm.id, c.transport.token()).await);
+    assert_eq!((status, &body["error"]), (503, &"unavailable".into()));
+    assert_eq!(cloud.fleet.open_console_streams(), 0);
 }

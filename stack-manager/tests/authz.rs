@@ -633,6 +633,9 @@ fn project_reads(p: &Proj) -> Vec<Case> {
         case("GET /v1/anti-affinity-groups/{id}", &[&p.group]),
         case("GET /v1/instances/{id}", &[&p.instance]),
         case("GET /v1/instances/{id}/console", &[&p.instance]),
+        // A plain GET: allowed callers get 400 (not a WebSocket upgrade),
+        // which the handler checks only after authorizing.
+        case("GET /v1/instances/{id}/console/stream", &[&p.instance]).ok(400),
         case("GET /v1/volumes/{id}", &[&p.volume]),
         case("GET /v1/snapshots/{id}", &[&p.snapshot]),
     ]

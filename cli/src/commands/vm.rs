@@ -1,15 +1,23 @@
 //! `strato vm`: virtual machines.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use api::ids::{FlavorId, HostId, InstanceId};
 use api::resources::{Instance, InstanceCreate, InstanceStatus};
-use api::Client;
+use api::{Client, ClientError, ErrorBody};
 use clap::{Args, Subcommand};
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{header, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{label, names, resolve, Ctx};
+use crate::error::usage;
 use crate::output::{self, fmt};
 use crate::wait::{poll, Step};
 
@@ -32,10 +40,15 @@ pub enum VmCmd {
     Reboot(ActionArgs),
     /// Delete a VM; its addresses are released and its volumes detached.
     Delete(ActionArgs),
-    /// Print the VM's serial console log.
+    /// Print the VM's serial console log, or follow it live with --follow.
     Console {
         /// VM id or name.
         vm: String,
+        /// Stay attached: print the last few KiB of the console, then every
+        /// byte the guest prints as it prints it, until the VM is deleted or
+        /// you press Ctrl-C. The bytes are copied to stdout unchanged.
+        #[arg(short, long)]
+        follow: bool,
     },
 }
 
@@ -149,14 +162,113 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
                 ctx.out.note(format!("vm {} is being deleted", a.vm))
             }
         }
-        VmCmd::Console { vm } => {
+        VmCmd::Console { vm, follow } => {
+            if follow && ctx.out.json {
+                return Err(usage(
+                    "--follow prints the console's raw bytes; it cannot be combined with --json",
+                ));
+            }
             let id = resolve(&vm, c.instance_list()).await?;
+            if follow {
+                let ctrl_c = async {
+                    // Without a Ctrl-C handler, follow until the server ends
+                    // the stream rather than stop at once.
+                    if tokio::signal::ctrl_c().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                return follow_console(&c, id, &mut std::io::stdout(), ctrl_c).await;
+            }
             let log = c.instance_console(id).await?;
             if ctx.out.json {
                 return ctx.out.json(&log);
             }
             output::print(log.data.strip_suffix('\n').unwrap_or(&log.data))
         }
+    }
+}
+
+/// `ws://` or `wss://` URL of a VM's live console, beside the API's `base`.
+fn console_stream_url(base: &str, id: InstanceId) -> Result<String> {
+    let ws = match base.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => format!("ws://{rest}"),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => format!("wss://{rest}"),
+        _ => bail!("the API URL `{base}` does not start with http:// or https://"),
+    };
+    Ok(format!(
+        "{}/v1/instances/{id}/console/stream",
+        ws.trim_end_matches('/')
+    ))
+}
+
+/// Copies a VM's live console to `out` until the server closes the
+/// WebSocket or `stop` completes (Ctrl-C).
+async fn follow_console(
+    c: &Client,
+    id: InstanceId,
+    out: &mut impl Write,
+    stop: impl Future<Output = ()>,
+) -> Result<()> {
+    let url = console_stream_url(c.transport.base_url(), id)?;
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .with_context(|| format!("invalid console URL {url}"))?;
+    // Instances are addressed by id, so the project (a `?project=` query on
+    // list and create calls) plays no part here: the token is all it takes.
+    if let Some(token) = c.transport.token() {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the API token cannot be sent as a header")?;
+        req.headers_mut().insert(header::AUTHORIZATION, value);
+    }
+    let mut ws = match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => ws,
+        Err(tungstenite::Error::Http(resp)) => return Err(refusal(&resp).into()),
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("cannot open the console stream at {url}"))
+            )
+        }
+    };
+    tokio::pin!(stop);
+    loop {
+        let msg = tokio::select! {
+            _ = &mut stop => {
+                // Say goodbye so the stack manager stops reading the host now
+                // rather than when its next write fails.
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Binary(bytes))) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Some(Ok(Message::Text(text))) => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            Some(Ok(Message::Close(Some(frame)))) if frame.code != CloseCode::Normal => {
+                bail!("the console stream was cut off: {}", frame.reason)
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(()),
+            // Pings (tungstenite answers them itself) and pongs.
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(anyhow::Error::new(e).context("the console stream broke")),
+        }
+    }
+}
+
+/// The API error of an upgrade the server refused (unknown VM, no token,
+/// agent down), so that it is reported like any other failed call.
+fn refusal(resp: &tungstenite::http::Response<Option<Vec<u8>>>) -> ClientError {
+    let status = resp.status().as_u16();
+    let text = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+    match serde_json::from_str::<ErrorBody>(&text) {
+        Ok(body) => ClientError::Api { status, body },
+        Err(_) => ClientError::Http { status, text },
     }
 }
 
@@ -326,4 +438,174 @@ async fn show(ctx: &Ctx, c: &Client, vm: &Instance) -> Result<()> {
         ("updated", fmt::time(&vm.updated_at)),
     ]);
     ctx.out.show_with(vm, fields)
+}
+
+#[cfg(test)]
+// tungstenite's handshake callbacks must return its (large) error response.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures::SinkExt;
+    use tokio::net::TcpListener;
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    use super::*;
+
+    #[test]
+    fn console_follow_is_a_flag_off_by_default() {
+        use clap::Parser;
+        let follow = |args: &[&str]| {
+            let cli =
+                crate::Cli::try_parse_from(["strato", "vm", "console"].iter().chain(args)).unwrap();
+            match cli.command {
+                crate::Command::Vm(VmCmd::Console { follow, .. }) => follow,
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert!(!follow(&["web-1"]));
+        assert!(follow(&["web-1", "-f"]));
+        assert!(follow(&["--follow", "web-1"]));
+    }
+
+    #[test]
+    fn console_stream_url_follows_the_api_scheme() {
+        let id = InstanceId::new();
+        assert_eq!(
+            console_stream_url("http://127.0.0.1:7100", id).unwrap(),
+            format!("ws://127.0.0.1:7100/v1/instances/{id}/console/stream")
+        );
+        assert_eq!(
+            console_stream_url("HTTPS://cloud.example/api/", id).unwrap(),
+            format!("wss://cloud.example/api/v1/instances/{id}/console/stream")
+        );
+        assert!(console_stream_url("cloud.example:7100", id).is_err());
+    }
+
+    /// A one-connection WebSocket server: records the upgrade request's
+    /// Authorization header, then runs `serve` on the socket.
+    async fn server<F, Fut>(serve: F) -> (String, Arc<Mutex<Option<String>>>)
+    where
+        F: FnOnce(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut
+            + Send
+            + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let auth = Arc::new(Mutex::new(None));
+        let seen = auth.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let record = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+                *seen.lock().unwrap() = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                Ok(resp)
+            };
+            let ws = tokio_tungstenite::accept_hdr_async(tcp, record)
+                .await
+                .unwrap();
+            serve(ws).await;
+        });
+        (url, auth)
+    }
+
+    #[tokio::test]
+    async fn follow_copies_binary_messages_until_a_normal_close() {
+        let (url, auth) = server(|mut ws| async move {
+            ws.send(Message::binary(b"hello ".to_vec())).await.unwrap();
+            ws.send(Message::binary(b"world\n".to_vec())).await.unwrap();
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Normal,
+                reason: "the console ended".into(),
+            }))
+            .await
+            .unwrap();
+        })
+        .await;
+        let c = Client::new(&url, "strato_tok");
+        let mut out = Vec::new();
+        follow_console(&c, InstanceId::new(), &mut out, std::future::pending())
+            .await
+            .unwrap();
+        assert_eq!(out, b"hello world\n");
+        assert_eq!(auth.lock().unwrap().as_deref(), Some("Bearer strato_tok"));
+    }
+
+    #[tokio::test]
+    async fn follow_reports_an_error_close_and_a_refused_upgrade() {
+        let (url, _) = server(|mut ws| async move {
+            ws.send(Message::binary(b"boot".to_vec())).await.unwrap();
+            ws.close(Some(CloseFrame {
+                code: CloseCode::Error,
+                reason: "lost the console stream from host h".into(),
+            }))
+            .await
+            .unwrap();
+        })
+        .await;
+        let mut out = Vec::new();
+        let err = follow_console(
+            &Client::new(&url, "t"),
+            InstanceId::new(),
+            &mut out,
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(out, b"boot");
+        assert!(err.to_string().contains("lost the console stream"), "{err}");
+
+        // An HTTP answer instead of an upgrade is the API's error.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let refuse = |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
+                let body = r#"{"error":"not_found","message":"instance x not found"}"#;
+                Err(tungstenite::http::Response::builder()
+                    .status(404)
+                    .body(Some(body.to_string()))
+                    .unwrap())
+            };
+            let _ = tokio_tungstenite::accept_hdr_async(tcp, refuse).await;
+        });
+        let err = follow_console(
+            &Client::new(&url, "t"),
+            InstanceId::new(),
+            &mut Vec::new(),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
+        let api = err.downcast_ref::<ClientError>().expect("an API error");
+        assert_eq!(api.code(), Some(api::ErrorCode::NotFound));
+        assert_eq!(api.status(), Some(404));
+    }
+
+    #[tokio::test]
+    async fn ctrl_c_closes_the_socket_and_succeeds() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (url, _) = server(|mut ws| async move {
+            ws.send(Message::binary(b"login: ".to_vec())).await.unwrap();
+            // The client's close is what ends the session.
+            let mut closed = false;
+            while let Some(Ok(msg)) = ws.next().await {
+                closed |= msg.is_close();
+            }
+            let _ = tx.send(closed);
+        })
+        .await;
+        let mut out = Vec::new();
+        let stop = tokio::time::sleep(std::time::Duration::from_millis(300));
+        follow_console(&Client::new(&url, "t"), InstanceId::new(), &mut out, stop)
+            .await
+            .unwrap();
+        assert_eq!(out, b"login: ");
+        assert!(rx.await.unwrap(), "the server saw a close frame");
+    }
 }

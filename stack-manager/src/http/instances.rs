@@ -1,5 +1,6 @@
-//! `/v1/instances`: virtual machines, their lifecycle actions, console and
-//! volume attachments. See `api::resources::instance` for the state machine.
+//! `/v1/instances`: virtual machines, their lifecycle actions, console (a
+//! snapshot, or live over a WebSocket) and volume attachments. See
+//! `api::resources::instance` for the state machine.
 //!
 //! Create is one transaction: quota claim, anti-affinity group lock, host
 //! claim, instance row, addresses, usage span. Either all of it happens or
@@ -12,8 +13,11 @@ use api::resources::{
     Attachment, AttachmentCreate, ConsoleLog, DesiredState, Instance, InstanceCreate,
     InstanceStatus, List, Nic, ProjectScope,
 };
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
 use sqlx::any::AnyRow;
@@ -34,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/instances/{id}/console/stream", get(console_stream))
         .route("/v1/instances/{id}/attachments", post(attach))
         .route(
             "/v1/instances/{id}/attachments/{volume}",
@@ -44,7 +49,17 @@ pub fn router() -> Router<AppState> {
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
-        list, create, show, delete, start, stop, reboot, console, attach, detach
+        list,
+        create,
+        show,
+        delete,
+        start,
+        stop,
+        reboot,
+        console,
+        console_stream,
+        attach,
+        detach
     ),
     components(schemas(
         Instance,
@@ -465,14 +480,7 @@ async fn console(
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<ConsoleLog>> {
     let row = load(&state, &caller, id).await?;
-    let host: HostId = row
-        .opt_id("host_id")?
-        .ok_or_else(|| ApiError::conflict(format!("instance {id} is not on a host")))?;
-    let h = sqlx::query("SELECT agent_url, credential FROM hosts WHERE id = $1")
-        .bind(host.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let agent = api::AgentClient::new(&h.text("agent_url")?, &h.text("credential")?);
+    let (host, agent) = agent_of(&state, &row, id).await?;
     let data = agent.instance_console(id).await.map_err(|e| {
         ApiError::new(
             api::ErrorCode::Unavailable,
@@ -483,6 +491,119 @@ async fn console(
         instance_id: id,
         data,
     }))
+}
+
+/// The host an instance row is placed on and a client for its agent; 409
+/// when it is on none.
+async fn agent_of(
+    state: &AppState,
+    row: &AnyRow,
+    id: InstanceId,
+) -> ApiResult<(HostId, api::AgentClient)> {
+    let host: HostId = row
+        .opt_id("host_id")?
+        .ok_or_else(|| ApiError::conflict(format!("instance {id} is not on a host")))?;
+    let h = sqlx::query("SELECT agent_url, credential FROM hosts WHERE id = $1")
+        .bind(host.to_string())
+        .fetch_one(&state.db.pool)
+        .await?;
+    let agent = api::AgentClient::new(&h.text("agent_url")?, &h.text("credential")?);
+    Ok((host, agent))
+}
+
+#[utoipa::path(get, path = "/v1/instances/{id}/console/stream", tag = "instances", params(("id" = InstanceId, Path)),
+    description = "The live serial console over a WebSocket (send `Authorization: Bearer` with the upgrade request). \
+                   Each binary message carries console bytes as the guest prints them, starting with the last few KiB \
+                   of the log; the client's messages are ignored. The server closes with code 1000 when the console \
+                   ends (the instance was deleted) and with 1011 and a reason when the host's agent fails mid-stream.",
+    responses((status = 101, description = "switching to the WebSocket protocol"),
+              (status = 400, description = "not a WebSocket upgrade request", body = api::ErrorBody),
+              (status = 404, body = api::ErrorBody),
+              (status = 409, description = "the instance is not on a host", body = api::ErrorBody),
+              (status = 503, description = "the host's agent cannot be reached", body = api::ErrorBody)))]
+async fn console_stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    let row = load(&state, &caller, id).await?;
+    let ws = ws.map_err(|e| {
+        ApiError::invalid(format!(
+            "this endpoint needs a WebSocket upgrade request: {}",
+            e.body_text()
+        ))
+    })?;
+    let (host, agent) = agent_of(&state, &row, id).await?;
+    // Opened before upgrading, so that an unreachable agent is an ordinary
+    // JSON error rather than a socket that closes at once.
+    let upstream = agent.instance_console_stream(id).await.map_err(|e| {
+        ApiError::new(
+            api::ErrorCode::Unavailable,
+            format!("cannot open the console of host {host}: {e}"),
+        )
+    })?;
+    Ok(ws.on_upgrade(move |socket| relay_console(socket, upstream, host)))
+}
+
+/// How often an idle console socket is pinged: keeps proxies from closing it
+/// and lets a client that vanished show up as a failed send.
+const CONSOLE_PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Copies the agent's console stream into the socket until either side ends.
+/// Returning drops `upstream`, which closes the connection to the agent.
+async fn relay_console(mut socket: WebSocket, mut upstream: reqwest::Response, host: HostId) {
+    let mut ping = tokio::time::interval(CONSOLE_PING_EVERY);
+    ping.tick().await;
+    let close = loop {
+        tokio::select! {
+            chunk = upstream.chunk() => match chunk {
+                Ok(Some(bytes)) => {
+                    if socket.send(Message::Binary(bytes)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break CloseFrame {
+                    code: close_code::NORMAL,
+                    reason: "the console ended".into(),
+                },
+                Err(e) => {
+                    tracing::warn!(%host, error = %e, "console stream from agent broke");
+                    break CloseFrame {
+                        code: close_code::ERROR,
+                        reason: close_reason(&format!("lost the console stream from host {host}: {e}")).into(),
+                    };
+                }
+            },
+            incoming = socket.recv() => match incoming {
+                // The console is read-only: whatever the client sends is
+                // ignored (tungstenite answers pings itself), but a close or
+                // a dead connection means nobody is reading any more.
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = socket.send(Message::Close(Some(close))).await;
+}
+
+/// A close frame's reason may be at most 123 bytes (a control frame carries
+/// 125, two of them the code); cut at a character boundary.
+fn close_reason(text: &str) -> String {
+    const MAX: usize = 123;
+    if text.len() <= MAX {
+        return text.to_string();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 #[utoipa::path(post, path = "/v1/instances/{id}/attachments", tag = "instances", params(("id" = InstanceId, Path)),

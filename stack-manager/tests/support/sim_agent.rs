@@ -7,15 +7,20 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use api::ids::{HostId, InstanceId, VolumeId};
 use api::internal::*;
 use api::resources::{Capacity, HostKind};
+use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use futures::StreamExt;
 
 #[derive(Default)]
 pub struct SimHost {
@@ -29,20 +34,54 @@ pub struct SimHost {
     pub calls: u64,
     /// When set, every call fails with 500 (an agent in trouble).
     pub failing: bool,
+    /// How a console stream opened from now on behaves.
+    pub console: SimConsole,
 }
+
+/// What `GET .../console/stream` does after its first line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SimConsole {
+    /// [`CONSOLE_LINES`] numbered lines, then the body ends (as when the
+    /// instance is deleted).
+    #[default]
+    Lines,
+    /// A numbered line every few milliseconds, forever.
+    Endless,
+    /// The connection breaks after the first numbered line (an agent crash).
+    Breaks,
+}
+
+/// Numbered lines a [`SimConsole::Lines`] stream prints after its first line.
+pub const CONSOLE_LINES: usize = 3;
 
 #[derive(Clone, Default)]
 pub struct SimFleet {
     pub hosts: Arc<Mutex<HashMap<String, SimHost>>>,
     pub addr: Option<SocketAddr>,
+    /// Console streams being served now, across all hosts: one that the
+    /// stack manager stopped reading is dropped and no longer counted.
+    pub open_console_streams: Arc<AtomicUsize>,
 }
 
 type Fleet = Arc<Mutex<HashMap<String, SimHost>>>;
+
+#[derive(Clone)]
+struct FleetState {
+    hosts: Fleet,
+    open_console_streams: Arc<AtomicUsize>,
+}
+
+impl axum::extract::FromRef<FleetState> for Fleet {
+    fn from_ref(s: &FleetState) -> Fleet {
+        s.hosts.clone()
+    }
+}
 
 impl SimFleet {
     /// Starts the fleet's HTTP server on a loopback port.
     pub async fn start() -> Self {
         let hosts: Fleet = Arc::default();
+        let open_console_streams = Arc::new(AtomicUsize::new(0));
         let app = Router::new()
             .route("/h/{key}/agent/v1/instances", get(instance_list))
             .route(
@@ -50,12 +89,19 @@ impl SimFleet {
                 put(instance_put).delete(instance_delete),
             )
             .route("/h/{key}/agent/v1/instances/{id}/console", get(console))
+            .route(
+                "/h/{key}/agent/v1/instances/{id}/console/stream",
+                get(console_stream),
+            )
             .route("/h/{key}/agent/v1/volumes", get(volume_list))
             .route(
                 "/h/{key}/agent/v1/volumes/{id}",
                 put(volume_put).delete(volume_delete),
             )
-            .with_state(hosts.clone());
+            .with_state(FleetState {
+                hosts: hosts.clone(),
+                open_console_streams: open_console_streams.clone(),
+            });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind sim fleet");
@@ -66,7 +112,12 @@ impl SimFleet {
         Self {
             hosts,
             addr: Some(addr),
+            open_console_streams,
         }
+    }
+
+    pub fn open_console_streams(&self) -> usize {
+        self.open_console_streams.load(Ordering::SeqCst)
     }
 
     pub fn agent_url(&self, key: &str) -> String {
@@ -241,6 +292,72 @@ async fn console(
         "simulated console of {} ({})\n",
         spec.hostname, spec.id
     ))
+}
+
+/// Counts a console stream as open for as long as its body lives.
+struct StreamGuard(Arc<AtomicUsize>);
+
+impl StreamGuard {
+    fn new(open: Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        Self(open)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn console_stream(
+    State(f): State<FleetState>,
+    Path((key, id)): Path<(String, InstanceId)>,
+    headers: HeaderMap,
+) -> Result<Response, StatusCode> {
+    let (first, mode) = {
+        let mut hosts = f.hosts.lock().unwrap();
+        let h = authorized(&mut hosts, &key, &headers)?;
+        let spec = h.instances.get(&id).ok_or(StatusCode::NOT_FOUND)?;
+        (
+            format!("simulated console of {} ({})\n", spec.hostname, spec.id),
+            h.console,
+        )
+    };
+    let guard = StreamGuard::new(f.open_console_streams.clone());
+    let count = match mode {
+        SimConsole::Lines => Some(CONSOLE_LINES),
+        SimConsole::Endless => None,
+        SimConsole::Breaks => Some(1),
+    };
+    let numbered = futures::stream::iter(1..)
+        .take_while(move |n| std::future::ready(count.is_none_or(|c| *n <= c)))
+        .then(|n| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, std::io::Error>(format!("line {n}\n"))
+        });
+    // After a pause like any line: hyper drops what it has not flushed yet
+    // when a body fails, and the line before the break must get out.
+    let broken =
+        futures::stream::iter((mode == SimConsole::Breaks).then_some(())).then(|()| async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "simulated agent crash",
+            ))
+        });
+    let body = futures::stream::once(async { Ok(first) })
+        .chain(numbered)
+        .chain(broken)
+        // The guard goes wherever the body goes, and is dropped with it.
+        .map(move |chunk| {
+            let _ = &guard;
+            chunk
+        });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(body))
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 async fn volume_put(
