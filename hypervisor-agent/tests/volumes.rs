@@ -18,29 +18,53 @@ const WAIT_FOR_DISK: &str = "echo WAITING-FOR-VOLUME\n\
 
 async fn wait_volume(cloud: &Cloud, id: api::ids::VolumeId, status: VolumeStatus) {
     let admin = cloud.admin.clone();
-    wait_async(&format!("volume {id} to be {}", status.as_str()), Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move { admin.volume_get(id).await.ok().filter(|v| v.status == status) }
-    })
+    wait_async(
+        &format!("volume {id} to be {}", status.as_str()),
+        Duration::from_secs(60),
+        || {
+            let admin = admin.clone();
+            async move {
+                admin
+                    .volume_get(id)
+                    .await
+                    .ok()
+                    .filter(|v| v.status == status)
+            }
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_moves_between_vms_with_its_data() {
     let cloud = Cloud::start(AgentOptions { virt_type: "qemu" }).await;
-    let tgt = TgtNode::start(&cloud.admin, &cloud.internal_url, cloud.dir.path().join("tgt")).await;
+    let tgt = TgtNode::start(
+        &cloud.admin,
+        &cloud.internal_url,
+        cloud.dir.path().join("tgt"),
+    )
+    .await;
     let (image_path, sha) = guest_image("tiny.raw");
-    cloud.register_image("tiny", &image_path, ImageFormat::Raw, &sha).await;
+    cloud
+        .register_image("tiny", &image_path, ImageFormat::Raw, &sha)
+        .await;
     cloud.tenant_basics("vols", "10.80.0.0/24").await;
 
     let vol = cloud
         .admin
-        .volume_create(&VolumeCreate { name: "data".into(), size_gib: 1, source: VolumeSource::Empty })
+        .volume_create(&VolumeCreate {
+            name: "data".into(),
+            size_gib: 1,
+            source: VolumeSource::Empty,
+        })
         .await
         .expect("volume");
     wait_volume(&cloud, vol.id, VolumeStatus::Available).await;
 
-    let pattern = format!("strato-pattern-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let pattern = format!(
+        "strato-pattern-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let writer = cloud
         .create_vm(
             "writer",
@@ -51,8 +75,12 @@ async fn volume_moves_between_vms_with_its_data() {
             )),
         )
         .await;
-    cloud.wait_status(writer.id, InstanceStatus::Running, Duration::from_secs(90)).await;
-    cloud.wait_console(writer.id, "WAITING-FOR-VOLUME", 1, Duration::from_secs(60)).await;
+    cloud
+        .wait_status(writer.id, InstanceStatus::Running, Duration::from_secs(90))
+        .await;
+    cloud
+        .wait_console(writer.id, "WAITING-FOR-VOLUME", 1, Duration::from_secs(60))
+        .await;
 
     // Hot-plug into the running VM.
     cloud
@@ -60,20 +88,37 @@ async fn volume_moves_between_vms_with_its_data() {
         .attachment_create(writer.id, "data")
         .await
         .expect("attach");
-    cloud.wait_console(writer.id, "VOLUME-WRITTEN", 1, Duration::from_secs(90)).await;
+    cloud
+        .wait_console(writer.id, "VOLUME-WRITTEN", 1, Duration::from_secs(90))
+        .await;
     let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
-    assert!(xml.contains("protocol='iscsi'") && xml.contains(&tgt.portal.replace("127.0.0.1:", "port='")), "{xml}");
-    assert!(xml.contains("<secret type='iscsi'"), "CHAP comes from a libvirt secret:\n{xml}");
+    assert!(
+        xml.contains("protocol='iscsi'")
+            && xml.contains(&tgt.portal.replace("127.0.0.1:", "port='")),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("<secret type='iscsi'"),
+        "CHAP comes from a libvirt secret:\n{xml}"
+    );
 
     // Detach (hot-unplug), then attach to a second VM.
-    cloud.admin.attachment_delete(writer.id, vol.id).await.expect("detach");
+    cloud
+        .admin
+        .attachment_delete(writer.id, vol.id)
+        .await
+        .expect("detach");
     wait_volume(&cloud, vol.id, VolumeStatus::Available).await;
     let admin = cloud.admin.clone();
     let dom = format!("strato-{}", writer.id);
-    wait_async("the disk to leave the writer", Duration::from_secs(60), || {
-        let gone = !virsh(&["dumpxml", &dom]).contains("protocol='iscsi'");
-        async move { gone.then_some(()) }
-    })
+    wait_async(
+        "the disk to leave the writer",
+        Duration::from_secs(60),
+        || {
+            let gone = !virsh(&["dumpxml", &dom]).contains("protocol='iscsi'");
+            async move { gone.then_some(()) }
+        },
+    )
     .await;
     let _ = admin;
 
@@ -82,23 +127,39 @@ async fn volume_moves_between_vms_with_its_data() {
             "reader",
             "tiny",
             "vols",
-            Some(format!("#!/bin/sh\n{WAIT_FOR_DISK}echo \"VOLUME-READ $(head -c {} /dev/vdc)\"\n", pattern.len())),
+            Some(format!(
+                "#!/bin/sh\n{WAIT_FOR_DISK}echo \"VOLUME-READ $(head -c {} /dev/vdc)\"\n",
+                pattern.len()
+            )),
         )
         .await;
-    cloud.wait_status(reader.id, InstanceStatus::Running, Duration::from_secs(90)).await;
-    cloud.wait_console(reader.id, "WAITING-FOR-VOLUME", 1, Duration::from_secs(60)).await;
+    cloud
+        .wait_status(reader.id, InstanceStatus::Running, Duration::from_secs(90))
+        .await;
+    cloud
+        .wait_console(reader.id, "WAITING-FOR-VOLUME", 1, Duration::from_secs(60))
+        .await;
     cloud
         .admin
         .attachment_create(reader.id, "data")
         .await
         .expect("attach to the reader");
-    let console = cloud.wait_console(reader.id, "VOLUME-READ", 1, Duration::from_secs(90)).await;
-    assert!(console.contains(&format!("VOLUME-READ {pattern}")), "the reader saw:\n{console}");
+    let console = cloud
+        .wait_console(reader.id, "VOLUME-READ", 1, Duration::from_secs(90))
+        .await;
+    assert!(
+        console.contains(&format!("VOLUME-READ {pattern}")),
+        "the reader saw:\n{console}"
+    );
 
     // A target that refuses the login: the instance shows why.
     let locked = cloud
         .admin
-        .volume_create(&VolumeCreate { name: "locked".into(), size_gib: 1, source: VolumeSource::Empty })
+        .volume_create(&VolumeCreate {
+            name: "locked".into(),
+            size_gib: 1,
+            source: VolumeSource::Empty,
+        })
         .await
         .expect("volume");
     wait_volume(&cloud, locked.id, VolumeStatus::Available).await;
@@ -108,9 +169,14 @@ async fn volume_moves_between_vms_with_its_data() {
         .attachment_create(writer.id, "locked")
         .await
         .expect("attach request is accepted");
-    let i = cloud.wait_status(writer.id, InstanceStatus::Error, Duration::from_secs(90)).await;
+    let i = cloud
+        .wait_status(writer.id, InstanceStatus::Error, Duration::from_secs(90))
+        .await;
     let reason = i.status_reason.unwrap_or_default();
-    assert!(reason.contains(&format!("cannot attach volume {}", locked.id)), "{reason}");
+    assert!(
+        reason.contains(&format!("cannot attach volume {}", locked.id)),
+        "{reason}"
+    );
 
     // Clean up through the API: nothing left in libvirt.
     for id in [writer.id, reader.id] {
@@ -125,6 +191,9 @@ async fn volume_moves_between_vms_with_its_data() {
     assert!(domains_of(cloud.host_id.expect("host")).is_empty());
     let secrets = virsh(&["secret-list"]);
     for id in [writer.id, reader.id] {
-        assert!(!secrets.contains(&id.to_string()), "CHAP secrets left behind:\n{secrets}");
+        assert!(
+            !secrets.contains(&id.to_string()),
+            "CHAP secrets left behind:\n{secrets}"
+        );
     }
 }

@@ -54,14 +54,21 @@ fn tgtadm(ctl: u16, args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(format!("tgtadm {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "tgtadm {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
 fn observed(v: &VolumeSpec, reason: Option<String>) -> ObservedVolume {
     ObservedVolume {
         id: v.id,
-        state: if reason.is_some() { ObservedVolumeState::Error } else { ObservedVolumeState::Available },
+        state: if reason.is_some() {
+            ObservedVolumeState::Error
+        } else {
+            ObservedVolumeState::Available
+        },
         generation: v.generation,
         size_bytes: v.size_bytes,
         snapshots: Vec::new(),
@@ -82,23 +89,108 @@ impl Inner {
                 let f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
                 f.set_len(spec.size_bytes).map_err(|e| e.to_string())?;
                 let t = tid.to_string();
-                tgtadm(ctl, &["--op", "new", "--mode", "target", "--tid", &t, "--targetname", &spec.iqn])?;
-                tgtadm(ctl, &["--op", "new", "--mode", "logicalunit", "--tid", &t, "--lun", "1", "--backing-store", &file.display().to_string()])?;
+                tgtadm(
+                    ctl,
+                    &[
+                        "--op",
+                        "new",
+                        "--mode",
+                        "target",
+                        "--tid",
+                        &t,
+                        "--targetname",
+                        &spec.iqn,
+                    ],
+                )?;
+                tgtadm(
+                    ctl,
+                    &[
+                        "--op",
+                        "new",
+                        "--mode",
+                        "logicalunit",
+                        "--tid",
+                        &t,
+                        "--lun",
+                        "1",
+                        "--backing-store",
+                        &file.display().to_string(),
+                    ],
+                )?;
                 if !spec.chap_user.is_empty() {
-                    tgtadm(ctl, &["--op", "new", "--mode", "account", "--user", &spec.chap_user, "--password", &spec.chap_secret])?;
-                    tgtadm(ctl, &["--op", "bind", "--mode", "account", "--tid", &t, "--user", &spec.chap_user])?;
+                    tgtadm(
+                        ctl,
+                        &[
+                            "--op",
+                            "new",
+                            "--mode",
+                            "account",
+                            "--user",
+                            &spec.chap_user,
+                            "--password",
+                            &spec.chap_secret,
+                        ],
+                    )?;
+                    tgtadm(
+                        ctl,
+                        &[
+                            "--op",
+                            "bind",
+                            "--mode",
+                            "account",
+                            "--tid",
+                            &t,
+                            "--user",
+                            &spec.chap_user,
+                        ],
+                    )?;
                 }
                 tid
             }
         };
         // The ACL follows the attachment: only the attached host may log in.
         let t = tid.to_string();
-        let before: Vec<String> = self.volumes.get(&spec.id).map(|v| v.spec.allowed_initiators.clone()).unwrap_or_default();
-        for gone in before.iter().filter(|i| !spec.allowed_initiators.contains(i)) {
-            tgtadm(ctl, &["--op", "unbind", "--mode", "target", "--tid", &t, "--initiator-name", gone])?;
+        let before: Vec<String> = self
+            .volumes
+            .get(&spec.id)
+            .map(|v| v.spec.allowed_initiators.clone())
+            .unwrap_or_default();
+        for gone in before
+            .iter()
+            .filter(|i| !spec.allowed_initiators.contains(i))
+        {
+            tgtadm(
+                ctl,
+                &[
+                    "--op",
+                    "unbind",
+                    "--mode",
+                    "target",
+                    "--tid",
+                    &t,
+                    "--initiator-name",
+                    gone,
+                ],
+            )?;
         }
-        for new in spec.allowed_initiators.iter().filter(|i| !before.contains(i)) {
-            tgtadm(ctl, &["--op", "bind", "--mode", "target", "--tid", &t, "--initiator-name", new])?;
+        for new in spec
+            .allowed_initiators
+            .iter()
+            .filter(|i| !before.contains(i))
+        {
+            tgtadm(
+                ctl,
+                &[
+                    "--op",
+                    "bind",
+                    "--mode",
+                    "target",
+                    "--tid",
+                    &t,
+                    "--initiator-name",
+                    new,
+                ],
+            )?;
         }
         self.volumes.insert(spec.id, Volume { tid, spec });
         Ok(())
@@ -107,9 +199,22 @@ impl Inner {
     fn remove(&mut self, id: VolumeId) -> Result<(), String> {
         if let Some(v) = self.volumes.remove(&id) {
             let t = v.tid.to_string();
-            tgtadm(self.ctl, &["--op", "delete", "--force", "--mode", "target", "--tid", &t])?;
+            tgtadm(
+                self.ctl,
+                &["--op", "delete", "--force", "--mode", "target", "--tid", &t],
+            )?;
             if !v.spec.chap_user.is_empty() {
-                let _ = tgtadm(self.ctl, &["--op", "delete", "--mode", "account", "--user", &v.spec.chap_user]);
+                let _ = tgtadm(
+                    self.ctl,
+                    &[
+                        "--op",
+                        "delete",
+                        "--mode",
+                        "account",
+                        "--user",
+                        &v.spec.chap_user,
+                    ],
+                );
             }
             let _ = std::fs::remove_file(self.dir.join(format!("{id}.img")));
         }
@@ -118,7 +223,10 @@ impl Inner {
 }
 
 fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), StatusCode> {
-    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     if bearer == Some(inner.credential.as_str()) {
         Ok(())
     } else {
@@ -126,24 +234,44 @@ fn authorized(inner: &Inner, headers: &HeaderMap) -> Result<(), StatusCode> {
     }
 }
 
-async fn volume_put(State(n): State<Node>, headers: HeaderMap, Path(_id): Path<VolumeId>, Json(spec): Json<VolumeSpec>) -> Result<Json<ObservedVolume>, StatusCode> {
+async fn volume_put(
+    State(n): State<Node>,
+    headers: HeaderMap,
+    Path(_id): Path<VolumeId>,
+    Json(spec): Json<VolumeSpec>,
+) -> Result<Json<ObservedVolume>, StatusCode> {
     let mut inner = n.0.lock().expect("node");
     authorized(&inner, &headers)?;
     let reason = inner.realize(spec.clone()).err();
     Ok(Json(observed(&spec, reason)))
 }
 
-async fn volume_delete(State(n): State<Node>, headers: HeaderMap, Path(id): Path<VolumeId>) -> Result<StatusCode, StatusCode> {
+async fn volume_delete(
+    State(n): State<Node>,
+    headers: HeaderMap,
+    Path(id): Path<VolumeId>,
+) -> Result<StatusCode, StatusCode> {
     let mut inner = n.0.lock().expect("node");
     authorized(&inner, &headers)?;
-    inner.remove(id).map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    inner
+        .remove(id)
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn volume_list(State(n): State<Node>, headers: HeaderMap) -> Result<Json<Vec<ObservedVolume>>, StatusCode> {
+async fn volume_list(
+    State(n): State<Node>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ObservedVolume>>, StatusCode> {
     let inner = n.0.lock().expect("node");
     authorized(&inner, &headers)?;
-    Ok(Json(inner.volumes.values().map(|v| observed(&v.spec, None)).collect()))
+    Ok(Json(
+        inner
+            .volumes
+            .values()
+            .map(|v| observed(&v.spec, None))
+            .collect(),
+    ))
 }
 
 impl TgtNode {
@@ -166,21 +294,40 @@ impl TgtNode {
         }
         tgtadm(ctl, &["--op", "show", "--mode", "target"]).expect("tgtd answers");
         std::fs::create_dir_all(&dir).expect("volume dir");
-        let node = Node(Arc::new(Mutex::new(Inner { ctl, dir, credential: String::new(), volumes: HashMap::new(), next_tid: 1 })));
+        let node = Node(Arc::new(Mutex::new(Inner {
+            ctl,
+            dir,
+            credential: String::new(),
+            volumes: HashMap::new(),
+            next_tid: 1,
+        })));
         let app = Router::new()
             .route("/agent/v1/volumes", get(volume_list))
-            .route("/agent/v1/volumes/{id}", put(volume_put).delete(volume_delete))
+            .route(
+                "/agent/v1/volumes/{id}",
+                put(volume_put).delete(volume_delete),
+            )
             .with_state(node.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let agent_url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
         let token = admin
-            .enrollment_token_create(&EnrollmentTokenCreate { kind: HostKind::Storage, rack: None, expires_in_secs: 600 })
+            .enrollment_token_create(&EnrollmentTokenCreate {
+                kind: HostKind::Storage,
+                rack: None,
+                expires_in_secs: 600,
+            })
             .await
             .expect("storage enrollment token");
-        let capacity = Capacity { storage_bytes_total: 64 << 30, storage_bytes_free: 64 << 30, ..Capacity::default() };
+        let capacity = Capacity {
+            storage_bytes_total: 64 << 30,
+            storage_bytes_free: 64 << 30,
+            ..Capacity::default()
+        };
         let internal = api::InternalClient::new(internal_url, None);
         let resp = internal
             .enroll(&EnrollRequest {
@@ -200,12 +347,34 @@ impl TgtNode {
         let host_id = resp.host_id;
         let heartbeat = tokio::spawn(async move {
             loop {
-                let volumes = hb_node.0.lock().expect("node").volumes.values().map(|v| observed(&v.spec, None)).collect();
-                let _ = hb_client.heartbeat(host_id, &Heartbeat { capacity, instances: Vec::new(), volumes }).await;
+                let volumes = hb_node
+                    .0
+                    .lock()
+                    .expect("node")
+                    .volumes
+                    .values()
+                    .map(|v| observed(&v.spec, None))
+                    .collect();
+                let _ = hb_client
+                    .heartbeat(
+                        host_id,
+                        &Heartbeat {
+                            capacity,
+                            instances: Vec::new(),
+                            volumes,
+                        },
+                    )
+                    .await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
-        TgtNode { tgtd, portal, host_id, node, heartbeat }
+        TgtNode {
+            tgtd,
+            portal,
+            host_id,
+            node,
+            heartbeat,
+        }
     }
 
     /// Changes a volume's CHAP password behind Strato's back, so logins
@@ -214,10 +383,60 @@ impl TgtNode {
         let inner = self.node.0.lock().expect("node");
         let v = inner.volumes.get(&volume).expect("known volume");
         let t = v.tid.to_string();
-        tgtadm(inner.ctl, &["--op", "unbind", "--mode", "account", "--tid", &t, "--user", &v.spec.chap_user]).expect("unbind");
-        tgtadm(inner.ctl, &["--op", "delete", "--mode", "account", "--user", &v.spec.chap_user]).expect("delete account");
-        tgtadm(inner.ctl, &["--op", "new", "--mode", "account", "--user", &v.spec.chap_user, "--password", "not-the-secret"]).expect("new account");
-        tgtadm(inner.ctl, &["--op", "bind", "--mode", "account", "--tid", &t, "--user", &v.spec.chap_user]).expect("bind");
+        tgtadm(
+            inner.ctl,
+            &[
+                "--op",
+                "unbind",
+                "--mode",
+                "account",
+                "--tid",
+                &t,
+                "--user",
+                &v.spec.chap_user,
+            ],
+        )
+        .expect("unbind");
+        tgtadm(
+            inner.ctl,
+            &[
+                "--op",
+                "delete",
+                "--mode",
+                "account",
+                "--user",
+                &v.spec.chap_user,
+            ],
+        )
+        .expect("delete account");
+        tgtadm(
+            inner.ctl,
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                &v.spec.chap_user,
+                "--password",
+                "not-the-secret",
+            ],
+        )
+        .expect("new account");
+        tgtadm(
+            inner.ctl,
+            &[
+                "--op",
+                "bind",
+                "--mode",
+                "account",
+                "--tid",
+                &t,
+                "--user",
+                &v.spec.chap_user,
+            ],
+        )
+        .expect("bind");
     }
 }
 
