@@ -94,11 +94,55 @@ async fn vm_lifecycle_through_the_public_api() {
         .wait_console(vm.id, "STRATO-GUEST ready", 2, Duration::from_secs(60))
         .await;
 
+    // `strato vm console --follow` shows the reboot live, through the
+    // stack manager's WebSocket relay of the agent's console stream.
+    let mut follow = std::process::Command::new(sibling_bin("strato"))
+        .args(["vm", "console", "web-1", "--follow"])
+        .env("STRATO_URL", &cloud.public_url)
+        .env("STRATO_TOKEN", cloud.admin_token())
+        .env("STRATO_PROJECT", "admin")
+        .env_remove("STRATO_CONFIG")
+        .env("HOME", cloud.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run strato vm console --follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdout = stdout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen);
+            // The stream starts with the log's tail, which already holds
+            // the previous boot's marker: wait for the next one.
+            if text.matches("STRATO-GUEST ready").count() >= 2 {
+                let _ = tx.send(text.into_owned());
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
     cloud
         .admin
         .instance_action(vm.id, "reboot")
         .await
         .expect("reboot");
+    let live = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the live console shows the guest booting again");
+    assert!(
+        live.contains(&format!("STRATO-GUEST instance-id={}", vm.id)),
+        "{live}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
     cloud
         .wait_console(vm.id, "STRATO-GUEST ready", 3, Duration::from_secs(60))
         .await;

@@ -26,6 +26,10 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+pub fn sibling_bin(name: &str) -> PathBuf {
+    bin(name)
+}
+
 fn bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_hypervisor-agent")).with_file_name(name);
     assert!(
@@ -263,6 +267,13 @@ impl Cloud {
             let _ = a.kill();
             let _ = a.wait();
         }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sm").join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string()
     }
 
     pub fn agent_log(&self) -> String {
