@@ -7,6 +7,7 @@ mod error;
 mod output;
 mod parse;
 mod up;
+mod up_agent;
 mod wait;
 
 use std::io::Write;

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::commands::Ctx;
 use crate::config::{write_private, Config};
 use crate::output::render_detail;
+use crate::up_agent;
 use crate::wait::spinner;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,8 +50,29 @@ pub struct UpArgs {
     pub internal_listen: SocketAddr,
     /// Run the stack manager in this terminal instead of in the background
     /// (logs to the terminal; Ctrl-C stops it; its exit code is strato's).
+    /// Starts no hypervisor agent.
     #[arg(long)]
     pub foreground: bool,
+    /// Do not start a hypervisor agent on this machine.
+    #[arg(long)]
+    pub no_hypervisor: bool,
+    /// Address the local hypervisor agent's API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7200")]
+    pub agent_listen: SocketAddr,
+    /// The local hypervisor agent's state (image cache, disks, consoles).
+    /// QEMU runs as its own user, so every directory above it must be
+    /// world-traversable: not under a 0700 home directory.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/strato/hypervisor")]
+    pub agent_state_dir: PathBuf,
+    /// Where `scripts/guest-images.sh` put the tiny guest image that is
+    /// registered as the public image `tiny`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STRATO_IMAGE_CACHE",
+        default_value = "/var/cache/strato/images"
+    )]
+    pub image_cache: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -110,7 +132,12 @@ pub fn api_url(listen: SocketAddr) -> String {
 
 /// `stack-manager` next to this executable, else on `PATH`.
 fn find_stack_manager() -> Result<PathBuf> {
-    let name = format!("stack-manager{}", std::env::consts::EXE_SUFFIX);
+    find_binary("stack-manager", "stack-manager")
+}
+
+/// Binary `bin` (of package `package`) next to this executable, else on `PATH`.
+pub fn find_binary(bin: &str, package: &str) -> Result<PathBuf> {
+    let name = format!("{bin}{}", std::env::consts::EXE_SUFFIX);
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf));
@@ -131,8 +158,8 @@ fn find_stack_manager() -> Result<PathBuf> {
     }
     let beside = exe_dir.map_or_else(|| "this executable".into(), |d| d.display().to_string());
     bail!(
-        "cannot find the `stack-manager` binary in {beside} or on PATH; \
-         build it with `cargo build -p stack-manager` (next to `strato`) or install it"
+        "cannot find the `{bin}` binary in {beside} or on PATH; \
+         build it with `cargo build -p {package}` (next to `strato`) or install it"
     )
 }
 
@@ -241,17 +268,22 @@ fn write_stack_manager_config(
     fs::write(&p.config, text).with_context(|| format!("cannot write {}", p.config.display()))
 }
 
-fn read_pid(path: &Path) -> Option<u32> {
+pub fn read_pid(path: &Path) -> Option<u32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-/// Whether `pid` is a live stack manager. On Linux the command line is
-/// checked too, so a recycled pid is not mistaken for it.
+/// Whether `pid` is a live stack manager.
 fn running(pid: u32) -> bool {
+    running_as(pid, "stack-manager")
+}
+
+/// Whether `pid` is a live process of `program`. On Linux the command line
+/// is checked too, so a recycled pid is not mistaken for it.
+pub fn running_as(pid: u32, program: &str) -> bool {
     let proc = Path::new("/proc");
     if proc.join("self").exists() {
         return fs::read(proc.join(pid.to_string()).join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains("stack-manager"))
+            .map(|c| String::from_utf8_lossy(&c).contains(program))
             .unwrap_or(false);
     }
     Command::new("kill")
@@ -296,7 +328,7 @@ fn spawn(sm: &Path, p: &Paths) -> Result<Child> {
 }
 
 /// The last `n` lines of a file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
+pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -346,6 +378,16 @@ fn save_login(ctx: &Ctx, url: &str, token: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The compute side of the all-in-one cloud.
+enum Compute {
+    Running {
+        pid: u32,
+        host: api::ids::HostId,
+        image: Option<String>,
+    },
+    Skipped(String),
+}
+
 const NO_AGENTS: &str = "\
 No hypervisor or storage agent runs yet: VMs will not be scheduled until a
 hypervisor agent enrolls, nor volumes until a storage agent does. Create a
@@ -360,6 +402,8 @@ struct UpSummary<'a> {
     log: &'a Path,
     config: &'a Path,
     pid: Option<u32>,
+    /// The local hypervisor host, when `strato up` started an agent.
+    hypervisor_host: Option<api::ids::HostId>,
 }
 
 fn summary_text(s: &UpSummary) -> String {
@@ -404,6 +448,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             log: Path::new("(this terminal)"),
             config: &config,
             pid: Some(std::process::id()),
+            hypervisor_host: None,
         };
         progress(format!("{}\n\n{NO_AGENTS}\n", summary_text(&s)));
         return foreground(&sm, &p);
@@ -423,6 +468,31 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     let pid = running_pid.or(child.as_ref().map(Child::id));
     wait_healthy(&url, child.as_mut(), &p.log).await?;
     let config = save_login(ctx, &url, &token)?;
+    let compute = if a.no_hypervisor {
+        Compute::Skipped("not started (--no-hypervisor)".into())
+    } else if !up_agent::is_root() {
+        Compute::Skipped(
+            "not started: the hypervisor agent needs root (libvirt's system connection, bridges)"
+                .into(),
+        )
+    } else {
+        let client = api::Client::new(&url, &token).with_project(Some(ADMIN_PROJECT.into()));
+        let (agent_pid, host) = up_agent::ensure_agent(
+            &client,
+            &p.state,
+            &a.agent_state_dir,
+            &api_url(a.internal_listen),
+            a.agent_listen,
+        )
+        .await?;
+        let image = up_agent::ensure_image(&client, &a.image_cache).await?;
+        up_agent::ensure_network(&client).await?;
+        Compute::Running {
+            pid: agent_pid,
+            host,
+            image,
+        }
+    };
     let s = UpSummary {
         url: &url,
         token: &token,
@@ -431,12 +501,27 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         log: &p.log,
         config: &config,
         pid,
+        hypervisor_host: match &compute {
+            Compute::Running { host, .. } => Some(*host),
+            Compute::Skipped(_) => None,
+        },
     };
     if ctx.out.json {
         ctx.out.json(&s)?;
     } else {
+        let (line, next) = match &compute {
+            Compute::Running { pid, host, image: Some(image) } => (
+                format!("hypervisor: this machine (host {host}, agent pid {pid}), image `{image}`, network `{}`", up_agent::NETWORK_NAME),
+                format!("next: strato vm create web-1 --flavor m1.tiny --image {image} --network {}\n      strato vm console web-1", up_agent::NETWORK_NAME),
+            ),
+            Compute::Running { pid, host, image: None } => (
+                format!("hypervisor: this machine (host {host}, agent pid {pid}); no tiny image in {} (build it with scripts/guest-images.sh)", a.image_cache.display()),
+                "next: strato image create ...".to_string(),
+            ),
+            Compute::Skipped(why) => (format!("hypervisor: {why}\n\n{NO_AGENTS}"), "next: strato flavor list".to_string()),
+        };
         ctx.out.note(format!(
-            "Strato is up.\n\n{}\n\n{NO_AGENTS}\n\nnext: strato flavor list",
+            "Strato is up.\n\n{}\n\n{line}\n\n{next}",
             summary_text(&s)
         ))?;
     }
@@ -472,6 +557,11 @@ fn foreground(sm: &Path, p: &Paths) -> Result<ExitCode> {
 
 pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<()> {
     let p = Paths::new(state_dir(a.state_dir));
+    if let Some(pid) = up_agent::stop_agent(&p.state).await? {
+        ctx.out.note(format!(
+            "stopped the hypervisor agent (pid {pid}); its VMs keep running and are adopted by the next `strato up`"
+        ))?;
+    }
     let Some(pid) = read_pid(&p.pid) else {
         return ctx.out.note(format!(
             "the stack manager is not running (no pid file {})",

@@ -67,11 +67,25 @@ fn tour_through_strato_up() {
     };
     let listen = format!("127.0.0.1:{}", free_port());
     let internal = format!("127.0.0.1:{}", free_port());
-    let up = env.ok(&["up", "--listen", &listen, "--internal-listen", &internal]);
+    let up = env.ok(&[
+        "up",
+        "--no-hypervisor",
+        "--listen",
+        &listen,
+        "--internal-listen",
+        &internal,
+    ]);
     assert!(up.contains("admin token:"), "{up}");
     assert!(up.contains(&listen), "{up}");
     // A second `up` finds it running.
-    let again = env.strato(&["up", "--listen", &listen, "--internal-listen", &internal]);
+    let again = env.strato(&[
+        "up",
+        "--no-hypervisor",
+        "--listen",
+        &listen,
+        "--internal-listen",
+        &internal,
+    ]);
     assert!(again.status.success());
     let said = format!(
         "{}{}",

@@ -144,11 +144,35 @@ async fn choose_virt_type(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<&'static
     Ok(kind)
 }
 
+/// QEMU runs as its own user (`libvirt-qemu` on Debian) and opens disks
+/// under `state_dir`: every directory above it must be world-traversable.
+/// Failing here beats every VM failing later with "permission denied".
+fn reachable_by_qemu(state_dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let abs = std::fs::canonicalize(state_dir)?;
+    for dir in abs.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "state_dir {} is not reachable by QEMU: {} has mode {:o} (not world-traversable); \
+                 choose a state_dir under /var/lib",
+                state_dir.display(),
+                dir.display(),
+                mode & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs the agent until the process is stopped.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir).map_err(AgentError::io(&cfg.state_dir))?;
     // QEMU runs as its own user and must reach disks under state_dir.
     set_mode(&cfg.state_dir, 0o755)?;
+    if !cfg.is_xen() {
+        reachable_by_qemu(&cfg.state_dir)?;
+    }
     let hv = Arc::new(Hypervisor::new(&cfg.libvirt_uri));
     let virt_type = choose_virt_type(&cfg, &hv).await?;
     let identity = enroll(&cfg, &hv).await?;

@@ -1,0 +1,308 @@
+//! The compute half of `strato up`: a hypervisor agent on this machine,
+//! enrolled with the local stack manager, plus what a first VM needs — the
+//! tiny guest image built locally by `scripts/guest-images.sh`, registered
+//! as a public image, and a `default` network.
+//!
+//! Files in the state directory:
+//!
+//! ```text
+//! hypervisor-agent.toml   config written by `strato up`
+//! hypervisor-agent.log    its stdout and stderr
+//! hypervisor-agent.pid    its process id
+//! ```
+//!
+//! The agent's own state (credential, image cache, instances) lives in
+//! `--agent-state-dir`, by default `/var/lib/strato/hypervisor`: QEMU must
+//! reach it, which a home directory usually forbids.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use api::ids::HostId;
+use api::resources::*;
+use api::Client;
+use chrono::Utc;
+use serde::Deserialize;
+
+use crate::wait::spinner;
+
+/// The first start probes KVM (up to 10 s) before enrolling.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IMAGE_NAME: &str = "tiny";
+pub const NETWORK_NAME: &str = "default";
+const DEFAULT_CIDR: &str = "10.213.0.0/24";
+
+pub struct AgentPaths {
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub pid: PathBuf,
+    pub state: PathBuf,
+}
+
+impl AgentPaths {
+    pub fn new(state: &Path, agent_state: &Path) -> Self {
+        Self {
+            config: state.join("hypervisor-agent.toml"),
+            log: state.join("hypervisor-agent.log"),
+            pid: state.join("hypervisor-agent.pid"),
+            state: agent_state.to_path_buf(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Identity {
+    host_id: HostId,
+}
+
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn identity(p: &AgentPaths) -> Option<HostId> {
+    let text = fs::read_to_string(p.state.join("identity.json")).ok()?;
+    serde_json::from_str::<Identity>(&text)
+        .ok()
+        .map(|i| i.host_id)
+}
+
+fn write_config(
+    p: &AgentPaths,
+    internal_url: &str,
+    listen: SocketAddr,
+    token: Option<&str>,
+) -> Result<()> {
+    let mut text = format!(
+        "# Written by `strato up`; rewritten on every `strato up`.\n\
+         stack_manager_url = {}\nlisten = {}\nstate_dir = {}\n",
+        toml_str(internal_url),
+        toml_str(&listen.to_string()),
+        toml_str(&p.state.display().to_string()),
+    );
+    if let Some(t) = token {
+        text.push_str(&format!("enrollment_token = {}\n", toml_str(t)));
+    }
+    crate::config::write_private(&p.config, text.as_bytes())
+        .with_context(|| format!("cannot write {}", p.config.display()))
+}
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn spawn(bin: &Path, p: &AgentPaths) -> Result<Child> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p.log)
+        .with_context(|| format!("cannot open {}", p.log.display()))?;
+    writeln!(log, "--- strato up at {} ---", Utc::now().to_rfc3339())?;
+    let err = log.try_clone()?;
+    let mut cmd = Command::new(bin);
+    cmd.env("NO_COLOR", "1")
+        .arg("run")
+        .arg("--config")
+        .arg(&p.config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))?;
+    fs::write(&p.pid, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+    Ok(child)
+}
+
+/// Starts the agent unless it runs, and waits until it heartbeats.
+pub async fn ensure_agent(
+    client: &Client,
+    state: &Path,
+    agent_state: &Path,
+    internal_url: &str,
+    listen: SocketAddr,
+) -> Result<(u32, HostId)> {
+    let p = AgentPaths::new(state, agent_state);
+    fs::create_dir_all(&p.state).with_context(|| format!("cannot create {}", p.state.display()))?;
+    let bin = super::up::find_binary("hypervisor-agent", "hypervisor-agent")?;
+    if let Some(pid) =
+        super::up::read_pid(&p.pid).filter(|pid| super::up::running_as(*pid, "hypervisor-agent"))
+    {
+        let host = identity(&p).ok_or_else(|| {
+            anyhow!(
+                "the hypervisor agent (pid {pid}) runs but has not enrolled; see {}",
+                p.log.display()
+            )
+        })?;
+        return Ok((pid, host));
+    }
+    // A credential from an earlier cloud (its state directory was removed)
+    // is useless here: enroll anew.
+    if let Some(host) = identity(&p) {
+        if client
+            .host_get(host)
+            .await
+            .is_err_and(|e| e.status() == Some(404))
+        {
+            let stale = p.state.join("identity.json");
+            fs::rename(&stale, p.state.join("identity.json.stale"))
+                .with_context(|| format!("cannot move aside {}", stale.display()))?;
+        }
+    }
+    // Enrolled once already: the credential in its state is reused.
+    let token = match identity(&p) {
+        Some(_) => None,
+        None => Some(
+            client
+                .enrollment_token_create(&EnrollmentTokenCreate {
+                    kind: HostKind::Hypervisor,
+                    rack: None,
+                    expires_in_secs: 3600,
+                })
+                .await
+                .context("cannot create an enrollment token for the local hypervisor")?
+                .secret,
+        ),
+    };
+    write_config(&p, internal_url, listen, token.as_deref())?;
+    let mut child = spawn(&bin, &p)?;
+    let pid = child.id();
+    let pb = spinner("starting the hypervisor agent (probing KVM, enrolling)".to_string());
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    let result = loop {
+        if let Some(host) = identity(&p) {
+            if let Ok(h) = client.host_get(host).await {
+                if h.last_heartbeat_at.is_some() {
+                    break Ok(host);
+                }
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break Err(anyhow!(
+                "the hypervisor agent exited ({status}); the end of {}:\n{}",
+                p.log.display(),
+                super::up::tail(&p.log, 20)
+            ));
+        }
+        if Instant::now() >= deadline {
+            break Err(anyhow!(
+                "the hypervisor agent did not heartbeat within {} s; see {}",
+                AGENT_TIMEOUT.as_secs(),
+                p.log.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    pb.finish_and_clear();
+    // Without the wait the child would be reaped by nobody; it runs on.
+    std::mem::forget(child);
+    Ok((pid, result?))
+}
+
+/// Registers the locally built tiny image once, if it was built.
+pub async fn ensure_image(client: &Client, cache: &Path) -> Result<Option<String>> {
+    let path = cache.join("tiny.raw");
+    let Ok(sum) = fs::read_to_string(cache.join("tiny.raw.sha256")) else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let sha = sum
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let images = client.image_list().await?;
+    if let Some(existing) = images.iter().find(|i| i.name == IMAGE_NAME) {
+        if existing.sha256 == sha {
+            return Ok(Some(IMAGE_NAME.into()));
+        }
+        // Rebuilt since: replace the registration (the cache keys by sha256).
+        client.image_delete(existing.id).await?;
+    }
+    client
+        .image_create(&ImageCreate {
+            name: IMAGE_NAME.into(),
+            source: path.display().to_string(),
+            format: ImageFormat::Raw,
+            sha256: sha,
+            min_disk_gib: 1,
+            visibility: Visibility::Public,
+        })
+        .await
+        .context("cannot register the tiny guest image")?;
+    Ok(Some(IMAGE_NAME.into()))
+}
+
+/// A `default` network with one subnet, unless the project has networks.
+pub async fn ensure_network(client: &Client) -> Result<()> {
+    if !client.network_list().await?.is_empty() {
+        return Ok(());
+    }
+    let n = client
+        .network_create(&NetworkCreate {
+            name: NETWORK_NAME.into(),
+            vlan: None,
+            mtu: 1500,
+        })
+        .await?;
+    client
+        .subnet_create(
+            n.id,
+            &SubnetCreate {
+                name: format!("{NETWORK_NAME}-v4"),
+                cidr: DEFAULT_CIDR.parse().map_err(|e| anyhow!("{e}"))?,
+                gateway: None,
+                pools: vec![],
+                reserved: vec![],
+                dns_servers: vec![],
+            },
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stops the agent (SIGTERM). Its VMs keep running; the next `strato up`
+/// adopts them.
+pub async fn stop_agent(state: &Path) -> Result<Option<u32>> {
+    let p = AgentPaths::new(state, Path::new(""));
+    let Some(pid) = super::up::read_pid(&p.pid) else {
+        return Ok(None);
+    };
+    if !super::up::running_as(pid, "hypervisor-agent") {
+        let _ = fs::remove_file(&p.pid);
+        return Ok(None);
+    }
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .context("cannot run `kill`")?;
+    if !status.success() {
+        bail!("cannot signal the hypervisor agent (pid {pid})");
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while super::up::running_as(pid, "hypervisor-agent") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = fs::remove_file(&p.pid);
+    Ok(Some(pid))
+}
