@@ -111,8 +111,8 @@ async fn bare_qemu(n: usize, accel: &str, image: &Path, work: &Path) -> Vec<f64>
                 "file={},format=raw,if=virtio,readonly=on",
                 iso.display()
             ))
-            // A NIC like the instances have, on a QEMU-internal hub that
-            // leads nowhere.
+            // A NIC like the instances have (no option ROM, as in the
+            // domain template), on a QEMU-internal hub that leads nowhere.
             .args(["-netdev", "hubport,id=n0,hubid=0", "-device"])
             .arg(format!(
                 "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:{:02x}",
