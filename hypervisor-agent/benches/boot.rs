@@ -198,7 +198,11 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let cloud = Cloud::start(AgentOptions { virt_type: "auto" }).await;
+        let cloud = Cloud::start(AgentOptions {
+            virt_type: "auto",
+            uplink: None,
+        })
+        .await;
         let accel = if cloud.agent_log().contains("virt_type=\"kvm\"") {
             "kvm"
         } else {

@@ -41,7 +41,11 @@ fn nothing_half_created(cloud: &Cloud, id: InstanceId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_and_libvirt_errors_end_in_error_with_a_reason() {
-    let cloud = Cloud::start(AgentOptions { virt_type: "qemu" }).await;
+    let cloud = Cloud::start(AgentOptions {
+        virt_type: "qemu",
+        uplink: None,
+    })
+    .await;
     let host = cloud.host_id.expect("enrolled");
     let (image_path, sha) = guest_image("tiny.raw");
     cloud.tenant_basics("bad", "10.79.0.0/24").await;

@@ -12,7 +12,11 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cloud_init_in_a_debian_guest_applies_hostname_and_key() {
-    let cloud = Cloud::start(AgentOptions { virt_type: "qemu" }).await;
+    let cloud = Cloud::start(AgentOptions {
+        virt_type: "qemu",
+        uplink: None,
+    })
+    .await;
     let (image_path, sha) = guest_image("debian.qcow2");
     cloud
         .register_image("debian-12", &image_path, ImageFormat::Qcow2, &sha)

@@ -40,7 +40,11 @@ fn define_foreign_domain(dir: &std::path::Path, uuid: &str, host: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_leaves_running_vms_alone() {
-    let mut cloud = Cloud::start(AgentOptions { virt_type: "qemu" }).await;
+    let mut cloud = Cloud::start(AgentOptions {
+        virt_type: "qemu",
+        uplink: None,
+    })
+    .await;
     let host = cloud.host_id.expect("enrolled");
     let (image_path, sha) = guest_image("tiny.raw");
     cloud

@@ -12,7 +12,11 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_through_the_public_api() {
-    let mut cloud = Cloud::start(AgentOptions { virt_type: "auto" }).await;
+    let mut cloud = Cloud::start(AgentOptions {
+        virt_type: "auto",
+        uplink: None,
+    })
+    .await;
     let host = cloud.host_id.expect("enrolled");
     let (image_path, sha) = guest_image("tiny.raw");
     let image = cloud

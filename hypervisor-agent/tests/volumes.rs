@@ -37,7 +37,11 @@ async fn wait_volume(cloud: &Cloud, id: api::ids::VolumeId, status: VolumeStatus
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn volume_moves_between_vms_with_its_data() {
-    let cloud = Cloud::start(AgentOptions { virt_type: "qemu" }).await;
+    let cloud = Cloud::start(AgentOptions {
+        virt_type: "qemu",
+        uplink: None,
+    })
+    .await;
     let tgt = TgtNode::start(
         &cloud.admin,
         &cloud.internal_url,
