@@ -297,33 +297,39 @@ pub fn running_as(pid: u32, program: &str) -> bool {
 
 /// Starts `stack-manager serve` detached, logging to the state directory.
 fn spawn(sm: &Path, p: &Paths) -> Result<Child> {
+    let mut cmd = Command::new(sm);
+    cmd.env_remove("STRATO_CONFIG")
+        .arg("serve")
+        .arg("--config")
+        .arg(&p.config);
+    spawn_detached(cmd, &p.log, &p.pid)
+}
+
+/// Starts `cmd` in its own process group (Ctrl-C in this terminal does not
+/// reach it), appending its output to `log` and its pid to `pid_file`.
+pub fn spawn_detached(mut cmd: Command, log_path: &Path, pid_file: &Path) -> Result<Child> {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&p.log)
-        .with_context(|| format!("cannot open {}", p.log.display()))?;
+        .open(log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
     writeln!(log, "--- strato up at {} ---", Utc::now().to_rfc3339())?;
     let err = log.try_clone()?;
-    let mut cmd = Command::new(sm);
-    cmd.env_remove("STRATO_CONFIG")
-        .env("NO_COLOR", "1")
-        .arg("serve")
-        .arg("--config")
-        .arg(&p.config)
+    cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err);
     #[cfg(unix)]
     {
-        // Its own process group: Ctrl-C in this terminal does not reach it.
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let child = cmd
         .spawn()
-        .with_context(|| format!("cannot start {}", sm.display()))?;
-    fs::write(&p.pid, format!("{}\n", child.id()))
-        .with_context(|| format!("cannot write {}", p.pid.display()))?;
+        .with_context(|| format!("cannot start {program}"))?;
+    fs::write(pid_file, format!("{}\n", child.id()))
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
     Ok(child)
 }
 

@@ -15,18 +15,16 @@
 //! `--agent-state-dir`, by default `/var/lib/strato/hypervisor`: QEMU must
 //! reach it, which a home directory usually forbids.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use api::ids::HostId;
 use api::resources::*;
 use api::Client;
-use chrono::Utc;
 use serde::Deserialize;
 
 use crate::wait::spinner;
@@ -103,32 +101,9 @@ fn toml_str(s: &str) -> String {
 }
 
 fn spawn(bin: &Path, p: &AgentPaths) -> Result<Child> {
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&p.log)
-        .with_context(|| format!("cannot open {}", p.log.display()))?;
-    writeln!(log, "--- strato up at {} ---", Utc::now().to_rfc3339())?;
-    let err = log.try_clone()?;
     let mut cmd = Command::new(bin);
-    cmd.env("NO_COLOR", "1")
-        .arg("run")
-        .arg("--config")
-        .arg(&p.config)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))?;
-    fs::write(&p.pid, format!("{}\n", child.id()))
-        .with_context(|| format!("cannot write {}", p.pid.display()))?;
-    Ok(child)
+    cmd.arg("run").arg("--config").arg(&p.config);
+    super::up::spawn_detached(cmd, &p.log, &p.pid)
 }
 
 /// Starts the agent unless it runs, and waits until it heartbeats.

@@ -160,17 +160,22 @@ async fn no_volumes() -> Json<Vec<api::internal::ObservedVolume>> {
     Json(Vec::new())
 }
 
+/// The console log of an instance this host has (and is not deleting).
+async fn console_path(s: &ServerState, raw_id: &str) -> Result<std::path::PathBuf, ApiError> {
+    let id = parse_id(raw_id)?;
+    s.realizer
+        .observe_one(id)
+        .await
+        .ok_or_else(|| not_found(id))?;
+    s.realizer.console_log(id).ok_or_else(|| not_found(id))
+}
+
 /// The last [`CONSOLE_TAIL_BYTES`] of the serial console log.
 async fn console(
     State(s): State<ServerState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    s.realizer
-        .observe_one(id)
-        .await
-        .ok_or_else(|| not_found(id))?;
-    let path = s.realizer.console_log(id).ok_or_else(|| not_found(id))?;
+    let path = console_path(&s, &id).await?;
     let text = match tokio::fs::File::open(&path).await {
         Ok(mut f) => {
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
@@ -191,12 +196,7 @@ async fn console_stream(
     State(s): State<ServerState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
-    s.realizer
-        .observe_one(id)
-        .await
-        .ok_or_else(|| not_found(id))?;
-    let path = s.realizer.console_log(id).ok_or_else(|| not_found(id))?;
+    let path = console_path(&s, &id).await?;
     let stream = follow(path);
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],

@@ -110,15 +110,7 @@ async fn bad_images_and_libvirt_errors_end_in_error_with_a_reason() {
     expect_error(&cloud, vm4.id, "libvirt").await;
 
     // Errored instances delete cleanly.
-    for id in [vm.id, vm2.id, vm3.id, vm4.id] {
-        cloud.admin.instance_delete(id).await.expect("delete");
-    }
-    let admin = cloud.admin.clone();
-    wait_async("errored instances deleted", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move { admin.instance_list().await.ok().filter(|l| l.is_empty()) }
-    })
-    .await;
+    cloud.delete_all(&[vm.id, vm2.id, vm3.id, vm4.id]).await;
     assert!(domains_of(host).is_empty());
     for id in [vm.id, vm2.id, vm3.id, vm4.id] {
         assert!(!cloud.instance_dir(id).exists());

@@ -97,15 +97,7 @@ async fn vms_on_a_network_share_a_bridge_and_reach_each_other() {
     assert!(ip(&["-o", "link", "show", &bridge]).contains("mtu 1400"));
     assert!(cloud.agent_log().contains("no uplink is configured"));
 
-    for id in [a.id, b.id] {
-        cloud.admin.instance_delete(id).await.expect("delete");
-    }
-    let admin = cloud.admin.clone();
-    wait_async("instances deleted", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move { admin.instance_list().await.ok().filter(|l| l.is_empty()) }
-    })
-    .await;
+    cloud.delete_all(&[a.id, b.id]).await;
     // The last instance gone takes the bridge along.
     assert!(ip(&["-o", "link", "show"])
         .lines()

@@ -135,14 +135,6 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
         .agent_log()
         .contains("leaving a Strato domain this host did not create"));
 
-    for vm in [&keep, &late] {
-        cloud.admin.instance_delete(vm.id).await.expect("delete");
-    }
-    let admin = cloud.admin.clone();
-    wait_async("all instances deleted", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move { admin.instance_list().await.ok().filter(|l| l.is_empty()) }
-    })
-    .await;
+    cloud.delete_all(&[keep.id, late.id]).await;
     assert!(domains_of(host).is_empty());
 }

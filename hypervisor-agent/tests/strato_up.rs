@@ -73,7 +73,7 @@ fn pid_alive(pid: &str) -> bool {
         .and_then(|s| {
             s.rsplit(')')
                 .next()
-                .map(|rest| rest.trim_start().chars().next() != Some('Z'))
+                .map(|rest| !rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
 }

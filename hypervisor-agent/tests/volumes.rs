@@ -183,15 +183,7 @@ async fn volume_moves_between_vms_with_its_data() {
     );
 
     // Clean up through the API: nothing left in libvirt.
-    for id in [writer.id, reader.id] {
-        cloud.admin.instance_delete(id).await.expect("delete");
-    }
-    let admin = cloud.admin.clone();
-    wait_async("instances deleted", Duration::from_secs(60), || {
-        let admin = admin.clone();
-        async move { admin.instance_list().await.ok().filter(|l| l.is_empty()) }
-    })
-    .await;
+    cloud.delete_all(&[writer.id, reader.id]).await;
     assert!(domains_of(cloud.host_id.expect("host")).is_empty());
     let secrets = virsh(&["secret-list"]);
     for id in [writer.id, reader.id] {

@@ -439,6 +439,19 @@ impl Cloud {
         }
     }
 
+    /// Deletes the instances through the API and waits until none is left.
+    pub async fn delete_all(&self, ids: &[InstanceId]) {
+        for id in ids {
+            self.admin.instance_delete(*id).await.expect("delete");
+        }
+        let admin = self.admin.clone();
+        wait_async("instances deleted", Duration::from_secs(60), || {
+            let admin = admin.clone();
+            async move { admin.instance_list().await.ok().filter(|l| l.is_empty()) }
+        })
+        .await;
+    }
+
     pub fn instance_dir(&self, id: InstanceId) -> PathBuf {
         self.agent_state.join("instances").join(id.to_string())
     }
