@@ -489,6 +489,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             &a.agent_state_dir,
             &api_url(a.internal_listen),
             a.agent_listen,
+            &a.image_cache,
         )
         .await?;
         let image = up_agent::ensure_image(&client, &a.image_cache).await?;

@@ -81,13 +81,17 @@ fn write_config(
     internal_url: &str,
     listen: SocketAddr,
     token: Option<&str>,
+    image_cache: &Path,
 ) -> Result<()> {
     let mut text = format!(
         "# Written by `strato up`; rewritten on every `strato up`.\n\
-         stack_manager_url = {}\nlisten = {}\nstate_dir = {}\n",
+         stack_manager_url = {}\nlisten = {}\nstate_dir = {}\n\
+         image_roots = [{}, {}]\n",
         toml_str(internal_url),
         toml_str(&listen.to_string()),
         toml_str(&p.state.display().to_string()),
+        toml_str("/var/lib/strato/images"),
+        toml_str(&image_cache.display().to_string()),
     );
     if let Some(t) = token {
         text.push_str(&format!("enrollment_token = {}\n", toml_str(t)));
@@ -113,6 +117,7 @@ pub async fn ensure_agent(
     agent_state: &Path,
     internal_url: &str,
     listen: SocketAddr,
+    image_cache: &Path,
 ) -> Result<(u32, HostId)> {
     let p = AgentPaths::new(state, agent_state);
     fs::create_dir_all(&p.state).with_context(|| format!("cannot create {}", p.state.display()))?;
@@ -156,7 +161,7 @@ pub async fn ensure_agent(
                 .secret,
         ),
     };
-    write_config(&p, internal_url, listen, token.as_deref())?;
+    write_config(&p, internal_url, listen, token.as_deref(), image_cache)?;
     let mut child = spawn(&bin, &p)?;
     let pid = child.id();
     let pb = spinner("starting the hypervisor agent (probing KVM, enrolling)".to_string());
@@ -186,9 +191,19 @@ pub async fn ensure_agent(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     pb.finish_and_clear();
-    // Without the wait the child would be reaped by nobody; it runs on.
-    std::mem::forget(child);
-    Ok((pid, result?))
+    match result {
+        Ok(host) => {
+            // It runs on after `strato up` exits; `strato down` stops it.
+            std::mem::forget(child);
+            Ok((pid, host))
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = fs::remove_file(&p.pid);
+            Err(e)
+        }
+    }
 }
 
 /// Registers the locally built tiny image once, if it was built.

@@ -85,8 +85,18 @@ async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> 
         stack_manager_url: cfg.stack_manager_url.clone(),
     };
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&id)?)?;
-    set_mode(&tmp, 0o600)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created 0600: the credential is never readable by others.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(&id)?)?;
+    }
     std::fs::rename(&tmp, &path)?;
     tracing::info!(host = %id.host_id, "enrolled");
     Ok(id)
@@ -176,7 +186,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let hv = Arc::new(Hypervisor::new(&cfg.libvirt_uri));
     let virt_type = choose_virt_type(&cfg, &hv).await?;
     let identity = enroll(&cfg, &hv).await?;
-    let images = ImageCache::new(cfg.state_dir.join("images"), cfg.max_image_bytes)?;
+    let images = ImageCache::new(
+        cfg.state_dir.join("images"),
+        cfg.max_image_bytes,
+        &cfg.image_roots,
+    )?;
     set_mode(&cfg.state_dir.join("images"), 0o755)?;
     let templates = Templates::load(cfg.template_dir.as_deref(), cfg.is_xen())?;
     let realizer = Realizer::new(
@@ -193,7 +207,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         templates,
     )?;
     set_mode(&cfg.state_dir.join("instances"), 0o755)?;
-    realizer.resume();
+    let persisted = realizer.resume();
 
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, url = cfg.agent_url(), "agent API listening");
@@ -211,7 +225,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         instances = desired.instances.len(),
         "adopting desired state"
     );
-    realizer.adopt(desired.instances).await?;
+    realizer.adopt(desired.instances, &persisted).await?;
 
     let heartbeat = heartbeat_loop(
         cfg.clone(),

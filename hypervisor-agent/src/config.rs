@@ -59,8 +59,13 @@ pub struct Config {
     /// Directory with `domain.xml.tera` / `domain-xen.xml.tera` overriding
     /// the built-in domain templates. Default: built-in.
     pub template_dir: Option<PathBuf>,
-    /// Largest image download accepted, in bytes. Default 64 GiB.
+    /// Largest image accepted (download or local file), in bytes. Default
+    /// 64 GiB.
     pub max_image_bytes: u64,
+    /// Directories images given as local paths must lie in; anything else
+    /// (another host file, a device) is refused. Default
+    /// `["/var/lib/strato/images", "/var/cache/strato/images"]`.
+    pub image_roots: Vec<PathBuf>,
     /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -94,6 +99,10 @@ impl Default for Config {
             reserved_disk_gib: 2,
             template_dir: None,
             max_image_bytes: 64 << 30,
+            image_roots: vec![
+                PathBuf::from("/var/lib/strato/images"),
+                PathBuf::from("/var/cache/strato/images"),
+            ],
             log: "info".into(),
         }
     }

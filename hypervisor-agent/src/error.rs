@@ -8,12 +8,10 @@ use std::path::PathBuf;
 pub enum AgentError {
     #[error("image {image}: {reason}")]
     Image { image: String, reason: String },
-    #[error("image {image}: checksum mismatch: expected sha256 {expected}, got {actual}")]
-    ChecksumMismatch {
-        image: String,
-        expected: String,
-        actual: String,
-    },
+    #[error(
+        "image {image}: checksum mismatch: the file's sha256 is not the registered {expected}"
+    )]
+    ChecksumMismatch { image: String, expected: String },
     #[error("libvirt: {0}")]
     Libvirt(String),
     #[error("{program} failed ({status}): {stderr}")]
@@ -34,6 +32,15 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// Whether retrying the same spec may succeed: libvirt, a host tool or
+    /// the file system failed, not the input.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Libvirt(_) | AgentError::Command { .. } | AgentError::Io { .. }
+        )
+    }
+
     pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError {
         let path = path.into();
         move |source| AgentError::Io { path, source }

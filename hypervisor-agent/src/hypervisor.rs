@@ -249,8 +249,16 @@ impl Hypervisor {
             xml_escape(usage)
         );
         let value = value.as_bytes().to_vec();
+        let usage = usage.to_string();
         self.with(move |c| {
-            let s = Secret::define_xml(c, &xml, 0)?;
+            // Defining a second secret for the same usage is refused, so an
+            // existing one only gets its value updated.
+            let s =
+                match Secret::lookup_by_usage(c, sys::VIR_SECRET_USAGE_TYPE_ISCSI as i32, &usage) {
+                    Ok(s) => s,
+                    Err(e) if not_found(&e) => Secret::define_xml(c, &xml, 0)?,
+                    Err(e) => return Err(e.into()),
+                };
             s.set_value(&value, 0)?;
             Ok(())
         })

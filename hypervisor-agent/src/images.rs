@@ -25,6 +25,8 @@ pub struct ImageCache {
     dir: PathBuf,
     http: reqwest::Client,
     max_bytes: u64,
+    /// Directories local image sources must lie in (canonicalized).
+    roots: Vec<PathBuf>,
     /// One fetch per image at a time; concurrent creates of the same image
     /// wait for the first instead of downloading it twice.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -44,9 +46,13 @@ struct QemuImgInfo {
     virtual_size: u64,
     #[serde(rename = "backing-filename")]
     backing_filename: Option<String>,
+    #[serde(rename = "format-specific")]
+    format_specific: Option<serde_json::Value>,
 }
 
-/// `qemu-img info` of `path`, letting qemu-img probe the format.
+/// `qemu-img info` of `path`, letting qemu-img probe the format. The third
+/// value names an external file the image would read (a backing file or a
+/// qcow2 external data file), if any.
 pub async fn inspect(path: &Path) -> Result<(String, u64, Option<String>)> {
     let out = exec::run(
         "qemu-img",
@@ -60,7 +66,17 @@ pub async fn inspect(path: &Path) -> Result<(String, u64, Option<String>)> {
     .await?;
     let info: QemuImgInfo = serde_json::from_str(&out)
         .map_err(|e| AgentError::Invalid(format!("qemu-img info {}: {e}", path.display())))?;
-    Ok((info.format, info.virtual_size, info.backing_filename))
+    let data_file = info
+        .format_specific
+        .as_ref()
+        .and_then(|f| f.pointer("/data/data-file"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    Ok((
+        info.format,
+        info.virtual_size,
+        info.backing_filename.or(data_file),
+    ))
 }
 
 fn valid_sha256(s: &str) -> bool {
@@ -70,7 +86,7 @@ fn valid_sha256(s: &str) -> bool {
 }
 
 impl ImageCache {
-    pub fn new(dir: PathBuf, max_bytes: u64) -> Result<Self> {
+    pub fn new(dir: PathBuf, max_bytes: u64, roots: &[PathBuf]) -> Result<Self> {
         std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
         // Leftovers of a crash mid-fetch.
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -80,16 +96,52 @@ impl ImageCache {
                 }
             }
         }
+        // A server that stops sending must not hold a worker forever; a
+        // slow but moving download may take as long as it needs.
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
             .build()
             .map_err(|e| AgentError::Invalid(format!("http client: {e}")))?;
+        let roots = roots
+            .iter()
+            .filter_map(|r| std::fs::canonicalize(r).ok())
+            .collect();
         Ok(Self {
             dir,
             http,
             max_bytes,
+            roots,
             locks: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A local source, only if it is a regular file of bounded size inside
+    /// one of the configured image roots: a tenant-registered path must not
+    /// reach host files or devices.
+    fn local_source(&self, source: &str, image: &str) -> Result<PathBuf> {
+        let fail = |reason: String| AgentError::Image {
+            image: image.to_string(),
+            reason,
+        };
+        let p = std::fs::canonicalize(source)
+            .map_err(|e| fail(format!("cannot read {source}: {e}")))?;
+        if !self.roots.iter().any(|r| p.starts_with(r)) {
+            return Err(fail(format!(
+                "{source} is outside the image directories this host serves from"
+            )));
+        }
+        let meta = std::fs::metadata(&p).map_err(|e| fail(format!("cannot read {source}: {e}")))?;
+        if !meta.is_file() {
+            return Err(fail(format!("{source} is not a regular file")));
+        }
+        if meta.len() > self.max_bytes {
+            return Err(fail(format!(
+                "{source} is larger than {} bytes",
+                self.max_bytes
+            )));
+        }
+        Ok(p)
     }
 
     pub fn path_of(&self, sha256: &str) -> PathBuf {
@@ -128,7 +180,7 @@ impl ImageCache {
                     let actual = self.download(&spec.source, &download, image).await?;
                     (download.clone(), actual)
                 } else if spec.source.starts_with('/') {
-                    let p = PathBuf::from(&spec.source);
+                    let p = self.local_source(&spec.source, image)?;
                     let actual = hash_file(&p).await.map_err(|e| AgentError::Image {
                         image: image.to_string(),
                         reason: format!("cannot read {}: {e}", p.display()),
@@ -144,10 +196,12 @@ impl ImageCache {
                     });
                 };
             if actual != sha {
+                // The actual digest stays in the log: telling tenants the
+                // hash of whatever a path names would be an oracle.
+                tracing::warn!(image, expected = sha, actual, "image checksum mismatch");
                 return Err(AgentError::ChecksumMismatch {
                     image: image.to_string(),
                     expected: sha.to_string(),
-                    actual,
                 });
             }
             let (probed, _, backing) = inspect(&source).await?;
@@ -161,10 +215,13 @@ impl ImageCache {
                 });
             }
             if backing.is_some() {
-                // A backing file would let an image read arbitrary host files.
+                // A backing or external data file would let an image read
+                // arbitrary host files.
                 return Err(AgentError::Image {
                     image: image.to_string(),
-                    reason: "images with a backing file are not accepted".into(),
+                    reason:
+                        "images that refer to other files (backing or data files) are not accepted"
+                            .into(),
                 });
             }
             let fmt = match spec.format {

@@ -32,6 +32,9 @@ use crate::images::ImageCache;
 use crate::{exec, network};
 
 const GIB: u64 = 1 << 30;
+/// Backoff for retrying transient failures.
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// What the agent last applied to an instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,8 +48,9 @@ struct Applied {
 #[derive(Debug, Clone, Default)]
 struct Status {
     applied: Option<Applied>,
-    /// The generation whose converge failed, and why.
-    error: Option<(u64, String)>,
+    /// The generation whose converge failed, why, and whether retrying
+    /// may help.
+    error: Option<(u64, String, bool)>,
 }
 
 struct Slot {
@@ -58,6 +62,8 @@ struct Slot {
     wake: Notify,
     /// Held while converging or tearing down: one operation at a time.
     op: tokio::sync::Mutex<()>,
+    /// Whether a worker task serves this slot.
+    worker: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -109,10 +115,21 @@ fn secret_usage(instance: InstanceId, volume: &VolumeAttachmentSpec) -> String {
     format!("strato-{instance}-{}", volume.volume_id)
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+/// Writes JSON readable by root only (specs carry CHAP secrets and
+/// user-data), replacing the file atomically.
+fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(value).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    std::fs::write(&tmp, body).map_err(AgentError::io(&tmp))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(AgentError::io(&tmp))?;
+    f.write_all(&body).map_err(AgentError::io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(AgentError::io(path))
 }
 
@@ -161,6 +178,12 @@ pub fn validate(spec: &InstanceSpec) -> Result<()> {
     }
     let mut seen = HashSet::new();
     for v in &spec.volumes {
+        if v.device_index >= 24 {
+            return bad(format!(
+                "volume device index {} is out of range (0-23)",
+                v.device_index
+            ));
+        }
         if !seen.insert(v.device_index) {
             return bad(format!("two volumes use device index {}", v.device_index));
         }
@@ -221,9 +244,10 @@ impl Realizer {
     /// Reloads the specs persisted before a restart and resumes converging
     /// them. Running domains are left as they are: converging a running
     /// instance whose spec did not change touches nothing.
-    pub fn resume(self: &Arc<Self>) {
+    pub fn resume(self: &Arc<Self>) -> HashSet<InstanceId> {
+        let mut resumed = HashSet::new();
         let Ok(entries) = std::fs::read_dir(self.instances_dir()) else {
-            return;
+            return resumed;
         };
         for e in entries.flatten() {
             let dir = e.path();
@@ -234,9 +258,11 @@ impl Realizer {
             tracing::info!(instance = %spec.id, "resuming instance");
             let slot = self.insert_slot(spec.id);
             slot.set_status(|s| s.applied = applied);
+            resumed.insert(spec.id);
             *slot.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec);
-            self.spawn_worker(slot);
+            self.ensure_worker(slot);
         }
+        resumed
     }
 
     fn insert_slot(&self, id: InstanceId) -> Arc<Slot> {
@@ -251,86 +277,124 @@ impl Realizer {
                     status: Mutex::new(Status::default()),
                     wake: Notify::new(),
                     op: tokio::sync::Mutex::new(()),
+                    worker: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
     }
 
     /// `PUT /agent/v1/instances/{id}`: accepts the spec and returns what is
-    /// observed now; the worker converges in the background.
+    /// observed now; the worker converges in the background. A spec older
+    /// than the one held (a late or replayed push) changes nothing.
     pub async fn put(self: &Arc<Self>, spec: InstanceSpec) -> Result<ObservedInstance> {
         validate(&spec)?;
-        let existing = self.slot(spec.id);
-        if let Some(slot) = &existing {
-            if slot.desired().as_ref() == Some(&spec) {
-                return Ok(self.observe(slot).await);
-            }
-        }
         let slot = self.insert_slot(spec.id);
-        std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
-        write_json(&slot.dir.join("spec.json"), &spec)?;
-        let fresh = {
+        let changed = {
             let mut d = slot.desired.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = d.is_none() && existing.is_none();
-            *d = Some(spec);
-            fresh
+            match d.as_ref() {
+                Some(held) if held == &spec || held.generation > spec.generation => false,
+                _ => {
+                    *d = Some(spec.clone());
+                    true
+                }
+            }
         };
-        if fresh {
-            self.spawn_worker(slot.clone());
-        } else {
+        if changed {
+            std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
+            write_private_json(&slot.dir.join("spec.json"), &spec)?;
             slot.wake.notify_one();
         }
+        self.ensure_worker(slot.clone());
         Ok(self.observe(&slot).await)
     }
 
-    fn spawn_worker(self: &Arc<Self>, slot: Arc<Slot>) {
-        let me = self.clone();
-        tokio::spawn(async move { me.worker(slot).await });
+    /// Starts a worker for `slot` unless one serves it.
+    fn ensure_worker(self: &Arc<Self>, slot: Arc<Slot>) {
+        if !slot.worker.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let me = self.clone();
+            tokio::spawn(async move { me.worker(slot).await });
+        }
     }
 
     async fn worker(self: Arc<Self>, slot: Arc<Slot>) {
+        let mut retry = RETRY_FIRST;
         loop {
             let notified = slot.wake.notified();
             let Some(spec) = slot.desired() else {
-                return; // the delete handler tears down
+                // The delete handler tears down. A PUT racing this exit sees
+                // `worker` false and starts a new worker.
+                slot.worker
+                    .store(false, std::sync::atomic::Ordering::Release);
+                if slot.desired().is_some()
+                    && !slot.worker.swap(true, std::sync::atomic::Ordering::AcqRel)
+                {
+                    continue;
+                }
+                return;
             };
+            let mut wait_for = None;
             {
                 let _op = slot.op.lock().await;
                 if slot.deleting() {
-                    return;
+                    continue;
                 }
                 let status = slot.status();
-                let up_to_date = status.applied.as_ref().is_some_and(|a| {
+                let applied = status.applied.as_ref().is_some_and(|a| {
                     a.generation == spec.generation && a.reboot_count == spec.reboot_count
-                }) || status
-                    .error
-                    .as_ref()
-                    .is_some_and(|(g, _)| *g == spec.generation);
-                if !up_to_date {
-                    let first = status.applied.is_none();
+                });
+                let failed = status.error.as_ref().filter(|e| e.0 == spec.generation);
+                if !applied && failed.is_none_or(|e| e.2) {
+                    let uuid = spec.id.to_string();
+                    // "First" means nothing exists yet; after a crash the
+                    // domain may exist without an applied record.
+                    let existed = self
+                        .hv
+                        .domain_state(&uuid)
+                        .await
+                        .map_or(true, |d| d.is_some());
+                    let first = status.applied.is_none() && !existed;
                     match self.converge(&slot, &spec).await {
                         Ok(applied) => {
-                            let _ = write_json(&slot.dir.join("applied.json"), &applied);
+                            if let Err(e) =
+                                write_private_json(&slot.dir.join("applied.json"), &applied)
+                            {
+                                tracing::warn!(instance = %spec.id, error = %e, "cannot record what was applied");
+                            }
                             slot.set_status(|s| {
                                 s.applied = Some(applied);
                                 s.error = None;
                             });
+                            retry = RETRY_FIRST;
                             tracing::info!(instance = %spec.id, generation = spec.generation, "instance converged");
                         }
                         Err(e) => {
-                            tracing::warn!(instance = %spec.id, generation = spec.generation, error = %e, "instance failed");
+                            let transient = e.is_transient();
+                            tracing::warn!(instance = %spec.id, generation = spec.generation, error = %e, transient, "instance failed");
                             if first && !slot.deleting() {
                                 // Nothing half-created stays behind.
                                 if let Err(c) = self.teardown(slot.id, Some(&spec), false).await {
                                     tracing::warn!(instance = %spec.id, error = %c, "cleanup after failure incomplete");
                                 }
                             }
-                            slot.set_status(|s| s.error = Some((spec.generation, e.to_string())));
+                            slot.set_status(|s| {
+                                s.error = Some((spec.generation, e.to_string(), transient))
+                            });
+                            if transient {
+                                wait_for = Some(retry);
+                                retry = (retry * 2).min(RETRY_MAX);
+                            }
                         }
                     }
                 }
             }
-            notified.await;
+            match wait_for {
+                // Transient failures (libvirt, host tools, I/O) are retried
+                // with backoff; bad input waits for a new spec.
+                Some(delay) => {
+                    let _ = tokio::time::timeout(delay, notified).await;
+                }
+                None => notified.await,
+            }
         }
     }
 
@@ -338,10 +402,14 @@ impl Realizer {
     async fn observe(&self, slot: &Slot) -> ObservedInstance {
         let desired = slot.desired();
         let status = slot.status();
-        let generation = desired.as_ref().map_or(0, |d| d.generation);
+        let wanted = desired.as_ref().map_or(0, |d| d.generation);
+        // The generation reported is the one applied (or the one that
+        // failed): the stack manager keeps pushing until it catches up.
+        let mut generation = status.applied.as_ref().map_or(0, |a| a.generation);
         let reboot_count = status.applied.as_ref().map_or(0, |a| a.reboot_count);
         let (state, reason) = match (&status.error, &status.applied) {
-            (Some((g, reason)), _) if *g == generation => {
+            (Some((g, reason, _)), _) if *g == wanted => {
+                generation = wanted;
                 (ObservedInstanceState::Error, Some(reason.clone()))
             }
             (_, None) => (ObservedInstanceState::Building, None),
@@ -407,10 +475,22 @@ impl Realizer {
         let _op = slot.op.lock().await;
         let spec = spec.or_else(|| read_json::<InstanceSpec>(&slot.dir.join("spec.json")));
         self.teardown(id, spec.as_ref(), true).await?;
-        self.slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let again = slot.desired();
+        slot.set_status(|s| *s = Status::default());
+        match again {
+            None => {
+                slots.remove(&id);
+            }
+            // A PUT arrived while tearing down: it starts from scratch.
+            Some(spec) => {
+                drop(slots);
+                std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
+                write_private_json(&slot.dir.join("spec.json"), &spec)?;
+                slot.wake.notify_one();
+                self.ensure_worker(slot.clone());
+            }
+        }
         Ok(())
     }
 
@@ -597,7 +677,13 @@ impl Realizer {
             volumes: volumes.clone(),
         };
         let xml = self.templates.domain_xml(&params)?;
-        let previously = slot.status().applied.unwrap_or_default();
+        // Without a record (a crash right after starting it), the domain
+        // is taken to match the spec: no reboot is owed, no volume to unplug.
+        let previously = slot.status().applied.unwrap_or_else(|| Applied {
+            generation: 0,
+            reboot_count: spec.reboot_count,
+            volumes: spec.volumes.clone(),
+        });
         self.hv.define(xml).await?;
 
         let running = self.hv.domain_state(&uuid).await?.unwrap_or(false);
@@ -626,6 +712,14 @@ impl Realizer {
                 self.stop(slot, &uuid).await?;
             }
             PowerState::Stopped => {}
+        }
+        // Secrets of volumes no longer attached (detached while stopped,
+        // or unplugged above) go too.
+        let keep: HashSet<String> = spec.volumes.iter().map(|v| secret_usage(id, v)).collect();
+        for usage in self.hv.iscsi_secrets(&format!("strato-{id}-")).await? {
+            if !keep.contains(&usage) {
+                self.hv.remove_iscsi_secret(&usage).await?;
+            }
         }
         applied.reboot_count = spec.reboot_count;
         Ok(applied)
@@ -722,33 +816,43 @@ impl Realizer {
         }
     }
 
-    /// Deletes Strato domains this host created that the stack manager no
-    /// longer wants, and persisted specs it no longer knows. Domains of
-    /// other creators are left alone.
-    pub async fn adopt(self: &Arc<Self>, desired: Vec<InstanceSpec>) -> Result<()> {
+    /// Reconciles with the stack manager's desired state after a start:
+    /// instances persisted before the restart that it no longer wants are
+    /// deleted, and so are Strato domains this host created that nobody
+    /// wants. Pushes that arrived since (already known here) are kept, and
+    /// domains of other creators are left alone. A failed delete is logged
+    /// and left for the next pass rather than stopping the agent.
+    pub async fn adopt(
+        self: &Arc<Self>,
+        desired: Vec<InstanceSpec>,
+        persisted: &HashSet<InstanceId>,
+    ) -> Result<()> {
         let wanted: HashSet<InstanceId> = desired.iter().map(|s| s.id).collect();
         for spec in desired {
             if let Err(e) = self.put(spec.clone()).await {
                 tracing::warn!(instance = %spec.id, error = %e, "desired instance rejected");
             }
         }
-        for id in self.known() {
-            if !wanted.contains(&id) {
-                tracing::info!(instance = %id, "the stack manager no longer wants this instance; deleting");
-                self.delete(id).await?;
+        for id in persisted.iter().filter(|id| !wanted.contains(id)) {
+            tracing::info!(instance = %id, "the stack manager no longer wants this instance; deleting");
+            if let Err(e) = self.delete(*id).await {
+                tracing::warn!(instance = %id, error = %e, "cannot delete an unwanted instance");
             }
         }
         let me = self.cfg.host_id.to_string();
+        let known: HashSet<InstanceId> = self.known().into_iter().collect();
         for d in self.hv.strato_domains().await? {
             let Ok(id) = d.uuid.parse::<InstanceId>() else {
                 continue;
             };
-            if wanted.contains(&id) {
+            if wanted.contains(&id) || known.contains(&id) {
                 continue;
             }
             if d.host.as_deref() == Some(me.as_str()) {
                 tracing::info!(instance = %id, "deleting an orphan domain this host created");
-                self.delete(id).await?;
+                if let Err(e) = self.delete(id).await {
+                    tracing::warn!(instance = %id, error = %e, "cannot delete an orphan domain");
+                }
             } else {
                 tracing::warn!(domain = d.uuid, creator = ?d.host, "leaving a Strato domain this host did not create");
             }

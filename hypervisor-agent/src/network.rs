@@ -48,6 +48,17 @@ pub fn vlan_ifname(uplink: &str, vlan: u16, bridge: &str) -> String {
     }
 }
 
+/// The alias marking an interface this agent created for `network`.
+fn alias(network: NetworkId) -> String {
+    format!("strato:{network}")
+}
+
+async fn owned_by(ifname: &str, network: NetworkId) -> bool {
+    exec::run("ip", ["-o", "link", "show", "dev", ifname])
+        .await
+        .is_ok_and(|out| out.contains(&format!("alias {}", alias(network))))
+}
+
 async fn link_exists(name: &str) -> bool {
     exec::run("ip", ["link", "show", "dev", name]).await.is_ok()
 }
@@ -76,7 +87,16 @@ pub async fn ensure_bridge(
     match (vlan, uplink) {
         (Some(vlan), Some(uplink)) => {
             let sub = vlan_ifname(uplink, vlan, &bridge);
-            if !link_exists(&sub).await {
+            if link_exists(&sub).await {
+                // Only a sub-interface this agent made for this network is
+                // ours to enslave: two networks with one VLAN, or one an
+                // operator made, must not be joined or taken over.
+                if !owned_by(&sub, network).await {
+                    return Err(crate::error::AgentError::Invalid(format!(
+                        "VLAN {vlan} on {uplink} is already in use ({sub} belongs to something else)"
+                    )));
+                }
+            } else {
                 let id = vlan.to_string();
                 exec::run(
                     "ip",
@@ -85,6 +105,7 @@ pub async fn ensure_bridge(
                     ],
                 )
                 .await?;
+                exec::run("ip", ["link", "set", "dev", &sub, "alias", &alias(network)]).await?;
             }
             exec::run(
                 "ip",
@@ -112,7 +133,7 @@ pub async fn remove_bridge(
     let bridge = bridge_name(network);
     if let (Some(vlan), Some(uplink)) = (vlan, uplink) {
         let sub = vlan_ifname(uplink, vlan, &bridge);
-        if link_exists(&sub).await {
+        if link_exists(&sub).await && owned_by(&sub, network).await {
             exec::run("ip", ["link", "del", "dev", &sub]).await?;
         }
     }

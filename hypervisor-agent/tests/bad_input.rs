@@ -80,6 +80,20 @@ async fn bad_images_and_libvirt_errors_end_in_error_with_a_reason() {
         .unwrap_or_default();
     assert!(cached.is_empty(), "cache holds {cached:?}");
 
+    // A path outside the image directories (here a host file) is refused
+    // before it is read.
+    cloud
+        .register_image(
+            "host-file",
+            std::path::Path::new("/etc/hostname"),
+            ImageFormat::Raw,
+            &sha,
+        )
+        .await;
+    let vm5 = cloud.create_vm("snoop", "host-file", "bad", None).await;
+    expect_error(&cloud, vm5.id, "outside the image directories").await;
+    nothing_half_created(&cloud, vm5.id);
+
     // A libvirt failure on a later change: the root disk is corrupted while
     // the VM is stopped, so QEMU refuses to start it.
     cloud
@@ -110,7 +124,9 @@ async fn bad_images_and_libvirt_errors_end_in_error_with_a_reason() {
     expect_error(&cloud, vm4.id, "libvirt").await;
 
     // Errored instances delete cleanly.
-    cloud.delete_all(&[vm.id, vm2.id, vm3.id, vm4.id]).await;
+    cloud
+        .delete_all(&[vm.id, vm2.id, vm3.id, vm4.id, vm5.id])
+        .await;
     assert!(domains_of(host).is_empty());
     for id in [vm.id, vm2.id, vm3.id, vm4.id] {
         assert!(!cloud.instance_dir(id).exists());

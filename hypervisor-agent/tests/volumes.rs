@@ -95,6 +95,19 @@ async fn volume_moves_between_vms_with_its_data() {
     cloud
         .wait_console(writer.id, "VOLUME-WRITTEN", 1, Duration::from_secs(90))
         .await;
+    // Converging again with the CHAP volume attached (a reboot) keeps it:
+    // the secret is updated, not defined twice.
+    cloud
+        .admin
+        .instance_action(writer.id, "reboot")
+        .await
+        .expect("reboot");
+    cloud
+        .wait_console(writer.id, "VOLUME-WRITTEN", 2, Duration::from_secs(90))
+        .await;
+    cloud
+        .wait_status(writer.id, InstanceStatus::Running, Duration::from_secs(30))
+        .await;
     let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
     assert!(
         xml.contains("protocol='iscsi'")

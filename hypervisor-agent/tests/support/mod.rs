@@ -217,12 +217,15 @@ impl Cloud {
                 "stack_manager_url = \"{}\"\nenrollment_token = \"{}\"\nname = \"{name}\"\n\
                  listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nvirt_type = \"{}\"\n\
                  kvm_probe_timeout_secs = 8\nshutdown_timeout_secs = 3\nheartbeat_interval_secs = 1\n\
-                 reserved_ram_mib = 0\nlog = \"info,hypervisor_agent=debug\"\n{}",
+                 reserved_ram_mib = 0\nlog = \"info,hypervisor_agent=debug\"\n\
+                 image_roots = [\"{}\", \"{}\"]\n{}",
                 self.internal_url,
                 token.secret,
                 free_port(),
                 self.agent_state.display(),
                 opts.virt_type,
+                image_cache().display(),
+                self.dir.path().display(),
                 opts.uplink.map(|u| format!("uplink = \"{u}\"\n")).unwrap_or_default()
             ),
         )
