@@ -333,6 +333,24 @@ pub fn spawn_detached(mut cmd: Command, log_path: &Path, pid_file: &Path) -> Res
     Ok(child)
 }
 
+/// Sends SIGTERM to `pid` (a `program` process) and waits up to `timeout`
+/// for it to exit; false when it still runs.
+pub async fn terminate(pid: u32, program: &str, timeout: Duration) -> Result<bool> {
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .context("cannot run `kill`")?;
+    if !status.success() {
+        bail!("cannot signal {program} (pid {pid}): `kill` failed ({status})");
+    }
+    let deadline = Instant::now() + timeout;
+    while running_as(pid, program) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(!running_as(pid, program))
+}
+
 /// The last `n` lines of a file, for error messages.
 pub fn tail(path: &Path, n: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -582,21 +600,10 @@ pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<()> {
             p.pid.display()
         ));
     }
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .context("cannot run `kill`")?;
-    if !status.success() {
-        bail!("cannot signal the stack manager (pid {pid}): `kill` failed ({status})");
-    }
     let pb = spinner(format!("stopping the stack manager (pid {pid})"));
-    let deadline = Instant::now() + STOP_TIMEOUT;
-    while running(pid) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let stopped = terminate(pid, "stack-manager", STOP_TIMEOUT).await;
     pb.finish_and_clear();
-    if running(pid) {
+    if !stopped? {
         bail!(
             "the stack manager (pid {pid}) is still running {} s after SIGTERM; see {} or `kill -9 {pid}`",
             STOP_TIMEOUT.as_secs(),

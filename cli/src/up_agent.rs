@@ -281,17 +281,11 @@ pub async fn stop_agent(state: &Path) -> Result<Option<u32>> {
         let _ = fs::remove_file(&p.pid);
         return Ok(None);
     }
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .context("cannot run `kill`")?;
-    if !status.success() {
-        bail!("cannot signal the hypervisor agent (pid {pid})");
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while super::up::running_as(pid, "hypervisor-agent") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if !super::up::terminate(pid, "hypervisor-agent", Duration::from_secs(15)).await? {
+        bail!(
+            "the hypervisor agent (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
+            p.log.display()
+        );
     }
     let _ = fs::remove_file(&p.pid);
     Ok(Some(pid))

@@ -83,15 +83,7 @@ async fn vms_on_a_network_share_a_bridge_and_reach_each_other() {
     // The bridge, at the network's MTU, carries both domains' NICs. The
     // network has a VLAN but this agent has no uplink: the bridge stays
     // local, and the agent says so.
-    let bridge = format!(
-        "sbr-{}",
-        net.id
-            .to_string()
-            .replace('-', "")
-            .chars()
-            .take(11)
-            .collect::<String>()
-    );
+    let bridge = hypervisor_agent::network::bridge_name(net.id);
     let members = ip(&["-o", "link", "show", "master", &bridge]);
     assert_eq!(members.lines().count(), 2, "two VM taps:\n{members}");
     assert!(ip(&["-o", "link", "show", &bridge]).contains("mtu 1400"));

@@ -60,15 +60,7 @@ async fn vm_lifecycle_through_the_public_api() {
         )),
         "{xml}"
     );
-    let bridge: String = format!(
-        "sbr-{}",
-        net.id
-            .to_string()
-            .replace('-', "")
-            .chars()
-            .take(11)
-            .collect::<String>()
-    );
+    let bridge = hypervisor_agent::network::bridge_name(net.id);
     assert!(
         xml.contains(&format!("<source bridge='{bridge}'/>")),
         "{xml}"

@@ -515,14 +515,9 @@ impl Drop for Cloud {
             }
         }
         for n in self.networks.lock().map(|n| n.clone()).unwrap_or_default() {
-            let hex: String = n
-                .to_string()
-                .chars()
-                .filter(|c| *c != '-')
-                .take(11)
-                .collect();
+            let bridge = hypervisor_agent::network::bridge_name(n);
             let _ = Command::new("ip")
-                .args(["link", "del", "dev", &format!("sbr-{hex}")])
+                .args(["link", "del", "dev", &bridge])
                 .output();
         }
         if std::env::var_os("STRATO_KEEP_TEST_DIRS").is_some() {
