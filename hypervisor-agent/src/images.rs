@@ -28,8 +28,10 @@ pub struct ImageCache {
     /// Directories local image sources must lie in (canonicalized).
     roots: Vec<PathBuf>,
     /// One fetch per image at a time; concurrent creates of the same image
-    /// wait for the first instead of downloading it twice.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// wait for the first instead of downloading it twice. The lock guards
+    /// the image's virtual size once known, so converges do not re-run
+    /// `qemu-img info`.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<u64>>>>>,
 }
 
 /// A cached image ready to back root disks.
@@ -162,12 +164,17 @@ impl ImageCache {
             let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
             locks.entry(sha.clone()).or_default().clone()
         };
-        let _guard = lock.lock().await;
+        let mut known_size = lock.lock().await;
         let path = self.path_of(&sha);
         if !path.exists() {
+            *known_size = None;
             self.fetch(spec, &image, &sha, &path).await?;
         }
-        let (_, virtual_size, _) = inspect(&path).await?;
+        let virtual_size = match *known_size {
+            Some(size) => size,
+            None => inspect(&path).await?.1,
+        };
+        *known_size = Some(virtual_size);
         Ok(CachedImage { path, virtual_size })
     }
 

@@ -400,36 +400,8 @@ impl Realizer {
 
     /// What is true of the instance now.
     async fn observe(&self, slot: &Slot) -> ObservedInstance {
-        let desired = slot.desired();
-        let status = slot.status();
-        let wanted = desired.as_ref().map_or(0, |d| d.generation);
-        // The generation reported is the one applied (or the one that
-        // failed): the stack manager keeps pushing until it catches up.
-        let mut generation = status.applied.as_ref().map_or(0, |a| a.generation);
-        let reboot_count = status.applied.as_ref().map_or(0, |a| a.reboot_count);
-        let (state, reason) = match (&status.error, &status.applied) {
-            (Some((g, reason, _)), _) if *g == wanted => {
-                generation = wanted;
-                (ObservedInstanceState::Error, Some(reason.clone()))
-            }
-            (_, None) => (ObservedInstanceState::Building, None),
-            (_, Some(_)) => match self.hv.domain_state(&slot.id.to_string()).await {
-                Ok(Some(true)) => (ObservedInstanceState::Running, None),
-                Ok(Some(false)) => (ObservedInstanceState::Stopped, None),
-                Ok(None) => (
-                    ObservedInstanceState::Error,
-                    Some("the domain disappeared from libvirt".to_string()),
-                ),
-                Err(e) => (ObservedInstanceState::Error, Some(e.to_string())),
-            },
-        };
-        ObservedInstance {
-            id: slot.id,
-            state,
-            generation,
-            reboot_count,
-            reason,
-        }
+        let domain = self.hv.domain_state(&slot.id.to_string()).await;
+        observed(slot, domain)
     }
 
     pub async fn observe_one(&self, id: InstanceId) -> Option<ObservedInstance> {
@@ -448,13 +420,24 @@ impl Realizer {
             .values()
             .cloned()
             .collect();
-        let mut out = Vec::with_capacity(slots.len());
-        for s in slots {
-            if !s.deleting() {
-                out.push(self.observe(&s).await);
-            }
-        }
-        out
+        // One listing for every instance: a heartbeat must not cost a
+        // libvirt round trip per VM.
+        let domains: Result<HashMap<String, bool>> = self
+            .hv
+            .strato_domains()
+            .await
+            .map(|ds| ds.into_iter().map(|d| (d.uuid, d.active)).collect());
+        slots
+            .iter()
+            .filter(|s| !s.deleting())
+            .map(|s| {
+                let domain = match &domains {
+                    Ok(ds) => Ok(ds.get(&s.id.to_string()).copied()),
+                    Err(e) => Err(AgentError::Libvirt(e.to_string())),
+                };
+                observed(s, domain)
+            })
+            .collect()
     }
 
     pub fn console_log(&self, id: InstanceId) -> Option<PathBuf> {
@@ -858,6 +841,40 @@ impl Realizer {
             }
         }
         Ok(())
+    }
+}
+
+/// The report on `slot` given its domain's state in libvirt (exists, runs).
+fn observed(slot: &Slot, domain: Result<Option<bool>>) -> ObservedInstance {
+    let desired = slot.desired();
+    let status = slot.status();
+    let wanted = desired.as_ref().map_or(0, |d| d.generation);
+    // The generation reported is the one applied (or the one that
+    // failed): the stack manager keeps pushing until it catches up.
+    let mut generation = status.applied.as_ref().map_or(0, |a| a.generation);
+    let reboot_count = status.applied.as_ref().map_or(0, |a| a.reboot_count);
+    let (state, reason) = match (&status.error, &status.applied) {
+        (Some((g, reason, _)), _) if *g == wanted => {
+            generation = wanted;
+            (ObservedInstanceState::Error, Some(reason.clone()))
+        }
+        (_, None) => (ObservedInstanceState::Building, None),
+        (_, Some(_)) => match domain {
+            Ok(Some(true)) => (ObservedInstanceState::Running, None),
+            Ok(Some(false)) => (ObservedInstanceState::Stopped, None),
+            Ok(None) => (
+                ObservedInstanceState::Error,
+                Some("the domain disappeared from libvirt".to_string()),
+            ),
+            Err(e) => (ObservedInstanceState::Error, Some(e.to_string())),
+        },
+    };
+    ObservedInstance {
+        id: slot.id,
+        state,
+        generation,
+        reboot_count,
+        reason,
     }
 }
 

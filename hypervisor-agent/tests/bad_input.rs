@@ -103,14 +103,7 @@ async fn bad_images_and_libvirt_errors_end_in_error_with_a_reason() {
     cloud
         .wait_status(vm4.id, InstanceStatus::Running, Duration::from_secs(90))
         .await;
-    cloud
-        .admin
-        .instance_action(vm4.id, "stop")
-        .await
-        .expect("stop");
-    cloud
-        .wait_status(vm4.id, InstanceStatus::Stopped, Duration::from_secs(60))
-        .await;
+    cloud.act(vm4.id, "stop", InstanceStatus::Stopped).await;
     std::fs::write(
         cloud.instance_dir(vm4.id).join("root.qcow2"),
         b"not a disk image",

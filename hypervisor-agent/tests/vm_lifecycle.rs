@@ -68,24 +68,10 @@ async fn vm_lifecycle_through_the_public_api() {
 
     // Stop: the tiny guest ignores ACPI, so this also proves the
     // shutdown timeout falls back to destroy.
-    cloud
-        .admin
-        .instance_action(vm.id, "stop")
-        .await
-        .expect("stop");
-    cloud
-        .wait_status(vm.id, InstanceStatus::Stopped, Duration::from_secs(60))
-        .await;
+    cloud.act(vm.id, "stop", InstanceStatus::Stopped).await;
     assert!(virsh(&["domstate", &format!("strato-{}", vm.id)]).contains("shut off"));
 
-    cloud
-        .admin
-        .instance_action(vm.id, "start")
-        .await
-        .expect("start");
-    cloud
-        .wait_status(vm.id, InstanceStatus::Running, Duration::from_secs(60))
-        .await;
+    cloud.act(vm.id, "start", InstanceStatus::Running).await;
     cloud
         .wait_console(vm.id, "STRATO-GUEST ready", 2, Duration::from_secs(60))
         .await;

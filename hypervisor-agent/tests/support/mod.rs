@@ -407,6 +407,15 @@ impl Cloud {
         .await
     }
 
+    /// Asks for a lifecycle action and waits for the status it leads to.
+    pub async fn act(&self, id: InstanceId, action: &str, then: InstanceStatus) -> Instance {
+        self.admin
+            .instance_action(id, action)
+            .await
+            .unwrap_or_else(|e| panic!("{action} {id}: {e}"));
+        self.wait_status(id, then, Duration::from_secs(60)).await
+    }
+
     pub async fn console(&self, id: InstanceId) -> String {
         self.admin
             .instance_console(id)

@@ -61,6 +61,49 @@ fn tgtadm(ctl: u16, args: &[&str]) -> Result<String, String> {
     }
 }
 
+/// Creates a CHAP account and binds it to target `tid`.
+fn add_chap(ctl: u16, tid: u32, user: &str, password: &str) -> Result<(), String> {
+    let t = tid.to_string();
+    tgtadm(
+        ctl,
+        &[
+            "--op",
+            "new",
+            "--mode",
+            "account",
+            "--user",
+            user,
+            "--password",
+            password,
+        ],
+    )?;
+    tgtadm(
+        ctl,
+        &[
+            "--op", "bind", "--mode", "account", "--tid", &t, "--user", user,
+        ],
+    )?;
+    Ok(())
+}
+
+/// Unbinds a CHAP account from target `tid` (when given) and deletes it.
+fn remove_chap(ctl: u16, tid: Option<u32>, user: &str) -> Result<(), String> {
+    if let Some(tid) = tid {
+        let t = tid.to_string();
+        tgtadm(
+            ctl,
+            &[
+                "--op", "unbind", "--mode", "account", "--tid", &t, "--user", user,
+            ],
+        )?;
+    }
+    tgtadm(
+        ctl,
+        &["--op", "delete", "--mode", "account", "--user", user],
+    )?;
+    Ok(())
+}
+
 fn observed(v: &VolumeSpec, reason: Option<String>) -> ObservedVolume {
     ObservedVolume {
         id: v.id,
@@ -118,32 +161,7 @@ impl Inner {
                     ],
                 )?;
                 if !spec.chap_user.is_empty() {
-                    tgtadm(
-                        ctl,
-                        &[
-                            "--op",
-                            "new",
-                            "--mode",
-                            "account",
-                            "--user",
-                            &spec.chap_user,
-                            "--password",
-                            &spec.chap_secret,
-                        ],
-                    )?;
-                    tgtadm(
-                        ctl,
-                        &[
-                            "--op",
-                            "bind",
-                            "--mode",
-                            "account",
-                            "--tid",
-                            &t,
-                            "--user",
-                            &spec.chap_user,
-                        ],
-                    )?;
+                    add_chap(ctl, tid, &spec.chap_user, &spec.chap_secret)?;
                 }
                 tid
             }
@@ -204,17 +222,7 @@ impl Inner {
                 &["--op", "delete", "--force", "--mode", "target", "--tid", &t],
             )?;
             if !v.spec.chap_user.is_empty() {
-                let _ = tgtadm(
-                    self.ctl,
-                    &[
-                        "--op",
-                        "delete",
-                        "--mode",
-                        "account",
-                        "--user",
-                        &v.spec.chap_user,
-                    ],
-                );
+                let _ = remove_chap(self.ctl, None, &v.spec.chap_user);
             }
             let _ = std::fs::remove_file(self.dir.join(format!("{id}.img")));
         }
@@ -382,61 +390,8 @@ impl TgtNode {
     pub fn break_chap(&self, volume: VolumeId) {
         let inner = self.node.0.lock().expect("node");
         let v = inner.volumes.get(&volume).expect("known volume");
-        let t = v.tid.to_string();
-        tgtadm(
-            inner.ctl,
-            &[
-                "--op",
-                "unbind",
-                "--mode",
-                "account",
-                "--tid",
-                &t,
-                "--user",
-                &v.spec.chap_user,
-            ],
-        )
-        .expect("unbind");
-        tgtadm(
-            inner.ctl,
-            &[
-                "--op",
-                "delete",
-                "--mode",
-                "account",
-                "--user",
-                &v.spec.chap_user,
-            ],
-        )
-        .expect("delete account");
-        tgtadm(
-            inner.ctl,
-            &[
-                "--op",
-                "new",
-                "--mode",
-                "account",
-                "--user",
-                &v.spec.chap_user,
-                "--password",
-                "not-the-secret",
-            ],
-        )
-        .expect("new account");
-        tgtadm(
-            inner.ctl,
-            &[
-                "--op",
-                "bind",
-                "--mode",
-                "account",
-                "--tid",
-                &t,
-                "--user",
-                &v.spec.chap_user,
-            ],
-        )
-        .expect("bind");
+        remove_chap(inner.ctl, Some(v.tid), &v.spec.chap_user).expect("remove CHAP account");
+        add_chap(inner.ctl, v.tid, &v.spec.chap_user, "not-the-secret").expect("new CHAP account");
     }
 }
 
