@@ -2,49 +2,28 @@
 //! credential from an earlier enrollment), serve the agent API, adopt what
 //! the stack manager wants, and heartbeat.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_support::enroll::{enroll_or_load, retry, Identity};
+use agent_support::fs::{fs_space, set_mode};
 use api::ids::HostId;
 use api::internal::{EnrollRequest, Heartbeat};
 use api::resources::{Capacity, HostKind};
 use api::InternalClient;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, VirtTypeSetting};
 use crate::domain::Templates;
 use crate::error::{AgentError, Result};
 use crate::hypervisor::{kvm_works, Hypervisor};
-use crate::images::{set_mode, ImageCache};
+use crate::images::ImageCache;
 use crate::instances::{Realizer, RealizerConfig};
 use crate::server::{router, ServerState};
 
-/// What enrollment gave this host, kept in `<state_dir>/identity.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Identity {
-    pub host_id: HostId,
-    pub credential: String,
-    pub stack_manager_url: String,
-}
-
-fn identity_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("identity.json")
-}
-
-fn statvfs_bytes(path: &Path) -> Option<u64> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable struct.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_blocks as u64 * st.f_frsize as u64)
-}
-
 async fn capacity(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<Capacity> {
     let node = hv.node_capacity().await?;
-    let disk_gib = statvfs_bytes(&cfg.state_dir).unwrap_or(0) >> 30;
+    let disk_gib = fs_space(&cfg.state_dir).unwrap_or_default().total >> 30;
     Ok(Capacity {
         vcpus: node.cpus,
         ram_mib: node.memory_mib.saturating_sub(cfg.reserved_ram_mib),
@@ -55,74 +34,23 @@ async fn capacity(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<Capacity> {
 }
 
 async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> {
-    let path = identity_path(&cfg.state_dir);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let id: Identity = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is corrupt: {e}", path.display()))?;
-        tracing::info!(host = %id.host_id, "using the credential of an earlier enrollment");
-        return Ok(id);
-    }
-    let token = cfg.enrollment_token()?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "this host is not enrolled yet: set enrollment_token (or enrollment_token_file) in the config; \
-             an admin creates one with `strato host enroll-token`"
-        )
-    })?;
-    let req = EnrollRequest {
-        token,
-        name: cfg.host_name(),
-        kind: HostKind::Hypervisor,
-        agent_url: cfg.agent_url(),
-        capacity: capacity(cfg, hv).await?,
-        initiator_iqn: Some(cfg.initiator_iqn()),
-        iscsi_portal: None,
-    };
-    let client = InternalClient::new(&cfg.stack_manager_url, None);
-    let resp = retry("enroll", || client.enroll(&req)).await?;
-    let id = Identity {
-        host_id: resp.host_id,
-        credential: resp.credential,
-        stack_manager_url: cfg.stack_manager_url.clone(),
-    };
-    let tmp = path.with_extension("tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        // Created 0600: the credential is never readable by others.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(&id)?)?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    tracing::info!(host = %id.host_id, "enrolled");
-    Ok(id)
-}
-
-/// Retries while the stack manager is unreachable or unavailable; a
-/// refusal (bad token, 4xx) is final.
-async fn retry<T, F, Fut>(what: &str, f: F) -> anyhow::Result<T>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<T, api::ClientError>>,
-{
-    let mut delay = Duration::from_millis(250);
-    loop {
-        match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.status().is_some_and(|s| (400..500).contains(&s)) => {
-                anyhow::bail!("{what} refused by the stack manager: {e}")
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
+    enroll_or_load(
+        &cfg.state_dir,
+        &cfg.stack_manager_url,
+        cfg.enrollment_token()?,
+        |token| async move {
+            Ok(EnrollRequest {
+                token,
+                name: cfg.host_name(),
+                kind: HostKind::Hypervisor,
+                agent_url: cfg.agent_url(),
+                capacity: capacity(cfg, hv).await?,
+                initiator_iqn: Some(cfg.initiator_iqn()),
+                iscsi_portal: None,
+            })
+        },
+    )
+    .await
 }
 
 async fn choose_virt_type(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<&'static str> {

@@ -165,13 +165,7 @@ impl Config {
     }
 
     pub fn host_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .ok()
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "hypervisor".into())
-        })
+        agent_support::config::host_name(self.name.as_deref(), "hypervisor")
     }
 
     pub fn initiator_iqn(&self) -> String {
@@ -192,30 +186,15 @@ impl Config {
     }
 
     pub fn agent_url(&self) -> String {
-        if let Some(u) = &self.advertise_url {
-            return u.trim_end_matches('/').to_string();
-        }
-        let ip = match self.listen.ip() {
-            std::net::IpAddr::V4(a) if a.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::IpAddr::V6(a) if a.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
-        format!("http://{}", SocketAddr::new(ip, self.listen.port()))
+        agent_support::config::advertised_url(self.advertise_url.as_deref(), self.listen)
     }
 
     pub fn enrollment_token(&self) -> Result<Option<String>, ConfigError> {
-        if let Some(t) = &self.enrollment_token {
-            return Ok(Some(t.trim().to_string()));
-        }
-        match &self.enrollment_token_file {
-            Some(p) => std::fs::read_to_string(p)
-                .map(|s| Some(s.trim().to_string()))
-                .map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                }),
-            None => Ok(None),
-        }
+        agent_support::config::enrollment_token(
+            self.enrollment_token.as_deref(),
+            self.enrollment_token_file.as_ref(),
+        )
+        .map_err(|(path, source)| ConfigError::Read { path, source })
     }
 }
 

@@ -177,7 +177,7 @@ impl Seed {
                 ],
             )
             .await?;
-            crate::images::set_mode(&tmp, 0o644)?;
+            agent_support::fs::set_mode(&tmp, 0o644)?;
             std::fs::rename(&tmp, iso).map_err(AgentError::io(iso))?;
             std::fs::write(&digest_file, &digest).map_err(AgentError::io(&digest_file))?;
             Ok(())

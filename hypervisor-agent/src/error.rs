@@ -53,4 +53,27 @@ impl From<virt::error::Error> for AgentError {
     }
 }
 
+impl From<agent_support::Error> for AgentError {
+    fn from(e: agent_support::Error) -> Self {
+        use agent_support::Error as E;
+        match e {
+            E::Image { image, reason } => AgentError::Image { image, reason },
+            E::ChecksumMismatch { image, expected } => {
+                AgentError::ChecksumMismatch { image, expected }
+            }
+            E::Command {
+                program,
+                status,
+                stderr,
+            } => AgentError::Command {
+                program,
+                status,
+                stderr,
+            },
+            E::Io { path, source } => AgentError::Io { path, source },
+            E::Invalid(m) => AgentError::Invalid(m),
+        }
+    }
+}
+
 pub type Result<T, E = AgentError> = std::result::Result<T, E>;

@@ -115,34 +115,11 @@ fn secret_usage(instance: InstanceId, volume: &VolumeAttachmentSpec) -> String {
     format!("strato-{instance}-{}", volume.volume_id)
 }
 
-/// Writes JSON readable by root only (specs carry CHAP secrets and
-/// user-data), replacing the file atomically.
 fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec_pretty(value).map_err(|e| AgentError::Invalid(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(AgentError::io(&tmp))?;
-    f.write_all(&body).map_err(AgentError::io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(AgentError::io(path))
+    Ok(agent_support::fs::write_private_json(path, value)?)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
-    let text = std::fs::read(path).ok()?;
-    match serde_json::from_slice(&text) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable state file");
-            None
-        }
-    }
-}
+use agent_support::fs::read_json;
 
 /// Checks a spec before anything is touched for it.
 pub fn validate(spec: &InstanceSpec) -> Result<()> {
@@ -576,7 +553,7 @@ impl Realizer {
         let id = spec.id;
         let uuid = id.to_string();
         std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
-        crate::images::set_mode(&slot.dir, 0o755)?;
+        agent_support::fs::set_mode(&slot.dir, 0o755)?;
 
         // Disks: the cached image and a thin overlay grown to the flavor.
         let image = self.images.ensure(&spec.image).await?;

@@ -77,7 +77,7 @@ pub async fn ensure_bridge(
         // does not exist afterwards is an error.
         if let Err(e) = exec::run("ip", ["link", "add", "name", &bridge, "type", "bridge"]).await {
             if !link_exists(&bridge).await {
-                return Err(e);
+                return Err(e.into());
             }
         }
         tracing::info!(%network, bridge, "bridge created");

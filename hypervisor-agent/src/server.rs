@@ -5,18 +5,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use api::error::{ErrorBody, ErrorCode};
+use api::error::ErrorCode;
 use api::ids::InstanceId;
 use api::internal::{InstanceSpec, ObservedInstance};
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use agent_support::http::{require_credential, ApiError};
 
 use crate::error::AgentError;
 use crate::instances::Realizer;
@@ -28,21 +29,6 @@ const CONSOLE_TAIL_BYTES: u64 = 256 * 1024;
 pub struct ServerState {
     pub realizer: Arc<Realizer>,
     pub credential: Arc<String>,
-}
-
-pub struct ApiError(StatusCode, ErrorCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(ErrorBody {
-                error: self.1,
-                message: self.2,
-            }),
-        )
-            .into_response()
-    }
 }
 
 impl From<AgentError> for ApiError {
@@ -86,28 +72,11 @@ pub fn router(state: ServerState) -> Router {
             get(console_stream),
         )
         .route("/agent/v1/volumes", get(no_volumes))
-        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.credential.clone(),
+            require_credential,
+        ))
         .with_state(state)
-}
-
-/// Compares digests, not the strings, so timing says nothing about the
-/// credential.
-async fn authenticate(State(s): State<ServerState>, req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if Sha256::digest(presented.as_bytes()) != Sha256::digest(s.credential.as_bytes()) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            ErrorCode::Unauthenticated,
-            "missing or wrong host credential".into(),
-        )
-        .into_response();
-    }
-    next.run(req).await
 }
 
 fn parse_id(raw: &str) -> Result<InstanceId, ApiError> {

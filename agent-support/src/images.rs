@@ -18,8 +18,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::error::{AgentError, Result};
+use crate::error::{Error, Result};
 use crate::exec;
+use crate::fs::set_mode;
 
 pub struct ImageCache {
     dir: PathBuf,
@@ -67,7 +68,7 @@ pub async fn inspect(path: &Path) -> Result<(String, u64, Option<String>)> {
     )
     .await?;
     let info: QemuImgInfo = serde_json::from_str(&out)
-        .map_err(|e| AgentError::Invalid(format!("qemu-img info {}: {e}", path.display())))?;
+        .map_err(|e| Error::Invalid(format!("qemu-img info {}: {e}", path.display())))?;
     let data_file = info
         .format_specific
         .as_ref()
@@ -89,7 +90,7 @@ fn valid_sha256(s: &str) -> bool {
 
 impl ImageCache {
     pub fn new(dir: PathBuf, max_bytes: u64, roots: &[PathBuf]) -> Result<Self> {
-        std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+        std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
         // Leftovers of a crash mid-fetch.
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
@@ -104,7 +105,7 @@ impl ImageCache {
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(60))
             .build()
-            .map_err(|e| AgentError::Invalid(format!("http client: {e}")))?;
+            .map_err(|e| Error::Invalid(format!("http client: {e}")))?;
         let roots = roots
             .iter()
             .filter_map(|r| std::fs::canonicalize(r).ok())
@@ -122,7 +123,7 @@ impl ImageCache {
     /// one of the configured image roots: a tenant-registered path must not
     /// reach host files or devices.
     fn local_source(&self, source: &str, image: &str) -> Result<PathBuf> {
-        let fail = |reason: String| AgentError::Image {
+        let fail = |reason: String| Error::Image {
             image: image.to_string(),
             reason,
         };
@@ -155,7 +156,7 @@ impl ImageCache {
         let image = spec.id.to_string();
         let sha = spec.sha256.to_ascii_lowercase();
         if !valid_sha256(&sha) {
-            return Err(AgentError::Image {
+            return Err(Error::Image {
                 image,
                 reason: format!("sha256 {:?} is not 64 hex digits", spec.sha256),
             });
@@ -188,13 +189,13 @@ impl ImageCache {
                     (download.clone(), actual)
                 } else if spec.source.starts_with('/') {
                     let p = self.local_source(&spec.source, image)?;
-                    let actual = hash_file(&p).await.map_err(|e| AgentError::Image {
+                    let actual = hash_file(&p).await.map_err(|e| Error::Image {
                         image: image.to_string(),
                         reason: format!("cannot read {}: {e}", p.display()),
                     })?;
                     (p, actual)
                 } else {
-                    return Err(AgentError::Image {
+                    return Err(Error::Image {
                         image: image.to_string(),
                         reason: format!(
                             "source {:?} is neither an http(s) URL nor an absolute path",
@@ -206,14 +207,14 @@ impl ImageCache {
                 // The actual digest stays in the log: telling tenants the
                 // hash of whatever a path names would be an oracle.
                 tracing::warn!(image, expected = sha, actual, "image checksum mismatch");
-                return Err(AgentError::ChecksumMismatch {
+                return Err(Error::ChecksumMismatch {
                     image: image.to_string(),
                     expected: sha.to_string(),
                 });
             }
             let (probed, _, backing) = inspect(&source).await?;
             if probed != spec.format.as_str() {
-                return Err(AgentError::Image {
+                return Err(Error::Image {
                     image: image.to_string(),
                     reason: format!(
                         "declared format {} but the file is {probed}",
@@ -224,7 +225,7 @@ impl ImageCache {
             if backing.is_some() {
                 // A backing or external data file would let an image read
                 // arbitrary host files.
-                return Err(AgentError::Image {
+                return Err(Error::Image {
                     image: image.to_string(),
                     reason:
                         "images that refer to other files (backing or data files) are not accepted"
@@ -251,7 +252,7 @@ impl ImageCache {
             set_mode(&converting, 0o644)?;
             tokio::fs::rename(&converting, dest)
                 .await
-                .map_err(AgentError::io(dest))?;
+                .map_err(Error::io(dest))?;
             tracing::info!(image, sha256 = sha, "image cached");
             Ok(())
         }
@@ -263,7 +264,7 @@ impl ImageCache {
 
     /// Streams `url` into `to`, returning the hex sha256 of what arrived.
     async fn download(&self, url: &str, to: &Path, image: &str) -> Result<String> {
-        let fail = |reason: String| AgentError::Image {
+        let fail = |reason: String| Error::Image {
             image: image.to_string(),
             reason,
         };
@@ -276,9 +277,7 @@ impl ImageCache {
         if !resp.status().is_success() {
             return Err(fail(format!("download {url}: HTTP {}", resp.status())));
         }
-        let mut file = tokio::fs::File::create(to)
-            .await
-            .map_err(AgentError::io(to))?;
+        let mut file = tokio::fs::File::create(to).await.map_err(Error::io(to))?;
         let mut hasher = Sha256::new();
         let mut total = 0u64;
         let mut body = resp.bytes_stream();
@@ -292,9 +291,9 @@ impl ImageCache {
                 )));
             }
             hasher.update(&chunk);
-            file.write_all(&chunk).await.map_err(AgentError::io(to))?;
+            file.write_all(&chunk).await.map_err(Error::io(to))?;
         }
-        file.flush().await.map_err(AgentError::io(to))?;
+        file.flush().await.map_err(Error::io(to))?;
         Ok(hex::encode(hasher.finalize()))
     }
 }
@@ -311,10 +310,4 @@ pub async fn hash_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
-}
-
-pub fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(AgentError::io(path))
 }

@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 
 use tokio::process::Command;
 
-use crate::error::{AgentError, Result};
+use crate::error::{Error, Result};
 
 /// Runs `program args…` to completion and returns its stdout.
 pub async fn run<I, S>(program: &str, args: I) -> Result<String>
@@ -18,14 +18,14 @@ where
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| AgentError::Command {
+        .map_err(|e| Error::Command {
             program: program.to_string(),
             status: "not started".into(),
             stderr: e.to_string(),
         })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(AgentError::Command {
+        return Err(Error::Command {
             program: program.to_string(),
             status: out.status.to_string(),
             stderr: stderr.trim().chars().take(2000).collect(),
