@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Installs what is missing and runs the whole test suite: unit tests, the
-# API suite against SQLite and PostgreSQL, the OpenAPI drift check, and the
+# API suite against SQLite and PostgreSQL, the OpenAPI drift check, the
 # hypervisor agent's end-to-end tests against the machine's libvirtd and
 # QEMU with the guest images scripts/guest-images.sh builds (cached in
-# /var/cache/strato/images).
+# /var/cache/strato/images), and the storage agent's iSCSI target judged by
+# libiscsi's iscsi-test-cu and QEMU's iscsi:// driver.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_build_deps
 ensure_postgres
 ensure_virt
-# tgt stands in for the storage agent in the volume test.
-apt_install tgt
+# libiscsi's initiators judge the iSCSI target; tgt is the benchmark's peer.
+apt_install libiscsi-bin tgt
 cd "$STRATO_ROOT"
 log "guest images"
 bash scripts/guest-images.sh >/dev/null
@@ -18,6 +19,6 @@ cargo fmt --all -- --check
 log "build"
 cargo build --locked --workspace
 log "benchmarks compile"
-cargo bench --locked --no-run -p stack-manager -p hypervisor-agent
+cargo bench --locked --no-run -p stack-manager -p hypervisor-agent -p storage-agent
 log "tests"
 cargo test --locked --workspace --lib --bins --tests -- --test-threads 2

@@ -1,0 +1,207 @@
+//! What the iSCSI target serves: one target per volume (its IQN), LUN 0
+//! backed by the volume's logical unit, with the volume's CHAP account and
+//! initiator ACL. This is the glue between the transport (`iscsi`) and the
+//! device (`scsi`); both crates stay ignorant of each other.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use iscsi::{Auth, Registry, ScsiOutcome, Target, TmFunction, TmResponse};
+use scsi::{DataDirection, LogicalUnit};
+
+/// Who may log in to one target, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub chap_user: String,
+    pub chap_secret: String,
+    /// Initiator IQNs admitted; empty admits nobody.
+    pub allowed_initiators: Vec<String>,
+}
+
+pub struct Export {
+    iqn: String,
+    lu: Arc<LogicalUnit>,
+    access: RwLock<Access>,
+    /// SCSI-level names of the sessions' I_T nexuses, built once per
+    /// session rather than formatted on every command.
+    nexuses: RwLock<HashMap<iscsi::Nexus, scsi::Nexus>>,
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+fn scsi_nexus(n: &iscsi::Nexus) -> scsi::Nexus {
+    scsi::Nexus {
+        initiator_port: n.initiator_port(),
+        target_port: n.target_port(),
+    }
+}
+
+impl Export {
+    fn nexus(&self, n: &iscsi::Nexus) -> scsi::Nexus {
+        if let Some(s) = read(&self.nexuses).get(n) {
+            return s.clone();
+        }
+        scsi_nexus(n)
+    }
+}
+
+impl Target for Export {
+    fn name(&self) -> &str {
+        &self.iqn
+    }
+
+    fn auth(&self) -> Auth {
+        let a = read(&self.access);
+        if a.chap_user.is_empty() {
+            Auth::None
+        } else {
+            Auth::Chap {
+                user: a.chap_user.clone(),
+                secret: a.chap_secret.clone(),
+            }
+        }
+    }
+
+    fn allows(&self, initiator: &str) -> bool {
+        read(&self.access)
+            .allowed_initiators
+            .iter()
+            .any(|i| i == initiator)
+    }
+
+    fn execute(
+        &self,
+        nexus: &iscsi::Nexus,
+        lun: u64,
+        cdb: &[u8],
+        data_out: &[u8],
+        expected_len: u32,
+    ) -> ScsiOutcome {
+        let r = if lun == 0 {
+            self.lu
+                .execute(&self.nexus(nexus), cdb, data_out, expected_len)
+        } else {
+            scsi::lun_not_supported(cdb, expected_len)
+        };
+        ScsiOutcome {
+            status: r.status,
+            sense: r.sense,
+            data: r.data,
+        }
+    }
+
+    fn transfer_length(&self, lun: u64, cdb: &[u8]) -> Option<u32> {
+        if lun != 0 {
+            return None;
+        }
+        match self.lu.transfer(cdb) {
+            DataDirection::None => Some(0),
+            DataDirection::In(n) | DataDirection::Out(n) => Some(n),
+        }
+    }
+
+    fn task_management(&self, nexus: &iscsi::Nexus, lun: u64, function: TmFunction) -> TmResponse {
+        match function {
+            TmFunction::LogicalUnitReset if lun != 0 => TmResponse::LunDoesNotExist,
+            TmFunction::LogicalUnitReset
+            | TmFunction::TargetWarmReset
+            | TmFunction::TargetColdReset => {
+                self.lu.lun_reset(&self.nexus(nexus));
+                TmResponse::Complete
+            }
+            // Commands run to completion in order, so there is never a
+            // task set left to abort or clear by the time this arrives.
+            TmFunction::AbortTask | TmFunction::AbortTaskSet | TmFunction::ClearTaskSet => {
+                TmResponse::Complete
+            }
+            TmFunction::ClearAca => TmResponse::NotSupported,
+            TmFunction::TaskReassign => TmResponse::ReassignmentNotSupported,
+        }
+    }
+
+    fn session_opened(&self, nexus: &iscsi::Nexus) {
+        let s = scsi_nexus(nexus);
+        self.lu.nexus_added(&s);
+        write(&self.nexuses).insert(nexus.clone(), s);
+    }
+
+    fn session_closed(&self, nexus: &iscsi::Nexus) {
+        if let Some(s) = write(&self.nexuses).remove(nexus) {
+            self.lu.nexus_removed(&s);
+        }
+    }
+}
+
+/// Every exported volume, by IQN.
+#[derive(Default)]
+pub struct Exports {
+    targets: RwLock<HashMap<String, Arc<Export>>>,
+}
+
+impl Exports {
+    /// Exports `lu` as `iqn`, or updates the access of an existing export.
+    /// Returns the initiators that lost access, whose live sessions the
+    /// caller must end.
+    pub fn upsert(&self, iqn: &str, lu: &Arc<LogicalUnit>, access: Access) -> Vec<String> {
+        let mut targets = write(&self.targets);
+        match targets.get(iqn) {
+            Some(e) if Arc::ptr_eq(&e.lu, lu) => {
+                let mut a = write(&e.access);
+                let revoked = a
+                    .allowed_initiators
+                    .iter()
+                    .filter(|i| !access.allowed_initiators.contains(i))
+                    .cloned()
+                    .collect();
+                *a = access;
+                revoked
+            }
+            _ => {
+                targets.insert(
+                    iqn.to_string(),
+                    Arc::new(Export {
+                        iqn: iqn.to_string(),
+                        lu: lu.clone(),
+                        access: RwLock::new(access),
+                        nexuses: RwLock::new(HashMap::new()),
+                    }),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    pub fn remove(&self, iqn: &str) -> bool {
+        write(&self.targets).remove(iqn).is_some()
+    }
+
+    pub fn access(&self, iqn: &str) -> Option<Access> {
+        read(&self.targets)
+            .get(iqn)
+            .map(|e| read(&e.access).clone())
+    }
+}
+
+impl Registry for Exports {
+    fn discover(&self, initiator: &str) -> Vec<String> {
+        let mut names: Vec<String> = read(&self.targets)
+            .values()
+            .filter(|e| e.allows(initiator))
+            .map(|e| e.iqn.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn target(&self, name: &str) -> Option<Arc<dyn Target>> {
+        read(&self.targets)
+            .get(name)
+            .map(|e| e.clone() as Arc<dyn Target>)
+    }
+}
