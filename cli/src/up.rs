@@ -64,6 +64,19 @@ pub struct UpArgs {
     /// world-traversable: not under a 0700 home directory.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/strato/hypervisor")]
     pub agent_state_dir: PathBuf,
+    /// Do not start a storage agent on this machine.
+    #[arg(long)]
+    pub no_storage: bool,
+    /// Address the local storage agent's API listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7300")]
+    pub storage_listen: SocketAddr,
+    /// Address the local storage agent's iSCSI target listens on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:3260")]
+    pub iscsi_listen: SocketAddr,
+    /// The local storage agent's state: its pool of volumes
+    /// [default: <state-dir>/storage].
+    #[arg(long, value_name = "DIR")]
+    pub storage_state_dir: Option<PathBuf>,
     /// Where `scripts/guest-images.sh` put the tiny guest image that is
     /// registered as the public image `tiny`.
     #[arg(
@@ -428,6 +441,8 @@ struct UpSummary<'a> {
     pid: Option<u32>,
     /// The local hypervisor host, when `strato up` started an agent.
     hypervisor_host: Option<api::ids::HostId>,
+    /// The local storage host, when `strato up` started a storage agent.
+    storage_host: Option<api::ids::HostId>,
 }
 
 fn summary_text(s: &UpSummary) -> String {
@@ -473,6 +488,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             config: &config,
             pid: Some(std::process::id()),
             hypervisor_host: None,
+            storage_host: None,
         };
         progress(format!("{}\n\n{NO_AGENTS}\n", summary_text(&s)));
         return foreground(&sm, &p);
@@ -502,12 +518,14 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     } else {
         let client = api::Client::new(&url, &token).with_project(Some(ADMIN_PROJECT.into()));
         let (agent_pid, host) = up_agent::ensure_agent(
+            &up_agent::HYPERVISOR,
             &client,
             &p.state,
             &a.agent_state_dir,
             &api_url(a.internal_listen),
             a.agent_listen,
             &a.image_cache,
+            "",
         )
         .await?;
         let image = up_agent::ensure_image(&client, &a.image_cache).await?;
@@ -518,6 +536,38 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             image,
         }
     };
+    let storage = if a.no_storage {
+        Compute::Skipped("not started (--no-storage)".into())
+    } else {
+        let client = api::Client::new(&url, &token).with_project(Some(ADMIN_PROJECT.into()));
+        let storage_state = a
+            .storage_state_dir
+            .clone()
+            .unwrap_or_else(|| p.state.join("storage"));
+        let (pid, host) = up_agent::ensure_agent(
+            &up_agent::STORAGE,
+            &client,
+            &p.state,
+            &storage_state,
+            &api_url(a.internal_listen),
+            a.storage_listen,
+            &a.image_cache,
+            &format!("iscsi_listen = \"{}\"\n", a.iscsi_listen),
+        )
+        .await?;
+        Compute::Running {
+            pid,
+            host,
+            image: None,
+        }
+    };
+    let storage_line = match &storage {
+        Compute::Running { pid, host, .. } => format!(
+            "storage: this machine (host {host}, agent pid {pid}), iSCSI portal {}",
+            a.iscsi_listen
+        ),
+        Compute::Skipped(why) => format!("storage: {why}"),
+    };
     let s = UpSummary {
         url: &url,
         token: &token,
@@ -527,6 +577,10 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         config: &config,
         pid,
         hypervisor_host: match &compute {
+            Compute::Running { host, .. } => Some(*host),
+            Compute::Skipped(_) => None,
+        },
+        storage_host: match &storage {
             Compute::Running { host, .. } => Some(*host),
             Compute::Skipped(_) => None,
         },
@@ -546,7 +600,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             Compute::Skipped(why) => (format!("hypervisor: {why}\n\n{NO_AGENTS}"), "next: strato flavor list".to_string()),
         };
         ctx.out.note(format!(
-            "Strato is up.\n\n{}\n\n{line}\n\n{next}",
+            "Strato is up.\n\n{}\n\n{line}\n{storage_line}\n\n{next}",
             summary_text(&s)
         ))?;
     }
@@ -582,9 +636,14 @@ fn foreground(sm: &Path, p: &Paths) -> Result<ExitCode> {
 
 pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<()> {
     let p = Paths::new(state_dir(a.state_dir));
-    if let Some(pid) = up_agent::stop_agent(&p.state).await? {
+    if let Some(pid) = up_agent::stop_agent(&up_agent::HYPERVISOR, &p.state).await? {
         ctx.out.note(format!(
             "stopped the hypervisor agent (pid {pid}); its VMs keep running and are adopted by the next `strato up`"
+        ))?;
+    }
+    if let Some(pid) = up_agent::stop_agent(&up_agent::STORAGE, &p.state).await? {
+        ctx.out.note(format!(
+            "stopped the storage agent (pid {pid}); volumes keep their data and are served again by the next `strato up`"
         ))?;
     }
     let Some(pid) = read_pid(&p.pid) else {

@@ -1,19 +1,22 @@
-//! The compute half of `strato up`: a hypervisor agent on this machine,
-//! enrolled with the local stack manager, plus what a first VM needs — the
-//! tiny guest image built locally by `scripts/guest-images.sh`, registered
-//! as a public image, and a `default` network.
+//! The agents of `strato up`: a hypervisor agent and a storage agent on
+//! this machine, enrolled with the local stack manager, plus what a first
+//! VM needs — the tiny guest image built locally by
+//! `scripts/guest-images.sh`, registered as a public image, and a `default`
+//! network.
 //!
-//! Files in the state directory:
+//! Files in the state directory, per agent (`hypervisor-agent`,
+//! `storage-agent`):
 //!
 //! ```text
-//! hypervisor-agent.toml   config written by `strato up`
-//! hypervisor-agent.log    its stdout and stderr
-//! hypervisor-agent.pid    its process id
+//! <agent>.toml   config written by `strato up`
+//! <agent>.log    its stdout and stderr
+//! <agent>.pid    its process id
 //! ```
 //!
-//! The agent's own state (credential, image cache, instances) lives in
-//! `--agent-state-dir`, by default `/var/lib/strato/hypervisor`: QEMU must
-//! reach it, which a home directory usually forbids.
+//! Each agent's own state (credential, caches, instances or volumes) lives
+//! in its own directory: the hypervisor's in `--agent-state-dir`, by
+//! default `/var/lib/strato/hypervisor`, because QEMU must reach it, which
+//! a home directory usually forbids.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -31,6 +34,27 @@ use crate::wait::spinner;
 
 /// The first start probes KVM (up to 10 s) before enrolling.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One kind of agent `strato up` runs.
+pub struct Agent {
+    /// Its binary, and the stem of its files in the state directory.
+    pub binary: &'static str,
+    /// How messages name it.
+    pub what: &'static str,
+    pub kind: HostKind,
+}
+
+pub const HYPERVISOR: Agent = Agent {
+    binary: "hypervisor-agent",
+    what: "hypervisor agent",
+    kind: HostKind::Hypervisor,
+};
+
+pub const STORAGE: Agent = Agent {
+    binary: "storage-agent",
+    what: "storage agent",
+    kind: HostKind::Storage,
+};
 pub const IMAGE_NAME: &str = "tiny";
 pub const NETWORK_NAME: &str = "default";
 const DEFAULT_CIDR: &str = "10.213.0.0/24";
@@ -43,11 +67,11 @@ pub struct AgentPaths {
 }
 
 impl AgentPaths {
-    pub fn new(state: &Path, agent_state: &Path) -> Self {
+    pub fn new(agent: &Agent, state: &Path, agent_state: &Path) -> Self {
         Self {
-            config: state.join("hypervisor-agent.toml"),
-            log: state.join("hypervisor-agent.log"),
-            pid: state.join("hypervisor-agent.pid"),
+            config: state.join(format!("{}.toml", agent.binary)),
+            log: state.join(format!("{}.log", agent.binary)),
+            pid: state.join(format!("{}.pid", agent.binary)),
             state: agent_state.to_path_buf(),
         }
     }
@@ -82,6 +106,7 @@ fn write_config(
     listen: SocketAddr,
     token: Option<&str>,
     image_cache: &Path,
+    extra: &str,
 ) -> Result<()> {
     let mut text = format!(
         "# Written by `strato up`; rewritten on every `strato up`.\n\
@@ -93,6 +118,7 @@ fn write_config(
         toml_str("/var/lib/strato/images"),
         toml_str(&image_cache.display().to_string()),
     );
+    text.push_str(extra);
     if let Some(t) = token {
         text.push_str(&format!("enrollment_token = {}\n", toml_str(t)));
     }
@@ -111,23 +137,28 @@ fn spawn(bin: &Path, p: &AgentPaths) -> Result<Child> {
 }
 
 /// Starts the agent unless it runs, and waits until it heartbeats.
+/// `extra` is appended to the config `strato up` writes for it.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure_agent(
+    agent: &Agent,
     client: &Client,
     state: &Path,
     agent_state: &Path,
     internal_url: &str,
     listen: SocketAddr,
     image_cache: &Path,
+    extra: &str,
 ) -> Result<(u32, HostId)> {
-    let p = AgentPaths::new(state, agent_state);
+    let p = AgentPaths::new(agent, state, agent_state);
     fs::create_dir_all(&p.state).with_context(|| format!("cannot create {}", p.state.display()))?;
-    let bin = super::up::find_binary("hypervisor-agent", "hypervisor-agent")?;
+    let bin = super::up::find_binary(agent.binary, agent.binary)?;
     if let Some(pid) =
-        super::up::read_pid(&p.pid).filter(|pid| super::up::running_as(*pid, "hypervisor-agent"))
+        super::up::read_pid(&p.pid).filter(|pid| super::up::running_as(*pid, agent.binary))
     {
         let host = identity(&p).ok_or_else(|| {
             anyhow!(
-                "the hypervisor agent (pid {pid}) runs but has not enrolled; see {}",
+                "the {} (pid {pid}) runs but has not enrolled; see {}",
+                agent.what,
                 p.log.display()
             )
         })?;
@@ -152,19 +183,31 @@ pub async fn ensure_agent(
         None => Some(
             client
                 .enrollment_token_create(&EnrollmentTokenCreate {
-                    kind: HostKind::Hypervisor,
+                    kind: agent.kind,
                     rack: None,
                     expires_in_secs: 3600,
                 })
                 .await
-                .context("cannot create an enrollment token for the local hypervisor")?
+                .with_context(|| {
+                    format!(
+                        "cannot create an enrollment token for the local {}",
+                        agent.what
+                    )
+                })?
                 .secret,
         ),
     };
-    write_config(&p, internal_url, listen, token.as_deref(), image_cache)?;
+    write_config(
+        &p,
+        internal_url,
+        listen,
+        token.as_deref(),
+        image_cache,
+        extra,
+    )?;
     let mut child = spawn(&bin, &p)?;
     let pid = child.id();
-    let pb = spinner("starting the hypervisor agent (probing KVM, enrolling)".to_string());
+    let pb = spinner(format!("starting the {} (enrolling)", agent.what));
     let deadline = Instant::now() + AGENT_TIMEOUT;
     let result = loop {
         if let Some(host) = identity(&p) {
@@ -176,14 +219,16 @@ pub async fn ensure_agent(
         }
         if let Ok(Some(status)) = child.try_wait() {
             break Err(anyhow!(
-                "the hypervisor agent exited ({status}); the end of {}:\n{}",
+                "the {} exited ({status}); the end of {}:\n{}",
+                agent.what,
                 p.log.display(),
                 super::up::tail(&p.log, 20)
             ));
         }
         if Instant::now() >= deadline {
             break Err(anyhow!(
-                "the hypervisor agent did not heartbeat within {} s; see {}",
+                "the {} did not heartbeat within {} s; see {}",
+                agent.what,
                 AGENT_TIMEOUT.as_secs(),
                 p.log.display()
             ));
@@ -270,20 +315,21 @@ pub async fn ensure_network(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Stops the agent (SIGTERM). Its VMs keep running; the next `strato up`
-/// adopts them.
-pub async fn stop_agent(state: &Path) -> Result<Option<u32>> {
-    let p = AgentPaths::new(state, Path::new(""));
+/// Stops the agent (SIGTERM). VMs keep running and volumes keep their
+/// data; the next `strato up` adopts them.
+pub async fn stop_agent(agent: &Agent, state: &Path) -> Result<Option<u32>> {
+    let p = AgentPaths::new(agent, state, Path::new(""));
     let Some(pid) = super::up::read_pid(&p.pid) else {
         return Ok(None);
     };
-    if !super::up::running_as(pid, "hypervisor-agent") {
+    if !super::up::running_as(pid, agent.binary) {
         let _ = fs::remove_file(&p.pid);
         return Ok(None);
     }
-    if !super::up::terminate(pid, "hypervisor-agent", Duration::from_secs(15)).await? {
+    if !super::up::terminate(pid, agent.binary, Duration::from_secs(15)).await? {
         bail!(
-            "the hypervisor agent (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
+            "the {} (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
+            agent.what,
             p.log.display()
         );
     }

@@ -54,6 +54,25 @@ impl Drop for Env {
     }
 }
 
+/// Runs a `--json` command until `done` holds for its output (30 s at most).
+fn poll_json(
+    env: &Env,
+    args: &[&str],
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    for _ in 0..120 {
+        let v = env.json(args);
+        if done(&v) {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!(
+        "`strato {}` never reached the expected state",
+        args.join(" ")
+    );
+}
+
 #[test]
 fn tour_through_strato_up() {
     let stack_manager = Path::new(env!("CARGO_BIN_EXE_strato")).with_file_name("stack-manager");
@@ -67,6 +86,8 @@ fn tour_through_strato_up() {
     };
     let listen = format!("127.0.0.1:{}", free_port());
     let internal = format!("127.0.0.1:{}", free_port());
+    let storage = format!("127.0.0.1:{}", free_port());
+    let iscsi = format!("127.0.0.1:{}", free_port());
     let up = env.ok(&[
         "up",
         "--no-hypervisor",
@@ -74,7 +95,12 @@ fn tour_through_strato_up() {
         &listen,
         "--internal-listen",
         &internal,
+        "--storage-listen",
+        &storage,
+        "--iscsi-listen",
+        &iscsi,
     ]);
+    assert!(up.contains("storage: this machine"), "{up}");
     assert!(up.contains("admin token:"), "{up}");
     assert!(up.contains(&listen), "{up}");
     // A second `up` finds it running.
@@ -85,6 +111,10 @@ fn tour_through_strato_up() {
         &listen,
         "--internal-listen",
         &internal,
+        "--storage-listen",
+        &storage,
+        "--iscsi-listen",
+        &iscsi,
     ]);
     assert!(again.status.success());
     let said = format!(
@@ -173,6 +203,31 @@ fn tour_through_strato_up() {
     assert_eq!(vms["items"].as_array().map(Vec::len), Some(0));
     let quota = env.json(&["quota", "show"]);
     assert_eq!(quota["usage"]["instances"], 0);
+
+    // Volumes live on the local storage agent: create, snapshot, clone.
+    let vol = env.json(&["volume", "create", "data", "--size-gib", "1", "--wait"]);
+    assert_eq!(vol["status"], "available", "{vol}");
+    assert!(vol["host_id"].is_string(), "{vol}");
+    let snap = env.json(&["volume", "snapshot", "data", "before"]);
+    let snap_id = snap["id"].as_str().expect("snapshot id").to_string();
+    let snap = poll_json(&env, &["volume", "snapshots", "data"], |v| {
+        v["items"][0]["status"] == "available"
+    });
+    assert_eq!(snap["items"][0]["id"], snap_id.as_str());
+    let clone = env.json(&[
+        "volume",
+        "create",
+        "copy",
+        "--size-gib",
+        "2",
+        "--from-snapshot",
+        &snap_id,
+        "--wait",
+    ]);
+    assert_eq!(clone["status"], "available", "{clone}");
+    assert_eq!(clone["host_id"], vol["host_id"]);
+    env.ok(&["volume", "delete", "copy", "--wait"]);
+    env.ok(&["volume", "snapshot-delete", &snap_id]);
 
     // Bad input from the command line gets a clear error, not a crash.
     let bad = env.strato(&[
