@@ -88,12 +88,8 @@ fn strato_up_boots_a_real_vm() {
         agent_state: home.path().join("hypervisor"),
         home,
     };
-    let (listen, internal, agent) = (free_port(), free_port(), free_port());
-    let (listen, internal, agent) = (
-        format!("127.0.0.1:{listen}"),
-        format!("127.0.0.1:{internal}"),
-        format!("127.0.0.1:{agent}"),
-    );
+    let [listen, internal, agent, storage, iscsi] =
+        [(); 5].map(|_| format!("127.0.0.1:{}", free_port()));
     let agent_state = env.agent_state.display().to_string();
     let up = env.ok(&[
         "up",
@@ -105,11 +101,24 @@ fn strato_up_boots_a_real_vm() {
         &agent,
         "--agent-state-dir",
         &agent_state,
+        "--storage-listen",
+        &storage,
+        "--iscsi-listen",
+        &iscsi,
     ]);
     assert!(up.contains("hypervisor: this machine"), "{up}");
+    assert!(up.contains("storage: this machine"), "{up}");
     assert!(up.contains("strato vm create web-1"), "{up}");
 
     env.ok(&["keypair", "create", "laptop", "--public-key", TEST_KEY]);
+    // The guest reports the volume once it is hot-plugged.
+    let user_data = env.home.path().join("user-data");
+    std::fs::write(
+        &user_data,
+        "#!/bin/sh\ni=0; while [ ! -b /dev/vdc ] && [ $i -lt 1500 ]; do sleep 0.2; i=$((i+1)); done\n\
+         [ -b /dev/vdc ] && echo \"VOLUME-SEEN $(cat /sys/block/vdc/size) sectors\"\n",
+    )
+    .expect("user-data");
     env.ok(&[
         "vm",
         "create",
@@ -122,6 +131,8 @@ fn strato_up_boots_a_real_vm() {
         "default",
         "--keypair",
         "laptop",
+        "--user-data-file",
+        &user_data.display().to_string(),
     ]);
     let deadline = Instant::now() + Duration::from_secs(120);
     let console = loop {
@@ -143,6 +154,25 @@ fn strato_up_boots_a_real_vm() {
         "{console}"
     );
 
+    // A volume from the local storage agent, hot-plugged: the guest's
+    // kernel sees a new virtio disk.
+    let vol = env.json(&["volume", "create", "data", "--size-gib", "1", "--wait"]);
+    assert_eq!(vol["status"], "available", "{vol}");
+    env.ok(&["volume", "attach", "data", "--vm", "web-1"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let vol = env.json(&["volume", "show", "data"]);
+        let console = env.ok(&["vm", "console", "web-1"]);
+        if vol["status"] == "in_use" && console.contains("VOLUME-SEEN 2097152 sectors") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest never saw the volume: {vol}\n{console}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     env.ok(&["vm", "delete", "web-1"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -158,6 +188,7 @@ fn strato_up_boots_a_real_vm() {
     let agent_pid = std::fs::read_to_string(state.join("hypervisor-agent.pid")).expect("agent pid");
     let down = env.ok(&["down"]);
     assert!(down.contains("stopped the hypervisor agent"), "{down}");
+    assert!(down.contains("stopped the storage agent"), "{down}");
     assert!(!pid_alive(agent_pid.trim()), "the agent still runs");
 }
 

@@ -1,7 +1,7 @@
-//! A volume on a real iSCSI target (tgt standing in for the storage agent)
-//! is hot-plugged into a running VM as a libvirt network disk with CHAP;
-//! the guest writes a pattern; the volume is detached, attached to a second
-//! VM, and the pattern is read back there. A target that refuses the login
+//! A volume served by Strato's storage agent (its own iSCSI target) is
+//! hot-plugged into a running VM as a libvirt network disk with CHAP; the
+//! guest writes a pattern; the volume is detached, attached to a second VM,
+//! and the pattern is read back there. A target that cannot be reached
 //! puts the instance in `error` with the reason.
 
 mod support;
@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use api::resources::{ImageFormat, InstanceStatus, VolumeCreate, VolumeSource, VolumeStatus};
-use support::tgt_storage::TgtNode;
+use support::storage::StorageNode;
 use support::*;
 
 const WAIT_FOR_DISK: &str = "echo WAITING-FOR-VOLUME\n\
@@ -42,10 +42,10 @@ async fn volume_moves_between_vms_with_its_data() {
         uplink: None,
     })
     .await;
-    let tgt = TgtNode::start(
+    let mut storage = StorageNode::start(
         &cloud.admin,
         &cloud.internal_url,
-        cloud.dir.path().join("tgt"),
+        cloud.dir.path().join("storage"),
     )
     .await;
     let (image_path, sha) = guest_image("tiny.raw");
@@ -111,7 +111,7 @@ async fn volume_moves_between_vms_with_its_data() {
     let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
     assert!(
         xml.contains("protocol='iscsi'")
-            && xml.contains(&tgt.portal.replace("127.0.0.1:", "port='")),
+            && xml.contains(&storage.portal.replace("127.0.0.1:", "port='")),
         "{xml}"
     );
     assert!(
@@ -169,7 +169,7 @@ async fn volume_moves_between_vms_with_its_data() {
         "the reader saw:\n{console}"
     );
 
-    // A target that refuses the login: the instance shows why.
+    // A target that cannot be reached: the instance shows why.
     let locked = cloud
         .admin
         .volume_create(&VolumeCreate {
@@ -180,7 +180,7 @@ async fn volume_moves_between_vms_with_its_data() {
         .await
         .expect("volume");
     wait_volume(&cloud, locked.id, VolumeStatus::Available).await;
-    tgt.break_chap(locked.id);
+    storage.kill();
     cloud
         .admin
         .attachment_create(writer.id, "locked")
@@ -193,6 +193,27 @@ async fn volume_moves_between_vms_with_its_data() {
     assert!(
         reason.contains(&format!("cannot attach volume {}", locked.id)),
         "{reason}"
+    );
+    // The node comes back: the agent's retries attach the volume.
+    storage.start_agent();
+    let admin = cloud.admin.clone();
+    let writer_id = writer.id;
+    wait_async(
+        "the writer to recover once the storage node is back",
+        Duration::from_secs(240),
+        || {
+            let admin = admin.clone();
+            async move {
+                let i = admin.instance_get(writer_id).await.ok()?;
+                (i.status == InstanceStatus::Running).then_some(())
+            }
+        },
+    )
+    .await;
+    let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
+    assert!(
+        xml.contains(&format!("vol-{}", locked.id)),
+        "the locked volume is attached after recovery:\n{xml}"
     );
 
     // Clean up through the API: nothing left in libvirt.

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-pub mod tgt_storage;
+pub mod storage;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
