@@ -37,14 +37,45 @@ pub fn reachable(listen: SocketAddr) -> SocketAddr {
 pub fn enrollment_token(
     inline: Option<&str>,
     file: Option<&PathBuf>,
-) -> Result<Option<String>, (PathBuf, std::io::Error)> {
+) -> Result<Option<String>, ConfigError> {
     if let Some(t) = inline {
         return Ok(Some(t.trim().to_string()));
     }
     match file {
         Some(p) => std::fs::read_to_string(p)
             .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| (p.clone(), e)),
+            .map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            }),
         None => Ok(None),
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// Reads and parses one TOML config file.
+pub fn load_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -2,6 +2,7 @@
 //! host identity, the verified image cache, running host tools, and file
 //! helpers.
 
+pub mod cli;
 pub mod config;
 pub mod enroll;
 pub mod error;

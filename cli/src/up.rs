@@ -591,7 +591,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         let (line, next) = match &compute {
             Compute::Running { pid, host, image: Some(image) } => (
                 format!("hypervisor: this machine (host {host}, agent pid {pid}), image `{image}`, network `{}`", up_agent::NETWORK_NAME),
-                format!("next: strato vm create web-1 --flavor m1.tiny --image {image} --network {}\n      strato vm console web-1", up_agent::NETWORK_NAME),
+                format!("next: strato vm create web-1 --flavor m1.tiny --image {image} --network {}\n      strato vm console web-1\n      strato volume create data --size-gib 1 --wait && strato volume attach data --vm web-1", up_agent::NETWORK_NAME),
             ),
             Compute::Running { pid, host, image: None } => (
                 format!("hypervisor: this machine (host {host}, agent pid {pid}); no tiny image in {} (build it with scripts/guest-images.sh)", a.image_cache.display()),

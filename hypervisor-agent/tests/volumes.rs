@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use api::resources::{ImageFormat, InstanceStatus, VolumeCreate, VolumeSource, VolumeStatus};
-use support::storage::StorageNode;
+use support::storage::start_storage;
 use support::*;
 
 const WAIT_FOR_DISK: &str = "echo WAITING-FOR-VOLUME\n\
@@ -42,10 +42,10 @@ async fn volume_moves_between_vms_with_its_data() {
         uplink: None,
     })
     .await;
-    let mut storage = StorageNode::start(
+    let mut storage = start_storage(
         &cloud.admin,
         &cloud.internal_url,
-        cloud.dir.path().join("storage"),
+        &cloud.dir.path().join("storage"),
     )
     .await;
     let (image_path, sha) = guest_image("tiny.raw");
@@ -195,7 +195,7 @@ async fn volume_moves_between_vms_with_its_data() {
         "{reason}"
     );
     // The node comes back: the agent's retries attach the volume.
-    storage.start_agent();
+    storage.restart();
     let admin = cloud.admin.clone();
     let writer_id = writer.id;
     wait_async(

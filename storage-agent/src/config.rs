@@ -92,32 +92,11 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("invalid config {path}: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
-    #[error("invalid config: {0}")]
-    Invalid(String),
-}
+pub use agent_support::config::ConfigError;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let cfg: Config = agent_support::config::load_toml(path)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -169,7 +148,16 @@ impl Config {
             self.enrollment_token.as_deref(),
             self.enrollment_token_file.as_ref(),
         )
-        .map_err(|(path, source)| ConfigError::Read { path, source })
+    }
+}
+
+impl agent_support::cli::AgentConfig for Config {
+    type Error = ConfigError;
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        Config::load(path)
+    }
+    fn log_filter(&self) -> &str {
+        &self.log
     }
 }
 

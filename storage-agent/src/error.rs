@@ -8,6 +8,9 @@ pub enum VolumeError {
     /// The spec cannot be realized as given; retrying the same spec is pointless.
     #[error("{0}")]
     Invalid(String),
+    /// The volume was deleted; this spec is older than the delete.
+    #[error("{0}")]
+    Gone(String),
     #[error(transparent)]
     Support(#[from] agent_support::Error),
     #[error("{path}: {source}")]
@@ -23,7 +26,7 @@ impl VolumeError {
     /// Whether retrying the same spec may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            VolumeError::Invalid(_) => false,
+            VolumeError::Invalid(_) | VolumeError::Gone(_) => false,
             VolumeError::Support(e) => e.is_transient(),
             VolumeError::Io { .. } | VolumeError::Device(_) => true,
         }

@@ -4,6 +4,7 @@
 //! device (`scsi`); both crates stay ignorant of each other.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use iscsi::{Auth, Registry, ScsiOutcome, Target, TmFunction, TmResponse};
@@ -21,6 +22,10 @@ pub struct Access {
 pub struct Export {
     iqn: String,
     lu: Arc<LogicalUnit>,
+    /// Cleared when the export is removed or replaced: a session that
+    /// logged in through it (even one whose login raced the removal) then
+    /// gets no further access.
+    live: AtomicBool,
     access: RwLock<Access>,
     /// SCSI-level names of the sessions' I_T nexuses, built once per
     /// session rather than formatted on every command.
@@ -34,6 +39,10 @@ fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
 }
+
+/// ACCESS DENIED - NO ACCESS RIGHTS (SPC-4).
+const ACCESS_DENIED: scsi::sense::Sense =
+    scsi::sense::Sense::new(scsi::sense::key::ILLEGAL_REQUEST, 0x20, 0x02);
 
 fn scsi_nexus(n: &iscsi::Nexus) -> scsi::Nexus {
     scsi::Nexus {
@@ -83,6 +92,15 @@ impl Target for Export {
         data_out: &[u8],
         expected_len: u32,
     ) -> ScsiOutcome {
+        // Checked on every command, not only at login: a login that raced
+        // a detach or delete must not outlive it.
+        if !self.live.load(Ordering::Acquire) || !self.allows(&nexus.initiator_name) {
+            return ScsiOutcome {
+                status: scsi::sense::status::CHECK_CONDITION,
+                sense: ACCESS_DENIED.fixed(),
+                data: Vec::new(),
+            };
+        }
         let r = if lun == 0 {
             self.lu
                 .execute(&self.nexus(nexus), cdb, data_out, expected_len)
@@ -163,22 +181,32 @@ impl Exports {
                 revoked
             }
             _ => {
-                targets.insert(
+                let old = targets.insert(
                     iqn.to_string(),
                     Arc::new(Export {
                         iqn: iqn.to_string(),
                         lu: lu.clone(),
+                        live: AtomicBool::new(true),
                         access: RwLock::new(access),
                         nexuses: RwLock::new(HashMap::new()),
                     }),
                 );
+                if let Some(old) = old {
+                    old.live.store(false, Ordering::Release);
+                }
                 Vec::new()
             }
         }
     }
 
     pub fn remove(&self, iqn: &str) -> bool {
-        write(&self.targets).remove(iqn).is_some()
+        match write(&self.targets).remove(iqn) {
+            Some(e) => {
+                e.live.store(false, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn access(&self, iqn: &str) -> Option<Access> {

@@ -94,6 +94,18 @@ fn copy_range(from: &File, to: &File, start: u64, mut len: u64) -> io::Result<()
     Ok(())
 }
 
+/// Makes renames and creations in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Sets `path`'s length (growing leaves a hole) and syncs it.
+pub fn resize_synced(path: &Path, size: u64) -> io::Result<()> {
+    let f = OpenOptions::new().write(true).open(path)?;
+    f.set_len(size)?;
+    f.sync_all()
+}
+
 /// Bytes actually allocated to `path` (what a thin volume really uses).
 pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
     use std::os::unix::fs::MetadataExt;

@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use crate::error::VolumeError;
-use crate::volumes::Volumes;
+use crate::volumes::{Deleted, Volumes};
 
 /// How long a PUT waits for the volume to converge before answering with
 /// its current state (creation from an image can take minutes).
@@ -29,6 +29,7 @@ pub struct ServerState {
 fn api_error(e: VolumeError) -> ApiError {
     match e {
         VolumeError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, m),
+        VolumeError::Gone(m) => ApiError(StatusCode::CONFLICT, ErrorCode::Conflict, m),
         e => ApiError(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Internal,
@@ -109,11 +110,16 @@ async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
     match s.volumes.delete(id).await.map_err(api_error)? {
-        true => Ok(StatusCode::NO_CONTENT),
-        false => Err(ApiError(
+        Deleted::Done => Ok(StatusCode::NO_CONTENT),
+        Deleted::NotFound => Err(ApiError(
             StatusCode::NOT_FOUND,
             ErrorCode::NotFound,
             format!("volume {id} is not on this node"),
+        )),
+        Deleted::Superseded => Err(ApiError(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!("volume {id} got a newer spec while being deleted; it stays"),
         )),
     }
 }

@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,8 +47,13 @@ struct Slot {
     status: Mutex<Status>,
     /// The operation lock; it also holds the open logical unit and the IQN
     /// it is exported as.
-    op: tokio::sync::Mutex<Realized>,
+    op: Arc<tokio::sync::Mutex<Realized>>,
     failures: AtomicU32,
+    /// A retry is already scheduled: failures never start a second chain.
+    retry_pending: AtomicBool,
+    /// Persisted but not in the stack manager's desired state: kept,
+    /// unexported, and left alone until a spec or a delete arrives.
+    parked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -67,6 +72,18 @@ pub struct Volumes {
     exports: Arc<Exports>,
     target: Arc<iscsi::Server>,
     slots: Mutex<HashMap<VolumeId, Arc<Slot>>>,
+    /// Generation each volume had when deleted: a late PUT of it (a retry,
+    /// a stale push) must not bring the volume back.
+    deleted: Mutex<HashMap<VolumeId, u64>>,
+}
+
+/// What a DELETE did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Done,
+    NotFound,
+    /// A newer PUT arrived while the delete waited: the volume stays.
+    Superseded,
 }
 
 /// SCSI identity of a volume: stable across restarts and unique per volume,
@@ -161,29 +178,27 @@ impl Volumes {
             exports,
             target,
             slots: Mutex::new(HashMap::new()),
+            deleted: Mutex::new(HashMap::new()),
         }))
     }
 
-    fn slot(&self, id: VolumeId) -> Arc<Slot> {
-        lock(&self.slots)
-            .entry(id)
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    id,
-                    dir: self.pool.join(id.to_string()),
-                    desired: Mutex::new(None),
-                    status: Mutex::new(Status {
-                        state: ObservedVolumeState::Creating,
-                        generation: 0,
-                        size_bytes: 0,
-                        snapshots: Vec::new(),
-                        reason: None,
-                    }),
-                    op: tokio::sync::Mutex::new(Realized::default()),
-                    failures: AtomicU32::new(0),
-                })
-            })
-            .clone()
+    fn new_slot(&self, id: VolumeId) -> Arc<Slot> {
+        Arc::new(Slot {
+            id,
+            dir: self.pool.join(id.to_string()),
+            desired: Mutex::new(None),
+            status: Mutex::new(Status {
+                state: ObservedVolumeState::Creating,
+                generation: 0,
+                size_bytes: 0,
+                snapshots: Vec::new(),
+                reason: None,
+            }),
+            op: Arc::new(tokio::sync::Mutex::new(Realized::default())),
+            failures: AtomicU32::new(0),
+            retry_pending: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+        })
     }
 
     fn observed(slot: &Slot) -> ObservedVolume {
@@ -203,15 +218,45 @@ impl Volumes {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         slots
             .iter()
-            .filter(|s| lock(&s.desired).is_some())
+            .filter(|s| lock(&s.desired).is_some() && !s.parked.load(Ordering::Relaxed))
             .map(|s| Self::observed(s))
             .collect()
     }
 
     pub fn observe(&self, id: VolumeId) -> Option<ObservedVolume> {
         let slot = lock(&self.slots).get(&id).cloned()?;
-        let wanted = lock(&slot.desired).is_some();
+        let wanted = lock(&slot.desired).is_some() && !slot.parked.load(Ordering::Relaxed);
         wanted.then(|| Self::observed(&slot))
+    }
+
+    /// Records `spec` as desired. Under the slots lock, so a concurrent
+    /// delete either sees it (and stands down) or has already removed the
+    /// slot (and this creates a fresh one).
+    fn set_desired(&self, spec: VolumeSpec) -> Result<(Arc<Slot>, bool)> {
+        let mut slots = lock(&self.slots);
+        if let Some(&gone) = lock(&self.deleted).get(&spec.id) {
+            if spec.generation <= gone {
+                return Err(VolumeError::Gone(format!(
+                    "volume {} was deleted at generation {gone}",
+                    spec.id
+                )));
+            }
+        }
+        let slot = slots
+            .entry(spec.id)
+            .or_insert_with(|| self.new_slot(spec.id))
+            .clone();
+        let mut desired = lock(&slot.desired);
+        if let Some(held) = desired.as_ref() {
+            if held.generation > spec.generation {
+                // A late push of an older spec: the newer one stands.
+                return Ok((slot.clone(), false));
+            }
+        }
+        *desired = Some(spec);
+        slot.parked.store(false, Ordering::Relaxed);
+        drop(desired);
+        Ok((slot, true))
     }
 
     /// Takes a new desired spec and converges towards it. Answers once the
@@ -219,27 +264,18 @@ impl Volumes {
     /// report the rest.
     pub async fn put(self: &Arc<Self>, spec: VolumeSpec, wait: Duration) -> Result<ObservedVolume> {
         validate(&spec)?;
-        let slot = self.slot(spec.id);
-        {
-            let mut desired = lock(&slot.desired);
-            if let Some(held) = desired.as_ref() {
-                if held.generation > spec.generation {
-                    // A late push of an older spec: the newer one stands.
-                    drop(desired);
-                    return Ok(Self::observed(&slot));
-                }
-            }
-            *desired = Some(spec);
+        let (slot, changed) = self.set_desired(spec)?;
+        if changed {
+            let task = tokio::spawn(self.clone().converge(slot.clone()));
+            let _ = tokio::time::timeout(wait, task).await;
         }
-        let this = self.clone();
-        let s = slot.clone();
-        let task = tokio::spawn(async move { this.converge(s).await });
-        let _ = tokio::time::timeout(wait, task).await;
         Ok(Self::observed(&slot))
     }
 
     /// Volumes persisted before a restart are served again at once, before
     /// the stack manager is even reachable: initiators reconnect to them.
+    /// Each converges on its own task, so one slow volume (an image still
+    /// to fetch) delays no other.
     pub async fn resume(self: &Arc<Self>) -> HashSet<VolumeId> {
         let mut found = HashSet::new();
         let entries: Vec<_> = std::fs::read_dir(&self.pool)
@@ -247,12 +283,18 @@ impl Volumes {
             .flatten()
             .flatten()
             .collect();
+        let mut tasks = Vec::new();
         for e in entries {
-            let Some(id) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<VolumeId>().ok())
-            else {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with(".deleting-") {
+                // A delete interrupted by a crash: finish it.
+                let path = e.path();
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_dir_all(path);
+                }));
+                continue;
+            }
+            let Ok(id) = name.parse::<VolumeId>() else {
                 continue;
             };
             let Some(spec) = read_json::<VolumeSpec>(&e.path().join("spec.json")) else {
@@ -262,9 +304,13 @@ impl Volumes {
                 continue;
             }
             found.insert(id);
-            *lock(&self.slot(id).desired) = Some(spec);
-            self.clone().converge(self.slot(id)).await;
+            if let Ok((slot, true)) = self.set_desired(spec) {
+                tasks.push(tokio::spawn(self.clone().converge(slot)));
+            }
         }
+        // Exporting is quick; waiting for the batch means initiators find
+        // their targets before the agent answers anyone.
+        let _ = tokio::time::timeout(Duration::from_secs(10), futures_join(tasks)).await;
         found
     }
 
@@ -280,19 +326,33 @@ impl Volumes {
             }
         }
         for id in persisted.iter().filter(|id| !wanted.contains(id)) {
+            let Some(slot) = lock(&self.slots).get(id).cloned() else {
+                continue;
+            };
             tracing::warn!(volume = %id, "volume not in the desired state: unexported, data kept");
-            let slot = self.slot(*id);
+            slot.parked.store(true, Ordering::Relaxed);
             let mut realized = slot.op.lock().await;
-            self.unexport(&mut realized);
+            self.unexport(&mut realized).await;
         }
     }
 
-    fn unexport(&self, realized: &mut Realized) {
+    async fn unexport(&self, realized: &mut Realized) {
         if let Some(iqn) = realized.exported_as.take() {
             self.exports.remove(&iqn);
-            let closed = self.target.close_sessions(&iqn, &|_| false);
+            let closed = self.close_sessions(&iqn, Vec::new()).await;
             tracing::info!(%iqn, sessions = closed, "unexported");
         }
+    }
+
+    /// Ends the sessions on `iqn` of initiators not in `keep`. Off the
+    /// runtime: the target waits for each session's thread to stop.
+    async fn close_sessions(&self, iqn: &str, keep: Vec<String>) -> usize {
+        let (target, iqn) = (self.target.clone(), iqn.to_string());
+        tokio::task::spawn_blocking(move || {
+            target.close_sessions(&iqn, &|i| keep.iter().any(|k| k == i))
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// A retry of [`Self::converge`], boxed: the future refers to itself.
@@ -303,12 +363,16 @@ impl Volumes {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
             tokio::time::sleep(delay).await;
+            slot.retry_pending.store(false, Ordering::Relaxed);
             self.converge(slot).await;
         })
     }
 
     async fn converge(self: Arc<Self>, slot: Arc<Slot>) {
         let mut realized = slot.op.lock().await;
+        if slot.parked.load(Ordering::Relaxed) {
+            return;
+        }
         let Some(spec) = lock(&slot.desired).clone() else {
             return;
         };
@@ -327,13 +391,14 @@ impl Volumes {
             Err(e) => {
                 tracing::warn!(volume = %slot.id, error = %e, "cannot realize volume");
                 {
+                    // The generation stays the last one fully applied, so
+                    // the stack manager keeps pushing this one.
                     let mut st = lock(&slot.status);
                     st.state = ObservedVolumeState::Error;
-                    st.generation = spec.generation;
                     st.reason = Some(e.to_string());
                     st.snapshots = present_snapshots(&slot.dir);
                 }
-                if e.is_transient() {
+                if e.is_transient() && !slot.retry_pending.swap(true, Ordering::Relaxed) {
                     let n = slot.failures.fetch_add(1, Ordering::Relaxed).min(5);
                     let delay = Duration::from_secs(10 << n).min(Duration::from_secs(300));
                     let retry = self.clone().converge_later(slot.clone(), delay);
@@ -343,15 +408,28 @@ impl Volumes {
         }
     }
 
+    /// Access first: whatever else fails, the ACL and CHAP of the spec are
+    /// in force and revoked initiators are gone. Then snapshots (of the
+    /// volume as it is), then growth.
     async fn apply(&self, slot: &Slot, spec: &VolumeSpec, realized: &mut Realized) -> Result<()> {
         let dir = slot.dir.clone();
-        if !dir.exists() {
-            std::fs::create_dir_all(dir.join("snapshots")).map_err(VolumeError::io(&dir))?;
-            agent_support::fs::set_mode(&dir, 0o700)?;
-        }
-        write_private_json(&dir.join("spec.json"), spec)?;
         let data = dir.join("data");
-        if !data.exists() {
+        let d = dir.clone();
+        let spec_copy = spec.clone();
+        let exists = blocking(move || {
+            if !d.try_exists().map_err(VolumeError::io(&d))? {
+                std::fs::create_dir_all(d.join("snapshots")).map_err(VolumeError::io(&d))?;
+                agent_support::fs::set_mode(&d, 0o700)?;
+                if let Some(parent) = d.parent() {
+                    pool::sync_dir(parent).map_err(VolumeError::io(parent))?;
+                }
+            }
+            write_private_json(&d.join("spec.json"), &spec_copy)?;
+            let data = d.join("data");
+            data.try_exists().map_err(VolumeError::io(&data))
+        })
+        .await?;
+        if !exists {
             self.create_data(spec, &dir, &data).await?;
         }
         let lu = match &realized.lu {
@@ -364,6 +442,25 @@ impl Volumes {
                 lu
             }
         };
+        let access = Access {
+            chap_user: spec.chap_user.clone(),
+            chap_secret: spec.chap_secret.clone(),
+            allowed_initiators: spec.allowed_initiators.clone(),
+        };
+        if realized.exported_as.as_deref() != Some(spec.iqn.as_str()) {
+            self.unexport(realized).await;
+        }
+        let revoked = self.exports.upsert(&spec.iqn, &lu, access);
+        realized.exported_as = Some(spec.iqn.clone());
+        if !revoked.is_empty() {
+            // Fencing: an initiator that lost access must lose its live
+            // sessions too, not just future logins.
+            let closed = self
+                .close_sessions(&spec.iqn, spec.allowed_initiators.clone())
+                .await;
+            tracing::info!(volume = %spec.id, ?revoked, sessions = closed, "initiator access revoked");
+        }
+        self.converge_snapshots(spec, &dir, &data, &lu).await?;
         let current = lu.size_bytes();
         if spec.size_bytes > current {
             let (l, size) = (lu.clone(), spec.size_bytes);
@@ -375,36 +472,41 @@ impl Volumes {
                 spec.size_bytes
             )));
         }
-        self.converge_snapshots(spec, &dir, &data, &lu).await?;
-        let access = Access {
-            chap_user: spec.chap_user.clone(),
-            chap_secret: spec.chap_secret.clone(),
-            allowed_initiators: spec.allowed_initiators.clone(),
-        };
-        if realized.exported_as.as_deref() != Some(spec.iqn.as_str()) {
-            self.unexport(realized);
-        }
-        let revoked = self.exports.upsert(&spec.iqn, &lu, access);
-        realized.exported_as = Some(spec.iqn.clone());
-        if !revoked.is_empty() {
-            // Fencing: an initiator that lost access must lose its live
-            // sessions too, not just future logins.
-            let allowed = spec.allowed_initiators.clone();
-            let closed = self
-                .target
-                .close_sessions(&spec.iqn, &|i| allowed.iter().any(|a| a == i));
-            tracing::info!(volume = %spec.id, ?revoked, sessions = closed, "initiator access revoked");
-        }
         Ok(())
     }
 
     async fn create_data(&self, spec: &VolumeSpec, dir: &Path, data: &Path) -> Result<()> {
         let tmp = dir.join(".data.tmp");
-        let _ = std::fs::remove_file(&tmp);
+        let result = self.fill(spec, &tmp).await;
+        let (t, d, dir) = (tmp.clone(), data.to_path_buf(), dir.to_path_buf());
+        blocking(move || {
+            if let Err(e) = result {
+                let _ = std::fs::remove_file(&t);
+                return Err(e);
+            }
+            // Never over an existing file: a stat that failed for another
+            // reason than absence must not cost a tenant their data.
+            std::fs::hard_link(&t, &d).map_err(VolumeError::io(&d))?;
+            std::fs::remove_file(&t).map_err(VolumeError::io(&t))?;
+            pool::sync_dir(&dir).map_err(VolumeError::io(&dir))
+        })
+        .await?;
+        tracing::info!(volume = %spec.id, size = spec.size_bytes, "created");
+        Ok(())
+    }
+
+    /// Writes the volume's initial content to `tmp`, sized and synced.
+    async fn fill(&self, spec: &VolumeSpec, tmp: &Path) -> Result<()> {
         let size = spec.size_bytes;
-        let result = match &spec.source {
+        let t = tmp.to_path_buf();
+        blocking(move || match std::fs::remove_file(&t) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::io(&t)(e)),
+            _ => Ok(()),
+        })
+        .await?;
+        match &spec.source {
             VolumeSourceSpec::Empty => {
-                let t = tmp.clone();
+                let t = tmp.to_path_buf();
                 blocking(move || pool::create_sparse(&t, size).map_err(VolumeError::io(&t))).await
             }
             VolumeSourceSpec::Image { image } => {
@@ -428,49 +530,37 @@ impl Volumes {
                     ],
                 )
                 .await?;
-                let t = tmp.clone();
-                blocking(move || {
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&t)
-                        .map_err(VolumeError::io(&t))?;
-                    f.set_len(size).map_err(VolumeError::io(&t))?;
-                    f.sync_all().map_err(VolumeError::io(&t))
-                })
-                .await
+                let t = tmp.to_path_buf();
+                blocking(move || pool::resize_synced(&t, size).map_err(VolumeError::io(&t))).await
             }
             VolumeSourceSpec::Snapshot {
                 volume_id,
                 snapshot_id,
             } => {
                 let src = snapshot_file(&self.pool.join(volume_id.to_string()), *snapshot_id);
-                if !src.exists() {
-                    return Err(VolumeError::Invalid(format!(
-                        "snapshot {snapshot_id} of volume {volume_id} is not on this node"
-                    )));
-                }
-                let t = tmp.clone();
+                let (volume_id, snapshot_id) = (*volume_id, *snapshot_id);
+                let t = tmp.to_path_buf();
                 blocking(move || {
-                    pool::copy_sparse(&src, &t).map_err(VolumeError::io(&src))?;
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&t)
-                        .map_err(VolumeError::io(&t))?;
-                    if f.metadata().map_err(VolumeError::io(&t))?.len() < size {
-                        f.set_len(size).map_err(VolumeError::io(&t))?;
+                    let len = match std::fs::metadata(&src) {
+                        Ok(m) => m.len(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            return Err(VolumeError::Invalid(format!(
+                                "snapshot {snapshot_id} of volume {volume_id} is not on this node"
+                            )))
+                        }
+                        Err(e) => return Err(VolumeError::io(&src)(e)),
+                    };
+                    if len > size {
+                        return Err(VolumeError::Invalid(format!(
+                            "snapshot {snapshot_id} is {len} bytes, larger than the volume"
+                        )));
                     }
-                    f.sync_all().map_err(VolumeError::io(&t))
+                    pool::copy_sparse(&src, &t).map_err(VolumeError::io(&src))?;
+                    pool::resize_synced(&t, size).map_err(VolumeError::io(&t))
                 })
                 .await
             }
-        };
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
         }
-        std::fs::rename(&tmp, data).map_err(VolumeError::io(data))?;
-        tracing::info!(volume = %spec.id, size, "created");
-        Ok(())
     }
 
     /// Takes the snapshots the spec names that do not exist yet and drops
@@ -498,7 +588,9 @@ impl Volumes {
                     let _ = std::fs::remove_file(&t);
                     return Err(e);
                 }
-                std::fs::rename(&t, &f).map_err(VolumeError::io(&f))
+                std::fs::rename(&t, &f).map_err(VolumeError::io(&f))?;
+                let parent = f.parent().unwrap_or(&f);
+                pool::sync_dir(parent).map_err(VolumeError::io(parent))
             })
             .await?;
             tracing::info!(volume = %spec.id, snapshot = %snap, held_writes_ms = started.elapsed().as_millis() as u64, "snapshot taken");
@@ -512,52 +604,70 @@ impl Volumes {
     }
 
     /// Destroys a volume: sessions ended, target removed, data deleted.
-    /// Returns false if the volume is unknown.
-    pub async fn delete(self: &Arc<Self>, id: VolumeId) -> Result<bool> {
-        let slot = match lock(&self.slots).get(&id).cloned() {
-            Some(s) => s,
-            None => {
-                // Unknown in memory, but its directory may survive a crash.
-                let dir = self.pool.join(id.to_string());
-                if !dir.exists() {
-                    return Ok(false);
-                }
-                self.slot(id)
-            }
-        };
-        *lock(&slot.desired) = None;
-        let mut realized = slot.op.lock().await;
-        if lock(&slot.desired).is_some() {
-            // A PUT arrived meanwhile: the volume is wanted again.
-            return Ok(true);
-        }
-        self.unexport(&mut realized);
-        realized.lu = None;
-        let dir = slot.dir.clone();
-        blocking(move || match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(VolumeError::Io {
-                path: dir,
-                source: e,
-            }),
-        })
-        .await?;
-        let mut slots = lock(&self.slots);
-        if lock(&slot.desired).is_none() {
-            slots.remove(&id);
-        }
-        tracing::info!(volume = %id, "deleted");
-        Ok(true)
+    /// Runs on its own task, so a caller that gives up (an HTTP timeout)
+    /// cannot leave it half done.
+    pub async fn delete(self: &Arc<Self>, id: VolumeId) -> Result<Deleted> {
+        let this = self.clone();
+        tokio::spawn(async move { this.delete_now(id).await })
+            .await
+            .map_err(|e| VolumeError::Invalid(format!("delete failed: {e}")))?
     }
 
-    /// Bytes the pool's volumes actually occupy.
-    pub fn allocated_bytes(&self) -> u64 {
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
-        slots
-            .iter()
-            .map(|s| pool::allocated_bytes(&s.dir.join("data")).unwrap_or(0))
-            .sum()
+    async fn delete_now(self: Arc<Self>, id: VolumeId) -> Result<Deleted> {
+        let slot = {
+            let mut slots = lock(&self.slots);
+            match slots.get(&id).cloned() {
+                Some(s) => s,
+                // Unknown in memory, but its directory may survive a crash.
+                None if self.pool.join(id.to_string()).exists() => {
+                    let s = self.new_slot(id);
+                    slots.insert(id, s.clone());
+                    s
+                }
+                None => return Ok(Deleted::NotFound),
+            }
+        };
+        let generation = lock(&slot.desired).take().map(|s| s.generation);
+        let mut realized = slot.op.clone().lock_owned().await;
+        let tombstone = {
+            let mut slots = lock(&self.slots);
+            if lock(&slot.desired).is_some() {
+                return Ok(Deleted::Superseded);
+            }
+            slots.remove(&id);
+            if let Some(g) = generation {
+                lock(&self.deleted).insert(id, g);
+            }
+            // Out of the way at once, under the slots lock: a PUT arriving
+            // now starts a fresh directory, and a crash mid-delete leaves a
+            // tombstone that `resume` finishes, never a half volume.
+            let tomb = self
+                .pool
+                .join(format!(".deleting-{id}-{}", uuid::Uuid::new_v4().simple()));
+            match std::fs::rename(&slot.dir, &tomb) {
+                Ok(()) => Some(tomb),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(VolumeError::io(&slot.dir)(e)),
+            }
+        };
+        self.unexport(&mut realized).await;
+        realized.lu = None;
+        if let Some(tomb) = tombstone {
+            let pool_dir = self.pool.clone();
+            blocking(move || {
+                pool::sync_dir(&pool_dir).map_err(VolumeError::io(&pool_dir))?;
+                std::fs::remove_dir_all(&tomb).map_err(VolumeError::io(&tomb))
+            })
+            .await?;
+        }
+        tracing::info!(volume = %id, "deleted");
+        Ok(Deleted::Done)
+    }
+}
+
+async fn futures_join<T>(tasks: Vec<tokio::task::JoinHandle<T>>) {
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

@@ -161,3 +161,122 @@ impl Drop for StackManager {
         let _ = self.child.wait();
     }
 }
+
+/// A `storage-agent` process with its iSCSI target on a loopback portal,
+/// state under `dir/state`, log in `dir/storage-agent.log`. Killed on drop.
+pub struct StorageAgent {
+    child: Option<Child>,
+    binary: PathBuf,
+    pub name: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub state: PathBuf,
+    pub portal: String,
+    pub agent_url: String,
+}
+
+impl StorageAgent {
+    /// Writes its config (enrolling with `token` at `internal_url`) and
+    /// starts it; [`StorageAgent::enrolled`] waits for its first heartbeat.
+    pub fn start(binary: &Path, dir: &Path, internal_url: &str, token: &str) -> StorageAgent {
+        std::fs::create_dir_all(dir).expect("storage agent dir");
+        let (api, iscsi) = (free_port(), free_port());
+        let name = format!("storage-{iscsi}");
+        let state = dir.join("state");
+        let config = dir.join("storage-agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "stack_manager_url = \"{internal_url}\"\nenrollment_token = \"{token}\"\nname = \"{name}\"\n\
+                 listen = \"127.0.0.1:{api}\"\nstate_dir = \"{}\"\niscsi_listen = \"127.0.0.1:{iscsi}\"\n\
+                 reserved_bytes = 0\nheartbeat_interval_secs = 1\nlog = \"info,storage_agent=debug,iscsi=debug\"\n",
+                state.display(),
+            ),
+        )
+        .expect("write storage agent config");
+        let mut agent = StorageAgent {
+            child: None,
+            binary: binary.to_path_buf(),
+            name,
+            config,
+            log: dir.join("storage-agent.log"),
+            state,
+            portal: format!("127.0.0.1:{iscsi}"),
+            agent_url: format!("http://127.0.0.1:{api}"),
+        };
+        agent.restart();
+        agent
+    }
+
+    /// Starts the process again (after [`StorageAgent::kill`]).
+    pub fn restart(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("storage agent log");
+        self.child = Some(
+            Command::new(&self.binary)
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().expect("log fd"))
+                .stderr(log)
+                .spawn()
+                .expect("start storage-agent"),
+        );
+    }
+
+    /// SIGKILL: no chance to flush or clean up, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until the stack manager has seen it heartbeat; its host id.
+    pub async fn enrolled(&self, admin: &Client) -> api::ids::HostId {
+        let name = self.name.clone();
+        let host = wait_async(
+            "the storage agent to enroll and heartbeat",
+            Duration::from_secs(60),
+            || {
+                let (admin, name) = (admin.clone(), name.clone());
+                async move {
+                    admin
+                        .host_list()
+                        .await
+                        .ok()?
+                        .into_iter()
+                        .find(|h| h.name == name && h.last_heartbeat_at.is_some())
+                }
+            },
+        )
+        .await;
+        host.id
+    }
+
+    /// The agent API with the host credential, as the stack manager calls it.
+    pub fn client(&self) -> api::AgentClient {
+        let identity: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.state.join("identity.json")).expect("identity.json"),
+        )
+        .expect("identity.json is JSON");
+        let credential = identity["credential"]
+            .as_str()
+            .expect("credential in identity.json");
+        api::AgentClient::new(&self.agent_url, credential)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for StorageAgent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -7,7 +7,6 @@
 
 pub mod storage;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,25 +18,14 @@ use api::Client;
 pub const TEST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g test@strato";
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
+pub use testkit::{free_port, wait_async, wait_for};
 
 pub fn sibling_bin(name: &str) -> PathBuf {
-    bin(name)
+    testkit::workspace_bin(env!("CARGO_BIN_EXE_hypervisor-agent"), name)
 }
 
 fn bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_hypervisor-agent")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is not built; run the suite with `bash scripts/test.sh` (it builds the workspace)",
-        p.display()
-    );
-    p
+    sibling_bin(name)
 }
 
 pub fn image_cache() -> PathBuf {
@@ -97,7 +85,7 @@ pub struct AgentOptions {
 
 pub struct Cloud {
     pub dir: tempfile::TempDir,
-    sm: Child,
+    sm: testkit::StackManager,
     pub agent: Option<Child>,
     pub admin: Client,
     pub public_url: String,
@@ -108,20 +96,6 @@ pub struct Cloud {
     networks: std::sync::Mutex<Vec<api::ids::NetworkId>>,
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 impl Cloud {
     /// Starts a stack manager and one enrolled hypervisor agent.
     pub async fn start(opts: AgentOptions) -> Cloud {
@@ -129,51 +103,18 @@ impl Cloud {
         let dir = tempfile::tempdir().expect("temp dir");
         // QEMU runs as libvirt-qemu and must reach the agent's files.
         set_mode(dir.path(), 0o755);
-        let sm_state = dir.path().join("sm");
-        let init = Command::new(bin("stack-manager"))
-            .args(["init", "--state-dir"])
-            .arg(&sm_state)
-            .arg("--json")
-            .output()
-            .expect("run stack-manager init");
-        assert!(
-            init.status.success(),
-            "stack-manager init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let token = std::fs::read_to_string(sm_state.join("admin.token")).expect("admin token");
-        let (listen, internal) = (free_port(), free_port());
-        let sm_config = dir.path().join("stack-manager.toml");
-        std::fs::write(
-            &sm_config,
-            format!(
-                "listen = \"127.0.0.1:{listen}\"\ninternal_listen = \"127.0.0.1:{internal}\"\n\
-                 state_dir = \"{}\"\nlog = \"info\"\n[scheduler]\ncpu_allocation_ratio = 32.0\n\
-                 disk_allocation_ratio = 8.0\n[hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 10\n\
-                 resync_interval_secs = 5\n",
-                sm_state.display()
-            ),
+        let sm = testkit::StackManager::start(
+            &bin("stack-manager"),
+            dir.path(),
+            "[scheduler]\ncpu_allocation_ratio = 32.0\ndisk_allocation_ratio = 8.0\n\
+             [hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 10\nresync_interval_secs = 5\n",
         )
-        .expect("write sm config");
-        let sm_log = std::fs::File::create(dir.path().join("stack-manager.log")).expect("sm log");
-        let sm = Command::new(bin("stack-manager"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&sm_config)
-            .stdout(sm_log.try_clone().expect("log fd"))
-            .stderr(sm_log)
-            .spawn()
-            .expect("start stack-manager");
-        let public_url = format!("http://127.0.0.1:{listen}");
-        let admin = Client::new(&public_url, token.trim()).with_project(Some("admin".into()));
-        let probe = admin.clone();
-        for _ in 0..120 {
-            if probe.whoami().await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        admin.whoami().await.expect("stack manager answers");
+        .await;
+        let (admin, public_url, internal_url) = (
+            sm.admin.clone(),
+            sm.public_url.clone(),
+            sm.internal_url.clone(),
+        );
         let agent_state = dir.path().join("agent");
         let mut cloud = Cloud {
             agent_config: dir.path().join("hypervisor-agent.toml"),
@@ -182,7 +123,7 @@ impl Cloud {
             agent: None,
             admin,
             public_url,
-            internal_url: format!("http://127.0.0.1:{internal}"),
+            internal_url,
             agent_state,
             host_id: None,
             networks: Default::default(),
@@ -276,10 +217,7 @@ impl Cloud {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sm").join("admin.token"))
-            .expect("admin token")
-            .trim()
-            .to_string()
+        self.sm.admin_token()
     }
 
     pub fn agent_log(&self) -> String {
@@ -469,24 +407,6 @@ impl Cloud {
     }
 }
 
-pub async fn wait_async<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 pub fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
@@ -508,8 +428,6 @@ pub fn domains_of(host: HostId) -> Vec<String> {
 impl Drop for Cloud {
     fn drop(&mut self) {
         self.kill_agent();
-        let _ = self.sm.kill();
-        let _ = self.sm.wait();
         // Whatever a failed test left behind must not leak into the next.
         if let Some(host) = self.host_id {
             let secrets = virsh(&["secret-list"]);

@@ -7,15 +7,15 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use api::ids::VolumeId;
 use api::internal::{ObservedVolume, ObservedVolumeState, VolumeSourceSpec, VolumeSpec};
 use api::resources::HostKind;
 use api::AgentClient;
-use testkit::{free_port, wait_async, workspace_bin, StackManager};
+use testkit::{wait_async, workspace_bin, StackManager, StorageAgent};
 
 /// The initiator names libiscsi's tools use unless told otherwise.
 pub const INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
@@ -26,15 +26,14 @@ pub const CHAP_SECRET: &str = "a-secret-of-24-chars-xyz";
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub sm: StackManager,
-    agent: Option<Child>,
-    pub config: PathBuf,
+    pub agent: StorageAgent,
     pub state: PathBuf,
     pub portal: String,
     pub agent_url: String,
 }
 
 pub fn require_tools() {
-    for tool in ["iscsi-test-cu", "iscsi-ls", "qemu-img"] {
+    for tool in ["iscsi-test-cu", "iscsi-ls", "qemu-img", "qemu-io"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -58,91 +57,38 @@ impl Node {
         )
         .await;
         let token = sm.enrollment_token(HostKind::Storage).await;
-        let (api_port, iscsi_port) = (free_port(), free_port());
-        let state = dir.path().join("storage");
-        let config = dir.path().join("storage-agent.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "stack_manager_url = \"{}\"\nenrollment_token = \"{token}\"\nname = \"storage-test-{iscsi_port}\"\n\
-                 listen = \"127.0.0.1:{api_port}\"\nstate_dir = \"{}\"\n\
-                 iscsi_listen = \"127.0.0.1:{iscsi_port}\"\nreserved_bytes = 0\nheartbeat_interval_secs = 1\n\
-                 log = \"info,storage_agent=debug,iscsi=debug\"\n",
-                sm.internal_url,
-                state.display(),
-            ),
-        )
-        .expect("write agent config");
-        let mut node = Node {
+        let agent = StorageAgent::start(
+            Path::new(env!("CARGO_BIN_EXE_storage-agent")),
+            &dir.path().join("storage"),
+            &sm.internal_url,
+            &token,
+        );
+        agent.enrolled(&sm.admin).await;
+        Node {
+            state: agent.state.clone(),
+            portal: agent.portal.clone(),
+            agent_url: agent.agent_url.clone(),
             dir,
             sm,
-            agent: None,
-            config,
-            state,
-            portal: format!("127.0.0.1:{iscsi_port}"),
-            agent_url: format!("http://127.0.0.1:{api_port}"),
-        };
-        node.start_agent();
-        let admin = node.sm.admin.clone();
-        wait_async(
-            "the storage agent to enroll and heartbeat",
-            Duration::from_secs(60),
-            || {
-                let admin = admin.clone();
-                async move {
-                    admin
-                        .host_list()
-                        .await
-                        .ok()?
-                        .into_iter()
-                        .find(|h| h.kind == HostKind::Storage && h.last_heartbeat_at.is_some())
-                }
-            },
-        )
-        .await;
-        node
-    }
-
-    pub fn start_agent(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("storage-agent.log"))
-            .expect("agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_storage-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("start storage-agent");
-        self.agent = Some(child);
-    }
-
-    /// SIGKILL: no chance to flush or clean up, as in a crash.
-    pub fn kill_agent(&mut self) {
-        if let Some(mut a) = self.agent.take() {
-            let _ = a.kill();
-            let _ = a.wait();
+            agent,
         }
     }
 
+    pub fn start_agent(&mut self) {
+        self.agent.restart();
+    }
+
+    pub fn kill_agent(&mut self) {
+        self.agent.kill();
+    }
+
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("storage-agent.log")).unwrap_or_default()
+        self.agent.log_text()
     }
 
     /// The agent API with the credential the stack manager uses.
     pub fn client(&self) -> AgentClient {
-        let identity: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(self.state.join("identity.json")).expect("identity.json"),
-        )
-        .expect("identity json");
-        AgentClient::new(
-            &self.agent_url,
-            identity["credential"].as_str().expect("credential"),
-        )
+        self.agent.client()
     }
 
     /// Puts `spec` and waits until the agent reports it realized.
@@ -194,7 +140,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        self.kill_agent();
+        self.agent.kill();
         if std::env::var_os("STRATO_KEEP_TEST_DIRS").is_some() {
             let p = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp")).keep();
             eprintln!("kept test dir {}", p.display());
