@@ -4,21 +4,26 @@
 # hypervisor agent's end-to-end tests against the machine's libvirtd and
 # QEMU with the guest images scripts/guest-images.sh builds (cached in
 # /var/cache/strato/images), and the storage agent's iSCSI target judged by
-# libiscsi's iscsi-test-cu and QEMU's iscsi:// driver.
+# libiscsi's iscsi-test-cu and QEMU's iscsi:// driver, and the provisioner
+# PXE-booting QEMU VMs in a private network namespace.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_build_deps
 ensure_postgres
 ensure_virt
 # libiscsi's initiators judge the iSCSI target; tgt is the benchmark's peer.
-apt_install libiscsi-bin tgt
+# The provisioner's boot services are judged by real DHCP/TFTP clients and
+# relays (dnsmasq is the benchmarks' peer; only its binary, no service).
+apt_install libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl
 cd "$STRATO_ROOT"
 log "guest images"
 bash scripts/guest-images.sh >/dev/null
+log "boot environment"
+bash scripts/boot-env.sh >/dev/null
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "build"
 cargo build --locked --workspace
 log "benchmarks compile"
-cargo bench --locked --no-run -p stack-manager -p hypervisor-agent -p storage-agent
+cargo bench --locked --no-run -p stack-manager -p hypervisor-agent -p storage-agent -p strato-dhcp -p strato-tftp
 log "tests"
 cargo test --locked --workspace --lib --bins --tests -- --test-threads 2

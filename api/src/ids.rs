@@ -92,6 +92,7 @@ typed_id!(RackId, "rack");
 typed_id!(HostId, "host");
 typed_id!(AuditId, "audit record");
 typed_id!(EnrollmentTokenId, "enrollment token");
+typed_id!(MachineId, "machine");
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,7 @@ pub mod client;
 pub mod error;
 pub mod ids;
 pub mod internal;
+pub mod provision;
 pub mod resources;
 
 pub use client::{AgentClient, Client, ClientError, InternalClient};

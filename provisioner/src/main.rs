@@ -1,9 +1,11 @@
-//! `provisioner`: not built yet — see the open issue that owns this component.
-//! It only reports its version so the workspace and packaging are complete.
+//! `provisioner`: one per rack controller. See the crate docs.
 
-fn main() {
-    println!(
-        "provisioner {} (not implemented yet)",
-        env!("CARGO_PKG_VERSION")
-    );
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    agent_support::cli::main::<provisioner::config::Config, _, _>(
+        "provisioner",
+        "Strato provisioner: network boot and machine lifecycle for one rack",
+        provisioner::server::run,
+    )
 }

@@ -90,20 +90,33 @@ async fn discovery_chap_and_acl_guard_each_volume() {
     // Detach: the ACL empties and the former host is locked out, including
     // the session it has open (fencing), not only its next login.
     let mut session = std::process::Command::new("iscsi-perf")
-        .args(["-i", INITIATOR, "-t", "60", "-x", "1", &node.url(&spec.iqn, Some((CHAP_USER, CHAP_SECRET)))])
+        .args([
+            "-i",
+            INITIATOR,
+            "-t",
+            "60",
+            "-x",
+            "1",
+            &node.url(&spec.iqn, Some((CHAP_USER, CHAP_SECRET))),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("iscsi-perf");
     std::thread::sleep(Duration::from_secs(2));
-    assert!(session.try_wait().expect("wait").is_none(), "the session is running");
+    assert!(
+        session.try_wait().expect("wait").is_none(),
+        "the session is running"
+    );
     let mut detached = spec.clone();
     detached.generation = 2;
     detached.allowed_initiators.clear();
     node.realize(&detached).await;
-    let fenced = testkit::wait_for("the live session to be cut", Duration::from_secs(20), || {
-        session.try_wait().expect("wait")
-    });
+    let fenced = testkit::wait_for(
+        "the live session to be cut",
+        Duration::from_secs(20),
+        || session.try_wait().expect("wait"),
+    );
     assert!(!fenced.success(), "iscsi-perf lost its session: {fenced}");
     let after = inq(&node, &spec.iqn, INITIATOR, CHAP_SECRET);
     assert!(!after.status.success(), "a revoked initiator is refused");
@@ -112,9 +125,16 @@ async fn discovery_chap_and_acl_guard_each_volume() {
     // bring it back.
     node.client().volume_delete(spec.id).await.expect("delete");
     assert!(!node.data_file(spec.id).exists(), "data removed");
-    let late = node.client().volume_put(&detached).await.expect_err("stale spec");
+    let late = node
+        .client()
+        .volume_put(&detached)
+        .await
+        .expect_err("stale spec");
     assert_eq!(late.status(), Some(409), "{late}");
-    assert!(!node.data_file(spec.id).exists(), "the stale spec recreated the volume");
+    assert!(
+        !node.data_file(spec.id).exists(),
+        "the stale spec recreated the volume"
+    );
     let ls = text(&run(
         "iscsi-ls",
         &["-i", STRANGER, &portal],

@@ -18,7 +18,7 @@ use api::Client;
 pub const TEST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g test@strato";
 
-pub use testkit::{free_port, wait_async, wait_for};
+pub use testkit::{free_port, wait_async};
 
 pub fn sibling_bin(name: &str) -> PathBuf {
     testkit::workspace_bin(env!("CARGO_BIN_EXE_hypervisor-agent"), name)

@@ -1,0 +1,749 @@
+//! The machine inventory (SQLite through sqlx, in the provisioner's state
+//! directory) and every operation on it. Each change of state is one
+//! transaction that checks the transition with `lifecycle::next`, writes
+//! the machine and appends the event, so history and state never disagree.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use api::ids::MachineId;
+use api::provision::{
+    Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachineState, PowerSpec,
+};
+use api::resources::HostKind;
+use chrono::{DateTime, TimeZone, Utc};
+use rand::distributions::{Alphanumeric, DistString};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::Row;
+
+use crate::error::{ProvisionError, Result};
+use crate::lifecycle::{self, Event, Timeouts};
+use crate::power::Power;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Machines {
+    db: SqlitePool,
+    timeouts: Timeouts,
+    images: PathBuf,
+    http: reqwest::Client,
+    /// Image digests by path, valid while length and mtime stay the same.
+    digests:
+        std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
+    /// One writer at a time: SQLite has one anyway, and this keeps
+    /// read-check-write transitions free of upgrade deadlocks.
+    write: tokio::sync::Mutex<()>,
+}
+
+/// A lease the DHCP server bound, as the inventory records it.
+#[derive(Debug, Clone, Default)]
+pub struct LeaseSeen {
+    pub mac: String,
+    pub address: Option<String>,
+    pub arch: Option<String>,
+    pub switch_port: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or_else(Utc::now)
+}
+
+/// `aa:bb:cc:dd:ee:ff`, lower case; accepts `-` separators.
+pub fn normalize_mac(mac: &str) -> Result<String> {
+    let parts: Vec<&str> = mac.split([':', '-']).collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !ok {
+        return Err(ProvisionError::Invalid(format!(
+            "{mac:?} is not a MAC address"
+        )));
+    }
+    Ok(parts.join(":").to_ascii_lowercase())
+}
+
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::Invalid(format!(
+            "{name:?} is not a machine name (letters, digits, '-', '.'; at most 63)"
+        )))
+    }
+}
+
+/// Images are files in the image directory, named by a plain name.
+pub fn valid_image_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+}
+
+fn state_of(r: &SqliteRow, col: &str) -> Result<MachineState> {
+    let s: String = r.try_get(col)?;
+    MachineState::parse(&s).ok_or_else(|| ProvisionError::Invalid(format!("unknown state {s:?}")))
+}
+
+fn machine(r: &SqliteRow) -> Result<Machine> {
+    let id: String = r.try_get("id")?;
+    let role: String = r.try_get("role")?;
+    let power: String = r.try_get("power")?;
+    let inventory: Option<String> = r.try_get("inventory")?;
+    let deadline: Option<i64> = r.try_get("deadline_ms")?;
+    Ok(Machine {
+        id: id
+            .parse()
+            .map_err(|e| ProvisionError::Invalid(format!("{e}")))?,
+        name: r.try_get("name")?,
+        mac: r.try_get("mac")?,
+        role: if role == "storage" {
+            HostKind::Storage
+        } else {
+            HostKind::Hypervisor
+        },
+        rack: r.try_get("rack")?,
+        state: state_of(r, "state")?,
+        state_reason: r.try_get("state_reason")?,
+        deadline: deadline.map(at),
+        address: r.try_get("address")?,
+        switch_port: r.try_get("switch_port")?,
+        arch: r.try_get("arch")?,
+        power: serde_json::from_str(&power)
+            .map_err(|e| ProvisionError::Invalid(format!("stored power spec: {e}")))?,
+        inventory: inventory
+            .map(|i| serde_json::from_str(&i))
+            .transpose()
+            .map_err(|e| ProvisionError::Invalid(format!("stored inventory: {e}")))?,
+        image: r.try_get("image")?,
+        created_at: at(r.try_get("created_ms")?),
+        updated_at: at(r.try_get("updated_ms")?),
+    })
+}
+
+/// What a state change writes besides the state.
+#[derive(Default)]
+struct Change {
+    reason: Option<String>,
+    image: Option<String>,
+    inventory: Option<Inventory>,
+    rescue_from: Option<MachineState>,
+    message: String,
+}
+
+impl Machines {
+    pub async fn open(state_dir: &Path, images: PathBuf, timeouts: Timeouts) -> Result<Machines> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", state_dir.display())))?;
+        let opts = SqliteConnectOptions::from_str(&format!(
+            "sqlite://{}",
+            state_dir.join("machines.db").display()
+        ))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10));
+        let db = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        MIGRATOR.run(&db).await?;
+        Ok(Machines {
+            db,
+            timeouts,
+            images,
+            http: reqwest::Client::new(),
+            digests: Default::default(),
+            write: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn image_path(&self, name: &str) -> Option<PathBuf> {
+        valid_image_name(name).then(|| self.images.join(name))
+    }
+
+    /// Hex SHA-256 of an image file, computed once per version of the file.
+    pub async fn image_sha256(&self, path: &Path) -> Result<String> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ProvisionError::NotFound(format!("{}: {e}", path.display())))?;
+        let key = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+        if let Some((len, mtime, sum)) = self
+            .digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            if (*len, *mtime) == key {
+                return Ok(sum.clone());
+            }
+        }
+        let sum = agent_support::images::hash_file(path)
+            .await
+            .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
+        self.digests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf(), (key.0, key.1, sum.clone()));
+        Ok(sum)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Machine>> {
+        let rows = sqlx::query("SELECT * FROM machines ORDER BY name")
+            .fetch_all(&self.db)
+            .await?;
+        rows.iter().map(machine).collect()
+    }
+
+    pub async fn get(&self, id: MachineId) -> Result<Machine> {
+        let row = sqlx::query("SELECT * FROM machines WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("machine {id}")))?;
+        machine(&row)
+    }
+
+    /// A machine by id or name.
+    pub async fn find(&self, key: &str) -> Result<Machine> {
+        let row = sqlx::query("SELECT * FROM machines WHERE id = ? OR name = ?")
+            .bind(key)
+            .bind(key)
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("machine {key}")))?;
+        machine(&row)
+    }
+
+    pub async fn by_mac(&self, mac: &str) -> Result<Option<Machine>> {
+        let mac = normalize_mac(mac)?;
+        let row = sqlx::query("SELECT * FROM machines WHERE mac = ?")
+            .bind(mac)
+            .fetch_optional(&self.db)
+            .await?;
+        row.as_ref().map(machine).transpose()
+    }
+
+    /// The secret of the machine's boot-environment callbacks.
+    pub async fn bootenv_secret(&self, id: MachineId) -> Result<String> {
+        let row = sqlx::query("SELECT bootenv_secret FROM machines WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("machine {id}")))?;
+        Ok(row.try_get("bootenv_secret")?)
+    }
+
+    pub async fn events(&self, id: MachineId) -> Result<Vec<MachineEvent>> {
+        self.get(id).await?;
+        let rows = sqlx::query(
+            "SELECT at_ms, from_state, to_state, message FROM machine_events WHERE machine_id = ? ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get("from_state")?;
+                Ok(MachineEvent {
+                    at: at(r.try_get("at_ms")?),
+                    from: from.as_deref().and_then(MachineState::parse),
+                    to: state_of(r, "to_state")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn create(&self, req: MachineCreate) -> Result<Machine> {
+        valid_name(&req.name)?;
+        let mac = normalize_mac(&req.mac)?;
+        self.insert(
+            &req.name,
+            &mac,
+            req.role,
+            req.rack,
+            &req.power,
+            "enlisted by an operator",
+        )
+        .await
+    }
+
+    /// An unknown MAC PXE-booted: enlist it as a new machine, which then
+    /// commissions itself (its boot leads into the inventory environment).
+    pub async fn discover(&self, mac: &str) -> Result<Machine> {
+        let mac = normalize_mac(mac)?;
+        if let Some(m) = self.by_mac(&mac).await? {
+            return Ok(m);
+        }
+        let name = format!("node-{}", mac.replace(':', ""));
+        match self
+            .insert(
+                &name,
+                &mac,
+                HostKind::Hypervisor,
+                None,
+                &PowerSpec::Manual,
+                "discovered when it network-booted",
+            )
+            .await
+        {
+            Ok(m) => Ok(m),
+            // Two DHCP packets raced: the other one enlisted it.
+            Err(ProvisionError::Conflict(_)) => self
+                .by_mac(&mac)
+                .await?
+                .ok_or_else(|| ProvisionError::NotFound(format!("machine with MAC {mac}"))),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert(
+        &self,
+        name: &str,
+        mac: &str,
+        role: HostKind,
+        rack: Option<String>,
+        power: &PowerSpec,
+        message: &str,
+    ) -> Result<Machine> {
+        let _w = self.write.lock().await;
+        let id = MachineId::new();
+        let now = now_ms();
+        let secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+        let mut tx = self.db.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO machines (id, name, mac, role, rack, state, power, bootenv_secret, created_ms, updated_ms) \
+             VALUES (?, ?, ?, ?, ?, 'new', ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(name)
+        .bind(mac)
+        .bind(role.as_str())
+        .bind(rack)
+        .bind(serde_json::to_string(power).map_err(|e| ProvisionError::Invalid(e.to_string()))?)
+        .bind(secret)
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(sqlx::Error::Database(e)) = &r {
+            if e.is_unique_violation() {
+                return Err(ProvisionError::Conflict(format!(
+                    "a machine named {name:?} or with MAC {mac} already exists"
+                )));
+            }
+        }
+        r?;
+        sqlx::query(
+            "INSERT INTO machine_events (machine_id, at_ms, from_state, to_state, message) VALUES (?, ?, NULL, 'new', ?)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(machine = %id, name, mac, "{message}");
+        self.get(id).await
+    }
+
+    pub async fn delete(&self, id: MachineId) -> Result<()> {
+        let _w = self.write.lock().await;
+        let n = sqlx::query("DELETE FROM machines WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.db)
+            .await?
+            .rows_affected();
+        if n == 0 {
+            return Err(ProvisionError::NotFound(format!("machine {id}")));
+        }
+        Ok(())
+    }
+
+    /// Moves `id` by `event`, in one transaction with its event record.
+    async fn transition(&self, id: MachineId, event: Event, change: Change) -> Result<Machine> {
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query("SELECT state, rescue_from FROM machines WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("machine {id}")))?;
+        let from = state_of(&row, "state")?;
+        let event = match event {
+            Event::ExitRescue(_) => {
+                let back: Option<String> = row.try_get("rescue_from")?;
+                Event::ExitRescue(
+                    back.as_deref()
+                        .and_then(MachineState::parse)
+                        .unwrap_or(MachineState::Ready),
+                )
+            }
+            e => e,
+        };
+        let to = lifecycle::next(from, event)?;
+        let now = now_ms();
+        let deadline = self
+            .timeouts
+            .of(to)
+            .map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        sqlx::query(
+            "UPDATE machines SET state = ?, state_reason = ?, deadline_ms = ?, updated_ms = ?, \
+             image = COALESCE(?, image), inventory = COALESCE(?, inventory), \
+             rescue_from = CASE WHEN ? = 'rescue' THEN ? ELSE NULL END WHERE id = ?",
+        )
+        .bind(to.as_str())
+        .bind(&change.reason)
+        .bind(deadline)
+        .bind(now)
+        .bind(&change.image)
+        .bind(
+            change
+                .inventory
+                .as_ref()
+                .map(serde_json::to_string)
+                .transpose()
+                .map_err(|e| ProvisionError::Invalid(e.to_string()))?,
+        )
+        .bind(to.as_str())
+        .bind(change.rescue_from.map(|s| s.as_str()))
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO machine_events (machine_id, at_ms, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(from.as_str())
+        .bind(to.as_str())
+        .bind(&change.message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(machine = %id, from = from.as_str(), to = to.as_str(), "{}", change.message);
+        self.get(id).await
+    }
+
+    /// Records a power action in the history without changing state.
+    async fn note(&self, m: &Machine, message: String) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO machine_events (machine_id, at_ms, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(m.id.to_string())
+        .bind(now_ms())
+        .bind(m.state.as_str())
+        .bind(m.state.as_str())
+        .bind(message)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// An operator's request.
+    pub async fn act(&self, id: MachineId, action: MachineAction) -> Result<Machine> {
+        let m = self.get(id).await?;
+        match action {
+            MachineAction::Commission => {
+                let m = self
+                    .transition(
+                        id,
+                        Event::Commission,
+                        Change {
+                            message: "commissioning requested".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                self.boot_network(&m).await?;
+                Ok(m)
+            }
+            MachineAction::Deploy { image } => {
+                let path = self.image_path(&image).ok_or_else(|| {
+                    ProvisionError::Invalid(format!("{image:?} is not an image name"))
+                })?;
+                if !path.is_file() {
+                    return Err(ProvisionError::Invalid(format!(
+                        "no image {image:?} in {}",
+                        self.images.display()
+                    )));
+                }
+                let m = self
+                    .transition(
+                        id,
+                        Event::Deploy,
+                        Change {
+                            image: Some(image.clone()),
+                            message: format!("deploying image {image}"),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                self.boot_network(&m).await?;
+                Ok(m)
+            }
+            MachineAction::Release => {
+                self.transition(
+                    id,
+                    Event::Release,
+                    Change {
+                        message: "release requested".into(),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                let result = Power::new(&m.power, &self.http).off().await;
+                match result {
+                    Ok(()) => {
+                        self.transition(
+                            id,
+                            Event::PoweredOff,
+                            Change {
+                                message: "powered off; back in the pool".into(),
+                                ..Default::default()
+                            },
+                        )
+                        .await
+                    }
+                    // Releasing keeps its deadline: the sweeper marks the
+                    // machine broken if it never powers off.
+                    Err(e) => Err(e),
+                }
+            }
+            MachineAction::MarkBroken { reason } => {
+                self.transition(
+                    id,
+                    Event::MarkBroken,
+                    Change {
+                        reason: (!reason.is_empty()).then(|| reason.clone()),
+                        message: format!("marked broken: {reason}"),
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            MachineAction::MarkFixed => {
+                self.transition(
+                    id,
+                    Event::MarkFixed,
+                    Change {
+                        message: "marked fixed".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            MachineAction::Rescue => {
+                let from = m.state;
+                let m = self
+                    .transition(
+                        id,
+                        Event::Rescue,
+                        Change {
+                            rescue_from: Some(from),
+                            message: "rescue requested".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                self.boot_network(&m).await?;
+                Ok(m)
+            }
+            MachineAction::ExitRescue => {
+                self.transition(
+                    id,
+                    Event::ExitRescue(MachineState::Ready),
+                    Change {
+                        message: "left rescue".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            MachineAction::PowerOn | MachineAction::PowerOff | MachineAction::PowerCycle => {
+                let p = Power::new(&m.power, &self.http);
+                let (r, what) = match action {
+                    MachineAction::PowerOn => (p.on().await, "power on"),
+                    MachineAction::PowerOff => (p.off().await, "power off"),
+                    _ => (p.cycle().await, "power cycle"),
+                };
+                self.note(
+                    &m,
+                    match &r {
+                        Ok(()) => what.to_string(),
+                        Err(e) => format!("{what} failed: {e}"),
+                    },
+                )
+                .await?;
+                r?;
+                self.get(id).await
+            }
+        }
+    }
+
+    /// Next boot from the network, then (re)start: the machine comes back
+    /// into the environment its new state asks for.
+    async fn boot_network(&self, m: &Machine) -> Result<()> {
+        let p = Power::new(&m.power, &self.http);
+        let r = async {
+            p.next_boot_network().await?;
+            p.cycle().await
+        }
+        .await;
+        self.note(
+            m,
+            match &r {
+                Ok(()) if m.power == PowerSpec::Manual => {
+                    "waiting for an operator to network-boot it".into()
+                }
+                Ok(()) => "network boot and power cycle".into(),
+                Err(e) => format!("power cycle failed: {e}"),
+            },
+        )
+        .await?;
+        r
+    }
+
+    /// The boot environment's reports. `secret` proves the caller is the
+    /// environment this provisioner booted for that machine.
+    pub async fn check_secret(&self, id: MachineId, secret: &str) -> Result<()> {
+        let expected = self.bootenv_secret(id).await?;
+        if constant_time::eq(expected.as_bytes(), secret.as_bytes()) {
+            Ok(())
+        } else {
+            Err(ProvisionError::NotFound(format!("machine {id}")))
+        }
+    }
+
+    pub async fn inventory_reported(&self, id: MachineId, inventory: Inventory) -> Result<Machine> {
+        let summary = format!(
+            "inventory: {} CPUs, {} MiB RAM, {} disks, {} NICs",
+            inventory.cpus,
+            inventory.ram_mib,
+            inventory.disks.len(),
+            inventory.nics.len()
+        );
+        self.transition(
+            id,
+            Event::InventoryReported,
+            Change {
+                inventory: Some(inventory),
+                message: summary,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn deployed(&self, id: MachineId) -> Result<Machine> {
+        self.transition(
+            id,
+            Event::Deployed,
+            Change {
+                message: "image written; booting from disk".into(),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    pub async fn failed(&self, id: MachineId, reason: String) -> Result<Machine> {
+        let reason: String = reason
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(500)
+            .collect();
+        self.transition(
+            id,
+            Event::Failed,
+            Change {
+                reason: Some(reason.clone()),
+                message: format!("the boot environment failed: {reason}"),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// A DHCP lease was bound: remember where the machine is.
+    pub async fn lease_seen(&self, lease: &LeaseSeen) -> Result<()> {
+        let mac = normalize_mac(&lease.mac)?;
+        sqlx::query(
+            "UPDATE machines SET address = COALESCE(?, address), arch = COALESCE(?, arch), \
+             switch_port = COALESCE(?, switch_port), updated_ms = ? WHERE mac = ?",
+        )
+        .bind(&lease.address)
+        .bind(&lease.arch)
+        .bind(&lease.switch_port)
+        .bind(now_ms())
+        .bind(mac)
+        .execute(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves machines whose in-progress state outlived its deadline to the
+    /// failed state; returns how many.
+    pub async fn sweep(&self) -> Result<usize> {
+        let rows = sqlx::query(
+            "SELECT id, state FROM machines WHERE deadline_ms IS NOT NULL AND deadline_ms < ?",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.db)
+        .await?;
+        let mut n = 0;
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let state = state_of(&r, "state")?;
+            let Ok(id) = id.parse::<MachineId>() else {
+                continue;
+            };
+            let res = self
+                .transition(
+                    id,
+                    Event::TimedOut,
+                    Change {
+                        reason: Some(format!("{} timed out", state.as_str())),
+                        message: format!("{} timed out", state.as_str()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match res {
+                Ok(_) => n += 1,
+                // It moved on meanwhile.
+                Err(ProvisionError::Illegal(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Constant-time comparison without pulling a crypto crate for it.
+mod constant_time {
+    pub fn eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}

@@ -1,0 +1,374 @@
+//! A rack in a box: a private L2 segment (a bridge inside a network
+//! namespace this test creates), the provisioner binary on one side serving
+//! DHCP and HTTP boot, and QEMU VMs with empty disks network-booting on the
+//! other through their built-in iPXE, with no other DHCP server. An unknown
+//! VM is discovered, commissioned (its inventory must match what QEMU was
+//! given), deployed with an image, and boots that image from its own disk.
+//! Everything is driven through the provisioner's API. Nothing leaves the
+//! namespace.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NET: &str = "10.77.0";
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn image_cache() -> PathBuf {
+    std::env::var_os("STRATO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/strato/images"))
+}
+
+/// The namespace with its bridge; removed (with everything in it) on drop.
+struct Segment {
+    ns: String,
+    children: Vec<Child>,
+}
+
+impl Segment {
+    fn new() -> Segment {
+        let ns = format!("pv{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        sh(&["ip", "netns", "add", &ns]);
+        let seg = Segment {
+            ns,
+            children: Vec::new(),
+        };
+        seg.ip(&["link", "set", "lo", "up"]);
+        seg.ip(&["link", "add", "br0", "type", "bridge"]);
+        seg.ip(&["addr", "add", &format!("{NET}.1/24"), "dev", "br0"]);
+        seg.ip(&["link", "set", "br0", "up"]);
+        seg
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.ns];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    fn spawn(&mut self, args: &[&str], log: &Path) -> usize {
+        let f = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("fd"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    fn running(&mut self, i: usize) -> bool {
+        matches!(self.children[i].try_wait(), Ok(None))
+    }
+
+    fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// The provisioner's API, called from inside the namespace.
+    fn api(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.ns.clone(),
+            "curl".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/stdout".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-X".into(),
+            method.into(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+        ];
+        if let Some(b) = body {
+            args.extend([
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "-d".into(),
+                b.into(),
+            ]);
+        }
+        args.push(format!("http://{NET}.1:8080{path}"));
+        let out = Command::new("ip").args(&args).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let v = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        (code.trim().parse().unwrap_or(0), v)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+struct Vm {
+    console: PathBuf,
+    disk: PathBuf,
+    mac: String,
+    tap: String,
+}
+
+impl Vm {
+    fn new(dir: &Path, seg: &Segment, n: u8) -> Vm {
+        let disk = dir.join(format!("vm{n}.raw"));
+        let f = std::fs::File::create(&disk).expect("disk");
+        f.set_len(2 << 30).expect("sparse disk");
+        let tap = format!("tap{n}");
+        seg.ip(&["tuntap", "add", &tap, "mode", "tap"]);
+        seg.ip(&["link", "set", &tap, "master", "br0", "up"]);
+        Vm {
+            console: dir.join(format!("vm{n}.console")),
+            disk,
+            mac: format!("52:54:00:77:00:{n:02x}"),
+            tap,
+        }
+    }
+
+    /// Powers it on: network first, then its disk (as a rack's machines are set up).
+    fn boot(&self, seg: &mut Segment, dir: &Path) -> usize {
+        let drive = format!("file={},if=virtio,format=raw", self.disk.display());
+        let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
+        let nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
+        let serial = format!("file:{}", self.console.display());
+        seg.spawn(
+            &[
+                "qemu-system-x86_64",
+                "-machine",
+                "pc,accel=tcg",
+                "-m",
+                "384",
+                "-smp",
+                "2",
+                "-display",
+                "none",
+                "-serial",
+                &serial,
+                "-netdev",
+                &netdev,
+                "-device",
+                &nic,
+                "-drive",
+                &drive,
+                "-boot",
+                "order=nc",
+            ],
+            &dir.join(format!("qemu-{}.log", self.tap)),
+        )
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+}
+
+fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn a_bare_vm_is_discovered_commissioned_and_deployed() {
+    let boot_env = image_cache().join("boot-env");
+    for f in ["vmlinuz", "initrd.img"] {
+        assert!(
+            boot_env.join(f).exists(),
+            "{} is missing: run `bash scripts/boot-env.sh` (scripts/test.sh does)",
+            boot_env.join(f).display()
+        );
+    }
+    let tiny = image_cache().join("tiny.raw");
+    assert!(
+        tiny.exists(),
+        "{} is missing: run `bash scripts/guest-images.sh`",
+        tiny.display()
+    );
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let images = state.join("images");
+    std::fs::create_dir_all(&images).expect("image dir");
+    std::fs::copy(&tiny, images.join("tiny.raw")).expect("image");
+    let token = "test-token-0123456789";
+    let config = dir.path().join("provisioner.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\nhttp_listen = \"{NET}.1:8080\"\nhttp_url = \"http://{NET}.1:8080\"\n\
+             api_token = \"{token}\"\nboot_env_dir = \"{}\"\nsweep_interval_secs = 1\n\
+             commissioning_timeout_secs = 300\ndeploying_timeout_secs = 300\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
+             [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
+             [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
+             routers = [\"{NET}.1\"]\n",
+            state.display(),
+            boot_env.display(),
+        ),
+    )
+    .expect("config");
+
+    let mut seg = Segment::new();
+    let bin = env!("CARGO_BIN_EXE_provisioner");
+    let cfg = config.display().to_string();
+    let prov = seg.spawn(
+        &[bin, "run", "--config", &cfg],
+        &dir.path().join("provisioner.log"),
+    );
+    let log = || std::fs::read_to_string(dir.path().join("provisioner.log")).unwrap_or_default();
+    wait("the provisioner to answer", 30, || {
+        (seg.api(token, "GET", "/v1/machines", None).0 == 200).then_some(())
+    });
+
+    // Discovery and commissioning: the VM is unknown; booting enlists it.
+    let vm = Vm::new(dir.path(), &seg, 1);
+    let q = vm.boot(&mut seg, dir.path());
+    let started = Instant::now();
+    let machine = wait("the VM to be commissioned", 240, || {
+        assert!(seg.running(prov), "the provisioner exited:\n{}", log());
+        let (_, list) = seg.api(token, "GET", "/v1/machines", None);
+        let m = list
+            .as_array()?
+            .iter()
+            .find(|m| m["mac"] == vm.mac.as_str())?
+            .clone();
+        assert_ne!(m["state"], "failed_commissioning", "{m}\n{}", vm.console());
+        (m["state"] == "ready").then_some(m)
+    });
+    eprintln!("commissioned in {:?}", started.elapsed());
+    let inv = &machine["inventory"];
+    assert_eq!(inv["cpus"], 2, "{inv}");
+    let ram = inv["ram_mib"].as_u64().expect("ram");
+    assert!(
+        (300..=384).contains(&ram),
+        "RAM {ram} MiB for a 384 MiB VM: {inv}"
+    );
+    assert!(
+        inv["disks"]
+            .as_array()
+            .expect("disks")
+            .iter()
+            .any(|d| d["size_bytes"] == 2u64 << 30),
+        "the 2 GiB disk: {inv}"
+    );
+    assert!(
+        inv["nics"]
+            .as_array()
+            .expect("nics")
+            .iter()
+            .any(|n| n["mac"] == vm.mac.as_str()),
+        "the NIC: {inv}"
+    );
+    assert!(
+        machine["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(NET)),
+        "{machine}"
+    );
+    // The environment powers the machine off when done.
+    wait("the VM to power off after commissioning", 60, || {
+        (!seg.running(q)).then_some(())
+    });
+
+    // Deploy: the image is written to its disk, then it boots from it.
+    let id = machine["id"].as_str().expect("id").to_string();
+    let (code, m) = seg.api(
+        token,
+        "POST",
+        &format!("/v1/machines/{id}/actions"),
+        Some(r#"{"action":"deploy","image":"tiny.raw"}"#),
+    );
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["state"], "deploying");
+    let q = vm.boot(&mut seg, dir.path());
+    wait("the VM to be deployed", 240, || {
+        let (_, m) = seg.api(token, "GET", &format!("/v1/machines/{id}"), None);
+        assert_ne!(m["state"], "failed_deployment", "{m}\n{}", vm.console());
+        (m["state"] == "deployed").then_some(())
+    });
+    wait(
+        "the deployed image to boot from the VM's own disk",
+        180,
+        || vm.console().contains("STRATO-GUEST ready").then_some(()),
+    );
+    let head = std::fs::read(&vm.disk).expect("disk");
+    let image = std::fs::read(images.join("tiny.raw")).expect("image");
+    assert!(head[..image.len()] == image[..], "the disk holds the image");
+    seg.kill(q);
+
+    // Every transition is in the history.
+    let (_, events) = seg.api(token, "GET", &format!("/v1/machines/{id}/events"), None);
+    let states: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| e["from"] != e["to"])
+        .filter_map(|e| e["to"].as_str())
+        .collect();
+    assert_eq!(
+        states,
+        ["new", "commissioning", "ready", "deploying", "deployed"],
+        "{events}"
+    );
+
+    // Illegal moves are refused and change nothing; release returns it.
+    let (code, err) = seg.api(
+        token,
+        "POST",
+        &format!("/v1/machines/{id}/actions"),
+        Some(r#"{"action":"commission"}"#),
+    );
+    assert_eq!(code, 409, "{err}");
+    assert!(
+        err["message"].as_str().unwrap_or("").contains("deployed"),
+        "{err}"
+    );
+    let (code, m) = seg.api(
+        token,
+        "POST",
+        &format!("/v1/machines/{id}/actions"),
+        Some(r#"{"action":"release"}"#),
+    );
+    assert_eq!(code, 200, "{m}");
+    assert_eq!(m["state"], "ready");
+    // Without the token the API is closed.
+    let (code, _) = seg.api("wrong", "GET", "/v1/machines", None);
+    assert_eq!(code, 401);
+}
