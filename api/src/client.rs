@@ -635,3 +635,48 @@ impl AgentClient {
         self.transport.get("/agent/v1/volumes").await
     }
 }
+
+/// Client of a rack's provisioner (`/v1/machines`).
+#[derive(Debug, Clone)]
+pub struct ProvisionerClient {
+    pub transport: Transport,
+}
+
+impl ProvisionerClient {
+    pub fn new(base_url: &str, token: &str) -> Self {
+        Self {
+            transport: Transport::new(base_url, Some(token.to_string())),
+        }
+    }
+
+    pub async fn machine_list(&self) -> Result<Vec<crate::provision::Machine>> {
+        self.transport.get("/v1/machines").await
+    }
+    /// By id or name.
+    pub async fn machine_get(&self, key: &str) -> Result<crate::provision::Machine> {
+        self.transport.get(&format!("/v1/machines/{key}")).await
+    }
+    pub async fn machine_create(
+        &self,
+        req: &crate::provision::MachineCreate,
+    ) -> Result<crate::provision::Machine> {
+        self.transport.post("/v1/machines", req).await
+    }
+    pub async fn machine_delete(&self, key: &str) -> Result<()> {
+        self.transport.delete(&format!("/v1/machines/{key}")).await
+    }
+    pub async fn machine_act(
+        &self,
+        key: &str,
+        action: &crate::provision::MachineAction,
+    ) -> Result<crate::provision::Machine> {
+        self.transport
+            .post(&format!("/v1/machines/{key}/actions"), action)
+            .await
+    }
+    pub async fn machine_events(&self, key: &str) -> Result<Vec<crate::provision::MachineEvent>> {
+        self.transport
+            .get(&format!("/v1/machines/{key}/events"))
+            .await
+    }
+}

@@ -9,5 +9,5 @@ pub mod internal;
 pub mod provision;
 pub mod resources;
 
-pub use client::{AgentClient, Client, ClientError, InternalClient};
+pub use client::{AgentClient, Client, ClientError, InternalClient, ProvisionerClient};
 pub use error::{ErrorBody, ErrorCode};

@@ -103,6 +103,9 @@ pub enum Command {
     /// Racks hosts belong to (admin).
     #[command(subcommand)]
     Rack(host::RackCmd),
+    /// Bare machines on a rack, through its provisioner: enlist,
+    /// commission, deploy, release, power, events.
+    Machine(machine::MachineArgs),
     /// Projects (tenants) and their members (admin).
     #[command(subcommand)]
     Project(identity::ProjectCmd),
@@ -140,6 +143,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Group(c) => group::run(&ctx, c).await?,
         Command::Host(c) => host::run(&ctx, c).await?,
         Command::Rack(c) => host::run_rack(&ctx, c).await?,
+        Command::Machine(a) => machine::run(&ctx, a).await?,
         Command::Project(c) => identity::run_project(&ctx, c).await?,
         Command::User(c) => identity::run_user(&ctx, c).await?,
         Command::Quota(c) => quota::run(&ctx, c).await?,

@@ -348,6 +348,44 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
         "{events}"
     );
 
+    // The operator's view through the CLI.
+    let strato = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name("strato");
+    assert!(
+        strato.exists(),
+        "{} is not built (cargo build --workspace)",
+        strato.display()
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &seg.ns])
+            .arg(&strato)
+            .args([
+                "machine",
+                "--provisioner",
+                &format!("http://{NET}.1:8080"),
+                "--provisioner-token",
+                token,
+            ])
+            .args(args)
+            .env("HOME", dir.path())
+            .output()
+            .expect("strato");
+        assert!(
+            out.status.success(),
+            "strato machine {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let name = machine["name"].as_str().expect("name");
+    let list = cli(&["list"]);
+    assert!(
+        list.contains(name) && list.contains("deployed") && list.contains("2 cpu"),
+        "{list}"
+    );
+    let history = cli(&["events", name]);
+    assert!(history.contains("image written"), "{history}");
+
     // Illegal moves are refused and change nothing; release returns it.
     let (code, err) = seg.api(
         token,

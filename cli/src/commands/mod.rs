@@ -9,6 +9,7 @@ pub mod host;
 pub mod identity;
 pub mod image;
 pub mod keypair;
+pub mod machine;
 pub mod network;
 pub mod quota;
 pub mod usage;
