@@ -51,13 +51,15 @@
 #   Every console line of /init starts with "STRATO-BOOTENV ".
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/kernel.sh"
 
 CACHE_DIR="${STRATO_IMAGE_CACHE:-/var/cache/strato/images}"
 OUT_DIR="$CACHE_DIR/boot-env"
 DEB_CACHE="$CACHE_DIR/boot-env-kernel"
 TEMPLATE_DIR="$STRATO_ROOT/templates/boot-env"
 KERNEL_META="${STRATO_BOOTENV_KERNEL:-linux-image-cloud-amd64}"
-SCRIPT_HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
+SCRIPT_HASH="$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/kernel.sh" | sha256sum | cut -d' ' -f1)"
 # Always loaded (dependencies first): virtio PCI transport, NIC and disks,
 # and sd_mod for SCSI/SATA/USB disks.
 CORE_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod)
@@ -76,111 +78,13 @@ usage() {
 }
 
 # ---------------------------------------------------------------- plumbing
-# (ensure_pkgs, resolve_kernel, fetch_kernel and module_load_order follow
-# guest-images.sh, which cannot be sourced: it runs its main.)
-
-ensure_pkgs() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
+# (Kernel packages and module order come from kernel.sh, shared with
+# guest-images.sh.)
 
 cleanup() {
     local rc=$?
     [ -n "$WORK" ] && [ -d "$WORK" ] && rm -rf "$WORK"
     exit "$rc"
-}
-
-kernel_pkg_name() {
-    { apt-cache depends "$KERNEL_META" 2>/dev/null || true; } |
-        awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9]/ { print $2; exit }'
-}
-
-# Sets KERNEL_PKG, KERNEL_VERSION (Debian version) and KVER (uname -r)
-# without downloading anything.
-resolve_kernel() {
-    KERNEL_PKG="$(kernel_pkg_name)"
-    if [ -z "$KERNEL_PKG" ]; then
-        apt-get update -qq
-        KERNEL_PKG="$(kernel_pkg_name)"
-    fi
-    [ -n "$KERNEL_PKG" ] || { echo "error: cannot resolve $KERNEL_META" >&2; exit 1; }
-    KERNEL_VERSION="$(apt-cache policy "$KERNEL_PKG" | awk '$1 == "Candidate:" { print $2 }')"
-    [ -n "$KERNEL_VERSION" ] && [ "$KERNEL_VERSION" != "(none)" ] ||
-        { echo "error: no installable version of $KERNEL_PKG" >&2; exit 1; }
-    KVER="${KERNEL_PKG#linux-image-}"
-}
-
-# A local .deb is used only if it is exactly the package apt would download.
-local_kernel_deb() {
-    local want f
-    want="$(apt-cache show "$KERNEL_PKG=$KERNEL_VERSION" 2>/dev/null | awk '$1 == "SHA256:" { print $2; exit }')"
-    [ -n "$want" ] || return 1
-    for f in ${STRATO_KERNEL_DEB:-} "$DEB_CACHE/${KERNEL_PKG}_${KERNEL_VERSION//:/%3a}"_*.deb \
-        /var/cache/apt/archives/"${KERNEL_PKG}_${KERNEL_VERSION//:/%3a}"_*.deb; do
-        [ -f "$f" ] || continue
-        if [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$want" ]; then
-            echo "$f"
-            return 0
-        fi
-        log "ignoring $f: not $KERNEL_PKG $KERNEL_VERSION (SHA256 differs from apt's index)"
-    done
-    return 1
-}
-
-# Sets KERNEL_DEB and KROOT (the unpacked package, with a modules.dep).
-fetch_kernel() {
-    mkdir -p "$WORK/kernel"
-    if KERNEL_DEB="$(local_kernel_deb)"; then
-        log "using $KERNEL_DEB"
-    else
-        log "downloading $KERNEL_PKG $KERNEL_VERSION"
-        (cd "$WORK/kernel" && apt-get -qq -o APT::Sandbox::User=root download "$KERNEL_PKG=$KERNEL_VERSION")
-        KERNEL_DEB="$(ls "$WORK/kernel"/"${KERNEL_PKG}"_*.deb)"
-    fi
-    # Kept (one version) so that rebuilds after a template change need no
-    # download; checked against apt's index again when used.
-    if [ "$(dirname "$KERNEL_DEB")" != "$DEB_CACHE" ]; then
-        mkdir -p "$DEB_CACHE"
-        rm -f "$DEB_CACHE"/*.deb
-        cp "$KERNEL_DEB" "$DEB_CACHE/"
-    fi
-    KROOT="$WORK/kernel/x"
-    dpkg-deb -x "$KERNEL_DEB" "$KROOT"
-    [ -f "$KROOT/lib/modules/$KVER/modules.dep" ] || busybox depmod -b "$KROOT" "$KVER"
-    [ -f "$KROOT/lib/modules/$KVER/modules.alias" ] || busybox depmod -b "$KROOT" "$KVER"
-}
-
-# modules.dep paths for the named modules, dependencies first; built-in
-# modules print nothing, unknown ones are an error.
-module_load_order() { # NAME...
-    local moddir="$KROOT/lib/modules/$KVER"
-    awk -v want="$*" '
-        function base(p) { sub(/.*\//, "", p); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", p); gsub(/-/, "_", p); return p }
-        function visit(p,   n, i, d) {
-            if (p in done) return
-            done[p] = 1
-            n = split(deps[p], d, " ")
-            for (i = 1; i <= n; i++) visit(d[i])
-            print p
-        }
-        FILENAME ~ /modules\.builtin$/ { builtin[base($1)] = 1; next }
-        { p = $1; sub(/:$/, "", p); $1 = ""; deps[p] = $0; path[base(p)] = p }
-        END {
-            n = split(want, w, " ")
-            for (i = 1; i <= n; i++) {
-                m = w[i]; gsub(/-/, "_", m)
-                if (m in path) visit(path[m])
-                else if (!(m in builtin)) { print "error: no module " m > "/dev/stderr"; exit 1 }
-            }
-        }' "$moddir/modules.builtin" "$moddir/modules.dep"
 }
 
 # Is NAME a loadable module of this kernel (not built in, not absent)?
@@ -197,7 +101,7 @@ copy_module() { # MODPATH DIR
     if [ ! -f "$2/$name" ]; then
         case "$1" in
             *.ko.xz) xz -dc "$f" >"$2/$name" ;;
-            *.ko.zst) ensure_pkgs zstd; zstd -qdc "$f" >"$2/$name" ;;
+            *.ko.zst) apt_install zstd; zstd -qdc "$f" >"$2/$name" ;;
             *.ko.gz) gzip -dc "$f" >"$2/$name" ;;
             *) cp "$f" "$2/$name" ;;
         esac
@@ -304,7 +208,7 @@ main() {
     for f in init udhcpc.script; do
         [ -f "$TEMPLATE_DIR/$f" ] || { echo "error: missing $TEMPLATE_DIR/$f" >&2; exit 1; }
     done
-    ensure_pkgs busybox-static cpio xz-utils gzip
+    apt_install busybox-static cpio xz-utils gzip
     mkdir -p "$CACHE_DIR"
     # One builder at a time per cache (the same lock as guest-images.sh).
     exec 9>"$CACHE_DIR/.lock"

@@ -35,10 +35,14 @@
 #   STRATO-DEBIAN ready
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/kernel.sh"
 
 CACHE_DIR="${STRATO_IMAGE_CACHE:-/var/cache/strato/images}"
+KERNEL_META=linux-image-cloud-amd64
+DEB_CACHE="$CACHE_DIR/boot-env-kernel"
 MIRROR="${STRATO_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SCRIPT_HASH="$(sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1)"
+SCRIPT_HASH="$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/kernel.sh" | sha256sum | cut -d' ' -f1)"
 SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 # Modules the tiny guest loads (with their dependencies): the virtio PCI
 # transport, disks, NIC, and isofs for the config drive.
@@ -63,20 +67,6 @@ usage() {
 # ---------------------------------------------------------------- plumbing
 
 # Installs the named Debian packages that are not installed yet.
-ensure_pkgs() {
-    local missing=() p
-    for p in "$@"; do
-        dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    log "installing ${missing[*]}"
-    # An install can fail on stale (or never fetched) package lists.
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    fi
-}
-
 # Unmounts whatever is still mounted below the work dir (an interrupted
 # chroot step), deepest first, then deletes it. Refuses to delete if a mount
 # survives: rm -rf through a mounted /proc or /dev would be a disaster.
@@ -146,67 +136,6 @@ publish() { # BUILT_FILE NAME
 }
 
 # ------------------------------------------------------------------ kernel
-
-# The versioned package the linux-image-cloud-amd64 metapackage points at.
-kernel_pkg_name() {
-    { apt-cache depends linux-image-cloud-amd64 2>/dev/null || true; } |
-        awk '$1 == "Depends:" && $2 ~ /^linux-image-/ { print $2; exit }'
-}
-
-# Sets KERNEL_PKG (e.g. linux-image-6.1.0-56-cloud-amd64), KERNEL_VERSION
-# (its Debian version) and KVER (its uname -r) without downloading anything,
-# so that an up-to-date cache costs no download.
-resolve_kernel() {
-    KERNEL_PKG="$(kernel_pkg_name)"
-    if [ -z "$KERNEL_PKG" ]; then # package lists never fetched (fresh machine)
-        apt-get update -qq
-        KERNEL_PKG="$(kernel_pkg_name)"
-    fi
-    [ -n "$KERNEL_PKG" ] || { echo "error: cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
-    KERNEL_VERSION="$(apt-cache policy "$KERNEL_PKG" | awk '$1 == "Candidate:" { print $2 }')"
-    KVER="${KERNEL_PKG#linux-image-}"
-}
-
-# Downloads and unpacks the kernel package once per run: sets KERNEL_DEB and
-# KROOT (the unpacked tree, with a modules.dep).
-fetch_kernel() {
-    [ -n "${KROOT:-}" ] && return 0
-    log "downloading $KERNEL_PKG $KERNEL_VERSION"
-    mkdir -p "$WORK/kernel"
-    # As root into a root-owned dir: skip apt's _apt sandbox (and its warning).
-    (cd "$WORK/kernel" && apt-get -qq -o APT::Sandbox::User=root download "$KERNEL_PKG=$KERNEL_VERSION")
-    KERNEL_DEB="$(ls "$WORK/kernel"/"${KERNEL_PKG}"_*.deb)"
-    KROOT="$WORK/kernel/x"
-    dpkg-deb -x "$KERNEL_DEB" "$KROOT"
-    # The package ships no modules.dep (depmod runs at install time);
-    # busybox's depmod makes one without needing kmod on this machine.
-    [ -f "$KROOT/lib/modules/$KVER/modules.dep" ] || busybox depmod -b "$KROOT" "$KVER"
-}
-
-# Prints the modules.dep paths needed for the named modules, dependencies
-# before the modules that need them. Built-in modules print nothing.
-module_load_order() { # NAME...
-    local moddir="$KROOT/lib/modules/$KVER"
-    awk -v want="$*" '
-        function base(p) { sub(/.*\//, "", p); sub(/\.ko(\.xz|\.zst|\.gz)?$/, "", p); gsub(/-/, "_", p); return p }
-        function visit(p,   n, i, d) {
-            if (p in done) return
-            done[p] = 1
-            n = split(deps[p], d, " ")
-            for (i = 1; i <= n; i++) visit(d[i])
-            print p
-        }
-        FILENAME ~ /modules\.builtin$/ { builtin[base($1)] = 1; next }
-        { p = $1; sub(/:$/, "", p); $1 = ""; deps[p] = $0; path[base(p)] = p }
-        END {
-            n = split(want, w, " ")
-            for (i = 1; i <= n; i++) {
-                m = w[i]; gsub(/-/, "_", m)
-                if (m in path) visit(path[m])
-                else if (!(m in builtin)) { print "error: no module " m > "/dev/stderr"; exit 1 }
-            }
-        }' "$moddir/modules.builtin" "$moddir/modules.dep"
-}
 
 # ------------------------------------------------------------- boot disks
 
@@ -483,7 +412,7 @@ build_tiny_initrd() { # OUT
         f="$KROOT/lib/modules/$KVER/$m"
         case "$m" in
             *.ko.xz) xz -dc "$f" >"$s/lib/modules/$(basename "$m" .xz)" ;;
-            *.ko.zst) ensure_pkgs zstd; zstd -qdc "$f" >"$s/lib/modules/$(basename "$m" .zst)" ;;
+            *.ko.zst) apt_install zstd; zstd -qdc "$f" >"$s/lib/modules/$(basename "$m" .zst)" ;;
             *.ko.gz) gzip -dc "$f" >"$s/lib/modules/$(basename "$m" .gz)" ;;
             *) cp "$f" "$s/lib/modules/" ;;
         esac
@@ -655,7 +584,7 @@ main() {
     [ ${#want[@]} -gt 0 ] || want=(tiny debian)
     [ "$(id -u)" -eq 0 ] || { echo "error: run as root (mknod, chroot, debootstrap)" >&2; exit 1; }
 
-    ensure_pkgs busybox-static syslinux syslinux-common mtools dosfstools e2fsprogs fdisk \
+    apt_install busybox-static syslinux syslinux-common mtools dosfstools e2fsprogs fdisk \
         debootstrap cpio xz-utils qemu-utils genisoimage
     mkdir -p "$CACHE_DIR"
     # One builder at a time per cache (tests may call this concurrently).
