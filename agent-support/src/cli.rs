@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+use crate::config::ConfigError;
 
 #[derive(Parser)]
 struct Cli {
@@ -26,12 +29,18 @@ enum Command {
     Config,
 }
 
-/// What the command line needs of an agent's config.
-pub trait AgentConfig: Default + Serialize + Sized {
-    type Error: std::fmt::Display;
-    fn load(path: &Path) -> Result<Self, Self::Error>;
+/// What the command line needs of a service's config: one TOML file whose
+/// fields all have defaults, checked once loaded.
+pub trait AgentConfig: Default + Serialize + DeserializeOwned + Sized {
+    /// Checks what serde cannot (ranges, consistency between fields).
+    fn validate(&self) -> Result<(), ConfigError>;
     /// The `tracing` filter (`RUST_LOG` overrides it).
     fn log_filter(&self) -> &str;
+    fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = crate::config::load_toml(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 /// Parses the command line and runs `run` with the loaded config on a

@@ -3,7 +3,7 @@
 //! defaults.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,13 +111,7 @@ impl Default for Config {
 pub use agent_support::config::ConfigError;
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = agent_support::config::load_toml(path)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         if !(self.libvirt_uri.starts_with("qemu") || self.libvirt_uri.starts_with("xen")) {
             return Err(ConfigError::Invalid(format!(
                 "libvirt_uri {:?}: only qemu:// and xen:// drivers are supported",
@@ -177,9 +171,8 @@ impl Config {
 }
 
 impl agent_support::cli::AgentConfig for Config {
-    type Error = ConfigError;
-    fn load(path: &Path) -> Result<Self, ConfigError> {
-        Config::load(path)
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
     fn log_filter(&self) -> &str {
         &self.log
@@ -189,6 +182,7 @@ impl agent_support::cli::AgentConfig for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_support::cli::AgentConfig;
 
     #[test]
     fn empty_file_is_all_defaults() {

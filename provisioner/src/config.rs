@@ -2,7 +2,7 @@
 //! with a documented default. `provisioner config` prints the defaults.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use agent_support::config::ConfigError;
@@ -104,13 +104,7 @@ impl Default for Config {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = agent_support::config::load_toml(path)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         if self.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "sweep_interval_secs must be > 0".into(),
@@ -166,9 +160,8 @@ impl Config {
 }
 
 impl agent_support::cli::AgentConfig for Config {
-    type Error = ConfigError;
-    fn load(path: &Path) -> Result<Self, ConfigError> {
-        Config::load(path)
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
     fn log_filter(&self) -> &str {
         &self.log
@@ -178,6 +171,7 @@ impl agent_support::cli::AgentConfig for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_support::cli::AgentConfig;
 
     #[test]
     fn defaults_parse_back_and_validate() {

@@ -2,7 +2,7 @@
 //! with a documented default. `storage-agent config` prints the defaults.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -95,13 +95,7 @@ impl Default for Config {
 pub use agent_support::config::ConfigError;
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Config = agent_support::config::load_toml(path)?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval_secs must be > 0".into(),
@@ -152,9 +146,8 @@ impl Config {
 }
 
 impl agent_support::cli::AgentConfig for Config {
-    type Error = ConfigError;
-    fn load(path: &Path) -> Result<Self, ConfigError> {
-        Config::load(path)
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
     }
     fn log_filter(&self) -> &str {
         &self.log
@@ -164,6 +157,7 @@ impl agent_support::cli::AgentConfig for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agent_support::cli::AgentConfig;
 
     #[test]
     fn empty_file_is_all_defaults() {
