@@ -81,7 +81,7 @@ ensure_virt() {
                 -t bookworm-backports qemu-system-x86 qemu-block-extra qemu-utils >/dev/null
         fi
     fi
-    apt_install qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu seabios \
+    apt_install qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu seabios ovmf \
         libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
         genisoimage iproute2
     start_libvirtd

@@ -12,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NET: &str = "10.77.0";
+/// Debian's OVMF build (package ovmf) with its firmware's own iPXE.
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
 fn sh(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -155,36 +157,42 @@ impl Vm {
         }
     }
 
-    /// Powers it on: network first, then its disk (as a rack's machines are set up).
+    /// Powers it on: network first, then its disk (as a rack's machines are
+    /// set up), with SeaBIOS or, when `uefi`, OVMF.
     fn boot(&self, seg: &mut Segment, dir: &Path) -> usize {
+        self.boot_with(seg, dir, false)
+    }
+
+    fn boot_with(&self, seg: &mut Segment, dir: &Path, uefi: bool) -> usize {
         let drive = format!("file={},if=virtio,format=raw", self.disk.display());
         let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
         let nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
         let serial = format!("file:{}", self.console.display());
-        seg.spawn(
-            &[
-                "qemu-system-x86_64",
-                "-machine",
-                "pc,accel=tcg",
-                "-m",
-                "384",
-                "-smp",
-                "2",
-                "-display",
-                "none",
-                "-serial",
-                &serial,
-                "-netdev",
-                &netdev,
-                "-device",
-                &nic,
-                "-drive",
-                &drive,
-                "-boot",
-                "order=nc",
-            ],
-            &dir.join(format!("qemu-{}.log", self.tap)),
-        )
+        let mut args = vec![
+            "qemu-system-x86_64",
+            "-machine",
+            "pc,accel=tcg",
+            "-m",
+            "384",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-serial",
+            &serial,
+            "-netdev",
+            &netdev,
+            "-device",
+            &nic,
+            "-drive",
+            &drive,
+            "-boot",
+            "order=nc",
+        ];
+        if uefi {
+            args.extend(["-bios", OVMF]);
+        }
+        seg.spawn(&args, &dir.join(format!("qemu-{}.log", self.tap)))
     }
 
     fn console(&self) -> String {
@@ -206,71 +214,125 @@ fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// A running provisioner on its own segment: (segment, its process index,
+/// temp dir, image dir, API token).
+struct Rack {
+    seg: Segment,
+    prov: usize,
+    dir: tempfile::TempDir,
+    images: PathBuf,
+}
+
+const TOKEN: &str = "test-token-0123456789";
+
+impl Rack {
+    fn start() -> Rack {
+        let boot_env = image_cache().join("boot-env");
+        for f in ["vmlinuz", "initrd.img"] {
+            assert!(
+                boot_env.join(f).exists(),
+                "{} is missing: run `bash scripts/boot-env.sh` (scripts/test.sh does)",
+                boot_env.join(f).display()
+            );
+        }
+        let tiny = image_cache().join("tiny.raw");
+        assert!(
+            tiny.exists(),
+            "{} is missing: run `bash scripts/guest-images.sh`",
+            tiny.display()
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let images = state.join("images");
+        std::fs::create_dir_all(&images).expect("image dir");
+        std::fs::copy(&tiny, images.join("tiny.raw")).expect("image");
+        let config = dir.path().join("provisioner.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\nhttp_listen = \"{NET}.1:8080\"\nhttp_url = \"http://{NET}.1:8080\"\n\
+                 api_token = \"{TOKEN}\"\nboot_env_dir = \"{}\"\nsweep_interval_secs = 1\n\
+                 commissioning_timeout_secs = 300\ndeploying_timeout_secs = 300\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
+                 [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
+                 [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
+                 routers = [\"{NET}.1\"]\n",
+                state.display(),
+                boot_env.display(),
+            ),
+        )
+        .expect("config");
+        let mut seg = Segment::new();
+        let bin = env!("CARGO_BIN_EXE_provisioner");
+        let cfg = config.display().to_string();
+        let prov = seg.spawn(
+            &[bin, "run", "--config", &cfg],
+            &dir.path().join("provisioner.log"),
+        );
+        wait("the provisioner to answer", 30, || {
+            (seg.api(TOKEN, "GET", "/v1/machines", None).0 == 200).then_some(())
+        });
+        Rack {
+            seg,
+            prov,
+            dir,
+            images,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("provisioner.log")).unwrap_or_default()
+    }
+
+    /// Waits until the machine with `mac` reaches `state`, failing fast on `failed`.
+    fn wait_state(
+        &mut self,
+        mac: &str,
+        state: &str,
+        failed: &str,
+        secs: u64,
+        console: impl Fn() -> String,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            assert!(
+                self.seg.running(self.prov),
+                "the provisioner exited:\n{}",
+                self.log()
+            );
+            let (_, list) = self.seg.api(TOKEN, "GET", "/v1/machines", None);
+            let m = list
+                .as_array()
+                .and_then(|l| l.iter().find(|m| m["mac"] == mac).cloned());
+            if let Some(m) = m {
+                assert_ne!(m["state"], failed, "{m}\n{}", console());
+                if m["state"] == state {
+                    return m;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {mac} to be {state}\n--- console ---\n{}\n--- provisioner ---\n{}",
+                console(),
+                self.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
 #[test]
 fn a_bare_vm_is_discovered_commissioned_and_deployed() {
-    let boot_env = image_cache().join("boot-env");
-    for f in ["vmlinuz", "initrd.img"] {
-        assert!(
-            boot_env.join(f).exists(),
-            "{} is missing: run `bash scripts/boot-env.sh` (scripts/test.sh does)",
-            boot_env.join(f).display()
-        );
-    }
-    let tiny = image_cache().join("tiny.raw");
-    assert!(
-        tiny.exists(),
-        "{} is missing: run `bash scripts/guest-images.sh`",
-        tiny.display()
-    );
-
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join("state");
-    let images = state.join("images");
-    std::fs::create_dir_all(&images).expect("image dir");
-    std::fs::copy(&tiny, images.join("tiny.raw")).expect("image");
-    let token = "test-token-0123456789";
-    let config = dir.path().join("provisioner.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "state_dir = \"{}\"\nhttp_listen = \"{NET}.1:8080\"\nhttp_url = \"http://{NET}.1:8080\"\n\
-             api_token = \"{token}\"\nboot_env_dir = \"{}\"\nsweep_interval_secs = 1\n\
-             commissioning_timeout_secs = 300\ndeploying_timeout_secs = 300\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
-             [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
-             [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
-             routers = [\"{NET}.1\"]\n",
-            state.display(),
-            boot_env.display(),
-        ),
-    )
-    .expect("config");
-
-    let mut seg = Segment::new();
-    let bin = env!("CARGO_BIN_EXE_provisioner");
-    let cfg = config.display().to_string();
-    let prov = seg.spawn(
-        &[bin, "run", "--config", &cfg],
-        &dir.path().join("provisioner.log"),
-    );
-    let log = || std::fs::read_to_string(dir.path().join("provisioner.log")).unwrap_or_default();
-    wait("the provisioner to answer", 30, || {
-        (seg.api(token, "GET", "/v1/machines", None).0 == 200).then_some(())
-    });
-
+    let mut rack = Rack::start();
+    let token = TOKEN;
+    let images = rack.images.clone();
     // Discovery and commissioning: the VM is unknown; booting enlists it.
-    let vm = Vm::new(dir.path(), &seg, 1);
-    let q = vm.boot(&mut seg, dir.path());
+    let dir = rack.dir.path().to_path_buf();
+    let vm = Vm::new(&dir, &rack.seg, 1);
+    let q = vm.boot(&mut rack.seg, &dir);
     let started = Instant::now();
-    let machine = wait("the VM to be commissioned", 240, || {
-        assert!(seg.running(prov), "the provisioner exited:\n{}", log());
-        let (_, list) = seg.api(token, "GET", "/v1/machines", None);
-        let m = list
-            .as_array()?
-            .iter()
-            .find(|m| m["mac"] == vm.mac.as_str())?
-            .clone();
-        assert_ne!(m["state"], "failed_commissioning", "{m}\n{}", vm.console());
-        (m["state"] == "ready").then_some(m)
+    let machine = rack.wait_state(&vm.mac, "ready", "failed_commissioning", 240, || {
+        vm.console()
     });
     eprintln!("commissioned in {:?}", started.elapsed());
     let inv = &machine["inventory"];
@@ -304,8 +366,9 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
     );
     // The environment powers the machine off when done.
     wait("the VM to power off after commissioning", 60, || {
-        (!seg.running(q)).then_some(())
+        (!rack.seg.running(q)).then_some(())
     });
+    let seg = &mut rack.seg;
 
     // Deploy: the image is written to its disk, then it boots from it.
     let id = machine["id"].as_str().expect("id").to_string();
@@ -317,7 +380,7 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
     );
     assert_eq!(code, 200, "{m}");
     assert_eq!(m["state"], "deploying");
-    let q = vm.boot(&mut seg, dir.path());
+    let q = vm.boot(seg, &dir);
     wait("the VM to be deployed", 240, || {
         let (_, m) = seg.api(token, "GET", &format!("/v1/machines/{id}"), None);
         assert_ne!(m["state"], "failed_deployment", "{m}\n{}", vm.console());
@@ -367,7 +430,7 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
                 token,
             ])
             .args(args)
-            .env("HOME", dir.path())
+            .env("HOME", &dir)
             .output()
             .expect("strato");
         assert!(
@@ -409,4 +472,34 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
     // Without the token the API is closed.
     let (code, _) = seg.api("wrong", "GET", "/v1/machines", None);
     assert_eq!(code, 401);
+}
+
+/// The UEFI path: OVMF's own iPXE asks with client arch 7; the machine is
+/// discovered and commissioned the same way, and the arch is recorded.
+#[test]
+fn a_uefi_vm_is_discovered_and_commissioned() {
+    assert!(
+        Path::new(OVMF).exists(),
+        "{OVMF} is missing: install Debian's ovmf (scripts/test.sh does)"
+    );
+    let mut rack = Rack::start();
+    let dir = rack.dir.path().to_path_buf();
+    let vm = Vm::new(&dir, &rack.seg, 2);
+    let q = vm.boot_with(&mut rack.seg, &dir, true);
+    let m = rack.wait_state(&vm.mac, "ready", "failed_commissioning", 150, || {
+        vm.console()
+    });
+    assert_eq!(m["arch"], "uefi-x64", "{m}");
+    assert_eq!(m["inventory"]["cpus"], 2, "{m}");
+    assert!(
+        m["inventory"]["nics"]
+            .as_array()
+            .expect("nics")
+            .iter()
+            .any(|n| n["mac"] == vm.mac.as_str()),
+        "{m}"
+    );
+    wait("the VM to power off after commissioning", 60, || {
+        (!rack.seg.running(q)).then_some(())
+    });
 }
