@@ -51,6 +51,9 @@ fn api_error(e: ProvisionError) -> ApiError {
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
         }
     };
+    if status.is_server_error() {
+        tracing::warn!(error = %e, "request failed");
+    }
     ApiError(status, code, e.to_string())
 }
 

@@ -33,8 +33,10 @@ pub struct Machines {
     /// Image digests by path, valid while length and mtime stay the same.
     digests:
         std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
-    /// One writer at a time: SQLite has one anyway, and this keeps
-    /// read-check-write transitions free of upgrade deadlocks.
+    /// Every write takes it: SQLite has one writer anyway, and a
+    /// transaction that reads before it writes fails at once (not after the
+    /// busy timeout) if another connection wrote in between. Ten machines
+    /// booting together showed it.
     write: tokio::sync::Mutex<()>,
 }
 
@@ -445,6 +447,7 @@ impl Machines {
 
     /// Records a power action in the history without changing state.
     async fn note(&self, m: &Machine, message: String) -> Result<()> {
+        let _w = self.write.lock().await;
         sqlx::query(
             "INSERT INTO machine_events (machine_id, at_ms, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
         )
@@ -686,6 +689,7 @@ impl Machines {
     /// A DHCP lease was bound: remember where the machine is.
     pub async fn lease_seen(&self, lease: &LeaseSeen) -> Result<()> {
         let mac = normalize_mac(&lease.mac)?;
+        let _w = self.write.lock().await;
         sqlx::query(
             "UPDATE machines SET address = COALESCE(?, address), arch = COALESCE(?, arch), \
              switch_port = COALESCE(?, switch_port), updated_ms = ? WHERE mac = ?",

@@ -1,0 +1,321 @@
+//! A rack in a box for the provisioner's end-to-end test and benchmark: a
+//! private L2 segment (a bridge inside a network namespace created here),
+//! the provisioner binary on it as the only DHCP server, and QEMU VMs with
+//! empty disks that network-boot through their firmware's iPXE. Nothing
+//! leaves the namespace; it is removed on drop.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NET: &str = "10.77.0";
+/// Debian's OVMF build (package ovmf) with its firmware's own iPXE.
+pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn image_cache() -> PathBuf {
+    std::env::var_os("STRATO_IMAGE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/strato/images"))
+}
+
+/// The namespace with its bridge; removed (with everything in it) on drop.
+pub struct Segment {
+    pub ns: String,
+    children: Vec<Child>,
+}
+
+impl Segment {
+    pub fn new() -> Segment {
+        let ns = format!("pv{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        sh(&["ip", "netns", "add", &ns]);
+        let seg = Segment {
+            ns,
+            children: Vec::new(),
+        };
+        seg.ip(&["link", "set", "lo", "up"]);
+        seg.ip(&["link", "add", "br0", "type", "bridge"]);
+        seg.ip(&["addr", "add", &format!("{NET}.1/24"), "dev", "br0"]);
+        seg.ip(&["link", "set", "br0", "up"]);
+        seg
+    }
+
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut all = vec!["ip", "-n", &self.ns];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    pub fn spawn(&mut self, args: &[&str], log: &Path) -> usize {
+        let f = std::fs::File::create(log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("fd"))
+            .stderr(f)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push(child);
+        self.children.len() - 1
+    }
+
+    pub fn running(&mut self, i: usize) -> bool {
+        matches!(self.children[i].try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// The provisioner's API, called from inside the namespace.
+    pub fn api(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut args = vec![
+            "netns".to_string(),
+            "exec".into(),
+            self.ns.clone(),
+            "curl".into(),
+            "-s".into(),
+            "-o".into(),
+            "/dev/stdout".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            "-X".into(),
+            method.into(),
+            "-H".into(),
+            format!("Authorization: Bearer {token}"),
+        ];
+        if let Some(b) = body {
+            args.extend([
+                "-H".into(),
+                "Content-Type: application/json".into(),
+                "-d".into(),
+                b.into(),
+            ]);
+        }
+        args.push(format!("http://{NET}.1:8080{path}"));
+        let out = Command::new("ip").args(&args).output().expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        let v = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        (code.trim().parse().unwrap_or(0), v)
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+pub struct Vm {
+    pub console: PathBuf,
+    pub disk: PathBuf,
+    pub mac: String,
+    pub tap: String,
+}
+
+impl Vm {
+    pub fn new(dir: &Path, seg: &Segment, n: u8) -> Vm {
+        let disk = dir.join(format!("vm{n}.raw"));
+        let f = std::fs::File::create(&disk).expect("disk");
+        f.set_len(2 << 30).expect("sparse disk");
+        let tap = format!("tap{n}");
+        seg.ip(&["tuntap", "add", &tap, "mode", "tap"]);
+        seg.ip(&["link", "set", &tap, "master", "br0", "up"]);
+        Vm {
+            console: dir.join(format!("vm{n}.console")),
+            disk,
+            mac: format!("52:54:00:77:00:{n:02x}"),
+            tap,
+        }
+    }
+
+    /// Powers it on: network first, then its disk (as a rack's machines are
+    /// set up), with SeaBIOS or, when `uefi`, OVMF.
+    pub fn boot(&self, seg: &mut Segment, dir: &Path) -> usize {
+        self.boot_with(seg, dir, false)
+    }
+
+    pub fn boot_with(&self, seg: &mut Segment, dir: &Path, uefi: bool) -> usize {
+        let drive = format!("file={},if=virtio,format=raw", self.disk.display());
+        let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
+        let nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
+        let serial = format!("file:{}", self.console.display());
+        let mut args = vec![
+            "qemu-system-x86_64",
+            "-machine",
+            "pc,accel=tcg",
+            "-m",
+            "384",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-serial",
+            &serial,
+            "-netdev",
+            &netdev,
+            "-device",
+            &nic,
+            "-drive",
+            &drive,
+            "-boot",
+            "order=nc,reboot-timeout=5000",
+        ];
+        if uefi {
+            args.extend(["-bios", OVMF]);
+        }
+        seg.spawn(&args, &dir.join(format!("qemu-{}.log", self.tap)))
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+}
+
+pub fn wait<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A running provisioner on its own segment: (segment, its process index,
+/// temp dir, image dir, API token).
+pub struct Rack {
+    pub seg: Segment,
+    pub prov: usize,
+    pub dir: tempfile::TempDir,
+    pub images: PathBuf,
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+impl Rack {
+    pub fn start() -> Rack {
+        let boot_env = image_cache().join("boot-env");
+        for f in ["vmlinuz", "initrd.img"] {
+            assert!(
+                boot_env.join(f).exists(),
+                "{} is missing: run `bash scripts/boot-env.sh` (scripts/test.sh does)",
+                boot_env.join(f).display()
+            );
+        }
+        let tiny = image_cache().join("tiny.raw");
+        assert!(
+            tiny.exists(),
+            "{} is missing: run `bash scripts/guest-images.sh`",
+            tiny.display()
+        );
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = dir.path().join("state");
+        let images = state.join("images");
+        std::fs::create_dir_all(&images).expect("image dir");
+        std::fs::copy(&tiny, images.join("tiny.raw")).expect("image");
+        let config = dir.path().join("provisioner.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = \"{}\"\nhttp_listen = \"{NET}.1:8080\"\nhttp_url = \"http://{NET}.1:8080\"\n\
+                 api_token = \"{TOKEN}\"\nboot_env_dir = \"{}\"\nsweep_interval_secs = 1\n\
+                 commissioning_timeout_secs = 300\ndeploying_timeout_secs = 300\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
+                 [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
+                 [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
+                 routers = [\"{NET}.1\"]\n",
+                state.display(),
+                boot_env.display(),
+            ),
+        )
+        .expect("config");
+        let mut seg = Segment::new();
+        let bin = env!("CARGO_BIN_EXE_provisioner");
+        let cfg = config.display().to_string();
+        let prov = seg.spawn(
+            &[bin, "run", "--config", &cfg],
+            &dir.path().join("provisioner.log"),
+        );
+        wait("the provisioner to answer", 30, || {
+            (seg.api(TOKEN, "GET", "/v1/machines", None).0 == 200).then_some(())
+        });
+        Rack {
+            seg,
+            prov,
+            dir,
+            images,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("provisioner.log")).unwrap_or_default()
+    }
+
+    /// Waits until the machine with `mac` reaches `state`, failing fast on `failed`.
+    pub fn wait_state(
+        &mut self,
+        mac: &str,
+        state: &str,
+        failed: &str,
+        secs: u64,
+        console: impl Fn() -> String,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            assert!(
+                self.seg.running(self.prov),
+                "the provisioner exited:\n{}",
+                self.log()
+            );
+            let (_, list) = self.seg.api(TOKEN, "GET", "/v1/machines", None);
+            let m = list
+                .as_array()
+                .and_then(|l| l.iter().find(|m| m["mac"] == mac).cloned());
+            if let Some(m) = m {
+                assert_ne!(m["state"], failed, "{m}\n{}", console());
+                if m["state"] == state {
+                    return m;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {secs} s waiting for {mac} to be {state}\n--- console ---\n{}\n--- provisioner ---\n{}",
+                console(),
+                self.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
