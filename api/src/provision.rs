@@ -52,22 +52,22 @@ impl MachineState {
         }
     }
 
+    /// Every state, in lifecycle order.
+    pub const ALL: [MachineState; 10] = [
+        MachineState::New,
+        MachineState::Commissioning,
+        MachineState::FailedCommissioning,
+        MachineState::Ready,
+        MachineState::Deploying,
+        MachineState::FailedDeployment,
+        MachineState::Deployed,
+        MachineState::Releasing,
+        MachineState::Broken,
+        MachineState::Rescue,
+    ];
+
     pub fn parse(s: &str) -> Option<MachineState> {
-        use MachineState::*;
-        [
-            New,
-            Commissioning,
-            FailedCommissioning,
-            Ready,
-            Deploying,
-            FailedDeployment,
-            Deployed,
-            Releasing,
-            Broken,
-            Rescue,
-        ]
-        .into_iter()
-        .find(|m| m.as_str() == s)
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
     }
 }
 

@@ -68,6 +68,13 @@ fn put16(b: &mut [u8], off: usize, v: u16) {
 fn put32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_be_bytes());
 }
+/// StatSN, ExpCmdSN and MaxCmdSN: the same three words at the same place
+/// in every PDU the target sends.
+fn put_sequence(b: &mut [u8], statsn: u32, exp_cmdsn: u32, max_cmdsn: u32) {
+    put32(b, 24, statsn);
+    put32(b, 28, exp_cmdsn);
+    put32(b, 32, max_cmdsn);
+}
 fn lun8(b: &[u8]) -> [u8; 8] {
     let mut l = [0u8; 8];
     l.copy_from_slice(&b[8..16]);
@@ -736,9 +743,7 @@ impl Bhs {
                 b[8..16].copy_from_slice(&p.lun);
                 put32(b, 16, p.itt);
                 put32(b, 20, p.ttt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
             }
             Bhs::ScsiResponse(p) => {
                 b[1] = 0x80
@@ -748,9 +753,7 @@ impl Bhs {
                 b[3] = p.status;
                 put32(b, 16, p.itt);
                 put32(b, 20, p.snack_tag);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 put32(b, 36, p.exp_datasn);
                 put32(b, 40, p.bidi_residual.count);
                 put32(b, 44, p.residual.count);
@@ -759,9 +762,7 @@ impl Bhs {
                 b[1] = 0x80;
                 b[2] = p.response;
                 put32(b, 16, p.itt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
             }
             Bhs::LoginResponse(p) => {
                 b[1] = (if p.transit { 0x80 } else { 0 })
@@ -773,9 +774,7 @@ impl Bhs {
                 b[8..14].copy_from_slice(&p.isid);
                 put16(b, 14, p.tsih);
                 put32(b, 16, p.itt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 b[36] = p.status_class;
                 b[37] = p.status_detail;
             }
@@ -784,9 +783,7 @@ impl Bhs {
                 b[8..16].copy_from_slice(&p.lun);
                 put32(b, 16, p.itt);
                 put32(b, 20, p.ttt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
             }
             Bhs::DataIn(p) => {
                 b[1] = (if p.final_ { 0x80 } else { 0 })
@@ -799,9 +796,7 @@ impl Bhs {
                 b[8..16].copy_from_slice(&p.lun);
                 put32(b, 16, p.itt);
                 put32(b, 20, p.ttt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 put32(b, 36, p.datasn);
                 put32(b, 40, p.buffer_offset);
                 put32(b, 44, p.residual.count);
@@ -810,9 +805,7 @@ impl Bhs {
                 b[1] = 0x80;
                 b[2] = p.response;
                 put32(b, 16, p.itt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 put16(b, 40, p.time2wait);
                 put16(b, 42, p.time2retain);
             }
@@ -821,9 +814,7 @@ impl Bhs {
                 b[8..16].copy_from_slice(&p.lun);
                 put32(b, 16, p.itt);
                 put32(b, 20, p.ttt);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 put32(b, 36, p.r2tsn);
                 put32(b, 40, p.buffer_offset);
                 put32(b, 44, p.desired_length);
@@ -832,9 +823,7 @@ impl Bhs {
                 b[1] = 0x80;
                 b[8..16].copy_from_slice(&p.lun);
                 put32(b, 16, RESERVED_TAG);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 b[36] = p.event;
                 b[37] = p.vcode;
                 put16(b, 38, p.param1);
@@ -845,9 +834,7 @@ impl Bhs {
                 b[1] = 0x80;
                 b[2] = p.reason;
                 put32(b, 16, RESERVED_TAG);
-                put32(b, 24, p.statsn);
-                put32(b, 28, p.exp_cmdsn);
-                put32(b, 32, p.max_cmdsn);
+                put_sequence(b, p.statsn, p.exp_cmdsn, p.max_cmdsn);
                 put32(b, 36, p.datasn_r2tsn);
             }
         }

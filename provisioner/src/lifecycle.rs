@@ -137,18 +137,7 @@ pub fn boot_choice(state: MachineState) -> BootChoice {
 mod tests {
     use super::*;
 
-    const ALL: [MachineState; 10] = [
-        New,
-        Commissioning,
-        FailedCommissioning,
-        Ready,
-        Deploying,
-        FailedDeployment,
-        Deployed,
-        Releasing,
-        Broken,
-        Rescue,
-    ];
+    const ALL: [MachineState; 10] = MachineState::ALL;
 
     #[test]
     fn the_happy_path() {
