@@ -40,8 +40,17 @@
 #     then powers off.
 #   deploy:
 #     GET  <base>/image-size    decimal byte count of the image (required)
+#     GET  <base>/image-map     optional: "offset length sha256" lines, one per
+#                               chunk of the image's data (MiB-aligned offsets);
+#                               then only these are written, each checked first:
+#     GET  <base>/image-chunk/<offset>/<length>   one chunk's bytes
+#   without an image-map (404), the whole image is streamed:
 #     GET  <base>/image-sha256  64 hex digits (optional: 404 skips the check)
 #     GET  <base>/image         the raw disk image, streamed to the disk
+#     GET  <base>/cloud-init-seed  optional (404: skipped): a cloud-init config
+#                               written to etc/cloud/cloud.cfg.d/90-strato-provisioner.cfg
+#                               on the image's ext4 partition that has etc/cloud
+#                               (post-install); none such fails the deploy
 #     POST <base>/deployed      empty body, after the image was written, its
 #                               length (and hash) checked and the disk synced;
 #                               then reboots
@@ -61,8 +70,8 @@ TEMPLATE_DIR="$STRATO_ROOT/templates/boot-env"
 KERNEL_META="${STRATO_BOOTENV_KERNEL:-linux-image-cloud-amd64}"
 SCRIPT_HASH="$(cat "${BASH_SOURCE[0]}" "$(dirname "${BASH_SOURCE[0]}")/kernel.sh" | sha256sum | cut -d' ' -f1)"
 # Always loaded (dependencies first): virtio PCI transport, NIC and disks,
-# and sd_mod for SCSI/SATA/USB disks.
-CORE_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod)
+# sd_mod for SCSI/SATA/USB disks, and ext4 to seed an installed system.
+CORE_MODULES=(virtio_pci virtio_net virtio_blk virtio_scsi sd_mod ext4)
 # Loaded only when a PCI device matches one of their aliases (or of their
 # dependencies': mlx4_en binds through mlx4_core). Those this kernel lacks
 # are skipped; the cloud kernel has few of them, linux-image-amd64 most.

@@ -49,11 +49,12 @@ SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 TINY_MODULES=(virtio_pci virtio_blk virtio_net isofs)
 # What the Debian guest needs on top of debootstrap's minbase: an init, the
 # kernel's install-time dependencies (the kernel itself comes from the same
-# .deb as tiny's), cloud-init, ifupdown for cloud-init's ENI renderer, and
-# ssh-keygen for the report. python3-cffi-backend is listed because
-# debootstrap does not resolve the virtual package python3-cryptography
-# depends on.
-DEBIAN_INCLUDE=systemd-sysv,udev,kmod,linux-base,initramfs-tools,zstd,cloud-init,python3-cffi-backend,openssh-client,openssh-server,ifupdown,iproute2
+# .deb as tiny's), cloud-init, ifupdown for cloud-init's ENI renderer, a
+# DHCP client for its fallback network (the provisioner deploys this image
+# onto machines that have no config drive), sshd, and ssh-keygen for the
+# report. python3-cffi-backend is listed because debootstrap does not
+# resolve the virtual package python3-cryptography depends on.
+DEBIAN_INCLUDE=systemd-sysv,udev,kmod,linux-base,initramfs-tools,zstd,cloud-init,python3-cffi-backend,openssh-client,openssh-server,ifupdown,isc-dhcp-client,iproute2
 DEBIAN_DISK_MIB=2048
 
 WORK=""

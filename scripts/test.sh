@@ -12,8 +12,9 @@ ensure_postgres
 ensure_virt
 # libiscsi's initiators judge the iSCSI target; tgt is the benchmark's peer.
 # The provisioner's boot services are judged by real DHCP/TFTP clients and
-# relays (dnsmasq is the benchmarks' peer; only its binary, no service).
-apt_install libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl
+# relays (dnsmasq is the benchmarks' peer; only its binary, no service);
+# an operator logs in to a deployed machine with ssh.
+apt_install libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl openssh-client
 cd "$STRATO_ROOT"
 log "guest images"
 bash scripts/guest-images.sh >/dev/null

@@ -65,3 +65,42 @@ pub fn read_json<T: for<'de> serde::Deserialize<'de>>(path: &Path) -> Option<T> 
         }
     }
 }
+
+/// The allocated ranges of `file` as `(start, end)` byte offsets, in order
+/// (`SEEK_DATA`/`SEEK_HOLE`, so the granularity is the file system's). A
+/// file system without hole tracking reports the whole file as data.
+pub fn data_extents(file: &std::fs::File) -> std::io::Result<Vec<(u64, u64)>> {
+    let len = file.metadata()?.len();
+    let mut extents = Vec::new();
+    let mut pos = 0u64;
+    while pos < len {
+        let Some(start) = seek(file, pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let end = seek(file, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        if end <= start {
+            break;
+        }
+        extents.push((start, end));
+        pos = end;
+    }
+    Ok(extents)
+}
+
+/// `lseek` with `whence`; `None` when there is no further data (ENXIO).
+fn seek(f: &std::fs::File, from: u64, whence: libc::c_int) -> std::io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    let off = libc::off_t::try_from(from)
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on an open descriptor. Callers do positional
+    // I/O only, so moving the file position is harmless.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
+}

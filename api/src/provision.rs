@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::MachineId;
+use crate::ids::{HostId, MachineId};
 use crate::resources::HostKind;
 
 /// Where a machine is in its life, in the spirit of MAAS. In-progress
@@ -177,6 +177,10 @@ pub struct Machine {
     pub inventory: Option<Inventory>,
     /// The image being or last deployed.
     pub image: Option<String>,
+    /// The stack manager host its agent enrolled as, once post-install
+    /// finished.
+    #[serde(default)]
+    pub host_id: Option<HostId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -189,6 +193,10 @@ pub enum MachineAction {
     Deploy {
         /// Name of an image in the provisioner's image directory.
         image: String,
+        /// What the machine becomes (and which agent post-install starts);
+        /// default: the role it has.
+        #[serde(default)]
+        role: Option<HostKind>,
     },
     Release,
     MarkBroken {

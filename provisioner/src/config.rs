@@ -9,6 +9,7 @@ use agent_support::config::ConfigError;
 use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::Timeouts;
+use crate::postinstall::PostInstallConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -52,6 +53,10 @@ pub struct Config {
     pub dhcp: Option<dhcp::Config>,
     /// The TFTP server for firmware that is not iPXE yet. Default: none.
     pub tftp: Option<TftpConfig>,
+    /// Post-install over SSH until the machine's agent enrolls in the
+    /// stack manager (see `PostInstallConfig`). Default: none — a
+    /// deployment then ends when its image is written.
+    pub post_install: Option<PostInstallConfig>,
     /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -98,6 +103,7 @@ impl Default for Config {
             sweep_interval_secs: 5,
             dhcp: None,
             tftp: None,
+            post_install: None,
             log: "info".into(),
         }
     }

@@ -4,7 +4,8 @@
 //!   booting machine has nothing to present);
 //! - the boot environment: `/bootenv/<machine>/<secret>/…`, where the
 //!   per-machine secret in the URL (handed out in the boot script) is the
-//!   credential.
+//!   credential; the installed system's cloud-init reads its NoCloud seed
+//!   (`…/cloud-init/`) and phones home (`…/phone-home`) under the same URL.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::boot::Scripts;
 use crate::error::ProvisionError;
 use crate::lifecycle::{self, BootChoice};
 use crate::machines::Machines;
+use crate::postinstall::Runner;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -37,6 +39,8 @@ pub struct HttpState {
     pub base_url: Arc<String>,
     /// `vmlinuz` and `initrd.img` of the boot environment.
     pub boot_env: Arc<PathBuf>,
+    /// Post-install, when configured (`[post_install]`).
+    pub post_install: Option<Arc<Runner>>,
 }
 
 fn api_error(e: ProvisionError) -> ApiError {
@@ -92,8 +96,22 @@ pub fn router(state: HttpState, api_token: Arc<String>) -> Router {
             "/bootenv/{machine}/{secret}/image-sha256",
             get(image_sha256),
         )
+        .route("/bootenv/{machine}/{secret}/image-map", get(image_map))
+        .route(
+            "/bootenv/{machine}/{secret}/image-chunk/{offset}/{length}",
+            get(image_chunk),
+        )
         .route("/bootenv/{machine}/{secret}/deployed", post(deployed))
         .route("/bootenv/{machine}/{secret}/failed", post(failed))
+        .route(
+            "/bootenv/{machine}/{secret}/cloud-init-seed",
+            get(cloud_init_seed),
+        )
+        .route(
+            "/bootenv/{machine}/{secret}/cloud-init/{file}",
+            get(cloud_init_file),
+        )
+        .route("/bootenv/{machine}/{secret}/phone-home", post(phone_home))
         .with_state(state)
 }
 
@@ -175,7 +193,13 @@ async fn boot_script(
             .await
             .map_err(api_error)?;
     }
-    let choice = lifecycle::boot_choice(m.state);
+    let image_written = m.state == MachineState::Deploying
+        && s.machines
+            .deploy_progress(m.id)
+            .await
+            .map_err(api_error)?
+            .image_written;
+    let choice = lifecycle::boot_choice(m.state, image_written);
     let secret = match choice {
         BootChoice::LocalDisk => String::new(),
         _ => s.machines.bootenv_secret(m.id).await.map_err(api_error)?,
@@ -318,13 +342,185 @@ async fn image_sha256(
     s.machines.image_sha256(&path).await.map_err(api_error)
 }
 
+/// The image's data as checked chunks (`offset length sha256` lines): the
+/// environment writes those and skips the holes.
+async fn image_map(
+    State(s): State<HttpState>,
+    Path((machine, secret)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let path = deployed_image(&s, &machine, &secret).await?;
+    let chunks = s.machines.image_chunks(&path).await.map_err(api_error)?;
+    Ok(text(crate::imagemap::render(&chunks)))
+}
+
+/// One chunk of the map, exactly as listed there.
+async fn image_chunk(
+    State(s): State<HttpState>,
+    Path((machine, secret, offset, length)): Path<(String, String, u64, u64)>,
+) -> Result<Response, ApiError> {
+    let path = deployed_image(&s, &machine, &secret).await?;
+    let chunks = s.machines.image_chunks(&path).await.map_err(api_error)?;
+    if !chunks
+        .iter()
+        .any(|c| c.offset == offset && c.length == length)
+    {
+        return Err(not_found(&format!(
+            "no chunk {offset}+{length} in the image map"
+        )));
+    }
+    let mut f = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| not_found(&format!("{}: {e}", path.display())))?;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    f.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        f.take(length),
+        1 << 20,
+    ));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, length.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
 async fn deployed(
     State(s): State<HttpState>,
     Path((machine, secret)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let m = bootenv_machine(&s, &machine, &secret).await?;
-    s.machines.deployed(m.id).await.map_err(api_error)?;
+    s.machines
+        .image_written(m.id, s.post_install.is_some())
+        .await
+        .map_err(api_error)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+fn not_found(what: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, ErrorCode::NotFound, what.into())
+}
+
+fn post_install(s: &HttpState) -> Result<&Arc<Runner>, ApiError> {
+    s.post_install
+        .as_ref()
+        .ok_or_else(|| not_found("post-install is not configured on this provisioner"))
+}
+
+fn text(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn template_error(e: crate::postinstall::PostInstallError) -> ApiError {
+    tracing::warn!(error = %e, "rendering an install template failed");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        e.to_string(),
+    )
+}
+
+/// The cloud-init config the deploy environment writes into the installed
+/// system, pointing it at `cloud_init_file`. 404 without post-install:
+/// the environment then leaves the image as it is.
+async fn cloud_init_seed(
+    State(s): State<HttpState>,
+    Path((machine, secret)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let runner = post_install(&s)?;
+    let m = bootenv_machine(&s, &machine, &secret).await?;
+    if m.state != MachineState::Deploying {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            ErrorCode::Conflict,
+            format!("machine {} is {}, not deploying", m.name, m.state.as_str()),
+        ));
+    }
+    let url = format!("{}/bootenv/{}/{secret}/cloud-init/", s.base_url, m.id);
+    let seed = runner
+        .post_install()
+        .seed(&m, &url)
+        .map_err(template_error)?;
+    Ok(text(seed))
+}
+
+/// NoCloud's files. Served while deploying and once deployed: cloud-init
+/// checks its seed on every boot, and a vanished one would make it treat
+/// the machine as a new instance.
+async fn cloud_init_file(
+    State(s): State<HttpState>,
+    Path((machine, secret, file)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let runner = post_install(&s)?;
+    let m = bootenv_machine(&s, &machine, &secret).await?;
+    if !matches!(m.state, MachineState::Deploying | MachineState::Deployed) {
+        return Err(not_found("this machine is not deployed"));
+    }
+    let pi = runner.post_install();
+    let body = match file.as_str() {
+        "meta-data" => pi.meta_data(&m).map_err(template_error)?,
+        "user-data" => {
+            let url = format!("{}/bootenv/{}/{secret}/phone-home", s.base_url, m.id);
+            pi.user_data(&m, &url).map_err(template_error)?
+        }
+        "vendor-data" => "#cloud-config\n{}\n".to_string(),
+        _ => return Err(not_found(&format!("no cloud-init file {file:?}"))),
+    };
+    Ok(text(body))
+}
+
+/// cloud-init's phone_home (form-encoded): the installed system is up, with
+/// these SSH host keys. Starts post-install.
+async fn phone_home(
+    State(s): State<HttpState>,
+    Path((machine, secret)): Path<(String, String)>,
+    form: Result<axum::Form<Vec<(String, String)>>, axum::extract::rejection::FormRejection>,
+) -> Result<StatusCode, ApiError> {
+    let runner = post_install(&s)?;
+    let m = bootenv_machine(&s, &machine, &secret).await?;
+    let axum::Form(fields) = form.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            e.body_text(),
+        )
+    })?;
+    let keys: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| k.starts_with("pub_key_"))
+        .map(|(_, v)| v.trim().to_string())
+        .filter(|v| !crate::postinstall::parse_host_keys(v).is_empty())
+        .collect();
+    if keys.is_empty() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "no pub_key_* field holds an OpenSSH public key".into(),
+        ));
+    }
+    let keys = keys.join("\n");
+    let progress = s.machines.deploy_progress(m.id).await.map_err(api_error)?;
+    // cloud-init retries a phone-home it thinks failed; the same keys
+    // again are not news.
+    if progress.ssh_host_keys.as_deref() != Some(keys.as_str()) {
+        s.machines
+            .phoned_home(m.id, keys.clone())
+            .await
+            .map_err(api_error)?;
+    }
+    let m = s.machines.get(m.id).await.map_err(api_error)?;
+    runner.start(m, keys);
+    Ok(StatusCode::OK)
 }
 
 async fn failed(

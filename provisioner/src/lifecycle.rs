@@ -14,6 +14,13 @@
 //!    │                                     FAILED_DEPLOYMENT ─release/deploy─▶   BROKEN
 //!  RESCUE ◀─rescue─ READY | DEPLOYED | BROKEN | FAILED_*;  exit_rescue ─▶ the state it came from
 //! ```
+//!
+//! DEPLOYING has steps that are not states (each is an event in the
+//! history): the image is written (from then on the machine boots from its
+//! disk); with post-install, the installed system phones home, the
+//! provisioner installs keys, agent and config over SSH, and the machine is
+//! DEPLOYED only once its agent is up in the stack manager. The deploying
+//! timeout covers all of it.
 
 use std::time::Duration;
 
@@ -122,8 +129,11 @@ pub enum BootChoice {
     LocalDisk,
 }
 
-pub fn boot_choice(state: MachineState) -> BootChoice {
+/// `image_written`: a deploying machine whose image is on its disk boots
+/// that (post-install follows), rather than writing it again.
+pub fn boot_choice(state: MachineState, image_written: bool) -> BootChoice {
     match state {
+        Deploying if image_written => BootChoice::LocalDisk,
         // An unknown or new machine is inventoried as soon as it boots:
         // auto-discovery leads straight into commissioning.
         New | Commissioning => BootChoice::Commission,
@@ -138,6 +148,14 @@ mod tests {
     use super::*;
 
     const ALL: [MachineState; 10] = MachineState::ALL;
+
+    #[test]
+    fn a_written_image_boots_from_disk_while_post_install_runs() {
+        assert_eq!(boot_choice(Deploying, false), BootChoice::Deploy);
+        assert_eq!(boot_choice(Deploying, true), BootChoice::LocalDisk);
+        assert_eq!(boot_choice(Commissioning, true), BootChoice::Commission);
+        assert_eq!(boot_choice(Deployed, false), BootChoice::LocalDisk);
+    }
 
     #[test]
     fn the_happy_path() {

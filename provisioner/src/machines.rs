@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use api::ids::MachineId;
+use api::ids::{HostId, MachineId};
 use api::provision::{
     Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachineState, PowerSpec,
 };
@@ -20,19 +21,103 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use crate::error::{ProvisionError, Result};
+use crate::imagemap::{self, Chunk};
 use crate::lifecycle::{self, Event, Timeouts};
 use crate::power::Power;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A value per file, with the length and mtime it was computed for.
+type ByVersion<T> = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, T)>;
+
+/// Image digests by path, valid while length and mtime stay the same.
+#[derive(Default)]
+struct Digests {
+    known: std::sync::Mutex<ByVersion<String>>,
+    maps: std::sync::Mutex<ByVersion<Arc<Vec<Chunk>>>>,
+    /// One hash at a time: a request arriving while the image is being
+    /// hashed waits for that result instead of hashing it again.
+    hashing: tokio::sync::Mutex<()>,
+}
+
+impl Digests {
+    fn cached_map(
+        &self,
+        path: &Path,
+        key: (u64, std::time::SystemTime),
+    ) -> Option<Arc<Vec<Chunk>>> {
+        let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.get(path)
+            .filter(|(len, mtime, _)| (*len, *mtime) == key)
+            .map(|(_, _, m)| m.clone())
+    }
+
+    fn cached(&self, path: &Path, key: (u64, std::time::SystemTime)) -> Option<String> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(path)
+            .filter(|(len, mtime, _)| (*len, *mtime) == key)
+            .map(|(_, _, sum)| sum.clone())
+    }
+}
+
+/// Hex SHA-256 of an image file, computed once per version of the file.
+async fn image_digest(digests: &Digests, path: &Path) -> Result<String> {
+    let key = version(path)?;
+    if let Some(sum) = digests.cached(path, key) {
+        return Ok(sum);
+    }
+    let _one = digests.hashing.lock().await;
+    if let Some(sum) = digests.cached(path, key) {
+        return Ok(sum);
+    }
+    let sum = agent_support::images::hash_file(path)
+        .await
+        .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
+    digests
+        .known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_path_buf(), (key.0, key.1, sum.clone()));
+    Ok(sum)
+}
+
+fn version(path: &Path) -> Result<(u64, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ProvisionError::NotFound(format!("{}: {e}", path.display())))?;
+    Ok((meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)))
+}
+
+/// The sparse-deploy map of an image, computed once per version of the file.
+async fn image_chunks(digests: &Digests, path: &Path) -> Result<Arc<Vec<Chunk>>> {
+    let key = version(path)?;
+    if let Some(m) = digests.cached_map(path, key) {
+        return Ok(m);
+    }
+    let _one = digests.hashing.lock().await;
+    if let Some(m) = digests.cached_map(path, key) {
+        return Ok(m);
+    }
+    let p = path.to_path_buf();
+    let map = tokio::task::spawn_blocking(move || imagemap::chunks(&p))
+        .await
+        .map_err(|e| ProvisionError::Invalid(format!("mapping the image: {e}")))?
+        .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
+    let map = Arc::new(map);
+    digests
+        .maps
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_path_buf(), (key.0, key.1, map.clone()));
+    Ok(map)
+}
 
 pub struct Machines {
     db: SqlitePool,
     timeouts: Timeouts,
     images: PathBuf,
     http: reqwest::Client,
-    /// Image digests by path, valid while length and mtime stay the same.
-    digests:
-        std::sync::Mutex<std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, String)>>,
+    digests: Arc<Digests>,
     /// Every write takes it: SQLite has one writer anyway, and a
     /// transaction that reads before it writes fails at once (not after the
     /// busy timeout) if another connection wrote in between. Ten machines
@@ -105,6 +190,13 @@ fn state_of(r: &SqliteRow, col: &str) -> Result<MachineState> {
     MachineState::parse(&s).ok_or_else(|| ProvisionError::Invalid(format!("unknown state {s:?}")))
 }
 
+fn progress_of(r: &SqliteRow) -> Result<DeployProgress> {
+    Ok(DeployProgress {
+        image_written: r.try_get::<Option<i64>, _>("image_written_ms")?.is_some(),
+        ssh_host_keys: r.try_get("ssh_host_keys")?,
+    })
+}
+
 fn machine(r: &SqliteRow) -> Result<Machine> {
     let id: String = r.try_get("id")?;
     let role: String = r.try_get("role")?;
@@ -136,6 +228,9 @@ fn machine(r: &SqliteRow) -> Result<Machine> {
             .transpose()
             .map_err(|e| ProvisionError::Invalid(format!("stored inventory: {e}")))?,
         image: r.try_get("image")?,
+        host_id: r
+            .try_get::<Option<String>, _>("host_id")?
+            .and_then(|h| h.parse().ok()),
         created_at: at(r.try_get("created_ms")?),
         updated_at: at(r.try_get("updated_ms")?),
     })
@@ -148,7 +243,21 @@ struct Change {
     image: Option<String>,
     inventory: Option<Inventory>,
     rescue_from: Option<MachineState>,
+    role: Option<HostKind>,
+    host_id: Option<HostId>,
     message: String,
+}
+
+/// Where a deploying machine is after its image: what the boot decision
+/// and post-install need beyond the API's `Machine`.
+#[derive(Debug, Clone, Default)]
+pub struct DeployProgress {
+    /// The boot environment wrote the image: from now on the machine boots
+    /// from its disk, even though it is still deploying.
+    pub image_written: bool,
+    /// The installed system's SSH host keys (OpenSSH lines), from its
+    /// phone-home.
+    pub ssh_host_keys: Option<String>,
 }
 
 impl Machines {
@@ -184,27 +293,12 @@ impl Machines {
 
     /// Hex SHA-256 of an image file, computed once per version of the file.
     pub async fn image_sha256(&self, path: &Path) -> Result<String> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| ProvisionError::NotFound(format!("{}: {e}", path.display())))?;
-        let key = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
-        if let Some((len, mtime, sum)) = self
-            .digests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(path)
-        {
-            if (*len, *mtime) == key {
-                return Ok(sum.clone());
-            }
-        }
-        let sum = agent_support::images::hash_file(path)
-            .await
-            .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
-        self.digests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf(), (key.0, key.1, sum.clone()));
-        Ok(sum)
+        image_digest(&self.digests, path).await
+    }
+
+    /// The image's data in checked chunks, for a sparse deploy.
+    pub async fn image_chunks(&self, path: &Path) -> Result<Arc<Vec<Chunk>>> {
+        image_chunks(&self.digests, path).await
     }
 
     pub async fn list(&self) -> Result<Vec<Machine>> {
@@ -408,9 +502,15 @@ impl Machines {
             .of(to)
             .map(|d| now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
         sqlx::query(
-            "UPDATE machines SET state = ?, state_reason = ?, deadline_ms = ?, updated_ms = ?, \
-             image = COALESCE(?, image), inventory = COALESCE(?, inventory), \
-             rescue_from = CASE WHEN ? = 'rescue' THEN ? ELSE NULL END WHERE id = ?",
+            "UPDATE machines SET state = ?1, state_reason = ?2, deadline_ms = ?3, updated_ms = ?4, \
+             image = COALESCE(?5, image), inventory = COALESCE(?6, inventory), \
+             rescue_from = CASE WHEN ?1 = 'rescue' THEN ?7 ELSE NULL END, \
+             role = COALESCE(?8, role), \
+             image_written_ms = CASE WHEN ?1 = 'deploying' THEN NULL ELSE image_written_ms END, \
+             ssh_host_keys = CASE WHEN ?1 = 'deploying' THEN NULL ELSE ssh_host_keys END, \
+             host_id = CASE WHEN ?1 IN ('deploying', 'releasing', 'ready') THEN NULL \
+                            ELSE COALESCE(?9, host_id) END \
+             WHERE id = ?10",
         )
         .bind(to.as_str())
         .bind(&change.reason)
@@ -425,8 +525,9 @@ impl Machines {
                 .transpose()
                 .map_err(|e| ProvisionError::Invalid(e.to_string()))?,
         )
-        .bind(to.as_str())
         .bind(change.rescue_from.map(|s| s.as_str()))
+        .bind(change.role.map(|r| r.as_str()))
+        .bind(change.host_id.map(|h| h.to_string()))
         .bind(id.to_string())
         .execute(&mut *tx)
         .await?;
@@ -479,7 +580,7 @@ impl Machines {
                 self.boot_network(&m).await?;
                 Ok(m)
             }
-            MachineAction::Deploy { image } => {
+            MachineAction::Deploy { image, role } => {
                 let path = self.image_path(&image).ok_or_else(|| {
                     ProvisionError::Invalid(format!("{image:?} is not an image name"))
                 })?;
@@ -495,11 +596,23 @@ impl Machines {
                         Event::Deploy,
                         Change {
                             image: Some(image.clone()),
-                            message: format!("deploying image {image}"),
+                            role,
+                            message: format!(
+                                "deploying image {image} as a {} host",
+                                role.unwrap_or(m.role).as_str()
+                            ),
                             ..Default::default()
                         },
                     )
                     .await?;
+                // Mapping a multi-GiB image takes a while: start now, so
+                // the environment's image-map request finds it done.
+                let digests = self.digests.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = image_chunks(&digests, &path).await {
+                        tracing::warn!(error = %e, "cannot hash the image");
+                    }
+                });
                 self.boot_network(&m).await?;
                 Ok(m)
             }
@@ -656,19 +769,161 @@ impl Machines {
         .await
     }
 
-    pub async fn deployed(&self, id: MachineId) -> Result<Machine> {
+    /// The boot environment wrote the image. Without post-install that
+    /// finishes the deployment; with it, the machine stays deploying (now
+    /// booting from its disk) until its agent enrolls.
+    pub async fn image_written(&self, id: MachineId, post_install: bool) -> Result<Machine> {
+        if !post_install {
+            return self
+                .transition(
+                    id,
+                    Event::Deployed,
+                    Change {
+                        message: "image written; booting from disk".into(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+        }
+        self.progress(
+            id,
+            "image written; waiting for the installed system to phone home",
+            "image written; booting the installed system",
+            Some("image_written_ms = ?"),
+            Some(now_ms().to_string()),
+            |p| !p.image_written,
+        )
+        .await
+    }
+
+    /// The installed system phoned home with its SSH host keys.
+    pub async fn phoned_home(&self, id: MachineId, host_keys: String) -> Result<Machine> {
+        self.progress(
+            id,
+            "installed system up; post-install over SSH",
+            "the installed system phoned home",
+            Some("ssh_host_keys = ?"),
+            Some(host_keys),
+            |p| p.image_written,
+        )
+        .await
+    }
+
+    /// A post-install step, in the reason and the history.
+    pub async fn post_install_step(&self, id: MachineId, what: &str) -> Result<Machine> {
+        self.progress(id, what, what, None, None, |p| p.image_written)
+            .await
+    }
+
+    /// Records progress within `deploying` (no state change): the reason,
+    /// an event, and optionally one column. Refused unless the machine is
+    /// deploying and `allowed` holds for where it is.
+    async fn progress(
+        &self,
+        id: MachineId,
+        reason: &str,
+        message: &str,
+        column: Option<&str>,
+        value: Option<String>,
+        allowed: impl Fn(&DeployProgress) -> bool,
+    ) -> Result<Machine> {
+        let _w = self.write.lock().await;
+        let mut tx = self.db.begin().await?;
+        let row =
+            sqlx::query("SELECT state, image_written_ms, ssh_host_keys FROM machines WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| ProvisionError::NotFound(format!("machine {id}")))?;
+        let state = state_of(&row, "state")?;
+        let p = progress_of(&row)?;
+        if state != MachineState::Deploying || !allowed(&p) {
+            return Err(ProvisionError::Conflict(format!(
+                "machine {id} is {}{}; cannot record: {message}",
+                state.as_str(),
+                if p.image_written {
+                    " (image written)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let now = now_ms();
+        let set = column.map(|c| format!(", {c}")).unwrap_or_default();
+        let sql = format!("UPDATE machines SET state_reason = ?, updated_ms = ?{set} WHERE id = ?");
+        let mut update = sqlx::query(&sql).bind(reason).bind(now);
+        if column.is_some() {
+            update = update.bind(value);
+        }
+        update.bind(id.to_string()).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO machine_events (machine_id, at_ms, from_state, to_state, message) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(state.as_str())
+        .bind(state.as_str())
+        .bind(message)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(machine = %id, "{message}");
+        drop(_w);
+        self.get(id).await
+    }
+
+    pub async fn deploy_progress(&self, id: MachineId) -> Result<DeployProgress> {
+        let row = sqlx::query("SELECT image_written_ms, ssh_host_keys FROM machines WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| ProvisionError::NotFound(format!("machine {id}")))?;
+        progress_of(&row)
+    }
+
+    /// Deploying machines that phoned home, with their host keys: the
+    /// post-install runs to resume after a restart.
+    pub async fn awaiting_post_install(&self) -> Result<Vec<(Machine, String)>> {
+        let rows = sqlx::query(
+            "SELECT * FROM machines WHERE state = 'deploying' AND ssh_host_keys IS NOT NULL",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((machine(r)?, r.try_get("ssh_host_keys")?)))
+            .collect()
+    }
+
+    /// Post-install finished: the agent enrolled as `host_id`.
+    pub async fn enrolled(
+        &self,
+        id: MachineId,
+        host_id: HostId,
+        message: String,
+    ) -> Result<Machine> {
         self.transition(
             id,
             Event::Deployed,
             Change {
-                message: "image written; booting from disk".into(),
+                host_id: Some(host_id),
+                message,
                 ..Default::default()
             },
         )
         .await
     }
 
+    /// The boot environment reported a failure.
     pub async fn failed(&self, id: MachineId, reason: String) -> Result<Machine> {
+        self.fail(id, "the boot environment failed", reason).await
+    }
+
+    /// Post-install gave up.
+    pub async fn post_install_failed(&self, id: MachineId, reason: String) -> Result<Machine> {
+        self.fail(id, "post-install failed", reason).await
+    }
+
+    async fn fail(&self, id: MachineId, source: &str, reason: String) -> Result<Machine> {
         let reason: String = reason
             .chars()
             .filter(|c| !c.is_control())
@@ -679,7 +934,7 @@ impl Machines {
             Event::Failed,
             Change {
                 reason: Some(reason.clone()),
-                message: format!("the boot environment failed: {reason}"),
+                message: format!("{source}: {reason}"),
                 ..Default::default()
             },
         )

@@ -9,6 +9,7 @@ use crate::boot::Scripts;
 use crate::config::Config;
 use crate::http::{router, HttpState};
 use crate::machines::{LeaseSeen, Machines};
+use crate::postinstall::{PostInstall, Runner};
 
 fn arch_name(arch: u16) -> String {
     match arch {
@@ -41,7 +42,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(cfg.image_dir())?;
     let machines = Arc::new(Machines::open(&cfg.state_dir, cfg.image_dir(), cfg.timeouts()).await?);
     let scripts = Arc::new(Scripts::load(cfg.template_dir.as_deref())?);
+    let post_install = match &cfg.post_install {
+        Some(p) => {
+            let pi = PostInstall::load(p.clone(), &cfg.state_dir)?;
+            tracing::info!(stack_manager = %p.stack_manager_url, key = pi.public_key(), "post-install enabled");
+            let runner = Runner::new(Arc::new(pi), machines.clone());
+            runner.resume().await;
+            Some(runner)
+        }
+        None => None,
+    };
     let state = HttpState {
+        post_install,
         machines: machines.clone(),
         scripts,
         base_url: Arc::new(cfg.http_url()),

@@ -3,9 +3,10 @@
 //! DHCP and HTTP boot, and QEMU VMs with empty disks network-booting on the
 //! other through their built-in iPXE, with no other DHCP server. An unknown
 //! VM is discovered, commissioned (its inventory must match what QEMU was
-//! given), deployed with an image, and boots that image from its own disk.
-//! Everything is driven through the provisioner's API. Nothing leaves the
-//! namespace.
+//! given), deployed with a Debian image, boots it from its own disk, is
+//! taken over SSH by post-install, and its storage agent enrolls in a real
+//! stack manager on the same segment. Everything is driven through the
+//! provisioner's API. Nothing leaves the namespace.
 
 mod support;
 
@@ -16,13 +17,14 @@ use std::time::Instant;
 use support::*;
 
 #[test]
-fn a_bare_vm_is_discovered_commissioned_and_deployed() {
-    let mut rack = Rack::start();
+fn a_bare_vm_is_discovered_commissioned_deployed_and_enrolled() {
+    let mut rack = Rack::start_with(true);
     let token = TOKEN;
     let images = rack.images.clone();
     // Discovery and commissioning: the VM is unknown; booting enlists it.
     let dir = rack.dir.path().to_path_buf();
-    let vm = Vm::new(&dir, &rack.seg, 1);
+    let mut vm = Vm::new(&dir, &rack.seg, 1);
+    vm.memory_mib = 512; // Debian with systemd, once deployed
     let q = vm.boot(&mut rack.seg, &dir);
     let started = Instant::now();
     let machine = rack.wait_state(&vm.mac, "ready", "failed_commissioning", 240, || {
@@ -33,8 +35,8 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
     assert_eq!(inv["cpus"], 2, "{inv}");
     let ram = inv["ram_mib"].as_u64().expect("ram");
     assert!(
-        (300..=384).contains(&ram),
-        "RAM {ram} MiB for a 384 MiB VM: {inv}"
+        (412..=512).contains(&ram),
+        "RAM {ram} MiB for a 512 MiB VM: {inv}"
     );
     assert!(
         inv["disks"]
@@ -62,32 +64,90 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
     wait("the VM to power off after commissioning", 60, || {
         (!rack.seg.running(q)).then_some(())
     });
-    let seg = &mut rack.seg;
 
-    // Deploy: the image is written to its disk, then it boots from it.
+    // Deploy, as a storage node: the image is written to its disk, the VM
+    // boots it, cloud-init phones home, post-install takes it over SSH and
+    // starts the storage agent, which enrolls in the stack manager.
     let id = machine["id"].as_str().expect("id").to_string();
-    let (code, m) = seg.api(
+    let name = machine["name"].as_str().expect("name").to_string();
+    let (code, m) = rack.seg.api(
         token,
         "POST",
         &format!("/v1/machines/{id}/actions"),
-        Some(r#"{"action":"deploy","image":"tiny.raw"}"#),
+        Some(r#"{"action":"deploy","image":"debian.raw","role":"storage"}"#),
     );
     assert_eq!(code, 200, "{m}");
-    assert_eq!(m["state"], "deploying");
-    let q = vm.boot(seg, &dir);
-    wait("the VM to be deployed", 240, || {
-        let (_, m) = seg.api(token, "GET", &format!("/v1/machines/{id}"), None);
-        assert_ne!(m["state"], "failed_deployment", "{m}\n{}", vm.console());
-        (m["state"] == "deployed").then_some(())
-    });
-    wait(
-        "the deployed image to boot from the VM's own disk",
-        180,
-        || vm.console().contains("STRATO-GUEST ready").then_some(()),
+    assert_eq!(
+        (m["state"].as_str(), m["role"].as_str()),
+        (Some("deploying"), Some("storage"))
     );
+    let q = vm.boot(&mut rack.seg, &dir);
+    let started = Instant::now();
+    let m = rack.wait_state(&vm.mac, "deployed", "failed_deployment", 600, || {
+        vm.console()
+    });
+    eprintln!("deployed and enrolled in {:?}", started.elapsed());
+    let host_id = m["host_id"].as_str().expect("host id").to_string();
+    let (code, hosts) = rack.stack_manager_api("GET", "/v1/hosts");
+    assert_eq!(code, 200, "{hosts}");
+    let host = hosts["items"]
+        .as_array()
+        .or(hosts.as_array())
+        .and_then(|l| l.iter().find(|h| h["name"] == name.as_str()).cloned())
+        .unwrap_or_else(|| panic!("no host {name} in the stack manager: {hosts}"));
+    assert_eq!(host["id"], host_id.as_str(), "{host}");
+    assert_eq!(host["kind"], "storage", "{host}");
+    assert_eq!(host["health"], "up", "{host}");
+    let address = m["address"].as_str().expect("address");
+    assert_eq!(
+        host["agent_url"],
+        format!("http://{address}:7300").as_str(),
+        "{host}"
+    );
+    assert!(
+        host["capacity"]["storage_bytes_total"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "the node reports its pool: {host}"
+    );
+
+    // The operator's key was installed: they can log in, and find the
+    // agent running under systemd on the machine's own disk.
+    let sm = rack.stack_manager.as_ref().expect("stack manager");
+    let seg = &mut rack.seg;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &seg.ns, "ssh", "-i"])
+        .arg(&sm.operator_key)
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=20",
+            &format!("root@{address}"),
+            "hostname; systemctl is-active strato-storage-agent.service; findmnt -no SOURCE /",
+        ])
+        .output()
+        .expect("ssh");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ssh as the operator: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = said.lines().collect();
+    assert_eq!(lines, [name.as_str(), "active", "/dev/vda2"], "{said}");
+    // The disk starts with the image's boot sector and partition table.
     let head = std::fs::read(&vm.disk).expect("disk");
-    let image = std::fs::read(images.join("tiny.raw")).expect("image");
-    assert!(head[..image.len()] == image[..], "the disk holds the image");
+    let image = std::fs::read(images.join("debian.raw")).expect("image");
+    assert!(
+        head[..1 << 20] == image[..1 << 20],
+        "the disk holds the image"
+    );
     seg.kill(q);
 
     // Every transition is in the history.
@@ -134,14 +194,21 @@ fn a_bare_vm_is_discovered_commissioned_and_deployed() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let name = machine["name"].as_str().expect("name");
     let list = cli(&["list"]);
     assert!(
-        list.contains(name) && list.contains("deployed") && list.contains("2 cpu"),
+        list.contains(&name) && list.contains("deployed") && list.contains("2 cpu"),
         "{list}"
     );
-    let history = cli(&["events", name]);
-    assert!(history.contains("image written"), "{history}");
+    let history = cli(&["events", &name]);
+    eprintln!("{history}");
+    for step in [
+        "image written",
+        "phoned home",
+        "uploaded the storage agent",
+        "enrolled in the stack manager as host",
+    ] {
+        assert!(history.contains(step), "{step:?} in:\n{history}");
+    }
 
     // Illegal moves are refused and change nothing; release returns it.
     let (code, err) = seg.api(

@@ -30,34 +30,12 @@ pub fn copy_sparse(src: &Path, dst: &Path) -> io::Result<()> {
     let rc = unsafe { libc::ioctl(to.as_raw_fd(), FICLONE, from.as_raw_fd()) };
     if rc != 0 {
         to.set_len(len)?;
-        let mut pos = 0u64;
-        while pos < len {
-            let Some(start) = seek(&from, pos, libc::SEEK_DATA)? else {
-                break;
-            };
-            let end = seek(&from, start, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        for (start, end) in agent_support::fs::data_extents(&from)? {
             copy_range(&from, &to, start, end - start)?;
-            pos = end;
         }
     }
     to.set_len(len)?;
     to.sync_all()
-}
-
-/// `lseek` with `whence`; `None` when there is no further data (ENXIO).
-fn seek(f: &File, from: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off =
-        libc::off_t::try_from(from).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: plain syscall on an open descriptor.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), off, whence) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(e),
-        };
-    }
-    Ok(Some(r as u64))
 }
 
 fn copy_range(from: &File, to: &File, start: u64, mut len: u64) -> io::Result<()> {

@@ -109,7 +109,7 @@ pub fn device_info(id: VolumeId) -> DeviceInfo {
 
 fn validate(spec: &VolumeSpec) -> Result<()> {
     let bad = |m: String| Err(VolumeError::Invalid(m));
-    if spec.size_bytes == 0 || spec.size_bytes % BLOCK != 0 {
+    if spec.size_bytes == 0 || !spec.size_bytes.is_multiple_of(BLOCK) {
         return bad(format!(
             "size {} is not a positive multiple of {BLOCK} bytes",
             spec.size_bytes

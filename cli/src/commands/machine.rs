@@ -66,6 +66,10 @@ pub enum MachineCmd {
         /// An image file name in the provisioner's image directory.
         #[arg(long)]
         image: String,
+        /// What it becomes once installed: which agent post-install starts
+        /// [default: the role it was enlisted with].
+        #[arg(long, value_enum)]
+        role: Option<Role>,
     },
     /// Power it off and return it to the pool.
     Release {
@@ -147,6 +151,10 @@ impl Detail for Machine {
             ("switch port", fmt::opt(&self.switch_port)),
             ("arch", fmt::opt(&self.arch)),
             ("image", fmt::opt(&self.image)),
+            (
+                "host",
+                self.host_id.map_or_else(|| "-".into(), |h| h.to_string()),
+            ),
         ];
         if let Some(i) = &self.inventory {
             d.push(("cpus", format!("{} ({})", i.cpus, i.cpu_model)));
@@ -224,8 +232,16 @@ pub async fn run(ctx: &Ctx, a: MachineArgs) -> Result<()> {
             .await?
         }
         MachineCmd::Commission { machine } => act(machine, MachineAction::Commission).await?,
-        MachineCmd::Deploy { machine, image } => {
-            act(machine, MachineAction::Deploy { image }).await?
+        MachineCmd::Deploy {
+            machine,
+            image,
+            role,
+        } => {
+            let role = role.map(|r| match r {
+                Role::Hypervisor => HostKind::Hypervisor,
+                Role::Storage => HostKind::Storage,
+            });
+            act(machine, MachineAction::Deploy { image, role }).await?
         }
         MachineCmd::Release { machine } => act(machine, MachineAction::Release).await?,
         MachineCmd::Power { machine, action } => {

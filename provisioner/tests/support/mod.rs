@@ -91,6 +91,18 @@ impl Segment {
         path: &str,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
+        self.api_at(&format!("http://{NET}.1:8080"), token, method, path, body)
+    }
+
+    /// An HTTP JSON API at `base` (inside the namespace).
+    pub fn api_at(
+        &self,
+        base: &str,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let mut args = vec![
             "netns".to_string(),
             "exec".into(),
@@ -114,7 +126,7 @@ impl Segment {
                 b.into(),
             ]);
         }
-        args.push(format!("http://{NET}.1:8080{path}"));
+        args.push(format!("{base}{path}"));
         let out = Command::new("ip").args(&args).output().expect("curl");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
@@ -134,6 +146,7 @@ impl Drop for Segment {
 }
 
 pub struct Vm {
+    pub memory_mib: u32,
     pub console: PathBuf,
     pub disk: PathBuf,
     pub mac: String,
@@ -149,6 +162,7 @@ impl Vm {
         seg.ip(&["tuntap", "add", &tap, "mode", "tap"]);
         seg.ip(&["link", "set", &tap, "master", "br0", "up"]);
         Vm {
+            memory_mib: 384,
             console: dir.join(format!("vm{n}.console")),
             disk,
             mac: format!("52:54:00:77:00:{n:02x}"),
@@ -167,12 +181,13 @@ impl Vm {
         let netdev = format!("tap,id=n0,ifname={},script=no,downscript=no", self.tap);
         let nic = format!("virtio-net-pci,netdev=n0,mac={}", self.mac);
         let serial = format!("file:{}", self.console.display());
+        let memory = self.memory_mib.to_string();
         let mut args = vec![
             "qemu-system-x86_64",
             "-machine",
             "pc,accel=tcg",
             "-m",
-            "384",
+            &memory,
             "-smp",
             "2",
             "-display",
@@ -220,12 +235,43 @@ pub struct Rack {
     pub prov: usize,
     pub dir: tempfile::TempDir,
     pub images: PathBuf,
+    /// With post-install: the stack manager in the namespace.
+    pub stack_manager: Option<StackManagerInNs>,
+}
+
+/// A real stack manager process inside the namespace, listening on the
+/// bridge's address, where installed machines enroll.
+pub struct StackManagerInNs {
+    pub url: String,
+    pub internal_url: String,
+    pub admin_token: String,
+    /// The operator's SSH key that post-install installs on every machine.
+    pub operator_key: PathBuf,
+    pub log: PathBuf,
 }
 
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// A workspace binary next to this test's provisioner binary.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is not built: run the suite with `bash scripts/test.sh` (it builds the workspace)",
+        p.display()
+    );
+    p
+}
+
 impl Rack {
     pub fn start() -> Rack {
+        Rack::start_with(false)
+    }
+
+    /// `post_install`: a stack manager runs in the namespace too, and the
+    /// provisioner takes deployed machines over SSH until their agent
+    /// enrolls there.
+    pub fn start_with(post_install: bool) -> Rack {
         let boot_env = image_cache().join("boot-env");
         for f in ["vmlinuz", "initrd.img"] {
             assert!(
@@ -252,7 +298,7 @@ impl Rack {
             format!(
                 "state_dir = \"{}\"\nhttp_listen = \"{NET}.1:8080\"\nhttp_url = \"http://{NET}.1:8080\"\n\
                  api_token = \"{TOKEN}\"\nboot_env_dir = \"{}\"\nsweep_interval_secs = 1\n\
-                 commissioning_timeout_secs = 300\ndeploying_timeout_secs = 300\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
+                 commissioning_timeout_secs = 300\ndeploying_timeout_secs = 900\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
                  [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
                  [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
                  routers = [\"{NET}.1\"]\n",
@@ -262,6 +308,50 @@ impl Rack {
         )
         .expect("config");
         let mut seg = Segment::new();
+        let stack_manager = post_install.then(|| {
+            // The image post-install needs: sshd and cloud-init, as raw.
+            let debian = image_cache().join("debian.qcow2");
+            assert!(
+                debian.exists(),
+                "{} is missing: run `bash scripts/guest-images.sh`",
+                debian.display()
+            );
+            sh(&[
+                "qemu-img",
+                "convert",
+                "-O",
+                "raw",
+                &debian.display().to_string(),
+                &images.join("debian.raw").display().to_string(),
+            ]);
+            let sm = start_stack_manager(&mut seg, dir.path());
+            let agents = dir.path().join("agents");
+            std::fs::create_dir_all(&agents).expect("agent dir");
+            // Debug symbols are most of a test build's size; the machine
+            // gets what an operator would ship.
+            sh(&[
+                "strip",
+                "-o",
+                &agents.join("storage-agent").display().to_string(),
+                &sibling_bin("storage-agent").display().to_string(),
+            ]);
+            std::fs::write(
+                &config,
+                format!(
+                    "{}[post_install]\nstack_manager_url = \"{}\"\nagent_stack_manager_url = \"{}\"\n\
+                     admin_token = \"{}\"\nauthorized_keys_file = \"{}.pub\"\nagent_dir = \"{}\"\n\
+                     enroll_timeout_secs = 240\n",
+                    std::fs::read_to_string(&config).expect("config"),
+                    sm.url,
+                    sm.internal_url,
+                    sm.admin_token,
+                    sm.operator_key.display(),
+                    agents.display()
+                ),
+            )
+            .expect("config");
+            sm
+        });
         let bin = env!("CARGO_BIN_EXE_provisioner");
         let cfg = config.display().to_string();
         let prov = seg.spawn(
@@ -276,7 +366,18 @@ impl Rack {
             prov,
             dir,
             images,
+            stack_manager,
         }
+    }
+
+    /// The stack manager's API (admin), from inside the namespace.
+    pub fn stack_manager_api(&self, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let sm = self
+            .stack_manager
+            .as_ref()
+            .expect("a rack with post-install");
+        self.seg
+            .api_at(&sm.url, &sm.admin_token, method, path, None)
     }
 
     pub fn log(&self) -> String {
@@ -317,5 +418,64 @@ impl Rack {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+}
+
+fn start_stack_manager(seg: &mut Segment, dir: &Path) -> StackManagerInNs {
+    let bin = sibling_bin("stack-manager");
+    let state = dir.join("sm");
+    sh(&[
+        &bin.display().to_string(),
+        "init",
+        "--state-dir",
+        &state.display().to_string(),
+        "--json",
+    ]);
+    let admin_token = std::fs::read_to_string(state.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string();
+    let config = dir.join("stack-manager.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{NET}.1:7100\"\ninternal_listen = \"{NET}.1:7101\"\nstate_dir = \"{}\"\nlog = \"info\"\n",
+            state.display()
+        ),
+    )
+    .expect("stack manager config");
+    let log = dir.join("stack-manager.log");
+    seg.spawn(
+        &[
+            &bin.display().to_string(),
+            "serve",
+            "--config",
+            &config.display().to_string(),
+        ],
+        &log,
+    );
+    let url = format!("http://{NET}.1:7100");
+    wait("the stack manager to answer", 30, || {
+        (seg.api_at(&url, &admin_token, "GET", "/v1/hosts", None).0 == 200).then_some(())
+    });
+    let operator_key = dir.join("operator_ed25519");
+    sh(&[
+        "ssh-keygen",
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "operator@strato-test",
+        "-f",
+        &operator_key.display().to_string(),
+    ]);
+    StackManagerInNs {
+        url,
+        internal_url: format!("http://{NET}.1:7101"),
+        admin_token,
+        operator_key,
+        log,
     }
 }
