@@ -679,4 +679,9 @@ impl ProvisionerClient {
             .get(&format!("/v1/machines/{key}/events"))
             .await
     }
+    pub async fn machine_power(&self, key: &str) -> Result<crate::provision::MachinePower> {
+        self.transport
+            .get(&format!("/v1/machines/{key}/power"))
+            .await
+    }
 }

@@ -14,7 +14,7 @@ use agent_support::http::{require_credential, ApiError};
 use api::error::ErrorCode;
 use api::ids::MachineId;
 use api::provision::{
-    Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachineState,
+    Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachinePower, MachineState,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -81,6 +81,7 @@ pub fn router(state: HttpState, api_token: Arc<String>) -> Router {
         .route("/v1/machines/{machine}", get(show).delete(remove))
         .route("/v1/machines/{machine}/actions", post(act))
         .route("/v1/machines/{machine}/events", get(events))
+        .route("/v1/machines/{machine}/power", get(power))
         .route_layer(middleware::from_fn_with_state(
             api_token,
             require_credential,
@@ -175,6 +176,15 @@ async fn events(
 ) -> Result<Json<Vec<MachineEvent>>, ApiError> {
     let m = resolve(&s, &key).await?;
     s.machines.events(m.id).await.map(Json).map_err(api_error)
+}
+
+async fn power(
+    State(s): State<HttpState>,
+    Path(key): Path<String>,
+) -> Result<Json<MachinePower>, ApiError> {
+    let m = resolve(&s, &key).await?;
+    let state = s.machines.power_status(&m).await.map_err(api_error)?;
+    Ok(Json(MachinePower { state }))
 }
 
 /// `/boot/<mac>.ipxe` (the MAC as iPXE's `${mac:hexhyp}` or with colons).

@@ -715,6 +715,11 @@ impl Machines {
         }
     }
 
+    /// What the machine's power driver reports.
+    pub async fn power_status(&self, m: &Machine) -> Result<api::provision::PowerState> {
+        Power::new(&m.power, &self.http).status().await
+    }
+
     /// Next boot from the network, then (re)start: the machine comes back
     /// into the environment its new state asks for.
     async fn boot_network(&self, m: &Machine) -> Result<()> {

@@ -235,24 +235,80 @@ fn a_bare_vm_is_discovered_commissioned_deployed_and_enrolled() {
     assert_eq!(code, 401);
 }
 
-/// The UEFI path: OVMF's own iPXE asks with client arch 7; the machine is
-/// discovered and commissioned the same way, and the arch is recorded.
-/// Then it goes through rescue and back.
+/// The UEFI path, behind a DHCP relay, powered by libvirt: an operator
+/// enlists a libvirt domain (OVMF firmware, its own iPXE asking with client
+/// arch 7) that sits on another subnet, reached only through isc-dhcp-relay.
+/// Commissioning powers it on through the libvirt driver; the relayed
+/// request records its switch port (option 82); the machine goes through
+/// rescue and back, and the driver powers it off.
 #[test]
-fn a_uefi_vm_is_discovered_and_commissioned() {
+fn a_uefi_vm_behind_a_relay_is_powered_by_libvirt_and_commissioned() {
     assert!(
         Path::new(OVMF).exists(),
         "{OVMF} is missing: install Debian's ovmf (scripts/test.sh does)"
     );
-    let mut rack = Rack::start();
+    let rack = Rack::start();
     let dir = rack.dir.path().to_path_buf();
-    let vm = Vm::new(&dir, &rack.seg, 2);
-    let q = vm.boot_with(&mut rack.seg, &dir, true);
-    let m = rack.wait_state(&vm.mac, "ready", "failed_commissioning", 150, || {
-        vm.console()
-    });
+    let relayed = RelayedSegment::new(&rack.seg, &dir);
+    let vm = LibvirtVm::define(&dir, &relayed.host_bridge, 2);
+    let console = || {
+        format!(
+            "{}\n--- dhcrelay ---\n{}",
+            vm.console(),
+            std::fs::read_to_string(&relayed.relay_log).unwrap_or_default()
+        )
+    };
+    let (code, m) = rack.seg.api(
+        TOKEN,
+        "POST",
+        "/v1/machines",
+        Some(&format!(
+            r#"{{"name":"uefi-1","mac":"{}","role":"hypervisor","rack":"r1",
+                "power":{{"driver":"libvirt","uri":"{LIBVIRT_URI}","domain":"{}"}}}}"#,
+            vm.mac, vm.name
+        )),
+    );
+    assert_eq!(code, 201, "{m}");
+    assert_eq!(m["state"], "new");
+    let power = |rack: &Rack| {
+        let (code, p) = rack
+            .seg
+            .api(TOKEN, "GET", "/v1/machines/uefi-1/power", None);
+        assert_eq!(code, 200, "{p}");
+        p["state"].as_str().unwrap_or("").to_string()
+    };
+    assert_eq!(power(&rack), "off");
+    let act = |rack: &Rack, action: &str| {
+        rack.seg.api(
+            TOKEN,
+            "POST",
+            "/v1/machines/uefi-1/actions",
+            Some(&format!(r#"{{"action":"{action}"}}"#)),
+        )
+    };
+
+    // Commission: the provisioner switches it on; nobody else does.
+    let (code, r) = act(&rack, "commission");
+    assert_eq!(
+        (code, r["state"].as_str()),
+        (200, Some("commissioning")),
+        "{r}"
+    );
+    assert_eq!(vm.state(), "running");
+    let mut rack = rack;
+    let m = rack.wait_state(&vm.mac, "ready", "failed_commissioning", 240, console);
     assert_eq!(m["arch"], "uefi-x64", "{m}");
     assert_eq!(m["inventory"]["cpus"], 2, "{m}");
+    assert!(
+        m["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with(RELAYED)),
+        "an address from the relayed subnet: {m}"
+    );
+    assert!(
+        m["switch_port"].as_str().is_some_and(|p| p.contains("br1")),
+        "option 82's circuit id (the relay's interface): {m}"
+    );
     assert!(
         m["inventory"]["nics"]
             .as_array()
@@ -261,35 +317,37 @@ fn a_uefi_vm_is_discovered_and_commissioned() {
             .any(|n| n["mac"] == vm.mac.as_str()),
         "{m}"
     );
-    wait("the VM to power off after commissioning", 60, || {
-        (!rack.seg.running(q)).then_some(())
+    // The environment powers it off when done; the driver sees that.
+    wait("the domain to power off after commissioning", 60, || {
+        (power(&rack) == "off").then_some(())
     });
 
-    // Rescue: the machine boots the environment with a shell for an
-    // operator, and returns to where it was when told to.
-    let id = m["id"].as_str().expect("id").to_string();
-    let act = |rack: &Rack, action: &str| {
-        rack.seg.api(
-            TOKEN,
-            "POST",
-            &format!("/v1/machines/{id}/actions"),
-            Some(&format!(r#"{{"action":"{action}"}}"#)),
-        )
-    };
+    // Rescue: the provisioner powers it on into the environment with a
+    // shell for an operator; it returns to where it was when told to, and
+    // the driver switches it off.
     let (code, r) = act(&rack, "rescue");
     assert_eq!((code, r["state"].as_str()), (200, Some("rescue")), "{r}");
-    let q = vm.boot_with(&mut rack.seg, &dir, true);
-    let deadline = Instant::now() + std::time::Duration::from_secs(150);
+    let deadline = Instant::now() + std::time::Duration::from_secs(180);
     while !vm.console().contains("STRATO-BOOTENV rescue: network up") {
         assert!(
             Instant::now() < deadline,
-            "no rescue shell after 150 s:\n{}\n--- provisioner ---\n{}",
-            vm.console(),
+            "no rescue shell after 180 s:\n{}\n--- provisioner ---\n{}",
+            console(),
             rack.log()
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    rack.seg.kill(q);
+    assert_eq!(power(&rack), "on");
     let (code, r) = act(&rack, "exit_rescue");
     assert_eq!((code, r["state"].as_str()), (200, Some("ready")), "{r}");
+    let (code, r) = act(&rack, "power_off");
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(vm.state(), "shut off");
+    assert_eq!(power(&rack), "off");
+    let (_, events) = rack
+        .seg
+        .api(TOKEN, "GET", "/v1/machines/uefi-1/events", None);
+    let text = events.to_string();
+    assert!(text.contains("network boot and power cycle"), "{events}");
+    assert!(text.contains("power off"), "{events}");
 }

@@ -105,6 +105,8 @@ pub enum PowerAction {
     On,
     Off,
     Cycle,
+    /// Ask the power driver (BMC, libvirt) whether it is on.
+    Status,
 }
 
 impl Row for Machine {
@@ -249,6 +251,12 @@ pub async fn run(ctx: &Ctx, a: MachineArgs) -> Result<()> {
                 PowerAction::On => MachineAction::PowerOn,
                 PowerAction::Off => MachineAction::PowerOff,
                 PowerAction::Cycle => MachineAction::PowerCycle,
+                PowerAction::Status => {
+                    let p = c.machine_power(&machine).await?;
+                    return ctx
+                        .out
+                        .note(format!("{machine}: power {}", p.state.as_str()));
+                }
             };
             act(machine, a).await?
         }

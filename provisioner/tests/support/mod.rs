@@ -11,6 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const NET: &str = "10.77.0";
+/// The subnet behind the DHCP relay (`RelayedSegment`).
+pub const RELAYED: &str = "10.78.0";
 /// Debian's OVMF build (package ovmf) with its firmware's own iPXE.
 pub const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
@@ -301,7 +303,9 @@ impl Rack {
                  commissioning_timeout_secs = 300\ndeploying_timeout_secs = 900\nlog = \"info,provisioner=debug,dhcp=debug\"\n\
                  [dhcp]\nlisten = \"0.0.0.0:67\"\ninterface = \"br0\"\nserver_ip = \"{NET}.1\"\n\
                  [[dhcp.subnets]]\nnetwork = \"{NET}.0/24\"\npool = {{ start = \"{NET}.100\", end = \"{NET}.150\" }}\n\
-                 routers = [\"{NET}.1\"]\n",
+                 routers = [\"{NET}.1\"]\n\
+                 [[dhcp.subnets]]\nnetwork = \"{RELAYED}.0/24\"\npool = {{ start = \"{RELAYED}.100\", end = \"{RELAYED}.150\" }}\n\
+                 routers = [\"{RELAYED}.1\"]\n",
                 state.display(),
                 boot_env.display(),
             ),
@@ -477,5 +481,188 @@ fn start_stack_manager(seg: &mut Segment, dir: &Path) -> StackManagerInNs {
         admin_token,
         operator_key,
         log,
+    }
+}
+
+/// A second L2 segment behind a router that relays DHCP to the provisioner
+/// (isc-dhcp-relay, adding option 82), as on a rack whose provisioner sits
+/// on another subnet. The router is its own namespace; its downstream
+/// bridge is extended by a veth to an address-less bridge in the host
+/// namespace, where libvirt can plug its domains. Removed on drop.
+pub struct RelayedSegment {
+    pub router: String,
+    /// The host-namespace bridge libvirt domains attach to.
+    pub host_bridge: String,
+    relay: Child,
+    pub relay_log: PathBuf,
+}
+
+impl RelayedSegment {
+    pub fn new(seg: &Segment, dir: &Path) -> RelayedSegment {
+        let id = &seg.ns[2..];
+        let router = format!("pr{id}");
+        let host_bridge = format!("sb{id}");
+        let (up, up_peer) = (format!("ru{id}"), format!("rp{id}"));
+        let (down, down_peer) = (format!("hv{id}"), format!("hr{id}"));
+        sh(&["ip", "netns", "add", &router]);
+        let r = |args: &[&str]| {
+            let mut all = vec!["ip", "-n", &router];
+            all.extend_from_slice(args);
+            sh(&all)
+        };
+        r(&["link", "set", "lo", "up"]);
+        // Upstream: a leg on the provisioner's bridge.
+        sh(&[
+            "ip", "link", "add", &up, "type", "veth", "peer", "name", &up_peer,
+        ]);
+        sh(&["ip", "link", "set", &up, "netns", &router]);
+        sh(&["ip", "link", "set", &up_peer, "netns", &seg.ns]);
+        seg.ip(&["link", "set", &up_peer, "master", "br0", "up"]);
+        r(&["addr", "add", &format!("{NET}.254/24"), "dev", &up]);
+        r(&["link", "set", &up, "up"]);
+        // Downstream: the relayed subnet's bridge, routed.
+        r(&["link", "add", "br1", "type", "bridge"]);
+        r(&["addr", "add", &format!("{RELAYED}.1/24"), "dev", "br1"]);
+        r(&["link", "set", "br1", "up"]);
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &router,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        seg.ip(&[
+            "route",
+            "add",
+            &format!("{RELAYED}.0/24"),
+            "via",
+            &format!("{NET}.254"),
+        ]);
+        // The host bridge: no address, so the host stack takes no part.
+        sh(&["ip", "link", "add", &host_bridge, "type", "bridge"]);
+        let _ = Command::new("sysctl")
+            .args([
+                "-qw",
+                &format!("net.ipv6.conf.{host_bridge}.disable_ipv6=1"),
+            ])
+            .output();
+        sh(&["ip", "link", "set", &host_bridge, "up"]);
+        sh(&[
+            "ip", "link", "add", &down, "type", "veth", "peer", "name", &down_peer,
+        ]);
+        sh(&["ip", "link", "set", &down, "master", &host_bridge, "up"]);
+        sh(&["ip", "link", "set", &down_peer, "netns", &router]);
+        r(&["link", "set", &down_peer, "master", "br1", "up"]);
+        let relay_log = dir.join("dhcrelay.log");
+        let f = std::fs::File::create(&relay_log).expect("relay log");
+        let relay = Command::new("ip")
+            .args(["netns", "exec", &router, "dhcrelay", "-4", "-d", "-a"])
+            .args(["-id", "br1", "-iu", &up, &format!("{NET}.1")])
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("fd"))
+            .stderr(f)
+            .spawn()
+            .expect("dhcrelay (Debian's isc-dhcp-relay)");
+        RelayedSegment {
+            router,
+            host_bridge,
+            relay,
+            relay_log,
+        }
+    }
+}
+
+impl Drop for RelayedSegment {
+    fn drop(&mut self) {
+        let _ = self.relay.kill();
+        let _ = self.relay.wait();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_bridge])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.router])
+            .output();
+    }
+}
+
+/// A libvirt domain (TCG, OVMF, network first then disk) with an empty
+/// disk on a host bridge: the machine the libvirt power driver switches.
+/// Undefined on drop.
+pub struct LibvirtVm {
+    pub name: String,
+    pub mac: String,
+    pub console: PathBuf,
+}
+
+pub const LIBVIRT_URI: &str = "qemu:///system";
+
+impl LibvirtVm {
+    pub fn define(dir: &Path, bridge: &str, n: u8) -> LibvirtVm {
+        // QEMU runs as libvirt's user: its files live in a directory it
+        // can enter (libvirt chowns the disk itself).
+        let vm_dir = dir.join(format!("libvirt-vm{n}"));
+        std::fs::create_dir_all(&vm_dir).expect("vm dir");
+        for d in [dir, vm_dir.as_path()] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let disk = vm_dir.join("disk.raw");
+        std::fs::File::create(&disk)
+            .and_then(|f| f.set_len(2 << 30))
+            .expect("disk");
+        let name = format!(
+            "strato-pxe-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let mac = format!("52:54:00:78:00:{n:02x}");
+        let console = vm_dir.join("console.log");
+        let xml = format!(
+            "<domain type='qemu'>\n  <name>{name}</name>\n  <memory unit='MiB'>384</memory>\n  <vcpu>2</vcpu>\n\
+             <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n    <loader readonly='yes' type='rom'>{OVMF}</loader>\n\
+             <boot dev='network'/>\n    <boot dev='hd'/>\n  </os>\n  <features><acpi/><apic/></features>\n\
+             <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n\
+             <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n\
+             <source file='{}'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n\
+             <interface type='bridge'>\n      <source bridge='{bridge}'/>\n      <mac address='{mac}'/>\n\
+             <model type='virtio'/>\n    </interface>\n\
+             <serial type='pty'>\n      <log file='{}' append='on'/>\n      <target port='0'/>\n    </serial>\n\
+             <console type='pty'>\n      <target type='serial' port='0'/>\n    </console>\n  </devices>\n</domain>\n",
+            disk.display(),
+            console.display()
+        );
+        let xml_path = vm_dir.join("domain.xml");
+        std::fs::write(&xml_path, xml).expect("domain xml");
+        sh(&[
+            "virsh",
+            "-c",
+            LIBVIRT_URI,
+            "define",
+            &xml_path.display().to_string(),
+        ]);
+        LibvirtVm { name, mac, console }
+    }
+
+    pub fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.console).unwrap_or_default()).into_owned()
+    }
+
+    pub fn state(&self) -> String {
+        sh(&["virsh", "-c", LIBVIRT_URI, "domstate", &self.name])
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for LibvirtVm {
+    fn drop(&mut self) {
+        let virsh = |verb: &str| {
+            let _ = Command::new("virsh")
+                .args(["-c", LIBVIRT_URI, verb, &self.name])
+                .output();
+        };
+        virsh("destroy");
+        virsh("undefine");
     }
 }
