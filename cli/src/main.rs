@@ -8,6 +8,7 @@ mod output;
 mod parse;
 mod up;
 mod up_agent;
+mod up_rack;
 mod wait;
 
 use std::io::Write;

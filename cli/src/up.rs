@@ -30,6 +30,7 @@ use crate::commands::Ctx;
 use crate::config::{write_private, Config};
 use crate::output::render_detail;
 use crate::up_agent;
+use crate::up_rack;
 use crate::wait::spinner;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,9 +46,11 @@ pub struct UpArgs {
     /// Address the public API listens on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7100")]
     pub listen: SocketAddr,
-    /// Address the internal API for agents listens on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7101")]
-    pub internal_listen: SocketAddr,
+    /// Address the internal API for agents listens on [default:
+    /// 127.0.0.1:7101; with --rack, the rack address's port 7101, so that
+    /// the rack's machines reach it].
+    #[arg(long, value_name = "ADDR")]
+    pub internal_listen: Option<SocketAddr>,
     /// Run the stack manager in this terminal instead of in the background
     /// (logs to the terminal; Ctrl-C stops it; its exit code is strato's).
     /// Starts no hypervisor agent.
@@ -86,6 +89,23 @@ pub struct UpArgs {
         default_value = "/var/cache/strato/images"
     )]
     pub image_cache: PathBuf,
+    /// Also start a demo rack of N empty VMs (libvirt domains, TCG) on a
+    /// private bridge, with the provisioner: they PXE-boot, are
+    /// commissioned, deployed with the Debian image and enroll here as
+    /// storage hosts. Needs root, `scripts/boot-env.sh` and
+    /// `scripts/guest-images.sh debian` (`scripts/up.sh --rack N` runs them).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+    pub rack: Option<u8>,
+    /// The demo rack's bridge.
+    #[arg(long, value_name = "NAME", default_value = "strato-rack")]
+    pub rack_bridge: String,
+    /// This machine's address on the rack's bridge; the rack is its /24.
+    #[arg(long, value_name = "IP", default_value = "10.99.0.1")]
+    pub rack_address: std::net::Ipv4Addr,
+    /// The rack's VM disks and consoles, its images and the provisioner's
+    /// state (QEMU must be able to enter it: not under a 0700 home).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/strato/rack")]
+    pub rack_state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +114,10 @@ pub struct DownArgs {
     /// [default: $HOME/.local/share/strato, or ./.state when HOME is unset].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The demo rack's bridge given to `strato up --rack`: its VMs are
+    /// powered off.
+    #[arg(long, value_name = "NAME", default_value = "strato-rack")]
+    pub rack_bridge: String,
 }
 
 /// Files in the state directory.
@@ -443,6 +467,8 @@ struct UpSummary<'a> {
     hypervisor_host: Option<api::ids::HostId>,
     /// The local storage host, when `strato up` started a storage agent.
     storage_host: Option<api::ids::HostId>,
+    /// The demo rack's provisioner, with `--rack`.
+    provisioner_url: Option<&'a str>,
 }
 
 fn summary_text(s: &UpSummary) -> String {
@@ -465,7 +491,19 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         fs::canonicalize(&state).with_context(|| format!("cannot resolve {}", state.display()))?;
     let p = Paths::new(state);
     let sm = find_stack_manager()?;
-    write_stack_manager_config(&p, a.listen, a.internal_listen)?;
+    let internal_listen = a.internal_listen.unwrap_or_else(|| match a.rack {
+        Some(_) => SocketAddr::from((a.rack_address, 7101)),
+        None => SocketAddr::from(([127, 0, 0, 1], 7101)),
+    });
+    if a.rack.is_some() {
+        if !up_agent::is_root() {
+            bail!("--rack needs root: it creates a bridge and libvirt domains");
+        }
+        // Before the stack manager starts: its internal API binds there.
+        up_rack::ensure_bridge(&a.rack_bridge, a.rack_address)?;
+    }
+    let previous_config = fs::read_to_string(&p.config).unwrap_or_default();
+    write_stack_manager_config(&p, a.listen, internal_listen)?;
     let token = if p.token.exists() {
         read_token(&p.token)?
     } else {
@@ -489,6 +527,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             pid: Some(std::process::id()),
             hypervisor_host: None,
             storage_host: None,
+            provisioner_url: None,
         };
         progress(format!("{}\n\n{NO_AGENTS}\n", summary_text(&s)));
         return foreground(&sm, &p);
@@ -505,6 +544,14 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             Some(c)
         }
     };
+    if running_pid.is_some()
+        && !previous_config.contains(&format!("internal_listen = \"{internal_listen}\""))
+    {
+        bail!(
+            "the running stack manager's internal API is not on {internal_listen}; \
+             stop it with `strato down` and run `strato up` again"
+        );
+    }
     let pid = running_pid.or(child.as_ref().map(Child::id));
     wait_healthy(&url, child.as_mut(), &p.log).await?;
     let config = save_login(ctx, &url, &token)?;
@@ -522,7 +569,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             &client,
             &p.state,
             &a.agent_state_dir,
-            &api_url(a.internal_listen),
+            &api_url(internal_listen),
             a.agent_listen,
             &a.image_cache,
             "",
@@ -549,7 +596,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             &client,
             &p.state,
             &storage_state,
-            &api_url(a.internal_listen),
+            &api_url(internal_listen),
             a.storage_listen,
             &a.image_cache,
             &format!("iscsi_listen = \"{}\"\n", a.iscsi_listen),
@@ -560,6 +607,38 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             host,
             image: None,
         }
+    };
+    let rack = match a.rack {
+        Some(n) => Some(
+            up_rack::start(&up_rack::RackSpec {
+                machines: n,
+                bridge: &a.rack_bridge,
+                address: a.rack_address,
+                dir: &a.rack_state_dir,
+                state: &p.state,
+                image_cache: &a.image_cache,
+                public_url: &url,
+                internal_url: &api_url(internal_listen),
+                admin_token: &token,
+            })
+            .await?,
+        ),
+        None => None,
+    };
+    let rack_line = match &rack {
+        Some(r) => format!(
+            "\nrack: provisioner {} (pid {}) on bridge {}; machines {} are being commissioned, \
+             deployed and enrolled as storage hosts (a few minutes under TCG)\n\
+             watch: export STRATO_PROVISIONER_URL={} STRATO_PROVISIONER_TOKEN=$(cat {})\n       \
+             strato machine list; strato host list",
+            r.provisioner_url,
+            r.pid,
+            a.rack_bridge,
+            r.machines.join(", "),
+            r.provisioner_url,
+            r.token_file.display()
+        ),
+        None => String::new(),
     };
     let storage_line = match &storage {
         Compute::Running { pid, host, .. } => format!(
@@ -584,6 +663,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             Compute::Running { host, .. } => Some(*host),
             Compute::Skipped(_) => None,
         },
+        provisioner_url: rack.as_ref().map(|r| r.provisioner_url.as_str()),
     };
     if ctx.out.json {
         ctx.out.json(&s)?;
@@ -600,7 +680,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
             Compute::Skipped(why) => (format!("hypervisor: {why}\n\n{NO_AGENTS}"), "next: strato flavor list".to_string()),
         };
         ctx.out.note(format!(
-            "Strato is up.\n\n{}\n\n{line}\n{storage_line}\n\n{next}",
+            "Strato is up.\n\n{}\n\n{line}\n{storage_line}\n{rack_line}\n\n{next}",
             summary_text(&s)
         ))?;
     }
@@ -636,6 +716,11 @@ fn foreground(sm: &Path, p: &Paths) -> Result<ExitCode> {
 
 pub async fn down(ctx: &Ctx, a: DownArgs) -> Result<()> {
     let p = Paths::new(state_dir(a.state_dir));
+    if let Some(pid) = up_rack::stop(&p.state, &a.rack_bridge).await? {
+        ctx.out.note(format!(
+            "stopped the rack's provisioner (pid {pid}) and powered off its VMs"
+        ))?;
+    }
     if let Some(pid) = up_agent::stop_agent(&up_agent::HYPERVISOR, &p.state).await? {
         ctx.out.note(format!(
             "stopped the hypervisor agent (pid {pid}); its VMs keep running and are adopted by the next `strato up`"

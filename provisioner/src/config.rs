@@ -57,8 +57,21 @@ pub struct Config {
     /// stack manager (see `PostInstallConfig`). Default: none — a
     /// deployment then ends when its image is written.
     pub post_install: Option<PostInstallConfig>,
+    /// Deploy every machine that finished commissioning and was never
+    /// deployed, with this image and role: for racks whose machines all
+    /// become the same kind of host (and `strato up --rack`). Default: none.
+    pub auto_deploy: Option<AutoDeploy>,
     /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoDeploy {
+    /// An image file name in the image directory.
+    pub image: String,
+    /// `hypervisor` or `storage`.
+    pub role: api::resources::HostKind,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +117,7 @@ impl Default for Config {
             dhcp: None,
             tftp: None,
             post_install: None,
+            auto_deploy: None,
             log: "info".into(),
         }
     }
@@ -115,6 +129,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "sweep_interval_secs must be > 0".into(),
             ));
+        }
+        if let Some(a) = &self.auto_deploy {
+            if !crate::machines::valid_image_name(&a.image) {
+                return Err(ConfigError::Invalid(format!(
+                    "auto_deploy.image {:?} is not an image file name",
+                    a.image
+                )));
+            }
         }
         if let Some(d) = &self.dhcp {
             d.validate()

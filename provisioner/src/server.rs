@@ -110,6 +110,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let m = machines.clone();
     let every = Duration::from_secs(cfg.sweep_interval_secs);
+    let auto_deploy = cfg.auto_deploy.clone();
     tasks.push(tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
@@ -118,12 +119,36 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 Ok(n) => tracing::info!(machines = n, "in-progress states timed out"),
                 Err(e) => tracing::warn!(error = %e, "deadline sweep failed"),
             }
+            if let Some(a) = &auto_deploy {
+                deploy_ready(&m, a).await;
+            }
         }
     }));
     let others = futures_first(tasks);
     tokio::select! {
         r = http => { r??; Ok(()) }
         r = others => r,
+    }
+}
+
+/// `auto_deploy`: machines that are ready and were never deployed.
+async fn deploy_ready(machines: &Machines, a: &crate::config::AutoDeploy) {
+    let list = match machines.list().await {
+        Ok(l) => l,
+        Err(e) => return tracing::warn!(error = %e, "auto-deploy: cannot list machines"),
+    };
+    for m in list
+        .into_iter()
+        .filter(|m| m.state == api::provision::MachineState::Ready && m.image.is_none())
+    {
+        let action = api::provision::MachineAction::Deploy {
+            image: a.image.clone(),
+            role: Some(a.role),
+        };
+        match machines.act(m.id, action).await {
+            Ok(_) => tracing::info!(machine = %m.name, image = %a.image, "auto-deploy"),
+            Err(e) => tracing::warn!(machine = %m.name, error = %e, "auto-deploy failed"),
+        }
     }
 }
 
