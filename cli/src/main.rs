@@ -338,8 +338,16 @@ mod tests {
             panic!()
         };
         assert_eq!(a.listen.to_string(), "127.0.0.1:7100");
-        assert_eq!(a.internal_listen.to_string(), "127.0.0.1:7101");
+        // Chosen at run time: loopback, or the rack bridge with --rack.
+        assert_eq!(a.internal_listen, None);
+        assert_eq!(a.rack, None);
         assert!(!a.foreground);
+        let cli = parse(&["up", "--rack", "3", "--rack-address", "10.98.0.1"]).unwrap();
+        let Command::Up(a) = cli.command else {
+            panic!()
+        };
+        assert_eq!((a.rack, a.rack_address.to_string()), (Some(3), "10.98.0.1".into()));
+        assert!(parse(&["up", "--rack", "0"]).is_err());
 
         let cli = parse(&[
             "quota",
