@@ -90,72 +90,238 @@ pub async fn pushable_instances(
     Ok(specs)
 }
 
-async fn nic_specs(db: &Db, instance: InstanceId) -> Result<Vec<NicSpec>, sqlx::Error> {
+/// What one pass of a host's reconciler has to do with its instances.
+#[derive(Default)]
+pub struct HostWork {
+    /// Instances whose desired state is `deleted`: to delete on the agent.
+    pub deleting: Vec<InstanceId>,
+    /// Instances the agent is behind on (or owes a reboot): to push.
+    pub to_push: Vec<Pushable>,
+}
+
+/// A host as its reconciler needs it, with the instance work of the pass.
+pub struct HostPass {
+    pub kind: api::resources::HostKind,
+    pub agent_url: String,
+    pub credential: String,
+    pub last_heartbeat_at: Option<i64>,
+    pub work: HostWork,
+}
+
+/// The host row and the instances on it a reconciler pass has to act on,
+/// read in a fixed number of queries however many instances the host runs:
+/// one for the host and its rows (converged instances are not even read),
+/// one for the NICs and, only when some of them have volumes, one for the
+/// attachments. `None` when the host is gone.
+pub async fn host_pass(db: &Db, host: HostId) -> Result<Option<HostPass>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT a.address, a.nic_index, s.cidr, s.gateway, s.dns_servers, n.id AS network_id, n.vlan, n.mtu \
-         FROM addresses a JOIN subnets s ON s.id = a.subnet_id JOIN networks n ON n.id = s.network_id \
-         WHERE a.instance_id = $1 ORDER BY a.nic_index",
+        "SELECT h.kind AS h_kind, h.agent_url AS h_agent_url, h.credential AS h_credential, \
+                h.last_heartbeat_at AS h_last_heartbeat_at, \
+                i.*, im.source AS image_source, im.format AS image_format, im.sha256 AS image_sha256, \
+                k.public_key AS public_key, \
+                (SELECT COUNT(*) FROM attachments at WHERE at.instance_id = i.id) AS attached \
+         FROM hosts h \
+         LEFT JOIN instances i ON i.host_id = h.id AND i.deleted_at IS NULL \
+           AND (i.desired = 'deleted' OR i.applied_generation < i.generation OR i.status = 'rebooting') \
+         LEFT JOIN images im ON im.id = i.image_id LEFT JOIN keypairs k ON k.id = i.keypair_id \
+         WHERE h.id = $1",
     )
+    .bind(host.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut pass = HostPass {
+        kind: first.parsed("h_kind", api::resources::HostKind::parse)?,
+        agent_url: first.text("h_agent_url")?,
+        credential: first.text("h_credential")?,
+        last_heartbeat_at: first.opt_int("h_last_heartbeat_at")?,
+        work: HostWork::default(),
+    };
+    // A host with no work comes back as one row without an instance.
+    let rows: Vec<&AnyRow> = rows
+        .iter()
+        .filter(|r| r.opt_text("id").ok().flatten().is_some())
+        .collect();
+    pass.work = host_work(db, host, &rows).await?;
+    Ok(Some(pass))
+}
+
+async fn host_work(db: &Db, host: HostId, rows: &[&AnyRow]) -> Result<HostWork, sqlx::Error> {
+    let mut work = HostWork::default();
+    let mut push_rows = Vec::with_capacity(rows.len());
+    for &r in rows {
+        let id: InstanceId = r.id("id")?;
+        if r.text("desired")? == "deleted" {
+            work.deleting.push(id);
+        } else if r.opt_text("image_source")?.is_some() {
+            // (An instance whose image row is gone cannot be built; the
+            // inner join of `pushable_instances` skips it the same way.)
+            push_rows.push((id, r));
+        }
+    }
+    if push_rows.is_empty() {
+        return Ok(work);
+    }
+    // NICs and attachments of the instances to push: by id for one, by host
+    // for several. Addresses are written in the instance's own create
+    // transaction, so an instance read above has all of its NICs here.
+    let (mut nics, mut volumes) = match push_rows.as_slice() {
+        [(id, _)] => {
+            let mut nics = std::collections::HashMap::new();
+            nics.insert(*id, nic_specs(db, *id).await?);
+            (nics, None)
+        }
+        _ => (host_nic_specs(db, host).await?, None),
+    };
+    if push_rows
+        .iter()
+        .any(|(_, r)| r.int("attached").unwrap_or(1) > 0)
+    {
+        volumes = Some(match push_rows.as_slice() {
+            [(id, _)] => {
+                let mut v = std::collections::HashMap::new();
+                v.insert(*id, attachment_specs(db, *id).await?);
+                v
+            }
+            _ => host_attachment_specs(db, host).await?,
+        });
+    }
+    for (id, r) in push_rows {
+        let spec = InstanceSpec {
+            id,
+            hostname: r.text("name")?,
+            generation: r.uint("generation")?,
+            power: if r.text("desired")? == "running" {
+                PowerState::Running
+            } else {
+                PowerState::Stopped
+            },
+            reboot_count: r.uint("reboot_count")?,
+            vcpus: r.uint("vcpus")? as u32,
+            ram_mib: r.uint("ram_mib")?,
+            disk_gib: r.uint("disk_gib")?,
+            image: image_spec(r)?,
+            nics: nics.remove(&id).unwrap_or_default(),
+            ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
+            user_data: r.opt_text("user_data")?,
+            volumes: volumes
+                .as_mut()
+                .and_then(|v| v.remove(&id))
+                .unwrap_or_default(),
+        };
+        work.to_push.push(Pushable {
+            spec,
+            applied_generation: r.uint("applied_generation")?,
+            status: r.text("status")?,
+        });
+    }
+    Ok(work)
+}
+
+const NIC_COLUMNS: &str =
+    "a.instance_id, a.address, a.nic_index, s.cidr, s.gateway, s.dns_servers, \
+     n.id AS network_id, n.vlan, n.mtu \
+     FROM addresses a JOIN subnets s ON s.id = a.subnet_id JOIN networks n ON n.id = s.network_id";
+
+async fn nic_specs(db: &Db, instance: InstanceId) -> Result<Vec<NicSpec>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {NIC_COLUMNS} WHERE a.instance_id = $1 ORDER BY a.nic_index"
+    ))
     .bind(instance.to_string())
     .fetch_all(&db.pool)
     .await?;
-    let decode =
-        |col: &str, v: String| sqlx::Error::Decode(format!("{col}: bad value `{v}`").into());
-    rows.iter()
-        .map(|r| {
-            let address: IpAddr = r
-                .text("address")?
-                .parse()
-                .map_err(|_| decode("address", String::new()))?;
-            let cidr: ipnet::IpNet = r
-                .text("cidr")?
-                .parse()
-                .map_err(|_| decode("cidr", String::new()))?;
-            let dns: Vec<IpAddr> =
-                serde_json::from_str(&r.text("dns_servers")?).unwrap_or_default();
-            let index = r.uint("nic_index")? as u8;
-            Ok(NicSpec {
-                network_id: r.id("network_id")?,
-                mac: netconfig::derive_mac(instance.0.as_bytes(), index),
-                address,
-                prefix_len: cidr.prefix_len(),
-                gateway: r
-                    .text("gateway")?
-                    .parse()
-                    .map_err(|_| decode("gateway", String::new()))?,
-                dns_servers: dns,
-                vlan: r.opt_int("vlan")?.map(|v| v as u16),
-                mtu: r.uint("mtu")? as u16,
-            })
-        })
-        .collect()
+    rows.iter().map(|r| nic_spec(instance, r)).collect()
 }
+
+/// The NICs of every live instance on `host`, by instance.
+async fn host_nic_specs(
+    db: &Db,
+    host: HostId,
+) -> Result<std::collections::HashMap<InstanceId, Vec<NicSpec>>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {NIC_COLUMNS} JOIN instances i ON i.id = a.instance_id \
+         WHERE i.host_id = $1 AND i.deleted_at IS NULL ORDER BY a.instance_id, a.nic_index"
+    ))
+    .bind(host.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out: std::collections::HashMap<InstanceId, Vec<NicSpec>> = Default::default();
+    for r in &rows {
+        let id: InstanceId = r.id("instance_id")?;
+        out.entry(id).or_default().push(nic_spec(id, r)?);
+    }
+    Ok(out)
+}
+
+fn nic_spec(instance: InstanceId, r: &AnyRow) -> Result<NicSpec, sqlx::Error> {
+    let decode = |col: &str| sqlx::Error::Decode(format!("{col}: bad value").into());
+    let address: IpAddr = r.text("address")?.parse().map_err(|_| decode("address"))?;
+    let cidr: ipnet::IpNet = r.text("cidr")?.parse().map_err(|_| decode("cidr"))?;
+    let dns: Vec<IpAddr> = serde_json::from_str(&r.text("dns_servers")?).unwrap_or_default();
+    let index = r.uint("nic_index")? as u8;
+    Ok(NicSpec {
+        network_id: r.id("network_id")?,
+        mac: netconfig::derive_mac(instance.0.as_bytes(), index),
+        address,
+        prefix_len: cidr.prefix_len(),
+        gateway: r.text("gateway")?.parse().map_err(|_| decode("gateway"))?,
+        dns_servers: dns,
+        vlan: r.opt_int("vlan")?.map(|v| v as u16),
+        mtu: r.uint("mtu")? as u16,
+    })
+}
+
+const ATTACHMENT_COLUMNS: &str =
+    "a.instance_id, a.volume_id, a.device_index, v.iqn, v.lun, v.chap_user, v.chap_secret, h.iscsi_portal \
+     FROM attachments a JOIN volumes v ON v.id = a.volume_id LEFT JOIN hosts h ON h.id = v.host_id";
 
 async fn attachment_specs(
     db: &Db,
     instance: InstanceId,
 ) -> Result<Vec<VolumeAttachmentSpec>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT a.volume_id, a.device_index, v.iqn, v.lun, v.chap_user, v.chap_secret, h.iscsi_portal \
-         FROM attachments a JOIN volumes v ON v.id = a.volume_id LEFT JOIN hosts h ON h.id = v.host_id \
-         WHERE a.instance_id = $1 ORDER BY a.device_index",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {ATTACHMENT_COLUMNS} WHERE a.instance_id = $1 ORDER BY a.device_index"
+    ))
     .bind(instance.to_string())
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(VolumeAttachmentSpec {
-                volume_id: r.id("volume_id")?,
-                device_index: r.uint("device_index")? as u32,
-                portal: r.opt_text("iscsi_portal")?.unwrap_or_default(),
-                iqn: r.text("iqn")?,
-                lun: r.uint("lun")? as u32,
-                chap_user: r.text("chap_user")?,
-                chap_secret: r.text("chap_secret")?,
-            })
-        })
-        .collect()
+    rows.iter().map(attachment_spec).collect()
+}
+
+/// The attachments of every live instance on `host`, by instance.
+async fn host_attachment_specs(
+    db: &Db,
+    host: HostId,
+) -> Result<std::collections::HashMap<InstanceId, Vec<VolumeAttachmentSpec>>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ATTACHMENT_COLUMNS} JOIN instances i ON i.id = a.instance_id \
+         WHERE i.host_id = $1 AND i.deleted_at IS NULL ORDER BY a.instance_id, a.device_index"
+    ))
+    .bind(host.to_string())
+    .fetch_all(&db.pool)
+    .await?;
+    let mut out: std::collections::HashMap<InstanceId, Vec<VolumeAttachmentSpec>> =
+        Default::default();
+    for r in &rows {
+        out.entry(r.id("instance_id")?)
+            .or_default()
+            .push(attachment_spec(r)?);
+    }
+    Ok(out)
+}
+
+fn attachment_spec(r: &AnyRow) -> Result<VolumeAttachmentSpec, sqlx::Error> {
+    Ok(VolumeAttachmentSpec {
+        volume_id: r.id("volume_id")?,
+        device_index: r.uint("device_index")? as u32,
+        portal: r.opt_text("iscsi_portal")?.unwrap_or_default(),
+        iqn: r.text("iqn")?,
+        lun: r.uint("lun")? as u32,
+        chap_user: r.text("chap_user")?,
+        chap_secret: r.text("chap_secret")?,
+    })
 }
 
 /// Specs of every volume placed on storage node `host` that should exist.

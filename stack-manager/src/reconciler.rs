@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use api::ids::{HostId, InstanceId, VolumeId};
+use api::ids::{HostId, VolumeId};
 use api::resources::HostKind;
 use api::AgentClient;
 use tokio::sync::Notify;
@@ -190,26 +190,19 @@ impl Sync {
 
 /// One pass over a host.
 async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
-    let Some(row) = sqlx::query(
-        "SELECT kind, agent_url, credential, last_heartbeat_at FROM hosts WHERE id = $1",
-    )
-    .bind(host.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?
-    else {
+    let Some(pass) = desired::host_pass(&state.db, host).await? else {
         return Ok(Sync::HostGone);
     };
-    let kind = row.parsed("kind", HostKind::parse)?;
-    let agent = AgentClient::new(&row.text("agent_url")?, &row.text("credential")?);
+    let agent = AgentClient::new(&pass.agent_url, &pass.credential);
     // Judged from the database, not this replica's view: another replica
     // may be the one receiving this host's heartbeats.
     let alive_since = crate::db::now_ms() - (state.config.hosts.down_after_secs as i64) * 1000;
-    let down = row
-        .opt_int("last_heartbeat_at")?
-        .is_none_or(|t| t < alive_since);
+    let down = pass.last_heartbeat_at.is_none_or(|t| t < alive_since);
     let orphans = state.reconciler.take_orphan_flag(host);
-    let converged = match kind {
-        HostKind::Hypervisor => sync_hypervisor(state, host, &agent, down, orphans).await?,
+    let converged = match pass.kind {
+        HostKind::Hypervisor => {
+            sync_hypervisor(state, host, &agent, down, orphans, pass.work).await?
+        }
         HostKind::Storage => sync_storage(state, host, &agent, down, orphans).await?,
     };
     Ok(Sync::from(converged))
@@ -221,6 +214,7 @@ async fn sync_hypervisor(
     agent: &AgentClient,
     down: bool,
     orphans: bool,
+    work: desired::HostWork,
 ) -> ApiResult<bool> {
     if down {
         // Nothing can be confirmed by an agent that does not answer, and
@@ -229,14 +223,7 @@ async fn sync_hypervisor(
     }
     let mut converged = true;
     // Deletes first: they free capacity.
-    let deleting = sqlx::query(
-        "SELECT id FROM instances WHERE host_id = $1 AND desired = 'deleted' AND deleted_at IS NULL",
-    )
-    .bind(host.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    for r in &deleting {
-        let id: InstanceId = r.id("id")?;
+    for &id in &work.deleting {
         match agent.instance_delete(id).await {
             Ok(()) => desired::finalize_instance_delete(state, id).await?,
             Err(e) if e.status() == Some(404) => {
@@ -270,7 +257,8 @@ async fn sync_hypervisor(
             }
         }
     }
-    for p in desired::pushable_instances(&state.db, host, None).await? {
+    // Only instances the agent is behind on were read (see `host_pass`).
+    for p in work.to_push {
         let spec = p.spec;
         if p.applied_generation >= spec.generation && p.status != "rebooting" {
             continue;

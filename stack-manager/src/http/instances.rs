@@ -23,10 +23,10 @@ use axum::{Json, Router};
 use sqlx::any::AnyRow;
 
 use crate::auth::Caller;
-use crate::db::{lock_row, now_ms, RowExt};
+use crate::db::{lock_row, now_ms, share_lock_row, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::quotas::QuotaDelta;
-use crate::http::{flavors, groups, images, keypairs, networks, quotas, usage, validate};
+use crate::http::{flavors, groups, images, keypairs, networks, quotas, validate};
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
 
@@ -229,14 +229,10 @@ async fn create(
     let now = now_ms();
     let mut tx = state.db.begin_write().await?;
     // Images carry no foreign key (deleted instances keep pointing at
-    // theirs): lock the image row so a concurrent image delete either
-    // finishes first (and we refuse) or waits for us (and sees the user).
-    let image_live = sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
-        .bind(image.id.to_string())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if image_live == 0 {
+    // theirs): lock the image row (shared: creates from one image do not
+    // queue on each other) so a concurrent image delete either finishes
+    // first (and we refuse) or waits for us (and sees the user).
+    if !share_lock_row(&mut tx, "images", &image.id.to_string()).await? {
         return Err(ApiError::conflict(format!(
             "image `{}` was deleted meanwhile",
             image.name
@@ -265,35 +261,13 @@ async fn create(
         .scheduler
         .claim_instance(&mut tx, &demand, ranking)
         .await?;
-    sqlx::query(
-        "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, vcpus, ram_mib, \
-         disk_gib, user_data, desired, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)",
-    )
-    .bind(id.to_string())
-    .bind(project.to_string())
-    .bind(&body.name)
-    .bind(flavor.id.to_string())
-    .bind(image.id.to_string())
-    .bind(keypair.as_ref().map(|k| k.id.to_string()))
-    .bind(group.as_ref().map(|g| g.id.to_string()))
-    .bind(claim.host.to_string())
-    .bind(flavor.vcpus as i64)
-    .bind(validate::to_i64(flavor.ram_mib))
-    .bind(validate::to_i64(flavor.disk_gib))
-    .bind(body.user_data.clone())
-    .bind(if body.start { "running" } else { "stopped" })
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| match crate::db::is_unique_violation(&e) {
-        true => ApiError::conflict(format!("an instance named `{}` already exists in this project", body.name)),
-        false => e.into(),
-    })?;
+    // Addresses are picked first and written with the instance row and its
+    // usage span in ONE statement: three round trips become one.
     let mut nics = Vec::with_capacity(nets.len());
+    let mut picked: Vec<(api::ids::SubnetId, std::net::IpAddr)> = Vec::with_capacity(nets.len());
     for (index, net) in nets.iter().enumerate() {
-        let (subnet_id, address) =
-            networks::allocate_address(&mut tx, net, id, index as u32).await?;
+        let (subnet_id, address) = networks::pick_address(&mut tx, net, &picked).await?;
+        picked.push((subnet_id, address));
         nics.push(Nic {
             network_id: net.id,
             subnet_id,
@@ -301,16 +275,59 @@ async fn create(
             mac: netconfig::derive_mac(id.0.as_bytes(), index as u8),
         });
     }
-    usage::open_span(
-        &mut tx,
-        project,
-        "instance",
-        &id.to_string(),
-        Some(flavor.id),
-        0,
-        now,
-    )
-    .await?;
+    let instance_insert = "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, \
+         vcpus, ram_mib, disk_gib, user_data, desired, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)";
+    let usage_insert = "INSERT INTO usage_spans (id, project_id, kind, resource_id, flavor_id, gib, started_at, ended_at) \
+         VALUES ($15, $2, 'instance', $1, $4, 0, $14, NULL)";
+    let address_values = (0..picked.len())
+        .map(|i| format!("(${}, ${}, $1, {i}, $14)", 16 + 2 * i, 17 + 2 * i))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let address_insert = format!(
+        "INSERT INTO addresses (subnet_id, address, instance_id, nic_index, created_at) VALUES {address_values}"
+    );
+    let sql = match tx.backend {
+        // Data-modifying CTEs: all three inserts are one statement.
+        crate::db::Backend::Postgres => {
+            format!("WITH a AS ({address_insert}), u AS ({usage_insert}) {instance_insert}")
+        }
+        // SQLite runs the statements of one query string in one call.
+        crate::db::Backend::Sqlite => {
+            format!("{instance_insert}; {address_insert}; {usage_insert}")
+        }
+    };
+    let mut insert = sqlx::query(&sql)
+        .bind(id.to_string())
+        .bind(project.to_string())
+        .bind(&body.name)
+        .bind(flavor.id.to_string())
+        .bind(image.id.to_string())
+        .bind(keypair.as_ref().map(|k| k.id.to_string()))
+        .bind(group.as_ref().map(|g| g.id.to_string()))
+        .bind(claim.host.to_string())
+        .bind(flavor.vcpus as i64)
+        .bind(validate::to_i64(flavor.ram_mib))
+        .bind(validate::to_i64(flavor.disk_gib))
+        .bind(body.user_data.clone())
+        .bind(if body.start { "running" } else { "stopped" })
+        .bind(now)
+        .bind(uuid::Uuid::new_v4().to_string());
+    for (subnet, address) in &picked {
+        insert = insert.bind(subnet.to_string()).bind(address.to_string());
+    }
+    // Addresses were picked under the subnet locks and usage span ids are
+    // fresh, so the only unique index this can hit is the live name.
+    insert
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match crate::db::is_unique_violation(&e) {
+            true => ApiError::conflict(format!(
+                "an instance named `{}` already exists in this project",
+                body.name
+            )),
+            false => e.into(),
+        })?;
     tx.commit().await?;
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);

@@ -486,26 +486,55 @@ async fn subnet_delete(
 /// (subnets in creation order) that has one, for NIC `nic_index` of
 /// `instance`, inside `tx`.
 ///
-/// Each subnet's row lock is taken before its allocated set is read, so
-/// concurrent allocations on PostgreSQL serialize per subnet and never pick
-/// the same address; on SQLite the write gate already does.
+/// The network's subnet rows are locked (PostgreSQL: `FOR UPDATE`, in
+/// subnet order, by the same statement that reads them) before their
+/// allocated sets are read, so concurrent allocations on PostgreSQL
+/// serialize per network and never pick the same address; on SQLite the
+/// write gate already does. A subnet deleted meanwhile is not returned.
 pub async fn allocate_address(
     tx: &mut WriteTx,
     network: &Network,
     instance: InstanceId,
     nic_index: u32,
 ) -> ApiResult<(SubnetId, IpAddr)> {
-    let subnets =
-        sqlx::query("SELECT * FROM subnets WHERE network_id = $1 ORDER BY created_at, id")
-            .bind(network.id.to_string())
-            .fetch_all(&mut ***tx)
-            .await?;
+    let (subnet, address) = pick_address(tx, network, &[]).await?;
+    sqlx::query(
+        "INSERT INTO addresses (subnet_id, address, instance_id, nic_index, created_at) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(subnet.to_string())
+    .bind(address.to_string())
+    .bind(instance.to_string())
+    .bind(i64::from(nic_index))
+    .bind(now_ms())
+    .execute(&mut ***tx)
+    .await?;
+    Ok((subnet, address))
+}
+
+/// What [`allocate_address`] would allocate, without writing it: the caller
+/// inserts the address (with the instance row, in one statement) before its
+/// transaction ends. `pending` are addresses this transaction picked but
+/// has not written yet (an instance with two NICs on one network).
+pub async fn pick_address(
+    tx: &mut WriteTx,
+    network: &Network,
+    pending: &[(SubnetId, IpAddr)],
+) -> ApiResult<(SubnetId, IpAddr)> {
+    let sql = match tx.backend {
+        crate::db::Backend::Postgres => {
+            "SELECT * FROM subnets WHERE network_id = $1 ORDER BY created_at, id FOR UPDATE"
+        }
+        crate::db::Backend::Sqlite => {
+            "SELECT * FROM subnets WHERE network_id = $1 ORDER BY created_at, id"
+        }
+    };
+    let subnets = sqlx::query(sql)
+        .bind(network.id.to_string())
+        .fetch_all(&mut ***tx)
+        .await?;
     let mut full = Vec::with_capacity(subnets.len());
     for row in &subnets {
         let subnet: SubnetId = row.id("id")?;
-        if !crate::db::lock_row(tx, "subnets", &subnet.to_string()).await? {
-            continue; // deleted meanwhile
-        }
         let plan = plan_from_row(row)?;
         let mut allocated = BTreeSet::new();
         for a in sqlx::query("SELECT address FROM addresses WHERE subnet_id = $1")
@@ -515,6 +544,7 @@ pub async fn allocate_address(
         {
             allocated.insert(parse_col::<IpAddr>(&a, "address")?);
         }
+        allocated.extend(pending.iter().filter(|p| p.0 == subnet).map(|p| p.1));
         let address = match plan.first_free(&allocated) {
             Ok(a) => a,
             Err(netconfig::IpamError::Exhausted { .. }) => {
@@ -523,16 +553,6 @@ pub async fn allocate_address(
             }
             Err(e) => return Err(ApiError::internal(format!("subnet {subnet}: {e}"))),
         };
-        sqlx::query(
-            "INSERT INTO addresses (subnet_id, address, instance_id, nic_index, created_at) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(subnet.to_string())
-        .bind(address.to_string())
-        .bind(instance.to_string())
-        .bind(i64::from(nic_index))
-        .bind(now_ms())
-        .execute(&mut ***tx)
-        .await?;
         return Ok((subnet, address));
     }
     let message = if full.is_empty() {

@@ -67,18 +67,21 @@ impl QuotaDelta {
 /// conditional UPDATE. Only fields that grow are checked: a limit lowered
 /// below current usage blocks new claims of that kind, not of the others.
 pub async fn claim(tx: &mut WriteTx, project: ProjectId, d: QuotaDelta) -> ApiResult<()> {
-    let (mut sets, mut conds) = (Vec::new(), Vec::new());
-    for (i, f) in FIELDS.iter().enumerate() {
-        let p = i + 2;
-        sets.push(format!("used_{f} = used_{f} + ${p}"));
-        conds.push(format!("(${p} <= 0 OR used_{f} + ${p} <= max_{f})"));
-    }
-    let sql = format!(
-        "UPDATE quotas SET {} WHERE project_id = $1 AND {}",
-        sets.join(", "),
-        conds.join(" AND ")
-    );
-    let mut q = sqlx::query(&sql).bind(project.to_string());
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let sql = SQL.get_or_init(|| {
+        let (mut sets, mut conds) = (Vec::new(), Vec::new());
+        for (i, f) in FIELDS.iter().enumerate() {
+            let p = i + 2;
+            sets.push(format!("used_{f} = used_{f} + ${p}"));
+            conds.push(format!("(${p} <= 0 OR used_{f} + ${p} <= max_{f})"));
+        }
+        format!(
+            "UPDATE quotas SET {} WHERE project_id = $1 AND {}",
+            sets.join(", "),
+            conds.join(" AND ")
+        )
+    });
+    let mut q = sqlx::query(sql).bind(project.to_string());
     for v in d.values() {
         q = q.bind(v);
     }
