@@ -244,26 +244,29 @@ async fn stream_file(path: PathBuf) -> Result<Response, ApiError> {
             format!("{}: {e}", path.display()),
         )
     })?;
-    let len = f
-        .metadata()
-        .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?
-        .len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
-    Ok((
+    let len = f.metadata().await.map_err(internal)?.len();
+    Ok(octets(f, len))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Internal,
+        e.to_string(),
+    )
+}
+
+/// `len` bytes from `reader`, streamed in 1 MiB pieces.
+fn octets(reader: impl tokio::io::AsyncRead + Send + 'static, len: u64) -> Response {
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20));
+    (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (header::CONTENT_LENGTH, len.to_string()),
         ],
         body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// The machine behind a boot-environment URL, if the secret matches.
@@ -384,25 +387,8 @@ async fn image_chunk(
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     f.seek(std::io::SeekFrom::Start(offset))
         .await
-        .map_err(|e| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?;
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        f.take(length),
-        1 << 20,
-    ));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, length.to_string()),
-        ],
-        body,
-    )
-        .into_response())
+        .map_err(internal)?;
+    Ok(octets(f.take(length), length))
 }
 
 async fn deployed(

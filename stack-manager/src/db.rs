@@ -250,15 +250,7 @@ pub async fn lock_row(
     table: &'static str,
     id: &str,
 ) -> Result<bool, sqlx::Error> {
-    let sql = match tx.backend {
-        Backend::Postgres => format!("SELECT 1 AS x FROM {table} WHERE id = $1 FOR UPDATE"),
-        Backend::Sqlite => format!("SELECT 1 AS x FROM {table} WHERE id = $1"),
-    };
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(&mut ***tx)
-        .await?;
-    Ok(row.is_some())
+    row_lock(tx, table, id, "FOR UPDATE").await
 }
 
 /// Takes a shared row lock for the rest of the transaction on PostgreSQL
@@ -271,8 +263,17 @@ pub async fn share_lock_row(
     table: &'static str,
     id: &str,
 ) -> Result<bool, sqlx::Error> {
+    row_lock(tx, table, id, "FOR SHARE").await
+}
+
+async fn row_lock(
+    tx: &mut WriteTx,
+    table: &'static str,
+    id: &str,
+    mode: &'static str,
+) -> Result<bool, sqlx::Error> {
     let sql = match tx.backend {
-        Backend::Postgres => format!("SELECT 1 AS x FROM {table} WHERE id = $1 FOR SHARE"),
+        Backend::Postgres => format!("SELECT 1 AS x FROM {table} WHERE id = $1 {mode}"),
         Backend::Sqlite => format!("SELECT 1 AS x FROM {table} WHERE id = $1"),
     };
     let row = sqlx::query(&sql)

@@ -14,6 +14,39 @@ use crate::http::quotas::{self, QuotaDelta};
 use crate::scheduler::Claim;
 use crate::state::AppState;
 
+/// An instance row (with its image and key columns) as the spec to push.
+fn pushable(
+    r: &AnyRow,
+    id: InstanceId,
+    nics: Vec<NicSpec>,
+    volumes: Vec<VolumeAttachmentSpec>,
+) -> Result<Pushable, sqlx::Error> {
+    let spec = InstanceSpec {
+        id,
+        hostname: r.text("name")?,
+        generation: r.uint("generation")?,
+        power: if r.text("desired")? == "running" {
+            PowerState::Running
+        } else {
+            PowerState::Stopped
+        },
+        reboot_count: r.uint("reboot_count")?,
+        vcpus: r.uint("vcpus")? as u32,
+        ram_mib: r.uint("ram_mib")?,
+        disk_gib: r.uint("disk_gib")?,
+        image: image_spec(r)?,
+        nics,
+        ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
+        user_data: r.opt_text("user_data")?,
+        volumes,
+    };
+    Ok(Pushable {
+        spec,
+        applied_generation: r.uint("applied_generation")?,
+        status: r.text("status")?,
+    })
+}
+
 fn image_spec(r: &AnyRow) -> Result<ImageSpec, sqlx::Error> {
     Ok(ImageSpec {
         id: r.id("image_id")?,
@@ -62,30 +95,9 @@ pub async fn pushable_instances(
     let mut specs = Vec::with_capacity(rows.len());
     for r in &rows {
         let id: InstanceId = r.id("id")?;
-        let spec = InstanceSpec {
-            id,
-            hostname: r.text("name")?,
-            generation: r.uint("generation")?,
-            power: if r.text("desired")? == "running" {
-                PowerState::Running
-            } else {
-                PowerState::Stopped
-            },
-            reboot_count: r.uint("reboot_count")?,
-            vcpus: r.uint("vcpus")? as u32,
-            ram_mib: r.uint("ram_mib")?,
-            disk_gib: r.uint("disk_gib")?,
-            image: image_spec(r)?,
-            nics: nic_specs(db, id).await?,
-            ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
-            user_data: r.opt_text("user_data")?,
-            volumes: attachment_specs(db, id).await?,
-        };
-        specs.push(Pushable {
-            spec,
-            applied_generation: r.uint("applied_generation")?,
-            status: r.text("status")?,
-        });
+        let nics = nic_specs(db, id).await?;
+        let volumes = attachment_specs(db, id).await?;
+        specs.push(pushable(r, id, nics, volumes)?);
     }
     Ok(specs)
 }
@@ -189,33 +201,12 @@ async fn host_work(db: &Db, host: HostId, rows: &[&AnyRow]) -> Result<HostWork, 
         });
     }
     for (id, r) in push_rows {
-        let spec = InstanceSpec {
-            id,
-            hostname: r.text("name")?,
-            generation: r.uint("generation")?,
-            power: if r.text("desired")? == "running" {
-                PowerState::Running
-            } else {
-                PowerState::Stopped
-            },
-            reboot_count: r.uint("reboot_count")?,
-            vcpus: r.uint("vcpus")? as u32,
-            ram_mib: r.uint("ram_mib")?,
-            disk_gib: r.uint("disk_gib")?,
-            image: image_spec(r)?,
-            nics: nics.remove(&id).unwrap_or_default(),
-            ssh_authorized_keys: r.opt_text("public_key")?.into_iter().collect(),
-            user_data: r.opt_text("user_data")?,
-            volumes: volumes
-                .as_mut()
-                .and_then(|v| v.remove(&id))
-                .unwrap_or_default(),
-        };
-        work.to_push.push(Pushable {
-            spec,
-            applied_generation: r.uint("applied_generation")?,
-            status: r.text("status")?,
-        });
+        let nics = nics.remove(&id).unwrap_or_default();
+        let attached = volumes
+            .as_mut()
+            .and_then(|v| v.remove(&id))
+            .unwrap_or_default();
+        work.to_push.push(pushable(r, id, nics, attached)?);
     }
     Ok(work)
 }
