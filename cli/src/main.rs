@@ -346,7 +346,10 @@ mod tests {
         let Command::Up(a) = cli.command else {
             panic!()
         };
-        assert_eq!((a.rack, a.rack_address.to_string()), (Some(3), "10.98.0.1".into()));
+        assert_eq!(
+            (a.rack, a.rack_address.to_string()),
+            (Some(3), "10.98.0.1".into())
+        );
         assert!(parse(&["up", "--rack", "0"]).is_err());
 
         let cli = parse(&[
