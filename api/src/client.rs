@@ -68,11 +68,23 @@ const STREAM_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 
 impl Transport {
     pub fn new(base_url: &str, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_http(Self::http_client(), base_url, token)
+    }
+
+    /// The HTTP client `new` builds: 60 s per request, idle connections
+    /// kept for reuse. Share one across many `with_http` transports.
+    pub fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    /// A transport on an existing client, so that callers that make one
+    /// per request (the stack manager's reconcilers, one per pass) share
+    /// its connection pool instead of opening a connection each time.
+    pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<String>) -> Self {
         Self {
             http,
             stream_http: std::sync::OnceLock::new(),
@@ -592,6 +604,13 @@ impl AgentClient {
     pub fn new(agent_url: &str, credential: &str) -> Self {
         Self {
             transport: Transport::new(agent_url, Some(credential.to_string())),
+        }
+    }
+
+    /// On a shared HTTP client (see [`Transport::with_http`]).
+    pub fn with_http(http: reqwest::Client, agent_url: &str, credential: &str) -> Self {
+        Self {
+            transport: Transport::with_http(http, agent_url, Some(credential.to_string())),
         }
     }
 

@@ -193,7 +193,7 @@ async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
     let Some(pass) = desired::host_pass(&state.db, host).await? else {
         return Ok(Sync::HostGone);
     };
-    let agent = AgentClient::new(&pass.agent_url, &pass.credential);
+    let agent = AgentClient::with_http(state.agent_http.clone(), &pass.agent_url, &pass.credential);
     // Judged from the database, not this replica's view: another replica
     // may be the one receiving this host's heartbeats.
     let alive_since = crate::db::now_ms() - (state.config.hosts.down_after_secs as i64) * 1000;

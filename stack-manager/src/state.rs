@@ -18,6 +18,9 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     pub reconciler: Reconciler,
     pub callers: Arc<crate::auth::CallerCache>,
+    /// One connection pool for every push to every agent: a client per
+    /// reconciler pass meant a new TCP connection per pass.
+    pub agent_http: reqwest::Client,
 }
 
 impl AppState {
@@ -46,6 +49,7 @@ impl AppState {
             scheduler,
             reconciler,
             callers: Arc::default(),
+            agent_http: api::client::Transport::http_client(),
         };
         state.reconciler.start(state.clone()).await?;
         Ok(state)

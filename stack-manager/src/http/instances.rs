@@ -524,7 +524,11 @@ async fn agent_of(
         .bind(host.to_string())
         .fetch_one(&state.db.pool)
         .await?;
-    let agent = api::AgentClient::new(&h.text("agent_url")?, &h.text("credential")?);
+    let agent = api::AgentClient::with_http(
+        state.agent_http.clone(),
+        &h.text("agent_url")?,
+        &h.text("credential")?,
+    );
     Ok((host, agent))
 }
 
