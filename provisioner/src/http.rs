@@ -506,9 +506,13 @@ async fn phone_home(
     }
     let keys = keys.join("\n");
     let progress = s.machines.deploy_progress(m.id).await.map_err(api_error)?;
-    // cloud-init retries a phone-home it thinks failed; the same keys
-    // again are not news.
-    if progress.ssh_host_keys.as_deref() != Some(keys.as_str()) {
+    // cloud-init retries a phone-home it thinks failed: the same keys
+    // again, while deploying, are not news. Anything else goes through
+    // `phoned_home`, which takes only the first keys after the image was
+    // written, and only while deploying.
+    let repeat = m.state == MachineState::Deploying
+        && progress.ssh_host_keys.as_deref() == Some(keys.as_str());
+    if !repeat {
         s.machines
             .phoned_home(m.id, keys.clone())
             .await

@@ -790,6 +790,11 @@ impl Machines {
                 )
                 .await;
         }
+        // A repeated report (its first answer was lost) is not an error.
+        let m = self.get(id).await?;
+        if m.state == MachineState::Deploying && self.deploy_progress(id).await?.image_written {
+            return Ok(m);
+        }
         self.progress(
             id,
             "image written; waiting for the installed system to phone home",
@@ -801,7 +806,9 @@ impl Machines {
         .await
     }
 
-    /// The installed system phoned home with its SSH host keys.
+    /// The installed system phoned home with its SSH host keys. The first
+    /// keys after the image was written are the ones post-install trusts;
+    /// later, different keys are refused.
     pub async fn phoned_home(&self, id: MachineId, host_keys: String) -> Result<Machine> {
         self.progress(
             id,
@@ -809,7 +816,7 @@ impl Machines {
             "the installed system phoned home",
             Some("ssh_host_keys = ?"),
             Some(host_keys),
-            |p| p.image_written,
+            |p| p.image_written && p.ssh_host_keys.is_none(),
         )
         .await
     }
@@ -1009,5 +1016,80 @@ mod constant_time {
             return false;
         }
         a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &Path) -> Machines {
+        let images = dir.join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("img.raw"), vec![1u8; 4096]).unwrap();
+        let t = Duration::from_secs(600);
+        Machines::open(
+            dir,
+            images,
+            Timeouts {
+                commissioning: t,
+                deploying: t,
+                releasing: t,
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The review's cases: a lost answer to "deployed" is retried, only the
+    /// first host keys count, and nothing is taken once the machine left
+    /// deploying.
+    #[tokio::test]
+    async fn phone_home_takes_the_first_keys_while_deploying_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path()).await;
+        let m = s
+            .create(MachineCreate {
+                name: "m1".into(),
+                mac: "52:54:00:00:00:01".into(),
+                role: HostKind::Storage,
+                rack: None,
+                power: PowerSpec::Manual,
+            })
+            .await
+            .unwrap();
+        s.act(m.id, MachineAction::Commission).await.unwrap();
+        let inv = Inventory {
+            cpus: 1,
+            cpu_model: String::new(),
+            ram_mib: 512,
+            disks: vec![],
+            nics: vec![],
+        };
+        s.inventory_reported(m.id, inv).await.unwrap();
+        let deploy = MachineAction::Deploy {
+            image: "img.raw".into(),
+            role: None,
+        };
+        s.act(m.id, deploy).await.unwrap();
+        // Keys before the image is written are refused.
+        assert!(s.phoned_home(m.id, "A".into()).await.is_err());
+        s.image_written(m.id, true).await.unwrap();
+        s.image_written(m.id, true).await.unwrap();
+        assert!(s.deploy_progress(m.id).await.unwrap().image_written);
+        s.phoned_home(m.id, "A".into()).await.unwrap();
+        let e = s.phoned_home(m.id, "B".into()).await.unwrap_err();
+        assert!(matches!(e, ProvisionError::Conflict(_)), "{e}");
+        assert_eq!(
+            s.deploy_progress(m.id)
+                .await
+                .unwrap()
+                .ssh_host_keys
+                .as_deref(),
+            Some("A")
+        );
+        s.act(m.id, MachineAction::Release).await.unwrap();
+        assert!(s.post_install_step(m.id, "late").await.is_err());
+        assert!(s.phoned_home(m.id, "A".into()).await.is_err());
     }
 }

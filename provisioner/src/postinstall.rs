@@ -277,7 +277,7 @@ impl PostInstall {
             m,
             &format!("connecting over SSH to root@{address}"),
         )
-        .await;
+        .await?;
         let ssh = Ssh::connect(&address, self.cfg.ssh_port, self.key.clone(), keys).await?;
 
         if !self.operator_keys.is_empty() {
@@ -296,7 +296,7 @@ impl PostInstall {
                 m,
                 &format!("installed {} operator key(s)", self.operator_keys.len()),
             )
-            .await;
+            .await?;
         }
 
         let remote = format!("/usr/local/sbin/strato-{binary}");
@@ -319,8 +319,25 @@ impl PostInstall {
                 &digest[..12]
             ),
         )
-        .await;
+        .await?;
 
+        // Host names are unique in the stack manager: a host left from an
+        // earlier deployment would refuse this one's enrollment, or be
+        // mistaken for it below.
+        let hosts = self
+            .stack_manager
+            .host_list()
+            .await
+            .map_err(|e| PostInstallError::StackManager(format!("listing hosts: {e}")))?;
+        if let Some(old) = hosts.iter().find(|h| h.name == m.name) {
+            return Err(PostInstallError::StackManager(format!(
+                "a host named {} already exists ({}, {}); delete it (`strato host delete {}`) and deploy again",
+                m.name,
+                old.id,
+                old.kind.as_str(),
+                old.id
+            )));
+        }
         let token = self
             .stack_manager
             .enrollment_token_create(&EnrollmentTokenCreate {
@@ -373,7 +390,7 @@ impl PostInstall {
                 m.name
             ),
         )
-        .await;
+        .await?;
 
         let deadline = Instant::now() + Duration::from_secs(self.cfg.enroll_timeout_secs);
         loop {
@@ -431,6 +448,9 @@ impl Runner {
 
     /// Starts post-install for `m` unless one is already running for it.
     pub fn start(self: &Arc<Self>, m: Machine, host_keys: String) {
+        if m.state != api::provision::MachineState::Deploying {
+            return;
+        }
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert(m.id) {
@@ -480,11 +500,14 @@ impl Runner {
     }
 }
 
-/// Progress that could not be recorded is logged: post-install goes on.
-async fn step(machines: &Machines, m: &Machine, what: &str) {
-    if let Err(e) = machines.post_install_step(m.id, what).await {
-        tracing::warn!(machine = %m.name, error = %e, "cannot record post-install progress");
-    }
+/// Records a step. A machine that left deploying meanwhile (released,
+/// timed out) stops post-install: nothing more is done to it.
+async fn step(machines: &Machines, m: &Machine, what: &str) -> Result<()> {
+    machines
+        .post_install_step(m.id, what)
+        .await
+        .map(drop)
+        .map_err(|e| PostInstallError::Other(format!("stopped: {e}")))
 }
 
 fn hex(bytes: &[u8]) -> String {
