@@ -126,7 +126,7 @@ fn write_config(
         .with_context(|| format!("cannot write {}", p.config.display()))
 }
 
-fn toml_str(s: &str) -> String {
+pub fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
@@ -319,20 +319,30 @@ pub async fn ensure_network(client: &Client) -> Result<()> {
 /// data; the next `strato up` adopts them.
 pub async fn stop_agent(agent: &Agent, state: &Path) -> Result<Option<u32>> {
     let p = AgentPaths::new(agent, state, Path::new(""));
-    let Some(pid) = super::up::read_pid(&p.pid) else {
+    stop_process(agent.binary, agent.what, &p.pid, &p.log).await
+}
+
+/// Stops the `program` process named in `pid_file` (SIGTERM, up to 15 s)
+/// and removes the pid file; the pid, if one was running.
+pub async fn stop_process(
+    program: &str,
+    what: &str,
+    pid_file: &Path,
+    log: &Path,
+) -> Result<Option<u32>> {
+    let Some(pid) = super::up::read_pid(pid_file) else {
         return Ok(None);
     };
-    if !super::up::running_as(pid, agent.binary) {
-        let _ = fs::remove_file(&p.pid);
+    if !super::up::running_as(pid, program) {
+        let _ = fs::remove_file(pid_file);
         return Ok(None);
     }
-    if !super::up::terminate(pid, agent.binary, Duration::from_secs(15)).await? {
+    if !super::up::terminate(pid, program, Duration::from_secs(15)).await? {
         bail!(
-            "the {} (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
-            agent.what,
-            p.log.display()
+            "the {what} (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
+            log.display()
         );
     }
-    let _ = fs::remove_file(&p.pid);
+    let _ = fs::remove_file(pid_file);
     Ok(Some(pid))
 }

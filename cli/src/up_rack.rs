@@ -21,7 +21,7 @@ use api::provision::{MachineAction, MachineCreate, MachineState, PowerSpec};
 use api::resources::{HostKind, RackCreate};
 use api::{Client, ProvisionerClient};
 
-use crate::up::{find_binary, read_pid, running_as, spawn_detached, terminate};
+use crate::up::{find_binary, read_pid, running_as, spawn_detached};
 
 pub const LIBVIRT_URI: &str = "qemu:///system";
 const RACK_NAME: &str = "demo-rack";
@@ -188,16 +188,16 @@ pub async fn start(spec: &RackSpec<'_>) -> Result<RackUp> {
          pool = {{ start = \"{a}.{b}.{c}.100\", end = \"{a}.{b}.{c}.199\" }}\nrouters = [\"{addr}\"]\n\
          [post_install]\nstack_manager_url = \"{public}\"\nagent_stack_manager_url = \"{internal}\"\n\
          admin_token_file = {admin}\nagent_dir = {agents}\n",
-        state = toml_path(&prov_state),
-        images = toml_path(&images),
+        state = toml_str_path(&prov_state),
+        images = toml_str_path(&images),
         addr = spec.address,
-        token = toml_path(&token_file),
-        boot_env = toml_path(&boot_env),
+        token = toml_str_path(&token_file),
+        boot_env = toml_str_path(&boot_env),
         bridge = spec.bridge,
         public = spec.public_url,
         internal = spec.internal_url,
-        admin = toml_path(&admin_token_file),
-        agents = toml_path(&agent_dir),
+        admin = toml_str_path(&admin_token_file),
+        agents = toml_str_path(&agent_dir),
     );
     crate::config::write_private(&config, text.as_bytes())?;
 
@@ -273,6 +273,10 @@ pub async fn start(spec: &RackSpec<'_>) -> Result<RackUp> {
     })
 }
 
+fn toml_str_path(p: &Path) -> String {
+    crate::up_agent::toml_str(&p.display().to_string())
+}
+
 /// 32 hex digits from the kernel's CSPRNG.
 fn random_token() -> Result<String> {
     use std::io::Read;
@@ -281,10 +285,6 @@ fn random_token() -> Result<String> {
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("cannot read /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn toml_path(p: &Path) -> String {
-    toml::Value::String(p.display().to_string()).to_string()
 }
 
 /// An empty VM that boots from the network first, unless defined already.
@@ -326,19 +326,8 @@ fn define_domain(name: &str, mac: &str, bridge: &str, dir: &Path) -> Result<()> 
 /// (they stay defined, so the next `strato up --rack` finds them).
 pub async fn stop(state: &Path, bridge: &str) -> Result<Option<u32>> {
     let (_, log, pid_file) = paths(state);
-    let stopped = match read_pid(&pid_file).filter(|p| running_as(*p, "provisioner")) {
-        Some(pid) => {
-            if !terminate(pid, "provisioner", Duration::from_secs(15)).await? {
-                bail!(
-                    "the provisioner (pid {pid}) is still running 15 s after SIGTERM; see {}",
-                    log.display()
-                );
-            }
-            Some(pid)
-        }
-        None => None,
-    };
-    let _ = fs::remove_file(&pid_file);
+    let stopped =
+        crate::up_agent::stop_process("provisioner", "provisioner", &pid_file, &log).await?;
     if let Ok(list) = run("virsh", &["-c", LIBVIRT_URI, "list", "--name"]) {
         let prefix = format!("{bridge}-node-");
         for d in list

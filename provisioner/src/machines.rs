@@ -27,89 +27,100 @@ use crate::power::Power;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A value per file, with the length and mtime it was computed for.
-type ByVersion<T> = std::collections::HashMap<PathBuf, (u64, std::time::SystemTime, T)>;
-
-/// Image digests by path, valid while length and mtime stay the same.
-#[derive(Default)]
-struct Digests {
-    known: std::sync::Mutex<ByVersion<String>>,
-    maps: std::sync::Mutex<ByVersion<Arc<Vec<Chunk>>>>,
-    /// One hash at a time: a request arriving while the image is being
-    /// hashed waits for that result instead of hashing it again.
-    hashing: tokio::sync::Mutex<()>,
+/// Values computed from files, each kept while its file's length and
+/// mtime stay the same.
+struct FileCache<T> {
+    known: std::sync::Mutex<std::collections::HashMap<PathBuf, (FileVersion, T)>>,
 }
 
-impl Digests {
-    fn cached_map(
-        &self,
-        path: &Path,
-        key: (u64, std::time::SystemTime),
-    ) -> Option<Arc<Vec<Chunk>>> {
-        let maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
-        maps.get(path)
-            .filter(|(len, mtime, _)| (*len, *mtime) == key)
-            .map(|(_, _, m)| m.clone())
-    }
+type FileVersion = (u64, std::time::SystemTime);
 
-    fn cached(&self, path: &Path, key: (u64, std::time::SystemTime)) -> Option<String> {
+impl<T> Default for FileCache<T> {
+    fn default() -> Self {
+        Self {
+            known: Default::default(),
+        }
+    }
+}
+
+impl<T: Clone> FileCache<T> {
+    fn get(&self, path: &Path, version: FileVersion) -> Option<T> {
         let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
         known
             .get(path)
-            .filter(|(len, mtime, _)| (*len, *mtime) == key)
-            .map(|(_, _, sum)| sum.clone())
+            .filter(|(v, _)| *v == version)
+            .map(|(_, value)| value.clone())
+    }
+
+    fn put(&self, path: &Path, version: FileVersion, value: T) {
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf(), (version, value));
     }
 }
 
-/// Hex SHA-256 of an image file, computed once per version of the file.
-async fn image_digest(digests: &Digests, path: &Path) -> Result<String> {
-    let key = version(path)?;
-    if let Some(sum) = digests.cached(path, key) {
-        return Ok(sum);
-    }
-    let _one = digests.hashing.lock().await;
-    if let Some(sum) = digests.cached(path, key) {
-        return Ok(sum);
-    }
-    let sum = agent_support::images::hash_file(path)
-        .await
-        .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
-    digests
-        .known
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_path_buf(), (key.0, key.1, sum.clone()));
-    Ok(sum)
+/// What is computed from image files: digests and sparse-deploy maps.
+#[derive(Default)]
+struct Digests {
+    sums: FileCache<String>,
+    maps: FileCache<Arc<Vec<Chunk>>>,
+    /// One image read at a time: a request arriving while the image is
+    /// being read waits for that result instead of reading it again.
+    reading: tokio::sync::Mutex<()>,
 }
 
-fn version(path: &Path) -> Result<(u64, std::time::SystemTime)> {
+fn version(path: &Path) -> Result<FileVersion> {
     let meta = std::fs::metadata(path)
         .map_err(|e| ProvisionError::NotFound(format!("{}: {e}", path.display())))?;
     Ok((meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH)))
 }
 
-/// The sparse-deploy map of an image, computed once per version of the file.
-async fn image_chunks(digests: &Digests, path: &Path) -> Result<Arc<Vec<Chunk>>> {
-    let key = version(path)?;
-    if let Some(m) = digests.cached_map(path, key) {
-        return Ok(m);
+/// `cache`'s value for this version of `path`, computed once.
+async fn computed<T, Fut>(
+    reading: &tokio::sync::Mutex<()>,
+    cache: &FileCache<T>,
+    path: &Path,
+    compute: impl FnOnce() -> Fut,
+) -> Result<T>
+where
+    T: Clone,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let version = version(path)?;
+    if let Some(v) = cache.get(path, version) {
+        return Ok(v);
     }
-    let _one = digests.hashing.lock().await;
-    if let Some(m) = digests.cached_map(path, key) {
-        return Ok(m);
+    let _one = reading.lock().await;
+    if let Some(v) = cache.get(path, version) {
+        return Ok(v);
     }
-    let p = path.to_path_buf();
-    let map = tokio::task::spawn_blocking(move || imagemap::chunks(&p))
-        .await
-        .map_err(|e| ProvisionError::Invalid(format!("mapping the image: {e}")))?
-        .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
-    let map = Arc::new(map);
-    digests
-        .maps
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_path_buf(), (key.0, key.1, map.clone()));
-    Ok(map)
+    let v = compute().await?;
+    cache.put(path, version, v.clone());
+    Ok(v)
+}
+
+/// Hex SHA-256 of an image file.
+async fn image_digest(d: &Digests, path: &Path) -> Result<String> {
+    computed(&d.reading, &d.sums, path, || async {
+        agent_support::images::hash_file(path)
+            .await
+            .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))
+    })
+    .await
+}
+
+/// The sparse-deploy map of an image.
+async fn image_chunks(d: &Digests, path: &Path) -> Result<Arc<Vec<Chunk>>> {
+    computed(&d.reading, &d.maps, path, || async {
+        let p = path.to_path_buf();
+        let map = tokio::task::spawn_blocking(move || imagemap::chunks(&p))
+            .await
+            .map_err(|e| ProvisionError::Invalid(format!("mapping the image: {e}")))?
+            .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(Arc::new(map))
+    })
+    .await
 }
 
 pub struct Machines {

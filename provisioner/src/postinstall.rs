@@ -270,7 +270,7 @@ impl PostInstall {
                 local.display()
             ))
         })?;
-        let digest = hex(&Sha256::digest(&program));
+        let digest = hex::encode(Sha256::digest(&program));
 
         step(
             machines,
@@ -508,10 +508,6 @@ async fn step(machines: &Machines, m: &Machine, what: &str) -> Result<()> {
         .await
         .map(drop)
         .map_err(|e| PostInstallError::Other(format!("stopped: {e}")))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// OpenSSH public key lines; anything else (cloud-init's "N/A" for a key

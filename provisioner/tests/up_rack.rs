@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{image_cache, sh, sibling_bin};
+use testkit::free_port;
 
 const RACK_ADDRESS: &str = "10.97.0.1";
 
@@ -41,13 +42,6 @@ impl Drop for Cleanup {
             .args(["link", "del", &self.bridge])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 #[test]

@@ -238,10 +238,18 @@ async fn host_nic_specs(
     .bind(host.to_string())
     .fetch_all(&db.pool)
     .await?;
-    let mut out: std::collections::HashMap<InstanceId, Vec<NicSpec>> = Default::default();
-    for r in &rows {
+    by_instance(&rows, nic_spec)
+}
+
+/// Rows carrying an `instance_id`, mapped and grouped by it (in row order).
+fn by_instance<T>(
+    rows: &[AnyRow],
+    f: impl Fn(InstanceId, &AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<std::collections::HashMap<InstanceId, Vec<T>>, sqlx::Error> {
+    let mut out: std::collections::HashMap<InstanceId, Vec<T>> = Default::default();
+    for r in rows {
         let id: InstanceId = r.id("instance_id")?;
-        out.entry(id).or_default().push(nic_spec(id, r)?);
+        out.entry(id).or_default().push(f(id, r)?);
     }
     Ok(out)
 }
@@ -293,14 +301,7 @@ async fn host_attachment_specs(
     .bind(host.to_string())
     .fetch_all(&db.pool)
     .await?;
-    let mut out: std::collections::HashMap<InstanceId, Vec<VolumeAttachmentSpec>> =
-        Default::default();
-    for r in &rows {
-        out.entry(r.id("instance_id")?)
-            .or_default()
-            .push(attachment_spec(r)?);
-    }
-    Ok(out)
+    by_instance(&rows, |_, r| attachment_spec(r))
 }
 
 fn attachment_spec(r: &AnyRow) -> Result<VolumeAttachmentSpec, sqlx::Error> {

@@ -61,6 +61,25 @@ where
     }
 }
 
+/// `stack-manager init` in `state_dir`: the first admin's token.
+pub fn init_stack_manager(binary: &Path, state_dir: &Path) -> String {
+    let init = Command::new(binary)
+        .args(["init", "--state-dir"])
+        .arg(state_dir)
+        .arg("--json")
+        .output()
+        .expect("run stack-manager init");
+    assert!(
+        init.status.success(),
+        "stack-manager init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    std::fs::read_to_string(state_dir.join("admin.token"))
+        .expect("admin token")
+        .trim()
+        .to_string()
+}
+
 /// A stack manager process on loopback, state under `dir/sm`, log in
 /// `dir/stack-manager.log`. Killed on drop.
 pub struct StackManager {
@@ -76,18 +95,7 @@ impl StackManager {
     /// Initializes and starts one; `extra_toml` is appended to its config.
     pub async fn start(binary: &Path, dir: &Path, extra_toml: &str) -> StackManager {
         let state_dir = dir.join("sm");
-        let init = Command::new(binary)
-            .args(["init", "--state-dir"])
-            .arg(&state_dir)
-            .arg("--json")
-            .output()
-            .expect("run stack-manager init");
-        assert!(
-            init.status.success(),
-            "stack-manager init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let token = std::fs::read_to_string(state_dir.join("admin.token")).expect("admin token");
+        let token = init_stack_manager(binary, &state_dir);
         let (listen, internal) = (free_port(), free_port());
         let config = dir.join("stack-manager.toml");
         std::fs::write(

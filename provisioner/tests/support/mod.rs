@@ -256,13 +256,7 @@ pub const TOKEN: &str = "test-token-0123456789";
 
 /// A workspace binary next to this test's provisioner binary.
 pub fn sibling_bin(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_provisioner")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} is not built: run the suite with `bash scripts/test.sh` (it builds the workspace)",
-        p.display()
-    );
-    p
+    testkit::workspace_bin(env!("CARGO_BIN_EXE_provisioner"), name)
 }
 
 impl Rack {
@@ -428,17 +422,7 @@ impl Rack {
 fn start_stack_manager(seg: &mut Segment, dir: &Path) -> StackManagerInNs {
     let bin = sibling_bin("stack-manager");
     let state = dir.join("sm");
-    sh(&[
-        &bin.display().to_string(),
-        "init",
-        "--state-dir",
-        &state.display().to_string(),
-        "--json",
-    ]);
-    let admin_token = std::fs::read_to_string(state.join("admin.token"))
-        .expect("admin token")
-        .trim()
-        .to_string();
+    let admin_token = testkit::init_stack_manager(&bin, &state);
     let config = dir.join("stack-manager.toml");
     std::fs::write(
         &config,
