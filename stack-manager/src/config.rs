@@ -22,6 +22,11 @@ pub struct Config {
     /// Maximum pooled database connections. Default 16; SQLite uses at most 4
     /// (one writer at a time; more connections only add thread switching).
     pub database_max_connections: u32,
+    /// PostgreSQL only: how often to check for tables that grew by half
+    /// since their last `ANALYZE`, and analyze them (autovacuum checks once
+    /// a minute; a plan cached while a table was small can scan it all).
+    /// 0 leaves statistics to autovacuum alone. Default 2 s.
+    pub database_analyze_interval_secs: u64,
     pub scheduler: SchedulerConfig,
     pub hosts: HostsConfig,
     /// `tracing` filter, e.g. `info` or `stack_manager=debug`. Overridden by
@@ -86,6 +91,7 @@ impl Default for Config {
             state_dir: PathBuf::from(".state"),
             database_url: None,
             database_max_connections: 16,
+            database_analyze_interval_secs: 2,
             scheduler: SchedulerConfig::default(),
             hosts: HostsConfig::default(),
             log: "info".into(),
@@ -195,6 +201,10 @@ mod tests {
         cfg.validate().unwrap();
         assert_eq!(cfg.scheduler.cpu_allocation_ratio, 4.0);
         assert_eq!(cfg.listen, Config::default().listen);
+        assert_eq!(
+            cfg.database_analyze_interval_secs,
+            Config::default().database_analyze_interval_secs
+        );
     }
 
     #[test]

@@ -15,3 +15,4 @@ pub mod reconciler;
 pub mod scheduler;
 pub mod server;
 pub mod state;
+pub mod statistics;

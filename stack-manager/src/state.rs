@@ -25,7 +25,7 @@ pub struct AppState {
 
 impl AppState {
     /// Connects to the database, loads the scheduler's host view and starts
-    /// the background tasks (audit writer, host reconcilers, health monitor).
+    /// the background tasks (audit writer, host reconcilers, health monitor, planner statistics).
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url(), config.database_max_connections).await?;
         let metrics = Metrics::new();
@@ -39,6 +39,10 @@ impl AppState {
             .await?,
         );
         let audit = AuditLog::start(db.clone());
+        crate::statistics::start(
+            db.clone(),
+            std::time::Duration::from_secs(config.database_analyze_interval_secs),
+        );
         let config = Arc::new(config);
         let reconciler = Reconciler::new(db.clone(), config.clone());
         let state = Self {

@@ -800,3 +800,82 @@ async fn console_stream_refuses_strangers_and_unreachable_agents(backend: Backen
     assert_eq!((status, &body["error"]), (503, &"unavailable".into()));
     assert_eq!(cloud.fleet.open_console_streams(), 0);
 }
+
+/// PostgreSQL only (SQLite's planner keeps no statistics unless asked):
+/// tables that fill up faster than autovacuum looks at them (once a minute)
+/// are analyzed by the stack manager itself, so the generic plans that
+/// prepared statements settle on look rows up by key instead of scanning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_statistics_follow_a_burst_of_creates() {
+    use sqlx::{Connection, Row};
+    let cloud = TestCloud::start(Backend::Postgres).await;
+    // Autovacuum may visit a new database early: keep it off this table so
+    // that what analyzes it is the stack manager.
+    sqlx::query("ALTER TABLE instances SET (autovacuum_enabled = false)")
+        .execute(&cloud.state.db.pool)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        cloud.hypervisor(&format!("hv-{i}"), 64, 262_144, None).await;
+    }
+    let c = tenant(&cloud).await;
+    cloud
+        .admin
+        .quota_update(
+            "acme",
+            &QuotaUpdate {
+                instances: Some(200),
+                vcpus: Some(200),
+                ram_mib: Some(200 * 1024),
+                addresses: Some(200),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for i in 0..150 {
+        c.instance_create(&TestCloud::vm(&format!("vm-{i}")))
+            .await
+            .unwrap();
+    }
+
+    // `last_analyze` is set by an explicit ANALYZE only: autovacuum's own
+    // runs set `last_autoanalyze`.
+    let pool = cloud.state.db.pool.clone();
+    eventually(20, || {
+        let pool = pool.clone();
+        async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM pg_stat_user_tables \
+                 WHERE relname = 'instances' AND last_analyze IS NOT NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (row.try_get::<i64, _>("n").ok()? == 1).then_some(())
+        }
+    })
+    .await;
+
+    // The plan every connection now settles on for the agents' status
+    // reports: a primary-key lookup.
+    let mut conn = cloud.state.db.pool.acquire().await.unwrap().detach();
+    sqlx::raw_sql(
+        "SET plan_cache_mode = force_generic_plan; \
+         PREPARE report(text) AS UPDATE instances SET status = 'running' \
+         WHERE id = $1 AND desired <> 'deleted' AND deleted_at IS NULL",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let plan: Vec<String> = sqlx::query("EXPLAIN EXECUTE report('x')")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).unwrap())
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("instances_pkey"), "{plan}");
+    conn.close().await.unwrap();
+}
