@@ -320,6 +320,74 @@ impl SubnetPlan {
         Err(exhausted())
     }
 
+    /// Up to `n` allocatable addresses in pool order, starting just after
+    /// `after` and wrapping around to the first pool once; `None` (or an
+    /// address of the other family) starts at the first pool. No address
+    /// comes twice, and `after` itself comes last, if at all.
+    ///
+    /// This is the rotating allocator's window: the caller checks these few
+    /// addresses against what is taken (key lookups) instead of reading the
+    /// subnet's whole allocated set, and a released address is handed out
+    /// again only once allocation has come round the pools, not to the very
+    /// next instance, which might inherit the old one's DNS names, firewall
+    /// rules or ARP entries. When every candidate is taken the caller falls
+    /// back to [`SubnetPlan::first_free`].
+    pub fn next_candidates(&self, after: Option<IpAddr>, n: usize) -> Vec<IpAddr> {
+        let v6 = self.cidr.addr().is_ipv6();
+        let Some(first) = self.pools.first().map(|p| to_bits(p.start)) else {
+            return Vec::new();
+        };
+        let start = after
+            .filter(|a| same_family(*a, self.gateway))
+            .and_then(|a| to_bits(a).checked_add(1))
+            .unwrap_or(first);
+        let mut out = Vec::with_capacity(n.min(64));
+        let mut c = start;
+        let mut wrapped = false;
+        while out.len() < n {
+            match self.next_allocatable(c) {
+                // After the wrap, stop on reaching where the walk began.
+                Some(x) if wrapped && x >= start => break,
+                Some(x) => {
+                    out.push(from_bits(x, v6));
+                    match x.checked_add(1) {
+                        Some(next) => c = next,
+                        None if wrapped || start == first => break,
+                        None => {
+                            c = first;
+                            wrapped = true;
+                        }
+                    }
+                }
+                None if wrapped || start == first => break,
+                None => {
+                    c = first;
+                    wrapped = true;
+                }
+            }
+        }
+        out
+    }
+
+    /// The lowest allocatable address at or above `x`.
+    fn next_allocatable(&self, x: u128) -> Option<u128> {
+        let i = self.pools.partition_point(|p| to_bits(p.end) < x);
+        for pool in self.pools[i..].iter().map(Span::of) {
+            let mut c = x.max(pool.lo);
+            loop {
+                let j = self.blocked.partition_point(|b| b.hi < c);
+                match self.blocked.get(j) {
+                    Some(b) if b.lo <= c => match b.hi.checked_add(1) {
+                        Some(next) if next <= pool.hi => c = next,
+                        _ => break,
+                    },
+                    _ => return Some(c),
+                }
+            }
+        }
+        None
+    }
+
     /// Used for user-requested fixed IPs, so the error says precisely why
     /// the address is refused instead of a bare "no".
     pub fn check_specific(&self, a: IpAddr, allocated: &BTreeSet<IpAddr>) -> Result<(), IpamError> {

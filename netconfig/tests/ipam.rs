@@ -680,3 +680,38 @@ fn subnet_plan_serde_round_trips_and_validates() {
     let err = serde_json::from_str::<SubnetPlan>(r#"{"cidr":"10.0.0.0/31"}"#).unwrap_err();
     assert!(err.to_string().contains("too small"), "{err}");
 }
+
+#[test]
+fn next_candidates_rotate_past_reserved_and_wrap() {
+    // .1 gateway, .5-.6 reserved, .7 broadcast: .2, .3, .4 are the pool.
+    let p = SubnetPlan::new(
+        net("192.168.50.0/29"),
+        None,
+        vec![],
+        vec![range("192.168.50.5", "192.168.50.6")],
+    )
+    .unwrap();
+    let ips = |v: &[&str]| v.iter().map(|a| ip(a)).collect::<Vec<_>>();
+    assert_eq!(
+        p.next_candidates(None, 2),
+        ips(&["192.168.50.2", "192.168.50.3"])
+    );
+    assert_eq!(
+        p.next_candidates(Some(ip("192.168.50.3")), 10),
+        ips(&["192.168.50.4", "192.168.50.2", "192.168.50.3"])
+    );
+    // From inside the reserved range, or the broadcast: round to the start.
+    assert_eq!(
+        p.next_candidates(Some(ip("192.168.50.5")), 1),
+        ips(&["192.168.50.2"])
+    );
+    assert_eq!(
+        p.next_candidates(Some(ip("192.168.50.7")), 3),
+        ips(&["192.168.50.2", "192.168.50.3", "192.168.50.4"])
+    );
+    // An address of the other family is no position at all.
+    assert_eq!(
+        p.next_candidates(Some(ip("::1")), 1),
+        ips(&["192.168.50.2"])
+    );
+}

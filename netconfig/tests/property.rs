@@ -192,6 +192,48 @@ fn plan_matches_brute_force_model() {
     }
 }
 
+#[test]
+fn next_candidates_match_brute_force_model() {
+    for seed in 0..400u64 {
+        let mut rng = Rng(seed ^ 0x5eed);
+        let (plan, model, net, last, v6) = random_plan(&mut rng);
+        let ctx = format!("seed {seed}, plan {plan:?}");
+        let all: Vec<u128> = (net..=last).filter(|&x| model.allocatable(x)).collect();
+        // Starting points: none, inside and around the subnet, the very
+        // top of the space, and the other family.
+        let mut starts: Vec<Option<IpAddr>> = vec![None];
+        let top = if v6 { u128::MAX } else { u128::from(u32::MAX) };
+        for _ in 0..6 {
+            let x = rng.between(net.saturating_sub(2), last.saturating_add(2).min(top));
+            starts.push(Some(addr(x, v6)));
+        }
+        starts.push(Some(addr(top, v6)));
+        starts.push(Some(addr(7, !v6)));
+        for after in starts {
+            // The model: every allocatable address above `after`, then the
+            // ones at or below it.
+            let pivot = after.filter(|a| a.is_ipv6() == v6).map(bits);
+            let expected: Vec<IpAddr> = match pivot {
+                None => all.clone(),
+                Some(p) => all
+                    .iter()
+                    .filter(|&&x| x > p)
+                    .chain(all.iter().filter(|&&x| x <= p))
+                    .copied()
+                    .collect(),
+            }
+            .into_iter()
+            .map(|x| addr(x, v6))
+            .collect();
+            for n in [0, 1, 3, all.len(), all.len() + 5] {
+                let got = plan.next_candidates(after, n);
+                let want = &expected[..n.min(expected.len())];
+                assert_eq!(got, want, "after {after:?}, n {n}: {ctx}");
+            }
+        }
+    }
+}
+
 /// Arbitrary, mostly invalid input must produce errors, never panics, and
 /// whatever is accepted must still behave.
 #[test]

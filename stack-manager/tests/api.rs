@@ -121,9 +121,10 @@ async fn instance_lifecycle(backend: Backend) {
     );
     let h = cloud.admin.host_get(host).await.unwrap();
     assert_eq!(h.allocated, Allocated::default());
-    // The address is free again: the next instance gets it.
+    // Allocation rotates: the next instance gets the next address, and the
+    // released one waits until the pool comes round.
     let again = c.instance_create(&TestCloud::vm("web-2")).await.unwrap();
-    assert_eq!(again.nics[0].address.to_string(), "10.20.0.2");
+    assert_eq!(again.nics[0].address.to_string(), "10.20.0.3");
 }
 
 async fn volume_lifecycle(backend: Backend) {
@@ -338,6 +339,24 @@ async fn exhausted_addresses_and_capacity_change_nothing(backend: Backend) {
         "quota claim rolled back"
     );
     assert_eq!(c.instance_list().await.unwrap().len(), 3);
+
+    // Once one is released, allocation wraps round the pool to find it.
+    let s1 = c
+        .instance_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "s1")
+        .unwrap();
+    let released = s1.nics[0].address.to_string();
+    c.instance_delete(s1.id).await.unwrap();
+    let again = eventually(10, || async {
+        let mut vm = TestCloud::vm("s4");
+        vm.networks = vec!["small".into()];
+        c.instance_create(&vm).await.ok()
+    })
+    .await;
+    assert_eq!(again.nics[0].address.to_string(), released);
 }
 
 async fn parallel_creates_never_overcommit_or_break_anti_affinity(backend: Backend) {
@@ -816,7 +835,9 @@ async fn postgres_statistics_follow_a_burst_of_creates() {
         .await
         .unwrap();
     for i in 0..3 {
-        cloud.hypervisor(&format!("hv-{i}"), 64, 262_144, None).await;
+        cloud
+            .hypervisor(&format!("hv-{i}"), 64, 262_144, None)
+            .await;
     }
     let c = tenant(&cloud).await;
     cloud

@@ -482,15 +482,15 @@ async fn subnet_delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Allocates the lowest free address on the first subnet of `network`
-/// (subnets in creation order) that has one, for NIC `nic_index` of
-/// `instance`, inside `tx`.
+/// Allocates an address on the first subnet of `network` (subnets in
+/// creation order) that has one free, for NIC `nic_index` of `instance`,
+/// inside `tx`; see [`pick_address`] for which address.
 ///
 /// The network's subnet rows are locked (PostgreSQL: `FOR UPDATE`, in
-/// subnet order, by the same statement that reads them) before their
-/// allocated sets are read, so concurrent allocations on PostgreSQL
-/// serialize per network and never pick the same address; on SQLite the
-/// write gate already does. A subnet deleted meanwhile is not returned.
+/// subnet order, by the same statement that reads them) before anything
+/// allocated is read, so concurrent allocations on PostgreSQL serialize per
+/// network and never pick the same address; on SQLite the write gate
+/// already does. A subnet deleted meanwhile is not returned.
 pub async fn allocate_address(
     tx: &mut WriteTx,
     network: &Network,
@@ -511,10 +511,23 @@ pub async fn allocate_address(
     Ok((subnet, address))
 }
 
+/// Addresses after a subnet's cursor checked per allocation before falling
+/// back to reading the subnet's whole allocated set.
+const CANDIDATE_WINDOW: usize = 16;
+
 /// What [`allocate_address`] would allocate, without writing it: the caller
 /// inserts the address (with the instance row, in one statement) before its
 /// transaction ends. `pending` are addresses this transaction picked but
 /// has not written yet (an instance with two NICs on one network).
+///
+/// Allocation rotates: each subnet remembers the address it gave out last,
+/// and the next one is the first free address after it, wrapping round the
+/// pools. That costs a handful of key lookups however full the subnet is,
+/// where "lowest free" had to read every allocated address of the subnet on
+/// every create; and a released address goes to a new instance only after
+/// the rest of the pool, not straight away. Only when the whole window after
+/// the cursor is taken does this read the allocated set, which also finds
+/// exhaustion.
 pub async fn pick_address(
     tx: &mut WriteTx,
     network: &Network,
@@ -536,23 +549,42 @@ pub async fn pick_address(
     for row in &subnets {
         let subnet: SubnetId = row.id("id")?;
         let plan = plan_from_row(row)?;
-        let mut allocated = BTreeSet::new();
-        for a in sqlx::query("SELECT address FROM addresses WHERE subnet_id = $1")
-            .bind(subnet.to_string())
-            .fetch_all(&mut ***tx)
-            .await?
-        {
-            allocated.insert(parse_col::<IpAddr>(&a, "address")?);
-        }
-        allocated.extend(pending.iter().filter(|p| p.0 == subnet).map(|p| p.1));
-        let address = match plan.first_free(&allocated) {
-            Ok(a) => a,
-            Err(netconfig::IpamError::Exhausted { .. }) => {
-                full.push(plan.cidr().to_string());
-                continue;
+        let pending_here: Vec<IpAddr> = pending
+            .iter()
+            .filter(|p| p.0 == subnet)
+            .map(|p| p.1)
+            .collect();
+        // A cursor that does not parse is only a lost position: start over.
+        let cursor = row
+            .opt_text("next_after")?
+            .and_then(|a| a.parse::<IpAddr>().ok());
+        let address = match free_after_cursor(tx, subnet, &plan, cursor, &pending_here).await? {
+            Some(a) => a,
+            None => {
+                let mut allocated = BTreeSet::new();
+                for a in sqlx::query("SELECT address FROM addresses WHERE subnet_id = $1")
+                    .bind(subnet.to_string())
+                    .fetch_all(&mut ***tx)
+                    .await?
+                {
+                    allocated.insert(parse_col::<IpAddr>(&a, "address")?);
+                }
+                allocated.extend(pending_here);
+                match plan.first_free(&allocated) {
+                    Ok(a) => a,
+                    Err(netconfig::IpamError::Exhausted { .. }) => {
+                        full.push(plan.cidr().to_string());
+                        continue;
+                    }
+                    Err(e) => return Err(ApiError::internal(format!("subnet {subnet}: {e}"))),
+                }
             }
-            Err(e) => return Err(ApiError::internal(format!("subnet {subnet}: {e}"))),
         };
+        sqlx::query("UPDATE subnets SET next_after = $2 WHERE id = $1")
+            .bind(subnet.to_string())
+            .bind(address.to_string())
+            .execute(&mut ***tx)
+            .await?;
         return Ok((subnet, address));
     }
     let message = if full.is_empty() {
@@ -568,6 +600,42 @@ pub async fn pick_address(
         )
     };
     Err(ApiError::new(ErrorCode::AddressesExhausted, message))
+}
+
+/// The first address of the window after `cursor` that is neither
+/// allocated nor `pending`: one query over at most [`CANDIDATE_WINDOW`]
+/// primary-key lookups. `None` when the whole window is taken.
+async fn free_after_cursor(
+    tx: &mut WriteTx,
+    subnet: SubnetId,
+    plan: &SubnetPlan,
+    cursor: Option<IpAddr>,
+    pending: &[IpAddr],
+) -> ApiResult<Option<IpAddr>> {
+    let candidates: Vec<IpAddr> = plan
+        .next_candidates(cursor, CANDIDATE_WINDOW)
+        .into_iter()
+        .filter(|a| !pending.contains(a))
+        .collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let placeholders = (0..candidates.len())
+        .map(|i| format!("${}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "SELECT address FROM addresses WHERE subnet_id = $1 AND address IN ({placeholders})"
+    );
+    let mut query = sqlx::query(&sql).bind(subnet.to_string());
+    for a in &candidates {
+        query = query.bind(a.to_string());
+    }
+    let mut taken = BTreeSet::new();
+    for row in query.fetch_all(&mut ***tx).await? {
+        taken.insert(parse_col::<IpAddr>(&row, "address")?);
+    }
+    Ok(candidates.into_iter().find(|a| !taken.contains(a)))
 }
 
 #[cfg(test)]
