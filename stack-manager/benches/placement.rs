@@ -7,7 +7,10 @@
 //! `cargo bench -p stack-manager --bench placement` — environment:
 //! `BENCH_HOSTS` (20000), `BENCH_INSTANCES` (10000), `BENCH_CONCURRENCY` (32),
 //! `BENCH_BACKENDS` (`sqlite,postgres`; PostgreSQL needs
-//! `STRATO_TEST_POSTGRES_URL`, which `scripts/test.sh` sets up).
+//! `STRATO_TEST_POSTGRES_URL`, which `scripts/test.sh` sets up),
+//! `BENCH_PROJECTS` (50; each gets one network with a subnet just big
+//! enough for its share, so `BENCH_PROJECTS=1` puts every instance on one
+//! /18).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -75,8 +78,23 @@ fn placement_quantile(metrics: &str, q: f64) -> f64 {
     f64::NAN
 }
 
-async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usize) {
-    println!("\n== {backend:?}: {hosts} hosts, {instances} instances, concurrency {concurrency}");
+async fn run(
+    backend: Backend,
+    hosts: usize,
+    instances: usize,
+    concurrency: usize,
+    projects: usize,
+) {
+    let projects = projects.clamp(1, instances.max(1));
+    let per_project = instances.div_ceil(projects) as u64;
+    // The smallest subnet that holds the share: room for the network,
+    // gateway and broadcast addresses.
+    let host_bits = (per_project + 3).next_power_of_two().trailing_zeros().max(2);
+    let prefix = 32 - host_bits;
+    println!(
+        "\n== {backend:?}: {hosts} hosts, {instances} instances, concurrency {concurrency}, \
+         {projects} projects on a /{prefix} each"
+    );
     let cloud = TestCloud::start_with(backend, |c| {
         // Simulated hosts heartbeat once, at enrollment.
         c.hosts.down_after_secs = 86_400;
@@ -109,9 +127,7 @@ async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usiz
         enrolled as f64 / enroll_secs
     );
 
-    // Tenants: 50 projects with room for their share.
-    let projects = 50.min(instances.max(1));
-    let per_project = instances.div_ceil(projects) as u64;
+    // Tenants, each with quota and a network for their share.
     let mut clients = Vec::new();
     for p in 0..projects {
         let name = format!("tenant-{p}");
@@ -134,6 +150,28 @@ async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usiz
             .user(&format!("user-{p}"), &name, ProjectRole::Member)
             .await;
         cloud.basics(&client).await;
+        let net = client
+            .network_create(&NetworkCreate {
+                name: "share".into(),
+                vlan: None,
+                mtu: 1500,
+            })
+            .await
+            .expect("network");
+        client
+            .subnet_create(
+                net.id,
+                &SubnetCreate {
+                    name: "share".into(),
+                    cidr: format!("10.64.0.0/{prefix}").parse().expect("cidr"),
+                    gateway: None,
+                    pools: vec![],
+                    reserved: vec![],
+                    dns_servers: vec![],
+                },
+            )
+            .await
+            .expect("subnet");
         clients.push(client);
     }
 
@@ -143,8 +181,10 @@ async fn run(backend: Backend, hosts: usize, instances: usize, concurrency: usiz
             let client = &clients[i % projects];
             async move {
                 let started = Instant::now();
+                let mut vm = TestCloud::vm(&format!("vm-{i}"));
+                vm.networks = vec!["share".into()];
                 client
-                    .instance_create(&TestCloud::vm(&format!("vm-{i}")))
+                    .instance_create(&vm)
                     .await
                     .expect("create instance");
                 started.elapsed().as_secs_f64() * 1000.0
@@ -191,6 +231,7 @@ fn main() {
     let hosts = env_num("BENCH_HOSTS", 20_000);
     let instances = env_num("BENCH_INSTANCES", 10_000);
     let concurrency = env_num("BENCH_CONCURRENCY", 32);
+    let projects = env_num("BENCH_PROJECTS", 50);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for b in backends.split(',') {
@@ -199,6 +240,6 @@ fn main() {
             "postgres" => Backend::Postgres,
             other => panic!("unknown backend `{other}` in BENCH_BACKENDS"),
         };
-        rt.block_on(run(backend, hosts, instances, concurrency));
+        rt.block_on(run(backend, hosts, instances, concurrency, projects));
     }
 }
