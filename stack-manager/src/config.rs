@@ -20,7 +20,9 @@ pub struct Config {
     /// file `strato.db` in `state_dir`.
     pub database_url: Option<String>,
     /// Maximum pooled database connections. Default 16; SQLite uses at most 4
-    /// (one writer at a time; more connections only add thread switching).
+    /// (one writer at a time; more connections only add thread switching),
+    /// and a PostgreSQL server on this same machine at most 3 per core
+    /// (its backends share the cores with this process).
     pub database_max_connections: u32,
     /// PostgreSQL only: how often to check for tables that grew by half
     /// since their last `ANALYZE`, and analyze them (autovacuum checks once
