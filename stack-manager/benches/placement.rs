@@ -89,7 +89,10 @@ async fn run(
     let per_project = instances.div_ceil(projects) as u64;
     // The smallest subnet that holds the share: room for the network,
     // gateway and broadcast addresses.
-    let host_bits = (per_project + 3).next_power_of_two().trailing_zeros().max(2);
+    let host_bits = (per_project + 3)
+        .next_power_of_two()
+        .trailing_zeros()
+        .max(2);
     let prefix = 32 - host_bits;
     println!(
         "\n== {backend:?}: {hosts} hosts, {instances} instances, concurrency {concurrency}, \
@@ -183,10 +186,7 @@ async fn run(
                 let started = Instant::now();
                 let mut vm = TestCloud::vm(&format!("vm-{i}"));
                 vm.networks = vec!["share".into()];
-                client
-                    .instance_create(&vm)
-                    .await
-                    .expect("create instance");
+                client.instance_create(&vm).await.expect("create instance");
                 started.elapsed().as_secs_f64() * 1000.0
             }
         })
