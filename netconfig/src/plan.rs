@@ -29,9 +29,10 @@ impl Span {
 ///
 /// It is deliberately stateless with respect to allocations: the stack
 /// manager's database is the source of truth for what is taken (guarded by a
-/// UNIQUE(subnet, address) constraint), and it passes that set in on every
-/// call. That keeps this type pure, trivially shareable, and means a lost race
-/// is resolved by the database and a retry, not by locking here.
+/// UNIQUE(subnet, address) constraint), and it passes in what a call needs:
+/// the allocated set, or a cursor whose candidates it checks itself. That
+/// keeps this type pure and trivially shareable; concurrent allocations are
+/// serialized by the database, not by locking here.
 ///
 /// Serialises as `{cidr, gateway, pools, reserved}`; deserialisation re-runs
 /// [`SubnetPlan::new`], so a stored plan cannot bypass validation.
@@ -367,6 +368,41 @@ impl SubnetPlan {
             }
         }
         out
+    }
+
+    /// The first free address after `after` in rotation order: the lowest
+    /// free one above it, or else the lowest free one at all (wrapping round
+    /// the pools). `None` starts at the first pool, like
+    /// [`SubnetPlan::first_free`]. This is the rotating allocator's answer
+    /// when every address of its window was taken: it keeps the rotation
+    /// instead of jumping back to the lowest hole.
+    ///
+    /// Cost is O(taken addresses after `after`, times log of the set), then
+    /// that of [`SubnetPlan::first_free`] when it wraps.
+    pub fn first_free_after(
+        &self,
+        after: Option<IpAddr>,
+        allocated: &BTreeSet<IpAddr>,
+    ) -> Result<IpAddr, IpamError> {
+        let v6 = self.cidr.addr().is_ipv6();
+        let start = after
+            .filter(|a| same_family(*a, self.gateway))
+            .and_then(|a| to_bits(a).checked_add(1));
+        if let Some(mut c) = start {
+            // Every step either returns or passes one taken address, so the
+            // walk is bounded by the allocated set.
+            while let Some(x) = self.next_allocatable(c) {
+                let a = from_bits(x, v6);
+                if !allocated.contains(&a) {
+                    return Ok(a);
+                }
+                match x.checked_add(1) {
+                    Some(next) => c = next,
+                    None => break,
+                }
+            }
+        }
+        self.first_free(allocated)
     }
 
     /// The lowest allocatable address at or above `x`.

@@ -230,6 +230,23 @@ fn next_candidates_match_brute_force_model() {
                 let want = &expected[..n.min(expected.len())];
                 assert_eq!(got, want, "after {after:?}, n {n}: {ctx}");
             }
+            // The window's fallback keeps the same order over what is free.
+            for density in [0, 50, 90, 100] {
+                let allocated: BTreeSet<IpAddr> = (net..=last)
+                    .filter(|_| rng.chance(density))
+                    .map(|x| addr(x, v6))
+                    .collect();
+                let want = expected.iter().find(|a| !allocated.contains(a)).copied();
+                match (plan.first_free_after(after, &allocated), want) {
+                    (Ok(got), Some(want)) => {
+                        assert_eq!(got, want, "after {after:?}, density {density}: {ctx}")
+                    }
+                    (Err(IpamError::Exhausted { .. }), None) => {}
+                    (got, want) => panic!(
+                        "first_free_after {got:?}, expected {want:?}, after {after:?}: {ctx}"
+                    ),
+                }
+            }
         }
     }
 }

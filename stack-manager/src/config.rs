@@ -21,12 +21,13 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Maximum pooled database connections. Default 16; SQLite uses at most 4
     /// (one writer at a time; more connections only add thread switching),
-    /// and a PostgreSQL server on this same machine at most 3 per core
-    /// (its backends share the cores with this process).
+    /// and a PostgreSQL server on this same machine at most 3 per core, at
+    /// least 4 (its backends share the cores with this process).
     pub database_max_connections: u32,
-    /// PostgreSQL only: how often to check for tables that grew by half
-    /// since their last `ANALYZE`, and analyze them (autovacuum checks once
-    /// a minute; a plan cached while a table was small can scan it all).
+    /// PostgreSQL only: how often to check for tables that were never
+    /// analyzed or have doubled since their last `ANALYZE`, and analyze them
+    /// (autovacuum checks once a minute; a plan cached while a table was
+    /// small can scan it all).
     /// 0 leaves statistics to autovacuum alone. Default 2 s.
     pub database_analyze_interval_secs: u64,
     pub scheduler: SchedulerConfig,

@@ -11,13 +11,14 @@
 //! most once a minute (`autovacuum_naptime`), and a burst of creates fills a
 //! table well within that minute.
 //!
-//! This task is the fast half of autovacuum's analyze rule: it analyzes a
-//! table once the rows changed since its last analyze reach half its live
-//! rows (at least [`MIN_CHANGES`]). A growing table is thus analyzed at
-//! every 1.5× of growth, and a big, steady one is left to autovacuum, whose
-//! own threshold (10 % of the rows) is lower. An `ANALYZE` invalidates the
-//! cached plans that read the table, so the next run of each query plans
-//! with the statistics that are now current.
+//! This task is the fast half of autovacuum's analyze rule, for growth
+//! only: it analyzes a table that was never analyzed, or whose live rows
+//! have doubled since its last analyze, once it has at least
+//! [`MIN_CHANGES`] changes. A table whose rows are only updated (hosts on
+//! every heartbeat, quotas on every create) is left to autovacuum, whose
+//! own threshold then applies. An `ANALYZE` invalidates the cached plans
+//! that read the table, so the next run of each query plans with the
+//! statistics that are now current.
 
 use std::time::Duration;
 
@@ -49,28 +50,39 @@ pub fn start(db: Db, interval: Duration) {
     });
 }
 
-/// Analyzes the tables of the current schema that changed by half their
-/// size since their last analyze; returns their names.
+/// Analyzes the tables of the current schema, owned by this role, that were
+/// never analyzed or have doubled since; returns their names. A table that
+/// cannot be analyzed (locked by a running vacuum, say) is skipped until the
+/// next round, and does not stop the others.
 pub async fn analyze_grown_tables(db: &Db) -> Result<Vec<String>, sqlx::Error> {
+    // `format('%I.%I')` quotes the names as identifiers in the catalogue
+    // itself; they never come from a caller.
     let rows = sqlx::query(
-        "SELECT relname::text AS relname FROM pg_stat_user_tables \
-         WHERE schemaname = current_schema() AND n_mod_since_analyze >= $1 \
-           AND n_mod_since_analyze * 2 >= n_live_tup",
+        "SELECT format('%I.%I', s.schemaname, s.relname) AS name \
+         FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+         WHERE s.schemaname = current_schema() \
+           AND pg_has_role(c.relowner, 'USAGE') \
+           AND s.n_mod_since_analyze >= $1 \
+           AND (c.reltuples < 0 OR s.n_live_tup >= 2 * c.reltuples)",
     )
     .bind(MIN_CHANGES)
     .fetch_all(&db.pool)
     .await?;
     let mut analyzed = Vec::with_capacity(rows.len());
     for row in rows {
-        let table: String = row.try_get("relname")?;
-        // Table names come from the catalogue, not from a caller; quoting
-        // them as identifiers keeps any name safe all the same.
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-        sqlx::query(&format!("ANALYZE {quoted}"))
+        let table: String = row.try_get("name")?;
+        // SKIP_LOCKED: an autovacuum holding the table (an anti-wraparound
+        // one is never cancelled) must not pin a pooled connection.
+        match sqlx::query(&format!("ANALYZE (SKIP_LOCKED) {table}"))
             .execute(&db.pool)
-            .await?;
-        tracing::debug!(%table, "analyzed");
-        analyzed.push(table);
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(%table, "analyzed");
+                analyzed.push(table);
+            }
+            Err(e) => tracing::warn!(%table, error = %e, "ANALYZE failed"),
+        }
     }
     Ok(analyzed)
 }

@@ -22,6 +22,7 @@ on_both_backends!(
     volume_lifecycle,
     quota_exceeded_names_the_quota_and_changes_nothing,
     exhausted_addresses_and_capacity_change_nothing,
+    address_rotation_continues_past_a_taken_window,
     parallel_creates_never_overcommit_or_break_anti_affinity,
     silent_host_goes_down_and_gets_no_work,
     lost_agent_state_is_pushed_again,
@@ -59,7 +60,7 @@ async fn instance_lifecycle(backend: Backend) {
     assert_eq!(
         vm.nics[0].address.to_string(),
         "10.20.0.2",
-        "lowest free address after the gateway"
+        "a new subnet starts at its first pool address"
     );
     let vm = wait_status(&c, vm.id, InstanceStatus::Running).await;
 
@@ -357,6 +358,110 @@ async fn exhausted_addresses_and_capacity_change_nothing(backend: Backend) {
     })
     .await;
     assert_eq!(again.nics[0].address.to_string(), released);
+}
+
+/// Deletes an instance and waits until it is gone (its addresses released).
+async fn delete_and_wait(c: &api::Client, id: api::ids::InstanceId) {
+    c.instance_delete(id).await.unwrap();
+    eventually(10, || async {
+        matches!(c.instance_get(id).await, Err(e) if e.status() == Some(404)).then_some(())
+    })
+    .await;
+}
+
+async fn address_rotation_continues_past_a_taken_window(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    cloud.hypervisor("hv-1", 64, 262_144, None).await;
+    let c = tenant(&cloud).await;
+    cloud
+        .admin
+        .quota_update(
+            "acme",
+            &QuotaUpdate {
+                instances: Some(100),
+                vcpus: Some(100),
+                ram_mib: Some(100 * 1024),
+                addresses: Some(100),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let net = c
+        .network_create(&NetworkCreate {
+            name: "rot".into(),
+            vlan: None,
+            mtu: 1500,
+        })
+        .await
+        .unwrap();
+    c.subnet_create(
+        net.id,
+        &SubnetCreate {
+            name: "r".into(),
+            cidr: "10.30.0.0/27".parse().unwrap(),
+            gateway: None,
+            pools: vec![],
+            reserved: vec![],
+            dns_servers: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let on_rot = |name: &str| {
+        let mut vm = TestCloud::vm(name);
+        vm.networks = vec!["rot".into()];
+        vm
+    };
+    let host_part = |vm: &Instance| {
+        vm.nics[0]
+            .address
+            .to_string()
+            .rsplit('.')
+            .next()
+            .unwrap()
+            .parse::<u8>()
+            .unwrap()
+    };
+
+    // Two NICs on one network: consecutive addresses, one transaction.
+    let mut two = TestCloud::vm("two");
+    two.networks = vec!["rot".into(), "rot".into()];
+    let two = c.instance_create(&two).await.unwrap();
+    let two: Vec<String> = two.nics.iter().map(|n| n.address.to_string()).collect();
+    assert_eq!(two, ["10.30.0.2", "10.30.0.3"]);
+
+    // Fill the rest of the /27 (.1 is the gateway, .31 the broadcast).
+    let mut by_host = HashMap::new();
+    for i in 4..=30u8 {
+        let vm = c.instance_create(&on_rot(&format!("r{i}"))).await.unwrap();
+        assert_eq!(host_part(&vm), i);
+        by_host.insert(i, vm.id);
+    }
+    let err = c.instance_create(&on_rot("extra")).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AddressesExhausted), "{err}");
+
+    // .12 freed and taken again from the window after the wrap: the cursor
+    // is at .12 now.
+    delete_and_wait(&c, by_host[&12]).await;
+    assert_eq!(
+        host_part(&c.instance_create(&on_rot("again")).await.unwrap()),
+        12
+    );
+
+    // Free .5 (behind the cursor) and .29 (beyond the 16 taken addresses
+    // .13 to .28). The window is all taken, and the full read continues the
+    // rotation to .29 rather than going back to the lowest hole, .5.
+    delete_and_wait(&c, by_host[&5]).await;
+    delete_and_wait(&c, by_host[&29]).await;
+    assert_eq!(
+        host_part(&c.instance_create(&on_rot("next")).await.unwrap()),
+        29
+    );
+    assert_eq!(
+        host_part(&c.instance_create(&on_rot("wrap")).await.unwrap()),
+        5
+    );
 }
 
 async fn parallel_creates_never_overcommit_or_break_anti_affinity(backend: Backend) {

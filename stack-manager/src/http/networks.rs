@@ -515,19 +515,22 @@ pub async fn allocate_address(
 /// back to reading the subnet's whole allocated set.
 const CANDIDATE_WINDOW: usize = 16;
 
-/// What [`allocate_address`] would allocate, without writing it: the caller
-/// inserts the address (with the instance row, in one statement) before its
-/// transaction ends. `pending` are addresses this transaction picked but
-/// has not written yet (an instance with two NICs on one network).
+/// What [`allocate_address`] would allocate, without inserting it: the
+/// caller inserts the address (with the instance row, in one statement)
+/// before its transaction ends. It does move the subnet's cursor, in the
+/// same transaction, so a rollback puts it back. `pending` are addresses
+/// this transaction picked but has not written yet (an instance with two
+/// NICs on one network).
 ///
 /// Allocation rotates: each subnet remembers the address it gave out last,
 /// and the next one is the first free address after it, wrapping round the
-/// pools. That costs a handful of key lookups however full the subnet is,
-/// where "lowest free" had to read every allocated address of the subnet on
-/// every create; and a released address goes to a new instance only after
-/// the rest of the pool, not straight away. Only when the whole window after
-/// the cursor is taken does this read the allocated set, which also finds
-/// exhaustion.
+/// pools. While the addresses after the cursor are mostly free, that is one
+/// query of at most [`CANDIDATE_WINDOW`] key lookups, where "lowest free"
+/// read every allocated address of the subnet on every create; and a
+/// released address goes to a new instance when the cursor next reaches
+/// it, not straight away. When the whole window is taken this reads the
+/// allocated set and continues the rotation past it (which also finds
+/// exhaustion), so the cursor lands where addresses are free again.
 pub async fn pick_address(
     tx: &mut WriteTx,
     network: &Network,
@@ -570,7 +573,7 @@ pub async fn pick_address(
                     allocated.insert(parse_col::<IpAddr>(&a, "address")?);
                 }
                 allocated.extend(pending_here);
-                match plan.first_free(&allocated) {
+                match plan.first_free_after(cursor, &allocated) {
                     Ok(a) => a,
                     Err(netconfig::IpamError::Exhausted { .. }) => {
                         full.push(plan.cidr().to_string());
