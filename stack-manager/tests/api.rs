@@ -373,20 +373,7 @@ async fn address_rotation_continues_past_a_taken_window(backend: Backend) {
     let cloud = TestCloud::start(backend).await;
     cloud.hypervisor("hv-1", 64, 262_144, None).await;
     let c = tenant(&cloud).await;
-    cloud
-        .admin
-        .quota_update(
-            "acme",
-            &QuotaUpdate {
-                instances: Some(100),
-                vcpus: Some(100),
-                ram_mib: Some(100 * 1024),
-                addresses: Some(100),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    cloud.quota_for("acme", 100).await;
     let net = c
         .network_create(&NetworkCreate {
             name: "rot".into(),
@@ -467,20 +454,7 @@ async fn address_rotation_continues_past_a_taken_window(backend: Backend) {
 async fn parallel_creates_never_overcommit_or_break_anti_affinity(backend: Backend) {
     let cloud = TestCloud::start(backend).await;
     let c = tenant(&cloud).await;
-    cloud
-        .admin
-        .quota_update(
-            "acme",
-            &QuotaUpdate {
-                instances: Some(1000),
-                vcpus: Some(1000),
-                ram_mib: Some(1_000_000),
-                addresses: Some(1000),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    cloud.quota_for("acme", 1000).await;
     // 4 hosts × 2 pCPU × ratio 4.0 = 32 one-vCPU slots; RAM allows 64.
     for rack in ["r1", "r2"] {
         cloud
@@ -945,20 +919,7 @@ async fn postgres_statistics_follow_a_burst_of_creates() {
             .await;
     }
     let c = tenant(&cloud).await;
-    cloud
-        .admin
-        .quota_update(
-            "acme",
-            &QuotaUpdate {
-                instances: Some(200),
-                vcpus: Some(200),
-                ram_mib: Some(200 * 1024),
-                addresses: Some(200),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    cloud.quota_for("acme", 200).await;
     for i in 0..150 {
         c.instance_create(&TestCloud::vm(&format!("vm-{i}")))
             .await

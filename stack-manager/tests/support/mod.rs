@@ -226,6 +226,24 @@ impl TestCloud {
         .await
     }
 
+    /// Raises `project`'s instance, vCPU, RAM (1 GiB per instance) and
+    /// address quotas to room for `instances` one-vCPU instances.
+    pub async fn quota_for(&self, project: &str, instances: u64) {
+        self.admin
+            .quota_update(
+                project,
+                &QuotaUpdate {
+                    instances: Some(instances),
+                    vcpus: Some(instances),
+                    ram_mib: Some(instances * 1024),
+                    addresses: Some(instances),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("quota");
+    }
+
     /// Sets up what an instance needs in `project`: flavor `small` (1 vCPU,
     /// 512 MiB, 5 GiB; admin-made once), image `tiny`, network `net` with a
     /// /24 subnet, keypair `key`.
