@@ -329,10 +329,10 @@ impl SubnetPlan {
     /// This is the rotating allocator's window: the caller checks these few
     /// addresses against what is taken (key lookups) instead of reading the
     /// subnet's whole allocated set, and a released address is handed out
-    /// again only once allocation has come round the pools, not to the very
-    /// next instance, which might inherit the old one's DNS names, firewall
-    /// rules or ARP entries. When every candidate is taken the caller falls
-    /// back to [`SubnetPlan::first_free`].
+    /// again when the rotation next reaches it, not to the very next
+    /// instance, which might inherit the old one's DNS names, firewall rules
+    /// or ARP entries. When every candidate is taken the caller falls back
+    /// to [`SubnetPlan::first_free_after`].
     pub fn next_candidates(&self, after: Option<IpAddr>, n: usize) -> Vec<IpAddr> {
         let v6 = self.cidr.addr().is_ipv6();
         let Some(first) = self.pools.first().map(|p| to_bits(p.start)) else {
