@@ -135,46 +135,12 @@ async fn run(
     for p in 0..projects {
         let name = format!("tenant-{p}");
         cloud.project(&name).await;
-        cloud
-            .admin
-            .quota_update(
-                &name,
-                &QuotaUpdate {
-                    instances: Some(per_project),
-                    vcpus: Some(per_project * 2),
-                    ram_mib: Some(per_project * 1024),
-                    addresses: Some(per_project),
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("quota");
+        cloud.quota_for(&name, per_project).await;
         let client = cloud
             .user(&format!("user-{p}"), &name, ProjectRole::Member)
             .await;
         cloud.basics(&client).await;
-        let net = client
-            .network_create(&NetworkCreate {
-                name: "share".into(),
-                vlan: None,
-                mtu: 1500,
-            })
-            .await
-            .expect("network");
-        client
-            .subnet_create(
-                net.id,
-                &SubnetCreate {
-                    name: "share".into(),
-                    cidr: format!("10.64.0.0/{prefix}").parse().expect("cidr"),
-                    gateway: None,
-                    pools: vec![],
-                    reserved: vec![],
-                    dns_servers: vec![],
-                },
-            )
-            .await
-            .expect("subnet");
+        TestCloud::network(&client, "share", &format!("10.64.0.0/{prefix}")).await;
         clients.push(client);
     }
 

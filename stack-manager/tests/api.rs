@@ -374,27 +374,7 @@ async fn address_rotation_continues_past_a_taken_window(backend: Backend) {
     cloud.hypervisor("hv-1", 64, 262_144, None).await;
     let c = tenant(&cloud).await;
     cloud.quota_for("acme", 100).await;
-    let net = c
-        .network_create(&NetworkCreate {
-            name: "rot".into(),
-            vlan: None,
-            mtu: 1500,
-        })
-        .await
-        .unwrap();
-    c.subnet_create(
-        net.id,
-        &SubnetCreate {
-            name: "r".into(),
-            cidr: "10.30.0.0/27".parse().unwrap(),
-            gateway: None,
-            pools: vec![],
-            reserved: vec![],
-            dns_servers: vec![],
-        },
-    )
-    .await
-    .unwrap();
+    TestCloud::network(&c, "rot", "10.30.0.0/27").await;
     let on_rot = |name: &str| {
         let mut vm = TestCloud::vm(name);
         vm.networks = vec!["rot".into()];

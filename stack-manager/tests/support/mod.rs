@@ -244,6 +244,34 @@ impl TestCloud {
             .expect("quota");
     }
 
+    /// Creates network `name` in `client`'s project with one subnet,
+    /// `cidr`, whose whole range is pooled (the gateway is its first host).
+    pub async fn network(client: &Client, name: &str, cidr: &str) -> Network {
+        let net = client
+            .network_create(&NetworkCreate {
+                name: name.into(),
+                vlan: None,
+                mtu: 1500,
+            })
+            .await
+            .expect("network");
+        client
+            .subnet_create(
+                net.id,
+                &SubnetCreate {
+                    name: name.into(),
+                    cidr: cidr.parse().expect("cidr"),
+                    gateway: None,
+                    pools: vec![],
+                    reserved: vec![],
+                    dns_servers: vec![],
+                },
+            )
+            .await
+            .expect("subnet");
+        net
+    }
+
     /// Sets up what an instance needs in `project`: flavor `small` (1 vCPU,
     /// 512 MiB, 5 GiB; admin-made once), image `tiny`, network `net` with a
     /// /24 subnet, keypair `key`.
