@@ -112,6 +112,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         reachable_by_qemu(&cfg.state_dir)?;
     }
     let hv = Arc::new(Hypervisor::new(&cfg.libvirt_uri));
+    if !cfg.is_xen() {
+        // Before anything else asks libvirt about QEMU: see `host`.
+        let caps = hv.capabilities().await?;
+        crate::host::check_kvm_device(&caps);
+    }
     let virt_type = choose_virt_type(&cfg, &hv).await?;
     let identity = enroll(&cfg, &hv).await?;
     let images = ImageCache::new(

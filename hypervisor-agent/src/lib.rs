@@ -9,6 +9,7 @@ pub mod configdrive;
 pub mod domain;
 pub mod error;
 pub use agent_support::exec;
+pub mod host;
 pub mod hypervisor;
 pub use agent_support::images;
 pub mod instances;

@@ -5,13 +5,21 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::resources::{ImageFormat, InstanceStatus};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_through_the_public_api() {
+    // A host without udev has a root-only /dev/kvm, which makes libvirt
+    // re-probe QEMU on every call (a minute per start under QEMU 10); the
+    // agent must repair it. Set it up that way, as a fresh machine has it.
+    let kvm = std::path::Path::new(hypervisor_agent::host::KVM_DEVICE);
+    if kvm.exists() {
+        std::os::unix::fs::chown(kvm, Some(0), Some(0)).expect("chown /dev/kvm");
+        set_mode(kvm, 0o600);
+    }
     let mut cloud = Cloud::start(AgentOptions {
         virt_type: "auto",
         uplink: None,
@@ -66,12 +74,34 @@ async fn vm_lifecycle_through_the_public_api() {
         "{xml}"
     );
 
-    // Stop: the tiny guest ignores ACPI, so this also proves the
-    // shutdown timeout falls back to destroy.
-    cloud.act(vm.id, "stop", InstanceStatus::Stopped).await;
-    assert!(virsh(&["domstate", &format!("strato-{}", vm.id)]).contains("shut off"));
+    if kvm.exists() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(kvm).expect("stat /dev/kvm");
+        assert_eq!(meta.mode() & 0o777, 0o660, "the agent repaired /dev/kvm");
+        assert!(cloud.agent_log().contains("was not usable by QEMU's user"));
+    }
 
+    // Stop: the tiny guest ignores ACPI, so this also proves the
+    // shutdown timeout falls back to destroy. It takes that timeout plus
+    // a few seconds (a push, the destroy, a heartbeat), and no more.
+    let asked = Instant::now();
+    cloud.act(vm.id, "stop", InstanceStatus::Stopped).await;
+    let took = asked.elapsed();
+    assert!(virsh(&["domstate", &format!("strato-{}", vm.id)]).contains("shut off"));
+    assert!(
+        took >= SHUTDOWN_TIMEOUT && took < SHUTDOWN_TIMEOUT + Duration::from_secs(8),
+        "a stop of a guest that ignores ACPI took {took:?}; the shutdown timeout is {SHUTDOWN_TIMEOUT:?}"
+    );
+    eprintln!("stop took {took:?} (shutdown timeout {SHUTDOWN_TIMEOUT:?})");
+
+    let asked = Instant::now();
     cloud.act(vm.id, "start", InstanceStatus::Running).await;
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "a start took {took:?}: libvirt itself needs about a second"
+    );
+    eprintln!("start took {took:?}");
     cloud
         .wait_console(vm.id, "STRATO-GUEST ready", 2, Duration::from_secs(60))
         .await;

@@ -7,6 +7,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 
+use api::internal::PowerState;
 use api::resources::*;
 use api::ErrorCode;
 use futures::StreamExt;
@@ -26,6 +27,7 @@ on_both_backends!(
     parallel_creates_never_overcommit_or_break_anti_affinity,
     silent_host_goes_down_and_gets_no_work,
     lost_agent_state_is_pushed_again,
+    a_guest_stopped_behind_the_agents_back_can_be_started,
     usage_and_audit_are_recorded,
     orphans_are_deleted_on_the_agent,
     deleting_on_a_down_host_waits_for_it,
@@ -596,6 +598,57 @@ async fn lost_agent_state_is_pushed_again(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(cloud.fleet.instance_count(), 1);
+}
+
+/// The domain stopped without the API asking (the guest powered off, or an
+/// operator used `virsh`): desired stays `running`, status is `stopped`,
+/// and `start` must bring it back rather than refuse.
+async fn a_guest_stopped_behind_the_agents_back_can_be_started(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let c = tenant(&cloud).await;
+    cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let vm = c.instance_create(&TestCloud::vm("web")).await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    let generation = cloud.fleet.with_host("hv-1", |h| {
+        let spec = h.instances.get_mut(&vm.id).expect("pushed");
+        spec.power = PowerState::Stopped;
+        spec.generation
+    });
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    let stopped = wait_status(&c, vm.id, InstanceStatus::Stopped).await;
+    assert_eq!(stopped.desired, DesiredState::Running);
+
+    c.instance_action(vm.id, "start").await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Running).await;
+    let (power, pushed) = cloud.fleet.with_host("hv-1", |h| {
+        let spec = &h.instances[&vm.id];
+        (spec.power, spec.generation)
+    });
+    assert_eq!(power, PowerState::Running);
+    assert!(pushed > generation, "start pushed a new generation");
+    // Running and desired running: a second start is still refused.
+    let err = c.instance_action(vm.id, "start").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Conflict));
+
+    // The mirror case: started behind the agent's back while stopped.
+    c.instance_action(vm.id, "stop").await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Stopped).await;
+    cloud.fleet.with_host("hv-1", |h| {
+        h.instances.get_mut(&vm.id).expect("pushed").power = PowerState::Running
+    });
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .unwrap();
+    let running = wait_status(&c, vm.id, InstanceStatus::Running).await;
+    assert_eq!(running.desired, DesiredState::Stopped);
+    c.instance_action(vm.id, "stop").await.unwrap();
+    wait_status(&c, vm.id, InstanceStatus::Stopped).await;
 }
 
 async fn usage_and_audit_are_recorded(backend: Backend) {

@@ -20,6 +20,10 @@ pub const TEST_KEY: &str =
 
 pub use testkit::{free_port, wait_async};
 
+/// The agents' `shutdown_timeout_secs`: how long a stop waits for the
+/// guest to power off after ACPI before destroying it.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3);
+
 pub fn sibling_bin(name: &str) -> PathBuf {
     testkit::workspace_bin(env!("CARGO_BIN_EXE_hypervisor-agent"), name)
 }
@@ -157,7 +161,7 @@ impl Cloud {
             format!(
                 "stack_manager_url = \"{}\"\nenrollment_token = \"{}\"\nname = \"{name}\"\n\
                  listen = \"127.0.0.1:{}\"\nstate_dir = \"{}\"\nvirt_type = \"{}\"\n\
-                 kvm_probe_timeout_secs = 8\nshutdown_timeout_secs = 3\nheartbeat_interval_secs = 1\n\
+                 kvm_probe_timeout_secs = 8\nshutdown_timeout_secs = {}\nheartbeat_interval_secs = 1\n\
                  reserved_ram_mib = 0\nlog = \"info,hypervisor_agent=debug\"\n\
                  image_roots = [\"{}\", \"{}\"]\n{}",
                 self.internal_url,
@@ -165,6 +169,7 @@ impl Cloud {
                 free_port(),
                 self.agent_state.display(),
                 opts.virt_type,
+                SHUTDOWN_TIMEOUT.as_secs(),
                 image_cache().display(),
                 self.dir.path().display(),
                 opts.uplink.map(|u| format!("uplink = \"{u}\"\n")).unwrap_or_default()

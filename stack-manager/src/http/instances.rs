@@ -397,7 +397,17 @@ async fn transition(
         ("start", DesiredState::Running) if status == InstanceStatus::Error => {
             (DesiredState::Running, InstanceStatus::Building, 0)
         }
+        // A guest that powered off by itself (or was stopped behind the
+        // agent's back) is started again; the new generation makes the
+        // agent converge, which starts the domain.
+        ("start", DesiredState::Running) if status == InstanceStatus::Stopped => {
+            (DesiredState::Running, status, 0)
+        }
         ("stop", DesiredState::Running) => (DesiredState::Stopped, status, 0),
+        // And the other way round: one started behind the agent's back.
+        ("stop", DesiredState::Stopped) if status == InstanceStatus::Running => {
+            (DesiredState::Stopped, status, 0)
+        }
         ("reboot", DesiredState::Running) => (DesiredState::Running, InstanceStatus::Rebooting, 1),
         _ => {
             return Err(ApiError::conflict(format!(

@@ -1,0 +1,279 @@
+//! Host checks made before the first libvirt call that matters.
+//!
+//! **Why `/dev/kvm` is checked.** libvirt caches what each QEMU binary can
+//! do (its "capabilities", probed by running QEMU for a few seconds) and
+//! revalidates the cache on every lookup: a definition, a start, a
+//! capabilities query. One rule of that check (libvirt 9.0,
+//! `virQEMUCapsIsValid`) is: if the probe found KVM enabled but the QEMU
+//! user cannot open `/dev/kvm` now, the cache is stale. QEMU 10 reports KVM
+//! enabled in the probe even when its user cannot open the device (it
+//! opens it before dropping privileges), while libvirt's own check runs as
+//! that user. The two then never agree: every lookup probes QEMU again,
+//! about 4 s each, and one domain definition does a dozen lookups. This is
+//! what made a start or stop take about a minute on fresh machines with
+//! QEMU 10 (measured: `virsh define` 52 s, `virsh start` 4.5 s; after the
+//! repair 0.03 s and 0.5 s).
+//!
+//! A host gets `/dev/kvm` as `root:kvm 0660` from udev's default rules; a
+//! host without udev (containers, minimal images) gets `root:root 0600`
+//! from the kernel. The agent gives the device to the QEMU user's group
+//! when that user cannot use it, which is what udev would have done.
+
+use std::ffi::CStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+pub const KVM_DEVICE: &str = "/dev/kvm";
+
+/// Who QEMU runs as: libvirt's DAC base label (`+uid:+gid`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Every group the user is in, the primary one included.
+    pub groups: Vec<u32>,
+}
+
+/// The DAC base label from libvirt's capabilities XML, e.g.
+/// `<baselabel type='kvm'>+64055:+64055</baselabel>`.
+pub fn dac_base_label(caps: &str) -> Option<(u32, u32)> {
+    let dac = caps.find("<model>dac</model>")?;
+    let rest = &caps[dac..];
+    let end = rest.find("</secmodel>").unwrap_or(rest.len());
+    let secmodel = &rest[..end];
+    let label = &secmodel[secmodel.find("<baselabel")?..];
+    let start = label.find('>')? + 1;
+    let stop = label.find("</baselabel>")?;
+    let (uid, gid) = label.get(start..stop)?.trim().split_once(':')?;
+    let id = |s: &str| s.trim().trim_start_matches('+').parse::<u32>().ok();
+    Some((id(uid)?, id(gid)?))
+}
+
+/// The groups of the user `uid` (from the system's user database), or just
+/// `gid` when the user has no entry.
+pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    let Some(name) = user_name(uid) else {
+        return groups;
+    };
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return groups;
+    };
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut buf = vec![0 as libc::gid_t; n as usize];
+        let want = n;
+        // SAFETY: `buf` holds `n` entries and `cname` is NUL-terminated;
+        // getgrouplist writes at most `n` entries and sets `n` to the count.
+        let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, buf.as_mut_ptr(), &mut n) };
+        if r >= 0 {
+            buf.truncate(n.max(0) as usize);
+            groups = buf;
+            if !groups.contains(&gid) {
+                groups.push(gid);
+            }
+            return groups;
+        }
+        if n <= want {
+            n = want * 2;
+        }
+        if n > 65536 {
+            return groups;
+        }
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to storage that outlives the call;
+    // getpwuid_r writes strings into `buf` and sets `result` to `&pwd` or
+    // null.
+    let r = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    if r != 0 || result.is_null() {
+        return None;
+    }
+    // SAFETY: on success pw_name points into `buf`, NUL-terminated.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+    name.to_str().ok().map(str::to_string)
+}
+
+/// A group's id by name.
+fn group_id(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: as in `user_name`.
+    let r = unsafe {
+        libc::getgrnam_r(
+            cname.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (r == 0 && !result.is_null()).then_some(grp.gr_gid)
+}
+
+/// Whether a file with this owner, group and mode is readable and writable
+/// by `user`, as the kernel's permission check decides (owner bits first,
+/// then group bits, then other bits; root is not special-cased here since
+/// QEMU never runs as root under libvirt's DAC driver by default).
+pub fn usable_by(user: &QemuUser, owner: u32, group: u32, mode: u32) -> bool {
+    let rw = |bits: u32| bits & 0o6 == 0o6;
+    if user.uid == owner {
+        return rw(mode >> 6);
+    }
+    if user.groups.contains(&group) {
+        return rw(mode >> 3);
+    }
+    rw(mode)
+}
+
+/// What [`ensure_kvm_device`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvmDevice {
+    Absent,
+    Usable,
+    /// Given to group `gid` with mode 0660.
+    Repaired { gid: u32, was_mode: u32 },
+}
+
+/// Makes `device` usable by QEMU's user when it is not (see the module
+/// comment). The group is `kvm` when the user is in it (udev's choice),
+/// else the user's own group.
+pub fn ensure_kvm_device(device: &Path, user: &QemuUser) -> std::io::Result<KvmDevice> {
+    let meta = match std::fs::metadata(device) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KvmDevice::Absent),
+        Err(e) => return Err(e),
+    };
+    let mode = meta.mode() & 0o7777;
+    if usable_by(user, meta.uid(), meta.gid(), mode) {
+        return Ok(KvmDevice::Usable);
+    }
+    let gid = group_id("kvm")
+        .filter(|g| user.groups.contains(g))
+        .unwrap_or(user.gid);
+    std::os::unix::fs::chown(device, None, Some(gid))?;
+    std::fs::set_permissions(device, std::fs::Permissions::from_mode(0o660))?;
+    Ok(KvmDevice::Repaired {
+        gid,
+        was_mode: mode,
+    })
+}
+
+/// The agent's start-up check: reads who QEMU runs as from libvirt's
+/// capabilities and repairs `/dev/kvm` if that user cannot use it. Never
+/// fatal: a host that cannot be repaired still runs guests, slowly, and
+/// the log says why and how to fix it.
+pub fn check_kvm_device(caps: &str) {
+    let Some((uid, gid)) = dac_base_label(caps) else {
+        tracing::debug!("libvirt reports no DAC base label; QEMU's user is unknown");
+        return;
+    };
+    let user = QemuUser {
+        uid,
+        gid,
+        groups: groups_of(uid, gid),
+    };
+    match ensure_kvm_device(Path::new(KVM_DEVICE), &user) {
+        Ok(KvmDevice::Absent) => tracing::info!("no {KVM_DEVICE} on this host"),
+        Ok(KvmDevice::Usable) => tracing::debug!(uid, "{KVM_DEVICE} is usable by QEMU's user"),
+        Ok(KvmDevice::Repaired { gid, was_mode }) => tracing::warn!(
+            uid,
+            gid,
+            was_mode = format!("{was_mode:o}"),
+            "{KVM_DEVICE} was not usable by QEMU's user, which makes libvirt probe QEMU again \
+             on every call (about a minute per VM start); gave it to group {gid} with mode 660, \
+             as udev does"
+        ),
+        Err(e) => tracing::error!(
+            error = %e,
+            "{KVM_DEVICE} is not usable by QEMU's user and could not be repaired: libvirt will \
+             probe QEMU again on every call and VM starts will take about a minute; make the \
+             device root:kvm 0660 (udev's rule) and add QEMU's user to group kvm"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: &str = "<capabilities><host><secmodel><model>none</model><doi>0</doi></secmodel>\
+        <secmodel>\n<model>dac</model>\n<doi>0</doi>\n<baselabel type='kvm'>+64055:+107</baselabel>\n\
+        <baselabel type='qemu'>+64055:+107</baselabel>\n</secmodel></host></capabilities>";
+
+    #[test]
+    fn base_label_is_read_from_the_dac_model() {
+        assert_eq!(dac_base_label(CAPS), Some((64055, 107)));
+        assert_eq!(dac_base_label("<capabilities/>"), None);
+        assert_eq!(
+            dac_base_label("<secmodel><model>dac</model><baselabel>x:y</baselabel></secmodel>"),
+            None
+        );
+        // A base label elsewhere does not count as DAC's.
+        assert_eq!(
+            dac_base_label(
+                "<secmodel><model>apparmor</model><baselabel>+1:+2</baselabel></secmodel>"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn permission_check_follows_the_kernel_order() {
+        let user = QemuUser {
+            uid: 64055,
+            gid: 64055,
+            groups: vec![64055, 107],
+        };
+        // What a host without udev has: root-only.
+        assert!(!usable_by(&user, 0, 0, 0o600));
+        // udev's rule.
+        assert!(usable_by(&user, 0, 107, 0o660));
+        // Group bits apply to members, other bits to the rest.
+        assert!(!usable_by(&user, 0, 107, 0o606));
+        assert!(usable_by(&user, 0, 5, 0o666));
+        assert!(!usable_by(&user, 0, 5, 0o664));
+        // The owner's bits decide for the owner, even when others may.
+        assert!(!usable_by(&user, 64055, 0, 0o066));
+    }
+
+    #[test]
+    fn a_root_only_device_is_given_to_the_users_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("kvm");
+        std::fs::write(&dev, b"").unwrap();
+        std::fs::set_permissions(&dev, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let owner = std::fs::metadata(&dev).unwrap().uid();
+        // Someone who is neither the owner nor in the file's group.
+        let user = QemuUser {
+            uid: owner + 1000,
+            gid: 4242,
+            groups: vec![4242],
+        };
+        // Only root may give a file to another group, as the agent does.
+        assert_eq!(owner, 0, "the suite runs as root (scripts/test.sh)");
+        let got = ensure_kvm_device(&dev, &user).unwrap();
+        assert_eq!(
+            got,
+            KvmDevice::Repaired {
+                gid: 4242,
+                was_mode: 0o600
+            }
+        );
+        let meta = std::fs::metadata(&dev).unwrap();
+        assert_eq!(meta.gid(), 4242);
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        assert_eq!(ensure_kvm_device(&dev, &user).unwrap(), KvmDevice::Usable);
+        assert_eq!(
+            ensure_kvm_device(&dir.path().join("none"), &user).unwrap(),
+            KvmDevice::Absent
+        );
+    }
+}
