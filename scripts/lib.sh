@@ -103,3 +103,31 @@ start_libvirtd() {
     echo "error: libvirtd did not come up" >&2
     exit 1
 }
+
+# The versions of the real components a test run talks to, one a line:
+# a failure on another machine starts with "which QEMU was that?".
+peer_versions() {
+    local p v
+    printf '  %-22s %s\n' kernel "$(uname -r)"
+    printf '  %-22s %s\n' rustc "$(rustc --version 2>/dev/null | cut -d' ' -f2)"
+    for p in qemu-system-x86 libvirt-daemon postgresql-15 libiscsi-bin tgt dnsmasq-base \
+        isc-dhcp-client isc-dhcp-relay tftp-hpa atftp ipxe-qemu openssh-client frr nats-server; do
+        v="$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)"
+        [ -n "$v" ] && printf '  %-22s %s\n' "$p" "$v"
+    done
+    printf '  %-22s %s\n' "QEMU (running)" "$(qemu-system-x86_64 --version 2>/dev/null | head -1)"
+    printf '  %-22s %s\n' "libvirtd (running)" "$(virsh -c qemu:///system version 2>/dev/null | grep -i 'running hypervisor\|using library' | tr -s ' ' | paste -sd';')"
+    printf '  %-22s %s\n' "PostgreSQL (server)" "$(su postgres -c "psql -qtAc 'show server_version'" 2>/dev/null)"
+    printf '  %-22s %s\n' "KVM" "$( [ -e /dev/kvm ] && stat -c '/dev/kvm %U:%G %a' /dev/kvm || echo 'no /dev/kvm')"
+}
+
+# Reads a `cargo test` log and prints each test binary's wall time (from
+# its "finished in" line), slowest first, and whether it passed.
+test_binary_times() {
+    awk '
+        /^ *Running / { name = $2; sub(/.*\//, "", name); sub(/-[0-9a-f]+$/, "", name);
+                        if ($2 ~ /^unittests/) { name = $3; gsub(/[()]/, "", name) } }
+        /^test result:/ { t = $NF; sub(/s$/, "", t);
+                          printf "  %8.1f s  %-6s %s\n", t, ($3 == "ok." ? "ok" : "FAILED"), name }
+    ' "$1" | sort -rn
+}

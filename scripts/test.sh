@@ -28,5 +28,17 @@ cargo build --locked --workspace
 # (release) build of the workspace would cost CI minutes for nothing.
 log "benchmarks compile"
 cargo build --locked --workspace --benches
+log "real peers this run is judged against"
+peer_versions
 log "tests"
-cargo test --locked --workspace --lib --bins --tests -- --test-threads 2
+# Every test binary runs even when an earlier one fails (a fresh machine
+# must show everything that is wrong at once); the run still fails at the
+# end. The log is kept to print how long each binary took.
+results="$(mktemp)"
+status=0
+cargo test --locked --workspace --lib --bins --tests --no-fail-fast -- --test-threads 2 2>&1 |
+    tee "$results" || status=$?
+log "time per test binary"
+test_binary_times "$results"
+rm -f "$results"
+exit "$status"

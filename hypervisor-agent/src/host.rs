@@ -49,13 +49,15 @@ pub fn dac_base_label(caps: &str) -> Option<(u32, u32)> {
     Some((id(uid)?, id(gid)?))
 }
 
-/// The groups of the user `uid` (from the system's user database), or just
-/// `gid` when the user has no entry.
+/// The groups of the user `uid` (from the system's user database): `gid`,
+/// the user's primary group and every group listing the user; just `gid`
+/// when the user has no entry. QEMU runs with all of them.
 pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     let mut groups = vec![gid];
-    let Some(name) = user_name(uid) else {
+    let Some((name, primary)) = user_entry(uid) else {
         return groups;
     };
+    groups.push(primary);
     let Ok(cname) = std::ffi::CString::new(name) else {
         return groups;
     };
@@ -68,10 +70,9 @@ pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
         let r = unsafe { libc::getgrouplist(cname.as_ptr(), gid, buf.as_mut_ptr(), &mut n) };
         if r >= 0 {
             buf.truncate(n.max(0) as usize);
-            groups = buf;
-            if !groups.contains(&gid) {
-                groups.push(gid);
-            }
+            groups.extend(buf);
+            groups.sort_unstable();
+            groups.dedup();
             return groups;
         }
         if n <= want {
@@ -83,7 +84,8 @@ pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     }
 }
 
-fn user_name(uid: u32) -> Option<String> {
+/// The user's name and primary group.
+fn user_entry(uid: u32) -> Option<(String, u32)> {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
@@ -96,7 +98,7 @@ fn user_name(uid: u32) -> Option<String> {
     }
     // SAFETY: on success pw_name points into `buf`, NUL-terminated.
     let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    name.to_str().ok().map(str::to_string)
+    Some((name.to_str().ok()?.to_string(), pwd.pw_gid))
 }
 
 /// A group's id by name.
@@ -105,7 +107,7 @@ fn group_id(name: &str) -> Option<u32> {
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as in `user_name`.
+    // SAFETY: as in `user_entry`.
     let r = unsafe {
         libc::getgrnam_r(
             cname.as_ptr(),
@@ -139,7 +141,10 @@ pub enum KvmDevice {
     Absent,
     Usable,
     /// Given to group `gid` with mode 0660.
-    Repaired { gid: u32, was_mode: u32 },
+    Repaired {
+        gid: u32,
+        was_mode: u32,
+    },
 }
 
 /// Makes `device` usable by QEMU's user when it is not (see the module
@@ -223,6 +228,15 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn groups_include_the_primary_group_of_the_user_database() {
+        // root's entry exists everywhere; its primary group is 0.
+        assert!(groups_of(0, 4242).contains(&0));
+        assert!(groups_of(0, 4242).contains(&4242));
+        // A user without an entry has just the group it was given.
+        assert_eq!(groups_of(4_000_000_000, 7), vec![7]);
     }
 
     #[test]
