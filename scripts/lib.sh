@@ -6,7 +6,9 @@ set -euo pipefail
 STRATO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export STRATO_ROOT
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each line carries the time since the script started: where a slow run
+# spent its minutes shows in the log.
+log() { printf '\033[1m==> [%dm%02ds] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -121,13 +123,3 @@ peer_versions() {
     printf '  %-22s %s\n' "KVM" "$( [ -e /dev/kvm ] && stat -c '/dev/kvm %U:%G %a' /dev/kvm || echo 'no /dev/kvm')"
 }
 
-# Reads a `cargo test` log and prints each test binary's wall time (from
-# its "finished in" line), slowest first, and whether it passed.
-test_binary_times() {
-    awk '
-        /^ *Running / { name = $2; sub(/.*\//, "", name); sub(/-[0-9a-f]+$/, "", name);
-                        if ($2 ~ /^unittests/) { name = $3; gsub(/[()]/, "", name) } }
-        /^test result:/ { t = $NF; sub(/s$/, "", t);
-                          printf "  %8.1f s  %-6s %s\n", t, ($3 == "ok." ? "ok" : "FAILED"), name }
-    ' "$1" | sort -rn
-}

@@ -6,6 +6,10 @@
 # /var/cache/strato/images), and the storage agent's iSCSI target judged by
 # libiscsi's iscsi-test-cu and QEMU's iscsi:// driver, and the provisioner
 # PXE-booting QEMU VMs in a private network namespace.
+#
+# Every test binary runs even when another fails (a fresh machine must show
+# everything that is wrong at once); the run fails at the end if any did.
+# It closes with each binary's time and a line of totals.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_build_deps
 ensure_postgres
@@ -14,31 +18,43 @@ ensure_virt
 # The provisioner's boot services are judged by real DHCP/TFTP clients and
 # relays (dnsmasq is the benchmarks' peer; only its binary, no service);
 # an operator logs in to a deployed machine with ssh.
-apt_install libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl openssh-client
+apt_install python3 libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl openssh-client
 cd "$STRATO_ROOT"
-log "guest images"
-bash scripts/guest-images.sh >/dev/null
-log "boot environment"
-bash scripts/boot-env.sh >/dev/null
+
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
+
+# The guest images and the boot environment are downloads and file-system
+# work; the build is CPU. On a fresh machine each takes minutes, so they
+# run side by side.
+log "guest images and boot environment (in the background)"
+(bash scripts/guest-images.sh >/dev/null && bash scripts/boot-env.sh >/dev/null) \
+    >"$logs/images.log" 2>&1 &
+images=$!
+
 log "build"
 cargo build --locked --workspace
 # In the test profile: this only keeps them compiling, and a second
 # (release) build of the workspace would cost CI minutes for nothing.
 log "benchmarks compile"
 cargo build --locked --workspace --benches
+
+if ! wait "$images"; then
+    cat "$logs/images.log" >&2
+    echo "error: building the guest images or the boot environment failed" >&2
+    exit 1
+fi
+log "guest images and boot environment ready"
+
 log "real peers this run is judged against"
 peer_versions
+
+# The slowest end-to-end binaries boot Debian under emulation; they run in
+# a lane beside the rest (see scripts/run-tests.py).
 log "tests"
-# Every test binary runs even when an earlier one fails (a fresh machine
-# must show everything that is wrong at once); the run still fails at the
-# end. The log is kept to print how long each binary took.
-results="$(mktemp)"
-status=0
-cargo test --locked --workspace --lib --bins --tests --no-fail-fast -- --test-threads 2 2>&1 |
-    tee "$results" || status=$?
-log "time per test binary"
-test_binary_times "$results"
-rm -f "$results"
-exit "$status"
+python3 scripts/run-tests.py \
+    --side provisioner:up_rack --side hypervisor-agent:debian_guest \
+    -- --test-threads 2

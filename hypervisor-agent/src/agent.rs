@@ -115,7 +115,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if !cfg.is_xen() {
         // Before anything else asks libvirt about QEMU: see `host`.
         let caps = hv.capabilities().await?;
-        crate::host::check_kvm_device(&caps);
+        crate::host::check_kvm_device(
+            &caps,
+            Path::new(crate::host::KVM_DEVICE),
+            cfg.repair_kvm_device,
+        );
     }
     let virt_type = choose_virt_type(&cfg, &hv).await?;
     let identity = enroll(&cfg, &hv).await?;

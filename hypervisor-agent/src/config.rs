@@ -40,6 +40,11 @@ pub struct Config {
     /// How long the KVM probe may take before KVM is judged not to work.
     /// Default 10 s.
     pub kvm_probe_timeout_secs: u64,
+    /// Whether the agent gives `/dev/kvm` to QEMU's group (mode 0660, as
+    /// udev's rule does) when QEMU's user cannot open it, which makes
+    /// libvirt re-probe QEMU on every call (see `host.rs`). When false it
+    /// only logs the problem. Default true.
+    pub repair_kvm_device: bool,
     /// Heartbeat interval until the stack manager names one. Default 2 s.
     pub heartbeat_interval_secs: u64,
     /// How long a stop waits for the guest to power off after an ACPI
@@ -91,6 +96,7 @@ impl Default for Config {
             libvirt_uri: "qemu:///system".into(),
             virt_type: VirtTypeSetting::Auto,
             kvm_probe_timeout_secs: 10,
+            repair_kvm_device: true,
             heartbeat_interval_secs: 2,
             shutdown_timeout_secs: 60,
             uplink: None,

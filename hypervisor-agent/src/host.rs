@@ -140,6 +140,8 @@ pub fn usable_by(user: &QemuUser, owner: u32, group: u32, mode: u32) -> bool {
 pub enum KvmDevice {
     Absent,
     Usable,
+    /// Not usable, and left so.
+    Unusable,
     /// Given to group `gid` with mode 0660.
     Repaired {
         gid: u32,
@@ -151,15 +153,11 @@ pub enum KvmDevice {
 /// comment). The group is `kvm` when the user is in it (udev's choice),
 /// else the user's own group.
 pub fn ensure_kvm_device(device: &Path, user: &QemuUser) -> std::io::Result<KvmDevice> {
-    let meta = match std::fs::metadata(device) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(KvmDevice::Absent),
-        Err(e) => return Err(e),
-    };
-    let mode = meta.mode() & 0o7777;
-    if usable_by(user, meta.uid(), meta.gid(), mode) {
-        return Ok(KvmDevice::Usable);
+    match kvm_device_state(device, user)? {
+        KvmDevice::Unusable => {}
+        state => return Ok(state),
     }
+    let mode = std::fs::metadata(device)?.mode() & 0o7777;
     let gid = group_id("kvm")
         .filter(|g| user.groups.contains(g))
         .unwrap_or(user.gid);
@@ -172,36 +170,58 @@ pub fn ensure_kvm_device(device: &Path, user: &QemuUser) -> std::io::Result<KvmD
 }
 
 /// The agent's start-up check: reads who QEMU runs as from libvirt's
-/// capabilities and repairs `/dev/kvm` if that user cannot use it. Never
-/// fatal: a host that cannot be repaired still runs guests, slowly, and
-/// the log says why and how to fix it.
-pub fn check_kvm_device(caps: &str) {
+/// capabilities and, when `repair`, fixes `device` if that user cannot use
+/// it. Never fatal: a host that cannot be repaired still runs guests,
+/// slowly, and the log says why and how to fix it.
+pub fn check_kvm_device(caps: &str, device: &Path, repair: bool) -> Option<KvmDevice> {
     let Some((uid, gid)) = dac_base_label(caps) else {
         tracing::debug!("libvirt reports no DAC base label; QEMU's user is unknown");
-        return;
+        return None;
     };
     let user = QemuUser {
         uid,
         gid,
         groups: groups_of(uid, gid),
     };
-    match ensure_kvm_device(Path::new(KVM_DEVICE), &user) {
-        Ok(KvmDevice::Absent) => tracing::info!("no {KVM_DEVICE} on this host"),
-        Ok(KvmDevice::Usable) => tracing::debug!(uid, "{KVM_DEVICE} is usable by QEMU's user"),
+    let dev = device.display();
+    let slow = "libvirt probes QEMU again on every call while QEMU's user cannot open it \
+                (about a minute per VM start)";
+    let found = if repair {
+        ensure_kvm_device(device, &user)
+    } else {
+        kvm_device_state(device, &user)
+    };
+    match &found {
+        Ok(KvmDevice::Absent) => tracing::info!("no {dev} on this host"),
+        Ok(KvmDevice::Usable) => tracing::debug!(uid, "{dev} is usable by QEMU's user"),
+        Ok(KvmDevice::Unusable) => tracing::warn!(
+            uid,
+            "{dev} is not usable by QEMU's user and repair_kvm_device is off: {slow}; \
+             make it root:kvm 0660 (udev's rule)"
+        ),
         Ok(KvmDevice::Repaired { gid, was_mode }) => tracing::warn!(
             uid,
             gid,
             was_mode = format!("{was_mode:o}"),
-            "{KVM_DEVICE} was not usable by QEMU's user, which makes libvirt probe QEMU again \
-             on every call (about a minute per VM start); gave it to group {gid} with mode 660, \
+            "{dev} was not usable by QEMU's user: {slow}; gave it to group {gid} with mode 660, \
              as udev does"
         ),
         Err(e) => tracing::error!(
             error = %e,
-            "{KVM_DEVICE} is not usable by QEMU's user and could not be repaired: libvirt will \
-             probe QEMU again on every call and VM starts will take about a minute; make the \
-             device root:kvm 0660 (udev's rule) and add QEMU's user to group kvm"
+            "{dev} is not usable by QEMU's user and could not be repaired: {slow}; make it \
+             root:kvm 0660 (udev's rule) and add QEMU's user to group kvm"
         ),
+    }
+    found.ok()
+}
+
+/// What `device` is to `user`, changing nothing.
+fn kvm_device_state(device: &Path, user: &QemuUser) -> std::io::Result<KvmDevice> {
+    match std::fs::metadata(device) {
+        Ok(m) if usable_by(user, m.uid(), m.gid(), m.mode() & 0o7777) => Ok(KvmDevice::Usable),
+        Ok(_) => Ok(KvmDevice::Unusable),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KvmDevice::Absent),
+        Err(e) => Err(e),
     }
 }
 

@@ -76,6 +76,9 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
     let late = cloud.create_vm("late", "tiny", "restart", None).await;
     let orphan = uuid::Uuid::new_v4().to_string();
     let foreign = uuid::Uuid::new_v4().to_string();
+    // Undefined even if the test fails before it would have removed them.
+    cloud.undefine_on_drop(&format!("strato-{orphan}"));
+    cloud.undefine_on_drop(&format!("strato-{foreign}"));
     define_foreign_domain(cloud.dir.path(), &orphan, &host.to_string());
     define_foreign_domain(cloud.dir.path(), &foreign, "some-other-host");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -130,7 +133,6 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
         virsh(&["list", "--all", "--name"]).contains(&foreign),
         "a domain of another creator was removed"
     );
-    virsh(&["undefine", &format!("strato-{foreign}")]);
     assert!(cloud
         .agent_log()
         .contains("leaving a Strato domain this host did not create"));

@@ -98,6 +98,9 @@ pub struct Cloud {
     pub agent_state: PathBuf,
     pub host_id: Option<HostId>,
     networks: std::sync::Mutex<Vec<api::ids::NetworkId>>,
+    /// Domains a test defined by hand (not through the agent), undefined
+    /// when the cloud is dropped whether the test passed or not.
+    foreign_domains: std::sync::Mutex<Vec<String>>,
 }
 
 impl Cloud {
@@ -131,6 +134,7 @@ impl Cloud {
             agent_state,
             host_id: None,
             networks: Default::default(),
+            foreign_domains: Default::default(),
         };
         cloud.enroll_agent(opts).await;
         cloud
@@ -407,6 +411,14 @@ impl Cloud {
         .await;
     }
 
+    /// Undefines the domain `name` when the cloud is dropped.
+    pub fn undefine_on_drop(&self, name: &str) {
+        self.foreign_domains
+            .lock()
+            .expect("foreign domains")
+            .push(name.to_string());
+    }
+
     pub fn instance_dir(&self, id: InstanceId) -> PathBuf {
         self.agent_state.join("instances").join(id.to_string())
     }
@@ -445,6 +457,15 @@ impl Drop for Cloud {
                     }
                 }
             }
+        }
+        for d in self
+            .foreign_domains
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default()
+        {
+            virsh(&["destroy", &d]);
+            virsh(&["undefine", &d, "--nvram"]);
         }
         for n in self.networks.lock().map(|n| n.clone()).unwrap_or_default() {
             let bridge = hypervisor_agent::network::bridge_name(n);
