@@ -121,6 +121,7 @@ async fn vm_lifecycle_through_the_public_api() {
         .expect("run strato vm console --follow");
     let stdout = follow.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
+    let (connected_tx, connected) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::Read;
         let mut stdout = stdout;
@@ -131,6 +132,7 @@ async fn vm_lifecycle_through_the_public_api() {
                 break;
             }
             seen.extend_from_slice(&buf[..n]);
+            let _ = connected_tx.send(());
             let text = String::from_utf8_lossy(&seen);
             // The stream starts with the log's tail, which already holds
             // the previous boot's marker: wait for the next one.
@@ -140,7 +142,10 @@ async fn vm_lifecycle_through_the_public_api() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The stream is relayed once the log's tail arrives.
+    connected
+        .recv_timeout(Duration::from_secs(30))
+        .expect("strato vm console --follow prints the log's tail");
     cloud
         .admin
         .instance_action(vm.id, "reboot")

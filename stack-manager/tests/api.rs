@@ -534,11 +534,11 @@ async fn silent_host_goes_down_and_gets_no_work(backend: Backend) {
         cloud.admin.host_get(host).await.unwrap().health,
         HostHealth::Up
     );
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert_eq!(
-        cloud.admin.host_get(host).await.unwrap().health,
-        HostHealth::Down
-    );
+    // Silent for longer than down_after_secs: the host is declared down.
+    eventually(10, || async {
+        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Down).then_some(())
+    })
+    .await;
     let err = c.instance_create(&TestCloud::vm("x")).await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::CapacityExhausted));
     cloud
@@ -761,7 +761,14 @@ async fn deleting_on_a_down_host_waits_for_it(backend: Backend) {
     cloud.hypervisor("hv-1", 8, 16_384, None).await;
     let vm = c.instance_create(&TestCloud::vm("web")).await.unwrap();
     wait_status(&c, vm.id, InstanceStatus::Running).await;
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let host = cloud
+        .fleet
+        .with_host("hv-1", |h| h.host_id)
+        .expect("enrolled");
+    eventually(10, || async {
+        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Down).then_some(())
+    })
+    .await;
     c.instance_delete(vm.id).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     // The host may still run it: nothing is given back yet.
