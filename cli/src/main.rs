@@ -6,6 +6,7 @@ mod config;
 mod error;
 mod output;
 mod parse;
+mod process;
 mod up;
 mod up_agent;
 mod up_rack;

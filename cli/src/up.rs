@@ -13,7 +13,7 @@
 //! ```
 
 use std::ffi::OsString;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use api::client::Transport;
-use chrono::Utc;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::Ctx;
 use crate::config::{write_private, Config};
 use crate::output::render_detail;
+use crate::process::{find_binary, is_root, read_pid, running_as, spawn_detached, tail, terminate};
 use crate::up_agent;
 use crate::up_rack;
 use crate::wait::spinner;
@@ -172,49 +172,6 @@ fn find_stack_manager() -> Result<PathBuf> {
     find_binary("stack-manager", "stack-manager")
 }
 
-/// Binary `bin` (of package `package`) next to this executable, else on `PATH`.
-pub fn find_binary(bin: &str, package: &str) -> Result<PathBuf> {
-    let name = format!("{bin}{}", std::env::consts::EXE_SUFFIX);
-    let exe_dir = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf));
-    if let Some(p) = exe_dir
-        .as_ref()
-        .map(|d| d.join(&name))
-        .filter(|p| is_executable(p))
-    {
-        return Ok(p);
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(p) = std::env::split_paths(&path)
-            .map(|d| d.join(&name))
-            .find(|p| is_executable(p))
-        {
-            return Ok(p);
-        }
-    }
-    let beside = exe_dir.map_or_else(|| "this executable".into(), |d| d.display().to_string());
-    bail!(
-        "cannot find the `{bin}` binary in {beside} or on PATH; \
-         build it with `cargo build -p {package}` (next to `strato`) or install it"
-    )
-}
-
-fn is_executable(p: &Path) -> bool {
-    let Ok(meta) = fs::metadata(p) else {
-        return false;
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        meta.is_file() && meta.permissions().mode() & 0o111 != 0
-    }
-    #[cfg(not(unix))]
-    {
-        meta.is_file()
-    }
-}
-
 /// The line `stack-manager init --json` prints.
 #[derive(Debug, Deserialize)]
 struct InitOutput {
@@ -305,31 +262,9 @@ fn write_stack_manager_config(
     fs::write(&p.config, text).with_context(|| format!("cannot write {}", p.config.display()))
 }
 
-pub fn read_pid(path: &Path) -> Option<u32> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
 /// Whether `pid` is a live stack manager.
 fn running(pid: u32) -> bool {
     running_as(pid, "stack-manager")
-}
-
-/// Whether `pid` is a live process of `program`. On Linux the command line
-/// is checked too, so a recycled pid is not mistaken for it.
-pub fn running_as(pid: u32, program: &str) -> bool {
-    let proc = Path::new("/proc");
-    if proc.join("self").exists() {
-        return fs::read(proc.join(pid.to_string()).join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).contains(program))
-            .unwrap_or(false);
-    }
-    Command::new("kill")
-        .arg("-0")
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// Starts `stack-manager serve` detached, logging to the state directory.
@@ -340,59 +275,6 @@ fn spawn(sm: &Path, p: &Paths) -> Result<Child> {
         .arg("--config")
         .arg(&p.config);
     spawn_detached(cmd, &p.log, &p.pid)
-}
-
-/// Starts `cmd` in its own process group (Ctrl-C in this terminal does not
-/// reach it), appending its output to `log` and its pid to `pid_file`.
-pub fn spawn_detached(mut cmd: Command, log_path: &Path, pid_file: &Path) -> Result<Child> {
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
-    writeln!(log, "--- strato up at {} ---", Utc::now().to_rfc3339())?;
-    let err = log.try_clone()?;
-    cmd.env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        cmd.process_group(0);
-    }
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {program}"))?;
-    fs::write(pid_file, format!("{}\n", child.id()))
-        .with_context(|| format!("cannot write {}", pid_file.display()))?;
-    Ok(child)
-}
-
-/// Sends SIGTERM to `pid` (a `program` process) and waits up to `timeout`
-/// for it to exit; false when it still runs.
-pub async fn terminate(pid: u32, program: &str, timeout: Duration) -> Result<bool> {
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .context("cannot run `kill`")?;
-    if !status.success() {
-        bail!("cannot signal {program} (pid {pid}): `kill` failed ({status})");
-    }
-    let deadline = Instant::now() + timeout;
-    while running_as(pid, program) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(!running_as(pid, program))
-}
-
-/// The last `n` lines of a file, for error messages.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Polls `/v1/health` until it answers, the child exits, or time runs out.
@@ -496,7 +378,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
         None => SocketAddr::from(([127, 0, 0, 1], 7101)),
     });
     if a.rack.is_some() {
-        if !up_agent::is_root() {
+        if !is_root() {
             bail!("--rack needs root: it creates a bridge and libvirt domains");
         }
         // Before the stack manager starts: its internal API binds there.
@@ -557,7 +439,7 @@ pub async fn up(ctx: &Ctx, a: UpArgs) -> Result<ExitCode> {
     let config = save_login(ctx, &url, &token)?;
     let compute = if a.no_hypervisor {
         Compute::Skipped("not started (--no-hypervisor)".into())
-    } else if !up_agent::is_root() {
+    } else if !is_root() {
         Compute::Skipped(
             "not started: the hypervisor agent needs root (libvirt's system connection, bridges)"
                 .into(),

@@ -24,12 +24,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use api::ids::HostId;
 use api::resources::*;
 use api::Client;
 use serde::Deserialize;
 
+use crate::process::{
+    find_binary, read_pid, running_as, spawn_detached, stop_process, tail, toml_str,
+};
 use crate::wait::spinner;
 
 /// The first start probes KVM (up to 10 s) before enrolling.
@@ -82,17 +85,6 @@ struct Identity {
     host_id: HostId,
 }
 
-pub fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 fn identity(p: &AgentPaths) -> Option<HostId> {
     let text = fs::read_to_string(p.state.join("identity.json")).ok()?;
     serde_json::from_str::<Identity>(&text)
@@ -126,14 +118,10 @@ fn write_config(
         .with_context(|| format!("cannot write {}", p.config.display()))
 }
 
-pub fn toml_str(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
 fn spawn(bin: &Path, p: &AgentPaths) -> Result<Child> {
     let mut cmd = Command::new(bin);
     cmd.arg("run").arg("--config").arg(&p.config);
-    super::up::spawn_detached(cmd, &p.log, &p.pid)
+    spawn_detached(cmd, &p.log, &p.pid)
 }
 
 /// Starts the agent unless it runs, and waits until it heartbeats.
@@ -151,10 +139,8 @@ pub async fn ensure_agent(
 ) -> Result<(u32, HostId)> {
     let p = AgentPaths::new(agent, state, agent_state);
     fs::create_dir_all(&p.state).with_context(|| format!("cannot create {}", p.state.display()))?;
-    let bin = super::up::find_binary(agent.binary, agent.binary)?;
-    if let Some(pid) =
-        super::up::read_pid(&p.pid).filter(|pid| super::up::running_as(*pid, agent.binary))
-    {
+    let bin = find_binary(agent.binary, agent.binary)?;
+    if let Some(pid) = read_pid(&p.pid).filter(|pid| running_as(*pid, agent.binary)) {
         let host = identity(&p).ok_or_else(|| {
             anyhow!(
                 "the {} (pid {pid}) runs but has not enrolled; see {}",
@@ -222,7 +208,7 @@ pub async fn ensure_agent(
                 "the {} exited ({status}); the end of {}:\n{}",
                 agent.what,
                 p.log.display(),
-                super::up::tail(&p.log, 20)
+                tail(&p.log, 20)
             ));
         }
         if Instant::now() >= deadline {
@@ -320,29 +306,4 @@ pub async fn ensure_network(client: &Client) -> Result<()> {
 pub async fn stop_agent(agent: &Agent, state: &Path) -> Result<Option<u32>> {
     let p = AgentPaths::new(agent, state, Path::new(""));
     stop_process(agent.binary, agent.what, &p.pid, &p.log).await
-}
-
-/// Stops the `program` process named in `pid_file` (SIGTERM, up to 15 s)
-/// and removes the pid file; the pid, if one was running.
-pub async fn stop_process(
-    program: &str,
-    what: &str,
-    pid_file: &Path,
-    log: &Path,
-) -> Result<Option<u32>> {
-    let Some(pid) = super::up::read_pid(pid_file) else {
-        return Ok(None);
-    };
-    if !super::up::running_as(pid, program) {
-        let _ = fs::remove_file(pid_file);
-        return Ok(None);
-    }
-    if !super::up::terminate(pid, program, Duration::from_secs(15)).await? {
-        bail!(
-            "the {what} (pid {pid}) is still running 15 s after SIGTERM; see {} or `kill -9 {pid}`",
-            log.display()
-        );
-    }
-    let _ = fs::remove_file(pid_file);
-    Ok(Some(pid))
 }

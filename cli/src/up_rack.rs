@@ -21,7 +21,9 @@ use api::provision::{MachineAction, MachineCreate, MachineState, PowerSpec};
 use api::resources::{HostKind, RackCreate};
 use api::{Client, ProvisionerClient};
 
-use crate::up::{find_binary, read_pid, running_as, spawn_detached};
+use crate::process::{
+    find_binary, read_pid, running_as, spawn_detached, stop_process, tail, toml_str,
+};
 
 pub const LIBVIRT_URI: &str = "qemu:///system";
 const RACK_NAME: &str = "demo-rack";
@@ -233,7 +235,7 @@ pub async fn start(spec: &RackSpec<'_>) -> Result<RackUp> {
         bail!(
             "the provisioner did not answer on {url}; see {}:\n{}",
             log.display(),
-            crate::up::tail(&log, 20)
+            tail(&log, 20)
         );
     }
 
@@ -274,7 +276,7 @@ pub async fn start(spec: &RackSpec<'_>) -> Result<RackUp> {
 }
 
 fn toml_str_path(p: &Path) -> String {
-    crate::up_agent::toml_str(&p.display().to_string())
+    toml_str(&p.display().to_string())
 }
 
 /// 32 hex digits from the kernel's CSPRNG.
@@ -326,8 +328,7 @@ fn define_domain(name: &str, mac: &str, bridge: &str, dir: &Path) -> Result<()> 
 /// (they stay defined, so the next `strato up --rack` finds them).
 pub async fn stop(state: &Path, bridge: &str) -> Result<Option<u32>> {
     let (_, log, pid_file) = paths(state);
-    let stopped =
-        crate::up_agent::stop_process("provisioner", "provisioner", &pid_file, &log).await?;
+    let stopped = stop_process("provisioner", "provisioner", &pid_file, &log).await?;
     if let Ok(list) = run("virsh", &["-c", LIBVIRT_URI, "list", "--name"]) {
         let prefix = format!("{bridge}-node-");
         for d in list
