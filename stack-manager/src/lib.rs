@@ -9,6 +9,7 @@ pub mod desired;
 pub mod error;
 pub mod http;
 pub mod internal;
+pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
 pub mod reconciler;

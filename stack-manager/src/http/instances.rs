@@ -27,6 +27,7 @@ use crate::db::{lock_row, now_ms, share_lock_row, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::quotas::QuotaDelta;
 use crate::http::{flavors, groups, images, keypairs, networks, quotas, validate};
+use crate::lifecycle::{self, InstanceAction};
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
 
@@ -381,42 +382,20 @@ async fn group_footprint(
     Ok((hosts, racks))
 }
 
-/// Changes an instance's desired state after checking the transition.
+/// Changes an instance's desired state after checking the transition
+/// (`crate::lifecycle`).
 async fn transition(
     state: &AppState,
     caller: &Caller,
     id: InstanceId,
-    action: &'static str,
+    action: InstanceAction,
 ) -> ApiResult<Json<Instance>> {
     let row = load_for_write(state, caller, id).await?;
     let desired = row.parsed("desired", DesiredState::parse)?;
     let status = row.parsed("status", InstanceStatus::parse)?;
-    let (new_desired, new_status, reboot) = match (action, desired) {
-        ("start", DesiredState::Stopped) => (DesiredState::Running, status, 0),
-        // An instance in error is retried by starting it again.
-        ("start", DesiredState::Running) if status == InstanceStatus::Error => {
-            (DesiredState::Running, InstanceStatus::Building, 0)
-        }
-        // A guest that powered off by itself (or was stopped behind the
-        // agent's back) is started again; the new generation makes the
-        // agent converge, which starts the domain.
-        ("start", DesiredState::Running) if status == InstanceStatus::Stopped => {
-            (DesiredState::Running, status, 0)
-        }
-        ("stop", DesiredState::Running) => (DesiredState::Stopped, status, 0),
-        // And the other way round: one started behind the agent's back.
-        ("stop", DesiredState::Stopped) if status == InstanceStatus::Running => {
-            (DesiredState::Stopped, status, 0)
-        }
-        ("reboot", DesiredState::Running) => (DesiredState::Running, InstanceStatus::Rebooting, 1),
-        _ => {
-            return Err(ApiError::conflict(format!(
-                "cannot {action} instance {id}: it is {} (desired {})",
-                status.as_str(),
-                desired.as_str()
-            )))
-        }
-    };
+    let next = lifecycle::instance_action(desired, status, action)
+        .map_err(|r| ApiError::conflict(r.message(id)))?;
+    let (new_desired, new_status, reboot) = (next.desired, next.status, i32::from(next.reboot));
     let mut tx = state.db.begin_write().await?;
     let done = sqlx::query(
         "UPDATE instances SET desired = $2, status = $3, generation = generation + 1, reboot_count = reboot_count + $4, \
@@ -450,7 +429,7 @@ async fn start(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<Instance>> {
-    transition(&state, &caller, id, "start").await
+    transition(&state, &caller, id, InstanceAction::Start).await
 }
 
 #[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances", params(("id" = InstanceId, Path)),
@@ -460,7 +439,7 @@ async fn stop(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<Instance>> {
-    transition(&state, &caller, id, "stop").await
+    transition(&state, &caller, id, InstanceAction::Stop).await
 }
 
 #[utoipa::path(post, path = "/v1/instances/{id}/reboot", tag = "instances", params(("id" = InstanceId, Path)),
@@ -470,7 +449,7 @@ async fn reboot(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<Instance>> {
-    transition(&state, &caller, id, "reboot").await
+    transition(&state, &caller, id, InstanceAction::Reboot).await
 }
 
 #[utoipa::path(delete, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
