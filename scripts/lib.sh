@@ -86,7 +86,23 @@ ensure_virt() {
     apt_install qemu-system-x86 qemu-utils qemu-block-extra ipxe-qemu seabios ovmf \
         libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
         genisoimage iproute2
+    ensure_kvm_access
     start_libvirtd
+}
+
+# What udev's rule does on a normal host: /dev/kvm belongs to group kvm,
+# mode 0660. Without udev (containers) the kernel leaves it root:root
+# 0600, and libvirt then probes QEMU again on every call (see
+# hypervisor-agent/src/host.rs, which repairs the same at agent start).
+# A device already given to some group is left alone.
+ensure_kvm_access() {
+    [ -c /dev/kvm ] || return 0
+    getent group kvm >/dev/null || return 0
+    if [ "$(stat -c %g /dev/kvm)" = 0 ] && [ "$(( 0$(stat -c %a /dev/kvm) & 060 ))" != 48 ]; then
+        log "giving /dev/kvm to group kvm (mode 0660), as udev would"
+        as_root chgrp kvm /dev/kvm
+        as_root chmod 0660 /dev/kvm
+    fi
 }
 
 # libvirtd and virtlogd, with or without systemd.

@@ -10,8 +10,10 @@ directory.
 
 The binaries are built once (`cargo test --no-run` for the whole
 workspace, so features are unified as in `cargo test --workspace`) and run
-directly, each from its package's directory as cargo would. Every binary
-runs even when another failed; the exit status is 1 if any failed.
+directly, each from its package's directory as cargo would, sorted by
+package. Every binary runs even when another failed; the exit status is 1
+if any failed. A binary still running after 30 minutes is killed with
+everything it started.
 
 Usage: run-tests.py [--side PKG:TARGET ...] [-- ARGS FOR EACH BINARY]
 """
@@ -19,8 +21,10 @@ Usage: run-tests.py [--side PKG:TARGET ...] [-- ARGS FOR EACH BINARY]
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -39,14 +43,19 @@ def say(text):
 
 def test_binaries():
     """(package, target, kind, executable, package dir) for every test
-    binary of the workspace, in cargo's order."""
-    out = subprocess.run(
+    binary of the workspace, sorted by package, kind and target so a run's
+    order does not depend on which build finished first."""
+    # json-render-diagnostics: compiler errors still reach the terminal as
+    # text; only cargo's own messages come as JSON.
+    proc = subprocess.run(
         ["cargo", "test", "--locked", "--workspace", "--lib", "--bins", "--tests",
-         "--no-run", "--message-format=json"],
-        check=True, stdout=subprocess.PIPE, text=True,
-    ).stdout
+         "--no-run", "--message-format=json-render-diagnostics"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit("error: the test binaries did not compile (see the errors above)")
     found = []
-    for line in out.splitlines():
+    for line in proc.stdout.splitlines():
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
@@ -60,7 +69,9 @@ def test_binaries():
         # Labelled by the package's directory (stack-manager, provisioner, …).
         pkg_dir = os.path.dirname(msg["manifest_path"])
         found.append((os.path.basename(pkg_dir), target["name"], target["kind"][0], exe, pkg_dir))
-    return found
+    if not found:
+        sys.exit("error: cargo built no test binary")
+    return sorted(found, key=lambda b: (b[0], b[2], b[1]))
 
 
 class Result:
@@ -73,21 +84,33 @@ def run_binary(entry, args, lane):
     label = f"{pkg} {kind}:{target}"
     say(f"     Running {label} [{lane} lane]\n")
     started = time.monotonic()
-    try:
-        proc = subprocess.run(
-            [exe] + args, cwd=pkg_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            timeout=BINARY_TIMEOUT_SECS,
-        )
-        output, code = proc.stdout.decode(errors="replace"), proc.returncode
-    except subprocess.TimeoutExpired as e:
-        output = (e.stdout or b"").decode(errors="replace")
-        output += f"\nerror: {label} did not finish within {BINARY_TIMEOUT_SECS} s; killed\n"
-        code = -1
+    # Output goes to a file, not a pipe: a process the test left behind
+    # that still holds the pipe would keep a reader waiting. The binary
+    # gets its own session so a timeout kills everything it started.
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                [exe] + args, cwd=pkg_dir, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+            try:
+                code = proc.wait(timeout=BINARY_TIMEOUT_SECS)
+                note = ""
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                code = -1
+                note = f"\nerror: {label} did not finish within {BINARY_TIMEOUT_SECS} s; killed\n"
+        except OSError as e:
+            code, note = -1, f"\nerror: cannot run {label}: {e}\n"
+        out.seek(0)
+        output = out.read().decode(errors="replace") + note
     secs = time.monotonic() - started
     passed = failed = 0
     for line in output.splitlines():
-        if line.startswith("test result:"):
-            words = line.replace(";", "").split()
+        # A child's output may share the line; the summary is at its end.
+        if "test result:" in line:
+            words = line[line.index("test result:"):].replace(";", "").split()
             for count, what in zip(words, words[1:]):
                 if what == "passed" and count.isdigit():
                     passed += int(count)
@@ -119,12 +142,16 @@ def main():
 
     def lane(entries, name):
         for entry in entries:
-            r = run_binary(entry, opts.args, name)
+            try:
+                r = run_binary(entry, opts.args, name)
+            except Exception as e:  # a runner bug must fail the run, not skip binaries
+                r = Result(f"{entry[0]} {entry[2]}:{entry[1]}", False, 0.0, 0, 1)
+                say(f"error: running {r.label}: {e!r}\n")
             with results_lock:
                 results.append(r)
 
     started = time.monotonic()
-    side_thread = threading.Thread(target=lane, args=(side, "side"))
+    side_thread = threading.Thread(target=lane, args=(side, "side"), daemon=True)
     side_thread.start()
     lane(main_lane, "main")
     side_thread.join()
@@ -134,6 +161,8 @@ def main():
     for r in sorted(results, key=lambda r: -r.secs):
         say(f"  {r.secs:8.1f} s  {'ok' if r.ok else 'FAILED':6} {r.label}\n")
     failed_binaries = [r.label for r in results if not r.ok]
+    if len(results) != len(binaries):
+        failed_binaries.append(f"{len(binaries) - len(results)} binaries that never ran")
     if failed_binaries:
         say("\nfailed binaries:\n" + "".join(f"  {b}\n" for b in failed_binaries))
     say(f"\n{len(results)} test binaries in {wall:.0f} s\n")

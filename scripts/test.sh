@@ -22,7 +22,10 @@ apt_install python3 libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atf
 cd "$STRATO_ROOT"
 
 logs="$(mktemp -d)"
-trap 'rm -rf "$logs"' EXIT
+images=""
+# A run that stops early (a failed build, Ctrl-C) also stops the image
+# build it started, which may hold apt's lock.
+trap '[ -n "$images" ] && kill -- -"$images" 2>/dev/null; rm -rf "$logs"' EXIT
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -31,7 +34,7 @@ cargo fmt --all -- --check
 # work; the build is CPU. On a fresh machine each takes minutes, so they
 # run side by side.
 log "guest images and boot environment (in the background)"
-(bash scripts/guest-images.sh >/dev/null && bash scripts/boot-env.sh >/dev/null) \
+setsid bash -c 'bash scripts/guest-images.sh >/dev/null && bash scripts/boot-env.sh >/dev/null' \
     >"$logs/images.log" 2>&1 &
 images=$!
 
@@ -47,6 +50,7 @@ if ! wait "$images"; then
     echo "error: building the guest images or the boot environment failed" >&2
     exit 1
 fi
+images=""
 log "guest images and boot environment ready"
 
 log "real peers this run is judged against"

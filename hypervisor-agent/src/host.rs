@@ -84,40 +84,59 @@ pub fn groups_of(uid: u32, gid: u32) -> Vec<u32> {
     }
 }
 
+/// Calls a `get*_r` function with a buffer that grows while it answers
+/// ERANGE (large groups from LDAP need more than the usual 16 KiB).
+fn with_growing_buffer<T>(
+    mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> Option<T> {
+    let mut len = 16 * 1024;
+    loop {
+        let mut buf = vec![0 as libc::c_char; len];
+        match call(&mut buf) {
+            (0, found) => return found,
+            (libc::ERANGE, _) if len < (16 << 20) => len *= 4,
+            _ => return None,
+        }
+    }
+}
+
 /// The user's name and primary group.
 fn user_entry(uid: u32) -> Option<(String, u32)> {
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer refers to storage that outlives the call;
-    // getpwuid_r writes strings into `buf` and sets `result` to `&pwd` or
-    // null.
-    let r = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if r != 0 || result.is_null() {
-        return None;
-    }
-    // SAFETY: on success pw_name points into `buf`, NUL-terminated.
-    let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-    Some((name.to_str().ok()?.to_string(), pwd.pw_gid))
+    with_growing_buffer(|buf| {
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer refers to storage that outlives the call;
+        // getpwuid_r writes strings into `buf` and sets `result` to `&pwd`
+        // or null.
+        let r =
+            unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+        if r != 0 || result.is_null() {
+            return (r, None);
+        }
+        // SAFETY: on success pw_name points into `buf`, NUL-terminated.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        (0, name.to_str().ok().map(|n| (n.to_string(), pwd.pw_gid)))
+    })
 }
 
 /// A group's id by name.
 fn group_id(name: &str) -> Option<u32> {
     let cname = std::ffi::CString::new(name).ok()?;
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 16 * 1024];
-    let mut result: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: as in `user_entry`.
-    let r = unsafe {
-        libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut grp,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (r == 0 && !result.is_null()).then_some(grp.gr_gid)
+    with_growing_buffer(|buf| {
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: as in `user_entry`.
+        let r = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        (r, (r == 0 && !result.is_null()).then_some(grp.gr_gid))
+    })
 }
 
 /// Whether a file with this owner, group and mode is readable and writable
@@ -149,15 +168,22 @@ pub enum KvmDevice {
     },
 }
 
-/// Makes `device` usable by QEMU's user when it is not (see the module
-/// comment). The group is `kvm` when the user is in it (udev's choice),
-/// else the user's own group.
+/// Makes `device` usable by QEMU's user when it is not and still has the
+/// kernel's root group (see the module comment). The group is `kvm` when
+/// the user is in it (udev's choice), else the user's own group.
 pub fn ensure_kvm_device(device: &Path, user: &QemuUser) -> std::io::Result<KvmDevice> {
     match kvm_device_state(device, user)? {
         KvmDevice::Unusable => {}
         state => return Ok(state),
     }
-    let mode = std::fs::metadata(device)?.mode() & 0o7777;
+    let meta = std::fs::metadata(device)?;
+    // Only the kernel's default (root's group) is repaired: a device some
+    // administrator gave to a group stays theirs, and the log says why
+    // QEMU cannot use it.
+    if meta.gid() != 0 {
+        return Ok(KvmDevice::Unusable);
+    }
+    let mode = meta.mode() & 0o7777;
     let gid = group_id("kvm")
         .filter(|g| user.groups.contains(g))
         .unwrap_or(user.gid);
@@ -196,8 +222,9 @@ pub fn check_kvm_device(caps: &str, device: &Path, repair: bool) -> Option<KvmDe
         Ok(KvmDevice::Usable) => tracing::debug!(uid, "{dev} is usable by QEMU's user"),
         Ok(KvmDevice::Unusable) => tracing::warn!(
             uid,
-            "{dev} is not usable by QEMU's user and repair_kvm_device is off: {slow}; \
-             make it root:kvm 0660 (udev's rule)"
+            "{dev} is not usable by QEMU's user (left alone: repair_kvm_device is off, or the \
+             device belongs to a group already): {slow}; make it root:kvm 0660 (udev's rule) \
+             and add QEMU's user to group kvm"
         ),
         Ok(KvmDevice::Repaired { gid, was_mode }) => tracing::warn!(
             uid,
@@ -305,6 +332,10 @@ mod tests {
         assert_eq!(meta.gid(), 4242);
         assert_eq!(meta.mode() & 0o777, 0o660);
         assert_eq!(ensure_kvm_device(&dev, &user).unwrap(), KvmDevice::Usable);
+        // A device given to another group is not taken from it.
+        std::os::unix::fs::chown(&dev, None, Some(4343)).unwrap();
+        assert_eq!(ensure_kvm_device(&dev, &user).unwrap(), KvmDevice::Unusable);
+        assert_eq!(std::fs::metadata(&dev).unwrap().gid(), 4343);
         assert_eq!(
             ensure_kvm_device(&dir.path().join("none"), &user).unwrap(),
             KvmDevice::Absent

@@ -10,16 +10,47 @@ use std::time::{Duration, Instant};
 use api::resources::{ImageFormat, InstanceStatus};
 use support::*;
 
+/// Puts a device node's owner, group and mode back when dropped.
+struct KvmDeviceGuard {
+    path: std::path::PathBuf,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl KvmDeviceGuard {
+    fn save(path: &std::path::Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).expect("stat the KVM device");
+        Self {
+            path: path.to_path_buf(),
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o7777,
+        }
+    }
+}
+
+impl Drop for KvmDeviceGuard {
+    fn drop(&mut self) {
+        let _ = std::os::unix::fs::chown(&self.path, Some(self.uid), Some(self.gid));
+        set_mode(&self.path, self.mode);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_through_the_public_api() {
     // A host without udev has a root-only /dev/kvm, which makes libvirt
     // re-probe QEMU on every call (a minute per start under QEMU 10); the
     // agent must repair it. Set it up that way, as a fresh machine has it.
+    // The device is put back as it was, whatever happens below.
     let kvm = std::path::Path::new(hypervisor_agent::host::KVM_DEVICE);
-    if kvm.exists() {
+    let _restore = kvm.exists().then(|| {
+        let saved = KvmDeviceGuard::save(kvm);
         std::os::unix::fs::chown(kvm, Some(0), Some(0)).expect("chown /dev/kvm");
         set_mode(kvm, 0o600);
-    }
+        saved
+    });
     let mut cloud = Cloud::start(AgentOptions {
         virt_type: "auto",
         uplink: None,
