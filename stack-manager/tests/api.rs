@@ -489,6 +489,16 @@ async fn parallel_creates_never_overcommit_or_break_anti_affinity(backend: Backe
     }
     let instances = c.instance_list().await.unwrap();
     assert_eq!(instances.len(), ok);
+    // The list reads every instance's NICs in one statement; each matches
+    // what reading the instance alone shows.
+    for i in &instances {
+        assert_eq!(
+            c.instance_get(i.id).await.unwrap().nics,
+            i.nics,
+            "{}",
+            i.name
+        );
+    }
     assert_eq!(ok, 32, "every slot is used and none twice");
     let mut per_host: HashMap<_, u64> = HashMap::new();
     for i in &instances {

@@ -92,14 +92,35 @@ pub async fn scoped_rows(
     scope: &api::resources::ProjectScope,
     table: &'static str,
 ) -> crate::error::ApiResult<Vec<sqlx::any::AnyRow>> {
-    let project = caller
+    let project = read_scope(state, caller, scope).await?;
+    rows_in_scope(state, &project, table).await
+}
+
+/// The project filter of a list the caller may read: a project id, or ''
+/// for every project (an admin listing without `?project=`).
+pub async fn read_scope(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    scope: &api::resources::ProjectScope,
+) -> crate::error::ApiResult<String> {
+    Ok(caller
         .project_for_read(state, scope.project.as_deref())
-        .await?;
+        .await?
+        .map(|p| p.to_string())
+        .unwrap_or_default())
+}
+
+/// The live rows of `table` in `project` (see [`read_scope`]), oldest first.
+pub async fn rows_in_scope(
+    state: &AppState,
+    project: &str,
+    table: &'static str,
+) -> crate::error::ApiResult<Vec<sqlx::any::AnyRow>> {
     let sql = format!(
         "SELECT * FROM {table} WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at"
     );
     Ok(sqlx::query(&sql)
-        .bind(project.map(|p| p.to_string()).unwrap_or_default())
+        .bind(project)
         .fetch_all(&state.db.pool)
         .await?)
 }
