@@ -173,6 +173,17 @@ async fn volume_lifecycle(backend: Backend) {
         c.volume_get(vol.id).await.unwrap().status,
         VolumeStatus::InUse
     );
+    // The list (attachments read in one statement) shows the attachment.
+    let listed = c.volume_list().await.unwrap();
+    let listed = listed.iter().find(|v| v.id == vol.id).expect("listed");
+    let attached = listed
+        .attachment
+        .as_ref()
+        .expect("listed with its attachment");
+    assert_eq!(
+        (attached.instance_id, attached.device_index),
+        (vm.id, att.device_index)
+    );
     // Attached volumes cannot be deleted or attached twice.
     assert_eq!(
         c.volume_delete(vol.id).await.unwrap_err().code(),

@@ -2,6 +2,8 @@
 //! storage nodes, and their point-in-time snapshots. Attachments live under
 //! `/v1/instances/{id}/attachments`.
 
+use std::collections::HashMap;
+
 use api::ids::{HostId, SnapshotId, VolumeId};
 use api::resources::{
     Attachment, List, ProjectScope, Snapshot, SnapshotCreate, SnapshotStatus, Volume, VolumeCreate,
@@ -62,23 +64,50 @@ pub fn iqn(id: VolumeId) -> String {
     format!("iqn.2026-11.io.strato:vol-{id}")
 }
 
+fn attachment_of_row(a: &AnyRow, volume: VolumeId) -> Result<Attachment, sqlx::Error> {
+    Ok(Attachment {
+        volume_id: volume,
+        instance_id: a.id("instance_id")?,
+        device_index: a.uint("device_index")? as u32,
+        created_at: a.time("created_at")?,
+    })
+}
+
 async fn view(state: &AppState, r: &AnyRow) -> ApiResult<Volume> {
     let id: VolumeId = r.id("id")?;
     let attachment = sqlx::query("SELECT * FROM attachments WHERE volume_id = $1")
         .bind(id.to_string())
         .fetch_optional(&state.db.pool)
         .await?
-        .map(|a| -> Result<Attachment, sqlx::Error> {
-            Ok(Attachment {
-                volume_id: id,
-                instance_id: a.id("instance_id")?,
-                device_index: a.uint("device_index")? as u32,
-                created_at: a.time("created_at")?,
-            })
-        })
+        .map(|a| attachment_of_row(&a, id))
         .transpose()?;
+    view_with_attachment(r, attachment)
+}
+
+/// The attachments of every live volume in `project` (`''`: every
+/// project), in one statement: a list must not cost a query per volume.
+async fn attachments_in_scope(
+    state: &AppState,
+    project: &str,
+) -> ApiResult<HashMap<VolumeId, Attachment>> {
+    let rows = sqlx::query(
+        "SELECT a.* FROM attachments a JOIN volumes v ON v.id = a.volume_id \
+         WHERE v.deleted_at IS NULL AND ($1 = '' OR v.project_id = $1)",
+    )
+    .bind(project)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for a in &rows {
+        let volume: VolumeId = a.id("volume_id")?;
+        out.insert(volume, attachment_of_row(a, volume)?);
+    }
+    Ok(out)
+}
+
+fn view_with_attachment(r: &AnyRow, attachment: Option<Attachment>) -> ApiResult<Volume> {
     Ok(Volume {
-        id,
+        id: r.id("id")?,
         project_id: r.id("project_id")?,
         name: r.text("name")?,
         size_gib: r.uint("size_gib")?,
@@ -109,11 +138,13 @@ async fn list(
     caller: Caller,
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Volume>>> {
-    let rows = super::scoped_rows(&state, &caller, &scope, "volumes").await?;
-    let mut items = Vec::with_capacity(rows.len());
-    for r in &rows {
-        items.push(view(&state, r).await?);
-    }
+    let project = super::read_scope(&state, &caller, &scope).await?;
+    let rows = super::rows_in_scope(&state, &project, "volumes").await?;
+    let mut attachments = attachments_in_scope(&state, &project).await?;
+    let items = rows
+        .iter()
+        .map(|r| view_with_attachment(r, attachments.remove(&r.id("id")?)))
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(items.into()))
 }
 
