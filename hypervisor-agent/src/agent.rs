@@ -53,17 +53,14 @@ async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> 
     .await
 }
 
-async fn choose_virt_type(cfg: &Config, hv: &Arc<Hypervisor>) -> Result<&'static str> {
-    if cfg.is_xen() {
-        return Ok("xen");
-    }
-    let caps = hv.capabilities().await?;
+/// `caps` is libvirt's capabilities XML (QEMU hosts only).
+async fn choose_virt_type(cfg: &Config, caps: &str) -> Result<&'static str> {
     let kind = match cfg.virt_type {
         VirtTypeSetting::Kvm => "kvm",
         VirtTypeSetting::Qemu => "qemu",
         VirtTypeSetting::Auto => {
             let timeout = Duration::from_secs(cfg.kvm_probe_timeout_secs);
-            if kvm_works(&caps, &cfg.state_dir.join("probe"), timeout).await {
+            if kvm_works(caps, &cfg.state_dir.join("probe"), timeout).await {
                 "kvm"
             } else {
                 "qemu"
@@ -112,16 +109,19 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         reachable_by_qemu(&cfg.state_dir)?;
     }
     let hv = Arc::new(Hypervisor::new(&cfg.libvirt_uri));
-    if !cfg.is_xen() {
-        // Before anything else asks libvirt about QEMU: see `host`.
+    let virt_type = if cfg.is_xen() {
+        "xen"
+    } else {
+        // One capabilities query serves both: the device check comes before
+        // anything else asks libvirt about QEMU (see `host`).
         let caps = hv.capabilities().await?;
         crate::host::check_kvm_device(
             &caps,
             Path::new(crate::host::KVM_DEVICE),
             cfg.repair_kvm_device,
         );
-    }
-    let virt_type = choose_virt_type(&cfg, &hv).await?;
+        choose_virt_type(&cfg, &caps).await?
+    };
     let identity = enroll(&cfg, &hv).await?;
     let images = ImageCache::new(
         cfg.state_dir.join("images"),
