@@ -158,6 +158,22 @@ impl Transport {
         Self::json(url, resp).await
     }
 
+    /// Every item of a paginated list at `path`: asks for the largest pages
+    /// and follows `next_page_token` to the last one.
+    pub async fn get_all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let first = format!("{path}{sep}limit={PAGE_LIMIT_MAX}");
+        let mut page: List<T> = self.get(&first).await?;
+        let mut items = std::mem::take(&mut page.items);
+        while let Some(token) = page.next_page_token.take() {
+            page = self
+                .get(&format!("{first}&page_token={}", encode(&token)))
+                .await?;
+            items.append(&mut page.items);
+        }
+        Ok(items)
+    }
+
     /// GET whose body is read by the caller as it arrives, with no overall
     /// deadline (only connecting is bounded). Error statuses are turned into
     /// [`ClientError`]s as for every other call.

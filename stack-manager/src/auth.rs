@@ -18,6 +18,7 @@ use sqlx::Row;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::store::Store;
 
 /// Who is calling, resolved once per request by [`authenticate`].
 #[derive(Debug, Clone)]
@@ -109,11 +110,11 @@ impl Caller {
     /// only project.
     pub async fn project_for_write(
         &self,
-        state: &AppState,
+        store: &Store,
         scope: Option<&str>,
         kind: &str,
     ) -> ApiResult<ProjectId> {
-        let project = self.project_for_read(state, scope).await?;
+        let project = self.project_for_read(store, scope).await?;
         match project {
             Some(p) => {
                 self.check_write(p, "project", p)
@@ -139,7 +140,7 @@ impl Caller {
     /// admins get when they name none.
     pub async fn project_for_read(
         &self,
-        state: &AppState,
+        store: &Store,
         scope: Option<&str>,
     ) -> ApiResult<Option<ProjectId>> {
         match scope {
@@ -151,7 +152,7 @@ impl Caller {
                     .map(|(_, id)| *id);
                 let id = match own {
                     Some(id) => id,
-                    None => crate::http::projects::resolve(state, s).await?,
+                    None => store.project_resolve(s).await?,
                 };
                 self.check_read(id, "project", s)?;
                 Ok(Some(id))

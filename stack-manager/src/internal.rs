@@ -325,7 +325,7 @@ fn folded(host: HostId, what: &str, r: ApiResult<bool>) -> bool {
 }
 
 /// Folds a hypervisor's report into the database. Only entries whose state
-/// differs from their row go through `desired::observe_instance` (the
+/// differs from their row go through `Store::instance_observe` (the
 /// common heartbeat changes nothing). Returns whether the host needs a push.
 async fn fold_instances(
     state: &AppState,
@@ -362,7 +362,11 @@ async fn fold_instances(
             push |= folded(
                 host,
                 "instance",
-                desired::observe_instance(state, host, o).await,
+                state
+                    .store
+                    .instance_observe(host, o)
+                    .await
+                    .map(|o| o.behind),
             );
         } else {
             push |= o.generation < r.uint("generation")? || o.reboot_count < reboot_count;

@@ -17,3 +17,4 @@ pub mod scheduler;
 pub mod server;
 pub mod state;
 pub mod statistics;
+pub mod store;

@@ -188,6 +188,12 @@ impl Sync {
     }
 }
 
+/// One pass over `host` now, outside its worker (benchmarks and tests):
+/// whether it converged. A host that is gone counts as converged.
+pub async fn run_pass(state: &AppState, host: HostId) -> ApiResult<bool> {
+    Ok(!matches!(sync_host(state, host).await?, Sync::Pending))
+}
+
 /// One pass over a host.
 async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
     let Some(pass) = desired::host_pass(&state.db, host).await? else {
@@ -258,19 +264,23 @@ async fn sync_hypervisor(
         }
     }
     // Only instances the agent is behind on were read (see `host_pass`).
+    // Their answers are recorded together once every push is out: one
+    // write for the pass, not one per instance.
+    let mut pushed = Vec::with_capacity(work.to_push.len());
     for p in work.to_push {
         let spec = p.spec;
         if p.applied_generation >= spec.generation && p.status != "rebooting" {
             continue;
         }
         match agent.instance_put(&spec).await {
-            Ok(observed) => desired::record_pushed_instance(state, &spec, &observed).await?,
+            Ok(observed) => pushed.push((spec, observed)),
             Err(e) => {
                 tracing::debug!(%host, instance = %spec.id, error = %e, "push failed");
                 converged = false;
             }
         }
     }
+    state.store.instance_record_pushes(host, &pushed).await?;
     Ok(converged)
 }
 

@@ -8,10 +8,13 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::scheduler::Scheduler;
+use crate::store::Store;
 
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Every statement goes through here (the rest still to move from `db`).
+    pub store: Store,
     pub config: Arc<Config>,
     pub metrics: Metrics,
     pub audit: AuditLog,
@@ -46,6 +49,7 @@ impl AppState {
         let config = Arc::new(config);
         let reconciler = Reconciler::new(db.clone(), config.clone());
         let state = Self {
+            store: Store::new(db.clone()),
             db,
             config,
             metrics,

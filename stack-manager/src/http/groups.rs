@@ -105,7 +105,7 @@ async fn list(
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Group>>> {
     let project = caller
-        .project_for_read(&state, scope.project.as_deref())
+        .project_for_read(&state.store, scope.project.as_deref())
         .await?;
     let items = match project {
         Some(p) => query_groups(&state, "g.project_id = $1", &[&p.to_string()]).await?,
@@ -125,7 +125,11 @@ async fn create(
     ApiJson(body): ApiJson<GroupCreate>,
 ) -> ApiResult<(StatusCode, Json<Group>)> {
     let project = caller
-        .project_for_write(&state, scope.project.as_deref(), "anti-affinity group")
+        .project_for_write(
+            &state.store,
+            scope.project.as_deref(),
+            "anti-affinity group",
+        )
         .await?;
     validate::name("anti-affinity group", &body.name)?;
     let group = Group {

@@ -139,7 +139,7 @@ async fn list(
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Image>>> {
     let project = caller
-        .project_for_read(&state, scope.project.as_deref())
+        .project_for_read(&state.store, scope.project.as_deref())
         .await?;
     let rows = match project {
         Some(p) => {
@@ -176,7 +176,7 @@ async fn create(
         }
         Visibility::Private => Some(
             caller
-                .project_for_write(&state, scope.project.as_deref(), "image")
+                .project_for_write(&state.store, scope.project.as_deref(), "image")
                 .await?,
         ),
     };

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use api::ids::{HostId, InstanceId, VolumeId};
 use api::resources::{
     Attachment, AttachmentCreate, ConsoleLog, DesiredState, Instance, InstanceCreate,
-    InstanceStatus, List, Nic, ProjectScope,
+    InstanceStatus, List, Nic, ProjectPage, ProjectScope,
 };
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -77,114 +77,16 @@ pub struct Doc;
 
 /// Most NICs and volumes one instance may have.
 const MAX_NICS: usize = 8;
-const MAX_VOLUMES: i64 = 16;
 const MAX_USER_DATA: usize = 64 * 1024;
 
-/// One NIC from a row of `addresses` joined with its subnet.
-fn nic_of_row(r: &AnyRow, instance: InstanceId) -> ApiResult<Nic> {
-    let address = r.text("address")?;
-    Ok(Nic {
-        network_id: r.id("network_id")?,
-        subnet_id: r.id("subnet_id")?,
-        address: address
-            .parse()
-            .map_err(|_| ApiError::internal(format!("stored address `{address}` is invalid")))?,
-        mac: netconfig::derive_mac(instance.0.as_bytes(), r.uint("nic_index")? as u8),
-    })
-}
-
-async fn nics_of(state: &AppState, id: InstanceId) -> ApiResult<Vec<Nic>> {
-    let rows = sqlx::query(
-        "SELECT a.subnet_id, a.address, a.nic_index, s.network_id FROM addresses a JOIN subnets s ON s.id = a.subnet_id \
-         WHERE a.instance_id = $1 ORDER BY a.nic_index",
-    )
-    .bind(id.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    rows.iter().map(|r| nic_of_row(r, id)).collect()
-}
-
-/// The NICs of every live instance in `project` (`''`: every project), in
-/// one statement: a list must not cost a query per instance.
-async fn nics_in_scope(
-    state: &AppState,
-    project: &str,
-) -> ApiResult<HashMap<InstanceId, Vec<Nic>>> {
-    let rows = sqlx::query(
-        "SELECT a.instance_id, a.subnet_id, a.address, a.nic_index, s.network_id \
-         FROM addresses a JOIN subnets s ON s.id = a.subnet_id JOIN instances i ON i.id = a.instance_id \
-         WHERE i.deleted_at IS NULL AND ($1 = '' OR i.project_id = $1) ORDER BY a.instance_id, a.nic_index",
-    )
-    .bind(project)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let mut nics: HashMap<InstanceId, Vec<Nic>> = HashMap::new();
-    for r in &rows {
-        let id: InstanceId = r.id("instance_id")?;
-        nics.entry(id).or_default().push(nic_of_row(r, id)?);
-    }
-    Ok(nics)
-}
-
-async fn view(state: &AppState, r: &AnyRow) -> ApiResult<Instance> {
-    let nics = nics_of(state, r.id("id")?).await?;
-    view_with_nics(r, nics)
-}
-
-fn view_with_nics(r: &AnyRow, nics: Vec<Nic>) -> ApiResult<Instance> {
-    Ok(Instance {
-        id: r.id("id")?,
-        project_id: r.id("project_id")?,
-        name: r.text("name")?,
-        flavor_id: r.id("flavor_id")?,
-        image_id: r.id("image_id")?,
-        keypair_id: r.opt_id("keypair_id")?,
-        anti_affinity_group_id: r.opt_id("group_id")?,
-        host_id: r.opt_id("host_id")?,
-        desired: r.parsed("desired", DesiredState::parse)?,
-        status: r.parsed("status", InstanceStatus::parse)?,
-        status_reason: r.opt_text("status_reason")?,
-        nics,
-        vcpus: r.uint("vcpus")? as u32,
-        ram_mib: r.uint("ram_mib")?,
-        disk_gib: r.uint("disk_gib")?,
-        created_at: r.time("created_at")?,
-        updated_at: r.time("updated_at")?,
-    })
-}
-
-/// A live instance row the caller may read; 404 otherwise.
-async fn load(state: &AppState, caller: &Caller, id: InstanceId) -> ApiResult<AnyRow> {
-    let row = sqlx::query("SELECT * FROM instances WHERE id = $1 AND deleted_at IS NULL")
-        .bind(id.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("instance", id))?;
-    caller.check_read(row.id("project_id")?, "instance", id)?;
-    Ok(row)
-}
-
-async fn load_for_write(state: &AppState, caller: &Caller, id: InstanceId) -> ApiResult<AnyRow> {
-    let row = load(state, caller, id).await?;
-    caller.check_write(row.id("project_id")?, "instance", id)?;
-    Ok(row)
-}
-
-#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ProjectScope),
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(ProjectPage),
     responses((status = 200, body = List<Instance>)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(scope): ApiQuery<ProjectScope>,
+    ApiQuery(q): ApiQuery<ProjectPage>,
 ) -> ApiResult<Json<List<Instance>>> {
-    let project = super::read_scope(&state, &caller, &scope).await?;
-    let rows = super::rows_in_scope(&state, &project, "instances").await?;
-    let mut nics = nics_in_scope(&state, &project).await?;
-    let items = rows
-        .iter()
-        .map(|r| view_with_nics(r, nics.remove(&r.id("id")?).unwrap_or_default()))
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(Json(items.into()))
+    Ok(Json(state.store.instance_list(&caller, &q).await?))
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
@@ -194,8 +96,7 @@ async fn show(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<Instance>> {
-    let row = load(&state, &caller, id).await?;
-    Ok(Json(view(&state, &row).await?))
+    Ok(Json(state.store.instance_get(&caller, id).await?))
 }
 
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", params(ProjectScope), request_body = InstanceCreate,
@@ -220,7 +121,7 @@ async fn create(
         return Err(ApiError::invalid("user_data is larger than 64 KiB"));
     }
     let project = caller
-        .project_for_write(&state, scope.project.as_deref(), "instance")
+        .project_for_write(&state.store, scope.project.as_deref(), "instance")
         .await?;
     let flavor = flavors::resolve(&state, &body.flavor).await?;
     let image = images::resolve_for_project(&state, project, &body.image).await?;
@@ -411,44 +312,22 @@ async fn group_footprint(
     Ok((hosts, racks))
 }
 
-/// Changes an instance's desired state after checking the transition
-/// (`crate::lifecycle`).
+/// A lifecycle action (`crate::lifecycle`), then the host's reconciler is woken.
 async fn transition(
     state: &AppState,
     caller: &Caller,
     id: InstanceId,
     action: InstanceAction,
 ) -> ApiResult<Json<Instance>> {
-    let row = load_for_write(state, caller, id).await?;
-    let desired = row.parsed("desired", DesiredState::parse)?;
-    let status = row.parsed("status", InstanceStatus::parse)?;
-    let next = lifecycle::instance_action(desired, status, action)
-        .map_err(|r| ApiError::conflict(r.message(id)))?;
-    let (new_desired, new_status, reboot) = (next.desired, next.status, i32::from(next.reboot));
-    let mut tx = state.db.begin_write().await?;
-    let done = sqlx::query(
-        "UPDATE instances SET desired = $2, status = $3, generation = generation + 1, reboot_count = reboot_count + $4, \
-         updated_at = $5 WHERE id = $1 AND desired = $6 AND deleted_at IS NULL",
-    )
-    .bind(id.to_string())
-    .bind(new_desired.as_str())
-    .bind(new_status.as_str())
-    .bind(reboot)
-    .bind(now_ms())
-    .bind(desired.as_str())
-    .execute(&mut **tx)
-    .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::conflict(format!(
-            "instance {id} changed meanwhile; retry"
-        )));
-    }
-    tx.commit().await?;
-    if let Some(h) = row.opt_id::<HostId>("host_id")? {
+    let changed = state.store.instance_act(caller, id, action).await?;
+    wake(state, &changed.hosts);
+    Ok(Json(changed.value))
+}
+
+fn wake(state: &AppState, hosts: &[HostId]) {
+    for &h in hosts {
         state.reconciler.notify(h);
     }
-    let row = load(state, caller, id).await?;
-    Ok(Json(view(state, &row).await?))
 }
 
 #[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances", params(("id" = InstanceId, Path)),
@@ -489,18 +368,8 @@ async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<StatusCode> {
-    let row = load_for_write(&state, &caller, id).await?;
-    let mut tx = state.db.begin_write().await?;
-    sqlx::query(
-        "UPDATE instances SET desired = 'deleted', status = 'deleting', generation = generation + 1, updated_at = $2 \
-         WHERE id = $1 AND deleted_at IS NULL",
-    )
-    .bind(id.to_string())
-    .bind(now_ms())
-    .execute(&mut **tx)
-    .await?;
-    tx.commit().await?;
-    match row.opt_id::<HostId>("host_id")? {
+    let instance = state.store.instance_request_delete(&caller, id).await?;
+    match instance.host_id {
         Some(h) => state.reconciler.notify(h),
         None => crate::desired::finalize_instance_delete(&state, id).await?,
     }
@@ -514,8 +383,7 @@ async fn console(
     caller: Caller,
     ApiPath(id): ApiPath<InstanceId>,
 ) -> ApiResult<Json<ConsoleLog>> {
-    let row = load(&state, &caller, id).await?;
-    let (host, agent) = agent_of(&state, &row, id).await?;
+    let (host, agent) = agent_of(&state, &caller, id).await?;
     let data = agent.instance_console(id).await.map_err(|e| {
         ApiError::new(
             api::ErrorCode::Unavailable,
@@ -528,26 +396,20 @@ async fn console(
     }))
 }
 
-/// The host an instance row is placed on and a client for its agent; 409
-/// when it is on none.
+/// The host an instance is placed on and a client for its agent; 409 when
+/// it is on none.
 async fn agent_of(
     state: &AppState,
-    row: &AnyRow,
+    caller: &Caller,
     id: InstanceId,
 ) -> ApiResult<(HostId, api::AgentClient)> {
-    let host: HostId = row
-        .opt_id("host_id")?
+    let a = state
+        .store
+        .instance_agent(caller, id)
+        .await?
         .ok_or_else(|| ApiError::conflict(format!("instance {id} is not on a host")))?;
-    let h = sqlx::query("SELECT agent_url, credential FROM hosts WHERE id = $1")
-        .bind(host.to_string())
-        .fetch_one(&state.db.pool)
-        .await?;
-    let agent = api::AgentClient::with_http(
-        state.agent_http.clone(),
-        &h.text("agent_url")?,
-        &h.text("credential")?,
-    );
-    Ok((host, agent))
+    let agent = api::AgentClient::with_http(state.agent_http.clone(), &a.agent_url, &a.credential);
+    Ok((a.host, agent))
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}/console/stream", tag = "instances", params(("id" = InstanceId, Path)),
@@ -566,14 +428,17 @@ async fn console_stream(
     ApiPath(id): ApiPath<InstanceId>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let row = load(&state, &caller, id).await?;
+    // Who may read the instance is checked before anything else is said.
+    let placed = state.store.instance_agent(&caller, id).await?;
     let ws = ws.map_err(|e| {
         ApiError::invalid(format!(
             "this endpoint needs a WebSocket upgrade request: {}",
             e.body_text()
         ))
     })?;
-    let (host, agent) = agent_of(&state, &row, id).await?;
+    let a = placed.ok_or_else(|| ApiError::conflict(format!("instance {id} is not on a host")))?;
+    let host = a.host;
+    let agent = api::AgentClient::with_http(state.agent_http.clone(), &a.agent_url, &a.credential);
     // Opened before upgrading, so that an unreachable agent is an ordinary
     // JSON error rather than a socket that closes at once.
     let upstream = agent.instance_console_stream(id).await.map_err(|e| {
@@ -654,91 +519,12 @@ async fn attach(
     ApiPath(id): ApiPath<InstanceId>,
     ApiJson(body): ApiJson<AttachmentCreate>,
 ) -> ApiResult<(StatusCode, Json<Attachment>)> {
-    let row = load_for_write(&state, &caller, id).await?;
-    if row.text("desired")? == "deleted" {
-        return Err(ApiError::conflict(format!(
-            "instance {id} is being deleted"
-        )));
-    }
-    let project = row.text("project_id")?;
-    let volume = sqlx::query(
-        "SELECT id, status, host_id FROM volumes WHERE (id = $1 OR name = $1) AND project_id = $2 AND deleted_at IS NULL",
-    )
-    .bind(&body.volume)
-    .bind(&project)
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("volume", &body.volume))?;
-    let volume_id: VolumeId = volume.id("id")?;
-    let status = volume.text("status")?;
-    if status != "available" {
-        return Err(ApiError::conflict(format!(
-            "volume {volume_id} is {status}; only an available volume can be attached"
-        )));
-    }
-    let now = now_ms();
-    let mut tx = state.db.begin_write().await?;
-    // First write: the instance must still be live and not being deleted,
-    // or the attachment would outlive it.
-    let live = sqlx::query(
-        "UPDATE instances SET generation = generation + 1, updated_at = $2 \
-         WHERE id = $1 AND deleted_at IS NULL AND desired <> 'deleted'",
-    )
-    .bind(id.to_string())
-    .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if live == 0 {
-        return Err(ApiError::conflict(format!(
-            "instance {id} is being deleted"
-        )));
-    }
-    let used: Vec<i64> = sqlx::query(
-        "SELECT device_index FROM attachments WHERE instance_id = $1 ORDER BY device_index",
-    )
-    .bind(id.to_string())
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|r| r.int("device_index"))
-    .collect::<Result<_, _>>()?;
-    let index = (0..MAX_VOLUMES)
-        .find(|i| !used.contains(i))
-        .ok_or_else(|| {
-            ApiError::conflict(format!("instance {id} already has {MAX_VOLUMES} volumes"))
-        })?;
-    // The volume row's status is the lock: only one attach wins.
-    let claimed = sqlx::query(
-        "UPDATE volumes SET status = 'in_use', generation = generation + 1 WHERE id = $1 AND status = 'available'",
-    )
-    .bind(volume_id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    if claimed.rows_affected() == 0 {
-        return Err(ApiError::conflict(format!(
-            "volume {volume_id} was attached meanwhile"
-        )));
-    }
-    sqlx::query("INSERT INTO attachments (volume_id, instance_id, device_index, created_at) VALUES ($1, $2, $3, $4)")
-        .bind(volume_id.to_string())
-        .bind(id.to_string())
-        .bind(index)
-        .bind(now)
-        .execute(&mut **tx)
+    let changed = state
+        .store
+        .instance_attach(&caller, id, &body.volume)
         .await?;
-    tx.commit().await?;
-    // The storage node first opens its ACL to the host, then the host logs in.
-    notify_both(&state, volume.opt_id("host_id")?, row.opt_id("host_id")?);
-    Ok((
-        StatusCode::CREATED,
-        Json(Attachment {
-            volume_id,
-            instance_id: id,
-            device_index: index as u32,
-            created_at: crate::db::from_ms(now),
-        }),
-    ))
+    wake(&state, &changed.hosts);
+    Ok((StatusCode::CREATED, Json(changed.value)))
 }
 
 #[utoipa::path(delete, path = "/v1/instances/{id}/attachments/{volume}", tag = "instances",
@@ -749,44 +535,7 @@ async fn detach(
     caller: Caller,
     ApiPath((id, volume)): ApiPath<(InstanceId, VolumeId)>,
 ) -> ApiResult<StatusCode> {
-    let row = load_for_write(&state, &caller, id).await?;
-    let mut tx = state.db.begin_write().await?;
-    let done = sqlx::query("DELETE FROM attachments WHERE volume_id = $1 AND instance_id = $2")
-        .bind(volume.to_string())
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found(
-            "attachment of volume",
-            format!("{volume} on instance {id}"),
-        ));
-    }
-    let now = now_ms();
-    sqlx::query(
-        "UPDATE volumes SET status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END, \
-         generation = generation + 1 WHERE id = $1",
-    )
-    .bind(volume.to_string())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE instances SET generation = generation + 1, updated_at = $2 WHERE id = $1")
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    let storage_host = sqlx::query("SELECT host_id FROM volumes WHERE id = $1")
-        .bind(volume.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .opt_id("host_id")?;
-    tx.commit().await?;
-    notify_both(&state, storage_host, row.opt_id("host_id")?);
+    let changed = state.store.instance_detach(&caller, id, volume).await?;
+    wake(&state, &changed.hosts);
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn notify_both(state: &AppState, storage: Option<HostId>, hypervisor: Option<HostId>) {
-    for h in [storage, hypervisor].into_iter().flatten() {
-        state.reconciler.notify(h);
-    }
 }

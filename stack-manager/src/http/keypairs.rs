@@ -103,7 +103,7 @@ async fn list(
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Keypair>>> {
     let project = caller
-        .project_for_read(&state, scope.project.as_deref())
+        .project_for_read(&state.store, scope.project.as_deref())
         .await?;
     let rows = match project {
         Some(p) => {
@@ -132,7 +132,7 @@ async fn create(
     ApiJson(body): ApiJson<KeypairCreate>,
 ) -> ApiResult<(StatusCode, Json<Keypair>)> {
     let project = caller
-        .project_for_write(&state, scope.project.as_deref(), "keypair")
+        .project_for_write(&state.store, scope.project.as_deref(), "keypair")
         .await?;
     validate::name("keypair", &body.name)?;
     let (public_key, fingerprint) = parse_public_key(&body.public_key)?;

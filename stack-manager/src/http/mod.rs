@@ -104,7 +104,7 @@ pub async fn read_scope(
     scope: &api::resources::ProjectScope,
 ) -> crate::error::ApiResult<String> {
     Ok(caller
-        .project_for_read(state, scope.project.as_deref())
+        .project_for_read(&state.store, scope.project.as_deref())
         .await?
         .map(|p| p.to_string())
         .unwrap_or_default())

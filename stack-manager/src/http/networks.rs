@@ -189,7 +189,7 @@ async fn list(
     ApiQuery(scope): ApiQuery<ProjectScope>,
 ) -> ApiResult<Json<List<Network>>> {
     let project = caller
-        .project_for_read(&state, scope.project.as_deref())
+        .project_for_read(&state.store, scope.project.as_deref())
         .await?;
     let rows = sqlx::query(
         "SELECT * FROM networks WHERE ($1 = '' OR project_id = $1) ORDER BY project_id, name",
@@ -212,7 +212,7 @@ async fn create(
     ApiJson(body): ApiJson<NetworkCreate>,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
     let project = caller
-        .project_for_write(&state, scope.project.as_deref(), "network")
+        .project_for_write(&state.store, scope.project.as_deref(), "network")
         .await?;
     validate::name("network", &body.name)?;
     if let Some(vlan) = body.vlan {

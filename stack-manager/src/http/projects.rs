@@ -43,14 +43,7 @@ fn from_row(r: &AnyRow) -> Result<Project, sqlx::Error> {
 
 /// A project by id or name, as any caller may name it; 404 when absent.
 pub async fn resolve(state: &AppState, id_or_name: &str) -> ApiResult<ProjectId> {
-    let row = sqlx::query("SELECT id FROM projects WHERE id = $1 OR name = $1")
-        .bind(id_or_name)
-        .fetch_optional(&state.db.pool)
-        .await?;
-    match row {
-        Some(r) => Ok(r.id("id")?),
-        None => Err(ApiError::not_found("project", id_or_name)),
-    }
+    state.store.project_resolve(id_or_name).await
 }
 
 pub async fn project_get(state: &AppState, id: ProjectId) -> ApiResult<Project> {

@@ -170,7 +170,7 @@ async fn create(
     validate::name("volume", &body.name)?;
     validate::range("size_gib", body.size_gib, 1, 65_536)?;
     let project = caller
-        .project_for_write(&state, scope.project.as_deref(), "volume")
+        .project_for_write(&state.store, scope.project.as_deref(), "volume")
         .await?;
     let (image, snapshot) = match &body.source {
         VolumeSource::Empty => (None, None),

@@ -1,0 +1,546 @@
+//! Instances: reading them (one statement per page or per instance, NICs
+//! joined in), the user's lifecycle actions (`crate::lifecycle`), delete
+//! requests, volume attachments, and folding what agents observe back in.
+//!
+//! Observed state is written only when it is not older than what the row
+//! already holds: `applied_generation <= $observed`, on the host the row
+//! places the instance on. A report that lost a race with a newer one (a
+//! heartbeat read before a push was answered, an old host's report after
+//! the instance moved) changes nothing, and the caller is told so.
+
+use api::ids::{HostId, InstanceId, VolumeId};
+use api::internal::{InstanceSpec, ObservedInstance};
+use api::resources::{Attachment, DesiredState, Instance, InstanceStatus, List, Nic, ProjectPage};
+use sqlx::any::AnyRow;
+
+use super::page::{KeyKind, Keyset};
+use super::Store;
+use crate::auth::Caller;
+use crate::db::{now_ms, RowExt};
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::{self, InstanceAction};
+
+/// Most volumes one instance may have attached.
+pub const MAX_VOLUMES: i64 = 16;
+
+/// Instances are listed oldest first.
+static PAGES: Keyset = Keyset {
+    list: "instances",
+    columns: &[("i.created_at", KeyKind::Int), ("i.id", KeyKind::Text)],
+    descending: false,
+};
+
+/// The columns of an instance with each of its NICs (one row per NIC, or
+/// one row with NULL NIC columns for an instance without any), from `i`,
+/// which the query defines.
+const WITH_NICS: &str = "SELECT i.*, a.subnet_id AS nic_subnet_id, a.address AS nic_address, \
+     a.nic_index AS nic_index, s.network_id AS nic_network_id FROM";
+const NIC_JOINS: &str =
+    "LEFT JOIN addresses a ON a.instance_id = i.id LEFT JOIN subnets s ON s.id = a.subnet_id";
+
+/// Where an instance runs and how to reach the agent there.
+pub struct InstanceAgent {
+    pub host: HostId,
+    pub agent_url: String,
+    pub credential: String,
+}
+
+/// An instance after a change, with the hosts whose reconcilers must hear
+/// of it (woken by the caller once the change is committed).
+pub struct Changed<T> {
+    pub value: T,
+    pub hosts: Vec<HostId>,
+}
+
+/// What folding one observation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// Whether the row took the report (false: it was older than what the
+    /// row holds, or the instance is no longer placed there).
+    pub applied: bool,
+    /// Whether the agent is behind what is desired (the host needs a push).
+    pub behind: bool,
+}
+
+fn nic_of_row(r: &AnyRow, instance: InstanceId) -> ApiResult<Option<Nic>> {
+    let Some(address) = r.opt_text("nic_address")? else {
+        return Ok(None);
+    };
+    Ok(Some(Nic {
+        network_id: r.id("nic_network_id")?,
+        subnet_id: r.id("nic_subnet_id")?,
+        address: address
+            .parse()
+            .map_err(|_| ApiError::internal(format!("stored address `{address}` is invalid")))?,
+        mac: netconfig::derive_mac(instance.0.as_bytes(), r.uint("nic_index")? as u8),
+    }))
+}
+
+fn instance_of_row(r: &AnyRow, nics: Vec<Nic>) -> ApiResult<Instance> {
+    Ok(Instance {
+        id: r.id("id")?,
+        project_id: r.id("project_id")?,
+        name: r.text("name")?,
+        flavor_id: r.id("flavor_id")?,
+        image_id: r.id("image_id")?,
+        keypair_id: r.opt_id("keypair_id")?,
+        anti_affinity_group_id: r.opt_id("group_id")?,
+        host_id: r.opt_id("host_id")?,
+        desired: r.parsed("desired", DesiredState::parse)?,
+        status: r.parsed("status", InstanceStatus::parse)?,
+        status_reason: r.opt_text("status_reason")?,
+        nics,
+        vcpus: r.uint("vcpus")? as u32,
+        ram_mib: r.uint("ram_mib")?,
+        disk_gib: r.uint("disk_gib")?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+    })
+}
+
+/// Instances from rows of [`WITH_NICS`], ordered by instance then NIC.
+fn instances_of_rows(rows: &[AnyRow]) -> ApiResult<Vec<Instance>> {
+    let mut out: Vec<Instance> = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let id: InstanceId = rows[start].id("id")?;
+        let mut end = start + 1;
+        while end < rows.len() && rows[end].id::<InstanceId>("id")? == id {
+            end += 1;
+        }
+        let nics = rows[start..end]
+            .iter()
+            .filter_map(|r| nic_of_row(r, id).transpose())
+            .collect::<ApiResult<Vec<_>>>()?;
+        out.push(instance_of_row(&rows[start], nics)?);
+        start = end;
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// One page of the instances the caller may list (see
+    /// `Caller::project_for_read`), oldest first, in one statement.
+    pub async fn instance_list(
+        &self,
+        caller: &Caller,
+        q: &ProjectPage,
+    ) -> ApiResult<List<Instance>> {
+        let page = PAGES.page(&q.page())?;
+        let project = caller
+            .project_for_read(self, q.project.as_deref())
+            .await?
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let sql = format!(
+            "{WITH_NICS} (SELECT * FROM instances i WHERE i.deleted_at IS NULL \
+               AND ($1 = '' OR i.project_id = $1){}{}) i {NIC_JOINS} ORDER BY {}, a.nic_index",
+            page.condition(2),
+            page.order_and_limit(),
+            page.order(),
+        );
+        let rows = page
+            .bind(sqlx::query(&sql).bind(project))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let items = instances_of_rows(&rows)?;
+        Ok(page.finish(items, |i| {
+            vec![i.created_at.into(), i.id.to_string().into()]
+        }))
+    }
+
+    /// A live instance the caller may read; 404 otherwise.
+    pub async fn instance_get(&self, caller: &Caller, id: InstanceId) -> ApiResult<Instance> {
+        let sql = format!(
+            "{WITH_NICS} instances i {NIC_JOINS} WHERE i.id = $1 AND i.deleted_at IS NULL ORDER BY a.nic_index"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_all(&self.db.pool)
+            .await?;
+        let instance = instances_of_rows(&rows)?
+            .pop()
+            .ok_or_else(|| ApiError::not_found("instance", id))?;
+        caller.check_read(instance.project_id, "instance", id)?;
+        Ok(instance)
+    }
+
+    /// [`instance_get`](Self::instance_get) for a caller who is about to
+    /// change it: readers get 403.
+    pub async fn instance_get_for_write(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+    ) -> ApiResult<Instance> {
+        let instance = self.instance_get(caller, id).await?;
+        caller.check_write(instance.project_id, "instance", id)?;
+        Ok(instance)
+    }
+
+    /// A user's start, stop or reboot: checked by `lifecycle::instance_action`
+    /// and written only if nobody changed the desired state meanwhile.
+    pub async fn instance_act(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+        action: InstanceAction,
+    ) -> ApiResult<Changed<Instance>> {
+        let before = self.instance_get_for_write(caller, id).await?;
+        let next = lifecycle::instance_action(before.desired, before.status, action)
+            .map_err(|r| ApiError::conflict(r.message(id)))?;
+        let update = sqlx::query(
+            "UPDATE instances SET desired = $2, status = $3, generation = generation + 1, \
+             reboot_count = reboot_count + $4, updated_at = $5 \
+             WHERE id = $1 AND desired = $6 AND deleted_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(next.desired.as_str())
+        .bind(next.status.as_str())
+        .bind(i32::from(next.reboot))
+        .bind(now_ms())
+        .bind(before.desired.as_str());
+        let done = self.db.gated(update.execute(&self.db.pool)).await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::conflict(format!(
+                "instance {id} changed meanwhile; retry"
+            )));
+        }
+        let value = self.instance_get(caller, id).await?;
+        Ok(Changed {
+            hosts: value.host_id.into_iter().collect(),
+            value,
+        })
+    }
+
+    /// Asks for an instance to be deleted: its desired state becomes
+    /// `deleted` and its host's reconciler finishes the job. Returns the
+    /// instance as it was.
+    pub async fn instance_request_delete(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+    ) -> ApiResult<Instance> {
+        let instance = self.instance_get_for_write(caller, id).await?;
+        let update = sqlx::query(
+            "UPDATE instances SET desired = 'deleted', status = 'deleting', generation = generation + 1, \
+             updated_at = $2 WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(now_ms());
+        self.db.gated(update.execute(&self.db.pool)).await?;
+        Ok(instance)
+    }
+
+    /// The host an instance runs on and its agent's address; `None` when it
+    /// is on none.
+    pub async fn instance_agent(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+    ) -> ApiResult<Option<InstanceAgent>> {
+        let row = sqlx::query(
+            "SELECT i.project_id, i.host_id, h.agent_url, h.credential FROM instances i \
+             LEFT JOIN hosts h ON h.id = i.host_id WHERE i.id = $1 AND i.deleted_at IS NULL",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("instance", id))?;
+        caller.check_read(row.id("project_id")?, "instance", id)?;
+        let (Some(host), Some(agent_url), Some(credential)) = (
+            row.opt_id::<HostId>("host_id")?,
+            row.opt_text("agent_url")?,
+            row.opt_text("credential")?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(InstanceAgent {
+            host,
+            agent_url,
+            credential,
+        }))
+    }
+
+    /// Attaches the caller's volume `volume` (id or name, in the instance's
+    /// project) to the instance, at its first free device index. The
+    /// volume's storage node and the instance's host must both converge.
+    pub async fn instance_attach(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+        volume: &str,
+    ) -> ApiResult<Changed<Attachment>> {
+        let instance = self.instance_get_for_write(caller, id).await?;
+        if instance.desired == DesiredState::Deleted {
+            return Err(ApiError::conflict(format!(
+                "instance {id} is being deleted"
+            )));
+        }
+        let row = sqlx::query(
+            "SELECT id, status, host_id FROM volumes WHERE (id = $1 OR name = $1) AND project_id = $2 \
+             AND deleted_at IS NULL",
+        )
+        .bind(volume)
+        .bind(instance.project_id.to_string())
+        .fetch_optional(&self.db.pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found("volume", volume))?;
+        let volume_id: VolumeId = row.id("id")?;
+        let status = row.text("status")?;
+        if status != "available" {
+            return Err(ApiError::conflict(format!(
+                "volume {volume_id} is {status}; only an available volume can be attached"
+            )));
+        }
+        let now = now_ms();
+        let mut tx = self.db.begin_write().await?;
+        // First write: the instance must still be live and not being
+        // deleted, or the attachment would outlive it.
+        let live = sqlx::query(
+            "UPDATE instances SET generation = generation + 1, updated_at = $2 \
+             WHERE id = $1 AND deleted_at IS NULL AND desired <> 'deleted'",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if live == 0 {
+            return Err(ApiError::conflict(format!(
+                "instance {id} is being deleted"
+            )));
+        }
+        let used: Vec<i64> = sqlx::query(
+            "SELECT device_index FROM attachments WHERE instance_id = $1 ORDER BY device_index",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|r| r.int("device_index"))
+        .collect::<Result<_, _>>()?;
+        let index = (0..MAX_VOLUMES)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                ApiError::conflict(format!("instance {id} already has {MAX_VOLUMES} volumes"))
+            })?;
+        // The volume row's status is the lock: only one attach wins.
+        let claimed = sqlx::query(
+            "UPDATE volumes SET status = 'in_use', generation = generation + 1 \
+             WHERE id = $1 AND status = 'available'",
+        )
+        .bind(volume_id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Err(ApiError::conflict(format!(
+                "volume {volume_id} was attached meanwhile"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO attachments (volume_id, instance_id, device_index, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(volume_id.to_string())
+        .bind(id.to_string())
+        .bind(index)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+        // The storage node first opens its ACL to the host, then the host
+        // logs in: storage first.
+        let hosts = [row.opt_id::<HostId>("host_id")?, instance.host_id]
+            .into_iter()
+            .flatten()
+            .collect();
+        Ok(Changed {
+            value: Attachment {
+                volume_id,
+                instance_id: id,
+                device_index: index as u32,
+                created_at: crate::db::from_ms(now),
+            },
+            hosts,
+        })
+    }
+
+    /// Detaches `volume` from the instance.
+    pub async fn instance_detach(
+        &self,
+        caller: &Caller,
+        id: InstanceId,
+        volume: VolumeId,
+    ) -> ApiResult<Changed<()>> {
+        let instance = self.instance_get_for_write(caller, id).await?;
+        let mut tx = self.db.begin_write().await?;
+        let done = sqlx::query("DELETE FROM attachments WHERE volume_id = $1 AND instance_id = $2")
+            .bind(volume.to_string())
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found(
+                "attachment of volume",
+                format!("{volume} on instance {id}"),
+            ));
+        }
+        let storage_host = sqlx::query(
+            "UPDATE volumes SET status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END, \
+             generation = generation + 1 WHERE id = $1 RETURNING host_id",
+        )
+        .bind(volume.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .opt_id::<HostId>("host_id")?;
+        sqlx::query(
+            "UPDATE instances SET generation = generation + 1, updated_at = $2 WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .bind(now_ms())
+        .execute(&mut **tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Changed {
+            value: (),
+            hosts: [storage_host, instance.host_id]
+                .into_iter()
+                .flatten()
+                .collect(),
+        })
+    }
+
+    /// Folds an agent's report on one instance it runs into the row, if the
+    /// row still places it on `host` and the report is not older than what
+    /// the row holds.
+    pub async fn instance_observe(
+        &self,
+        host: HostId,
+        o: &ObservedInstance,
+    ) -> ApiResult<Observed> {
+        let row = sqlx::query(
+            "SELECT desired, status, status_reason, generation, applied_generation, reboot_count \
+             FROM instances WHERE id = $1 AND host_id = $2 AND deleted_at IS NULL",
+        )
+        .bind(o.id.to_string())
+        .bind(host.to_string())
+        .fetch_optional(&self.db.pool)
+        .await?;
+        let Some(r) = row else {
+            // Not ours any more (deleted, or moved): the host should drop it.
+            return Ok(Observed {
+                applied: false,
+                behind: true,
+            });
+        };
+        if r.parsed("desired", DesiredState::parse)? == DesiredState::Deleted {
+            return Ok(Observed {
+                applied: false,
+                behind: true,
+            });
+        }
+        let generation = r.uint("generation")?;
+        let reboot_count = r.uint("reboot_count")?;
+        // An agent cannot have applied a generation we never sent.
+        let o = &ObservedInstance {
+            generation: o.generation.min(generation),
+            reboot_count: o.reboot_count.min(reboot_count),
+            ..o.clone()
+        };
+        let behind = o.generation < generation || o.reboot_count < reboot_count;
+        let status = crate::desired::instance_status(o, reboot_count);
+        let unchanged = r.text("status")? == status.as_str()
+            && r.opt_text("status_reason")? == o.reason
+            && r.uint("applied_generation")? == o.generation;
+        if unchanged {
+            return Ok(Observed {
+                applied: true,
+                behind,
+            });
+        }
+        let applied = self.instance_write_observed(host, o, status).await?;
+        Ok(Observed { applied, behind })
+    }
+
+    /// Records what an agent answered to a push of `spec`: one write, no
+    /// read, since the spec says what was desired. Returns whether the row
+    /// took it. A request that raced the push bumped the generation, so the
+    /// next pass pushes again.
+    pub async fn instance_record_push(
+        &self,
+        host: HostId,
+        spec: &InstanceSpec,
+        o: &ObservedInstance,
+    ) -> ApiResult<bool> {
+        let status = crate::desired::instance_status(o, spec.reboot_count);
+        let o = &ObservedInstance {
+            generation: o.generation.min(spec.generation),
+            ..o.clone()
+        };
+        self.instance_write_observed(host, o, status).await
+    }
+
+    /// [`instance_record_push`](Self::instance_record_push) for every
+    /// push of a reconciler pass at once: a fixed number of statements
+    /// however many instances the host runs. Returns how many rows took
+    /// their answer.
+    pub async fn instance_record_pushes(
+        &self,
+        host: HostId,
+        pushed: &[(InstanceSpec, ObservedInstance)],
+    ) -> ApiResult<u64> {
+        // Five parameters a row: far below either database's limit.
+        const ROWS_PER_STATEMENT: usize = 200;
+        let mut applied = 0;
+        for chunk in pushed.chunks(ROWS_PER_STATEMENT) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + 4 * i;
+                    format!("(${p}, ${}, ${}, ${})", p + 1, p + 2, p + 3)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            // VALUES columns are `column1`, `column2`, … on both databases.
+            let sql = format!(
+                "UPDATE instances SET status = v.column2, status_reason = v.column3,                  applied_generation = v.column4, updated_at = $1 FROM (VALUES {values}) AS v                  WHERE instances.id = v.column1 AND instances.host_id = $2                    AND instances.applied_generation <= v.column4                    AND instances.desired <> 'deleted' AND instances.deleted_at IS NULL"
+            );
+            let mut update = sqlx::query(&sql).bind(now_ms()).bind(host.to_string());
+            for (spec, o) in chunk {
+                let status = crate::desired::instance_status(o, spec.reboot_count);
+                update = update
+                    .bind(o.id.to_string())
+                    .bind(status.as_str())
+                    .bind(o.reason.clone())
+                    .bind(o.generation.min(spec.generation) as i64);
+            }
+            applied += self
+                .db
+                .gated(update.execute(&self.db.pool))
+                .await?
+                .rows_affected();
+        }
+        Ok(applied)
+    }
+
+    /// The one conditional write of observed state (see the module comment).
+    async fn instance_write_observed(
+        &self,
+        host: HostId,
+        o: &ObservedInstance,
+        status: InstanceStatus,
+    ) -> ApiResult<bool> {
+        let update = sqlx::query(
+            "UPDATE instances SET status = $2, status_reason = $3, applied_generation = $4, updated_at = $5 \
+             WHERE id = $1 AND host_id = $6 AND applied_generation <= $4 \
+               AND desired <> 'deleted' AND deleted_at IS NULL",
+        )
+        .bind(o.id.to_string())
+        .bind(status.as_str())
+        .bind(o.reason.clone())
+        .bind(o.generation as i64)
+        .bind(now_ms())
+        .bind(host.to_string());
+        let done = self.db.gated(update.execute(&self.db.pool)).await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,37 @@
+//! The datastore: the statements and transactions over the metadata
+//! database, row decoding into `api` types, soft-delete filters, and the
+//! claims (quota, addresses, host capacity) that must change together.
+//!
+//! Methods are named `<resource>_<verb>`, take typed ids and the caller,
+//! authorize inside (a caller who may not see a row gets the same 404 as
+//! for a row that does not exist), and return `api` types or an
+//! [`ApiError`](crate::error::ApiError). As in Oxide's Nexus datastore,
+//! the error is the API's own typed error (a code and a message) rather
+//! than a second enum translated at every handler: the store is the one
+//! place that knows a row was missing, a name taken or a transition
+//! refused, and says so once.
+//!
+//! Dependencies point one way: `http`, the internal API and background
+//! tasks call the store; the store calls none of them.
+
+pub mod instances;
+pub mod page;
+pub mod projects;
+pub mod statements;
+
+use crate::db::Db;
+
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
