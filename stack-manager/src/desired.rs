@@ -5,14 +5,15 @@ use std::net::IpAddr;
 
 use api::ids::{HostId, InstanceId, ProjectId, SnapshotId, VolumeId};
 use api::internal::*;
-use api::resources::{ImageFormat, InstanceStatus, VolumeStatus};
+use api::resources::ImageFormat;
 use sqlx::any::AnyRow;
 
 use crate::db::{now_ms, Db, RowExt};
 use crate::error::ApiResult;
-use crate::http::quotas::{self, QuotaDelta};
+use crate::lifecycle;
 use crate::scheduler::Claim;
 use crate::state::AppState;
+use crate::store::quotas::{self, QuotaDelta};
 
 /// An instance row (with its image and key columns) as the spec to push.
 fn pushable(
@@ -379,31 +380,6 @@ pub async fn volume_specs(
     Ok(specs)
 }
 
-/// The status an agent's report means: running with a reboot still owed
-/// is `rebooting`.
-pub fn instance_status(o: &ObservedInstance, desired_reboot_count: u64) -> InstanceStatus {
-    match o.state {
-        ObservedInstanceState::Building => InstanceStatus::Building,
-        ObservedInstanceState::Running if o.reboot_count < desired_reboot_count => {
-            InstanceStatus::Rebooting
-        }
-        ObservedInstanceState::Running => InstanceStatus::Running,
-        ObservedInstanceState::Stopped => InstanceStatus::Stopped,
-        ObservedInstanceState::Error => InstanceStatus::Error,
-    }
-}
-
-/// The status a storage node's report means: an available, attached
-/// volume is `in_use`.
-pub fn volume_status(o: &ObservedVolume, attached: bool) -> VolumeStatus {
-    match o.state {
-        ObservedVolumeState::Creating => VolumeStatus::Creating,
-        ObservedVolumeState::Error => VolumeStatus::Error,
-        ObservedVolumeState::Available if attached => VolumeStatus::InUse,
-        ObservedVolumeState::Available => VolumeStatus::Available,
-    }
-}
-
 /// Folds an agent's report on one volume into its row; returns whether the
 /// storage node needs a push.
 pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {
@@ -421,7 +397,7 @@ pub async fn observe_volume(state: &AppState, host: HostId, o: &ObservedVolume) 
     if current == "deleting" {
         return Ok(true);
     }
-    let status = volume_status(o, r.int("attached")? > 0);
+    let status = lifecycle::volume_status(o, r.int("attached")? > 0);
     let o = &ObservedVolume {
         generation: o.generation.min(r.uint("generation")?),
         ..o.clone()
@@ -540,7 +516,7 @@ pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiRe
         .execute(&mut **tx)
         .await?
         .rows_affected() as i64;
-    quotas::release(
+    quotas::quota_release(
         &mut tx,
         project,
         QuotaDelta {
@@ -608,7 +584,7 @@ pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult
         return Ok(());
     };
     let size_gib = r.int("size_gib")?;
-    quotas::release(
+    quotas::quota_release(
         &mut tx,
         r.id("project_id")?,
         QuotaDelta {

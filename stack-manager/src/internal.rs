@@ -354,7 +354,7 @@ async fn fold_instances(
             continue;
         }
         let reboot_count = r.uint("reboot_count")?;
-        let status = desired::instance_status(o, reboot_count).as_str();
+        let status = crate::lifecycle::instance_status(o, reboot_count).as_str();
         let changed = r.text("status")? != status
             || r.opt_text("status_reason")? != o.reason
             || r.uint("applied_generation")? != o.generation;
@@ -436,7 +436,7 @@ async fn fold_volumes(
             push = true;
             continue;
         }
-        let status = desired::volume_status(o, r.int("attached")? > 0).as_str();
+        let status = crate::lifecycle::volume_status(o, r.int("attached")? > 0).as_str();
         // Snapshots being created or deleted settle only through the report.
         if current != status
             || r.uint("applied_generation")? != o.generation

@@ -20,16 +20,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
-use sqlx::any::AnyRow;
 
 use crate::auth::Caller;
 use crate::db::{lock_row, now_ms, share_lock_row, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::quotas::QuotaDelta;
-use crate::http::{flavors, groups, images, keypairs, networks, quotas, validate};
-use crate::lifecycle::{self, InstanceAction};
+use crate::http::{flavors, groups, images, keypairs, networks, validate};
+use crate::lifecycle::InstanceAction;
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
+use crate::store::quotas::{self, QuotaDelta};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -169,7 +168,7 @@ async fn create(
             image.name
         )));
     }
-    quotas::claim(
+    quotas::quota_claim(
         &mut tx,
         project,
         QuotaDelta {

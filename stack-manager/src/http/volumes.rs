@@ -19,9 +19,9 @@ use sqlx::any::AnyRow;
 use crate::auth::Caller;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::quotas::QuotaDelta;
-use crate::http::{images, quotas, usage, validate};
+use crate::http::{images, usage, validate};
 use crate::state::AppState;
+use crate::store::quotas::{self, QuotaDelta};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -210,7 +210,7 @@ async fn create(
     let bytes = body.size_gib << 30;
     let chap_secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
     let mut tx = state.db.begin_write().await?;
-    quotas::claim(
+    quotas::quota_claim(
         &mut tx,
         project,
         QuotaDelta {

@@ -10,7 +10,9 @@
 
 use api::ids::{HostId, InstanceId, VolumeId};
 use api::internal::{InstanceSpec, ObservedInstance};
-use api::resources::{Attachment, DesiredState, Instance, InstanceStatus, List, Nic, ProjectPage};
+use api::resources::{
+    Attachment, DesiredState, Instance, InstanceStatus, List, Nic, ProjectPage, VolumeStatus,
+};
 use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
@@ -18,7 +20,7 @@ use super::Store;
 use crate::auth::Caller;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
-use crate::lifecycle::{self, InstanceAction};
+use crate::lifecycle::{self, InstanceAction, VolumeAction};
 
 /// Most volumes one instance may have attached.
 pub const MAX_VOLUMES: i64 = 16;
@@ -286,12 +288,9 @@ impl Store {
         .await?
         .ok_or_else(|| ApiError::not_found("volume", volume))?;
         let volume_id: VolumeId = row.id("id")?;
-        let status = row.text("status")?;
-        if status != "available" {
-            return Err(ApiError::conflict(format!(
-                "volume {volume_id} is {status}; only an available volume can be attached"
-            )));
-        }
+        let status = row.parsed("status", VolumeStatus::parse)?;
+        lifecycle::volume_action(status, VolumeAction::Attach)
+            .map_err(|r| ApiError::conflict(r.message(volume_id)))?;
         let now = now_ms();
         let mut tx = self.db.begin_write().await?;
         // First write: the instance must still be live and not being
@@ -325,10 +324,11 @@ impl Store {
                 ApiError::conflict(format!("instance {id} already has {MAX_VOLUMES} volumes"))
             })?;
         // The volume row's status is the lock: only one attach wins.
-        let claimed = sqlx::query(
+        let claimed = sqlx::query(&format!(
             "UPDATE volumes SET status = 'in_use', generation = generation + 1 \
-             WHERE id = $1 AND status = 'available'",
-        )
+             WHERE id = $1 AND status IN ({})",
+            VolumeAction::Attach.allowed_sql()
+        ))
         .bind(volume_id.to_string())
         .execute(&mut **tx)
         .await?;
@@ -448,7 +448,7 @@ impl Store {
             ..o.clone()
         };
         let behind = o.generation < generation || o.reboot_count < reboot_count;
-        let status = crate::desired::instance_status(o, reboot_count);
+        let status = crate::lifecycle::instance_status(o, reboot_count);
         let unchanged = r.text("status")? == status.as_str()
             && r.opt_text("status_reason")? == o.reason
             && r.uint("applied_generation")? == o.generation;
@@ -472,7 +472,7 @@ impl Store {
         spec: &InstanceSpec,
         o: &ObservedInstance,
     ) -> ApiResult<bool> {
-        let status = crate::desired::instance_status(o, spec.reboot_count);
+        let status = crate::lifecycle::instance_status(o, spec.reboot_count);
         let o = &ObservedInstance {
             generation: o.generation.min(spec.generation),
             ..o.clone()
@@ -506,7 +506,7 @@ impl Store {
             );
             let mut update = sqlx::query(&sql).bind(now_ms()).bind(host.to_string());
             for (spec, o) in chunk {
-                let status = crate::desired::instance_status(o, spec.reboot_count);
+                let status = crate::lifecycle::instance_status(o, spec.reboot_count);
                 update = update
                     .bind(o.id.to_string())
                     .bind(status.as_str())

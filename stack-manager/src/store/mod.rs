@@ -17,6 +17,7 @@
 pub mod instances;
 pub mod page;
 pub mod projects;
+pub mod quotas;
 pub mod statements;
 
 use crate::db::Db;

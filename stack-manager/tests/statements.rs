@@ -1,0 +1,141 @@
+//! What a list page and a reconciler pass cost in SQL statements, counted
+//! as sqlx executes them (`store::statements`): a fixed number whatever
+//! the size of the page or of the host. One test function in its own
+//! binary, so that no other test's statements are counted.
+
+mod support;
+
+use std::time::Duration;
+
+use api::resources::*;
+use stack_manager::store::statements::StatementCounter;
+use support::{eventually, Backend, TestCloud};
+use tracing_subscriber::layer::SubscriberExt;
+
+/// Statements one `GET` costs.
+async fn statements_of_get(
+    cloud: &TestCloud,
+    counter: &StatementCounter,
+    path: &str,
+) -> (u64, serde_json::Value) {
+    let before = counter.get();
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", cloud.url))
+        .bearer_auth(&cloud.admin_token)
+        .send()
+        .await
+        .expect("get");
+    assert!(resp.status().is_success(), "{path}: {}", resp.status());
+    let body = resp.json().await.expect("json");
+    (counter.get() - before, body)
+}
+
+async fn quiet_cloud(backend: Backend) -> TestCloud {
+    TestCloud::start_with(backend, |c| {
+        // Nothing runs behind the test's back: the simulated host
+        // heartbeats only when told to, and no resync pass comes.
+        c.hosts.down_after_secs = 86_400;
+        c.hosts.resync_interval_secs = 3600;
+    })
+    .await
+}
+
+async fn fixed_costs(backend: Backend, counter: &StatementCounter) {
+    let cloud = quiet_cloud(backend).await;
+    let host = cloud.hypervisor("hv-1", 256, 1 << 20, None).await;
+    cloud.project("acme").await;
+    cloud.quota_for("acme", 100).await;
+    let c = cloud.user("alice", "acme", ProjectRole::Member).await;
+    cloud.basics(&c).await;
+    let mut made = Vec::new();
+    for i in 0..40 {
+        made.push(
+            c.instance_create(&TestCloud::vm(&format!("vm-{i}")))
+                .await
+                .expect("create"),
+        );
+    }
+    eventually(60, || async {
+        (cloud.fleet.instance_count() == 40).then_some(())
+    })
+    .await;
+    // Let the reconciler record its last answers.
+    eventually(60, || async {
+        let all = c.instance_list().await.ok()?;
+        all.iter()
+            .all(|i| i.status == InstanceStatus::Running)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The first request also resolves the token (cached for a few seconds).
+    statements_of_get(&cloud, counter, "/v1/instances?project=acme&limit=1").await;
+    let (small, page) =
+        statements_of_get(&cloud, counter, "/v1/instances?project=acme&limit=5").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(5));
+    let (large, page) =
+        statements_of_get(&cloud, counter, "/v1/instances?project=acme&limit=1000").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(40));
+    assert!(
+        page["items"][0]["nics"]
+            .as_array()
+            .is_some_and(|n| n.len() == 1),
+        "{}",
+        page["items"][0]
+    );
+    println!("{backend:?}: instance list page of 5 costs {small} statements, of 40 {large}");
+    assert_eq!(small, large, "a page's cost does not grow with its size");
+    assert!(large <= 3, "{large} statements for one page");
+
+    // A pass where every instance is pushed again, at two sizes.
+    let pass = |label: &'static str| {
+        let cloud = &cloud;
+        async move {
+            sqlx::query("UPDATE instances SET generation = generation + 1 WHERE host_id = $1 AND name LIKE $2")
+                .bind(host.to_string())
+                .bind(label)
+                .execute(&cloud.state.db.pool)
+                .await
+                .expect("bump");
+            let before = counter.get();
+            let converged = stack_manager::reconciler::run_pass(&cloud.state, host)
+                .await
+                .expect("pass");
+            assert!(converged);
+            counter.get() - before
+        }
+    };
+    let few = pass("vm-1_").await; // vm-10 … vm-19
+    let all = pass("vm-%").await;
+    println!("{backend:?}: a reconciler pass pushing 10 instances costs {few} statements, pushing 40 {all}");
+    assert_eq!(
+        few, all,
+        "a pass's cost does not grow with the instances it pushes"
+    );
+    // Every push was recorded: nothing is behind any more.
+    let behind: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM instances WHERE applied_generation < generation")
+            .fetch_one(&cloud.state.db.pool)
+            .await
+            .expect("count"),
+        "n",
+    );
+    assert_eq!(behind, 0);
+    drop(made);
+}
+
+#[test]
+fn list_pages_and_reconciler_passes_cost_a_fixed_number_of_statements() {
+    let counter = StatementCounter::new();
+    let subscriber = tracing_subscriber::registry().with(counter.layer());
+    tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        rt.block_on(fixed_costs(backend, &counter));
+    }
+}
