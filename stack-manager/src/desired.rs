@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use api::ids::{HostId, InstanceId, ProjectId, SnapshotId, VolumeId};
+use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
 use api::internal::*;
 use api::resources::ImageFormat;
 use sqlx::any::AnyRow;
@@ -462,114 +462,15 @@ async fn observe_snapshots(state: &AppState, o: &ObservedVolume) -> ApiResult<()
     Ok(())
 }
 
-/// The claim an instance row holds on its host.
-pub fn instance_claim(r: &AnyRow) -> Result<Option<Claim>, sqlx::Error> {
-    Ok(r.opt_id::<HostId>("host_id")?.map(|host| Claim {
-        host,
-        vcpus: r.int("vcpus").unwrap_or(0),
-        ram_mib: r.int("ram_mib").unwrap_or(0),
-        disk_gib: r.int("disk_gib").unwrap_or(0),
-        storage_bytes: 0,
-        instances: 1,
-        volumes: 0,
-    }))
-}
-
-/// Marks a live row deleted, returning it as it was, or `None` when it was
-/// already gone. This is the first write of a finalize transaction: the
-/// row lock it takes makes a second finalize (another replica, a retry)
-/// find nothing to release, so nothing is given back twice.
-async fn mark_deleted(
-    tx: &mut crate::db::WriteTx,
-    table: &'static str,
-    id: &str,
-    now: i64,
-) -> ApiResult<Option<AnyRow>> {
-    let sql = format!("UPDATE {table} SET deleted_at = $2, status = 'deleted' WHERE id = $1 AND deleted_at IS NULL");
-    let done = sqlx::query(&sql)
-        .bind(id)
-        .bind(now)
-        .execute(&mut ***tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Ok(None);
-    }
-    let sql = format!("SELECT * FROM {table} WHERE id = $1");
-    Ok(Some(
-        sqlx::query(&sql).bind(id).fetch_one(&mut ***tx).await?,
-    ))
-}
-
-/// Finishes deleting an instance once its host confirmed: frees its host
-/// claim, addresses and quota, detaches its volumes, closes its usage span.
-/// One transaction; idempotent. Locks are taken in the same order as a
-/// create (quota, then host) so the two cannot deadlock on PostgreSQL.
+/// Finishes deleting an instance once its host confirmed (see
+/// `Store::instance_finalize_delete`), then gives its capacity back to the
+/// scheduler's view and wakes the storage nodes of its volumes.
 pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiResult<()> {
-    let now = now_ms();
-    let mut tx = state.db.begin_write().await?;
-    let Some(r) = mark_deleted(&mut tx, "instances", &id.to_string(), now).await? else {
-        return Ok(());
-    };
-    let project: ProjectId = r.id("project_id")?;
-    let addresses = sqlx::query("DELETE FROM addresses WHERE instance_id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?
-        .rows_affected() as i64;
-    quotas::quota_release(
-        &mut tx,
-        project,
-        QuotaDelta {
-            instances: 1,
-            vcpus: r.int("vcpus")?,
-            ram_mib: r.int("ram_mib")?,
-            addresses,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let claim = instance_claim(&r)?;
-    if let Some(c) = claim {
-        crate::scheduler::Scheduler::release(&mut tx, c).await?;
-    }
-    // Detached volumes become available; their storage ACL changes.
-    let volumes: Vec<Option<String>> = sqlx::query(
-        "SELECT v.id, v.host_id FROM attachments a JOIN volumes v ON v.id = a.volume_id WHERE a.instance_id = $1",
-    )
-    .bind(id.to_string())
-    .fetch_all(&mut **tx)
-    .await?
-    .iter()
-    .map(|v| v.opt_text("host_id"))
-    .collect::<Result<_, sqlx::Error>>()?;
-    sqlx::query(
-        "UPDATE volumes SET generation = generation + 1, \
-         status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END \
-         WHERE id IN (SELECT volume_id FROM attachments WHERE instance_id = $1)",
-    )
-    .bind(id.to_string())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("DELETE FROM attachments WHERE instance_id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL")
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query("UPDATE instances SET updated_at = $2, group_id = NULL WHERE id = $1")
-        .bind(id.to_string())
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    tx.commit().await?;
-    if let Some(c) = claim {
-        state.scheduler.apply(c.reversed());
-    }
-    for host in volumes.into_iter().flatten() {
-        if let Ok(h) = host.parse() {
+    if let Some(done) = state.store.instance_finalize_delete(id).await? {
+        if let Some(c) = done.value {
+            state.scheduler.apply(c.reversed());
+        }
+        for h in done.hosts {
             state.reconciler.notify(h);
         }
     }
@@ -580,7 +481,8 @@ pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiRe
 pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult<()> {
     let now = now_ms();
     let mut tx = state.db.begin_write().await?;
-    let Some(r) = mark_deleted(&mut tx, "volumes", &id.to_string(), now).await? else {
+    let Some(r) = crate::store::mark_deleted(&mut tx, "volumes", &id.to_string(), now).await?
+    else {
         return Ok(());
     };
     let size_gib = r.int("size_gib")?;

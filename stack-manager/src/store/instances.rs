@@ -8,7 +8,7 @@
 //! heartbeat read before a push was answered, an old host's report after
 //! the instance moved) changes nothing, and the caller is told so.
 
-use api::ids::{HostId, InstanceId, VolumeId};
+use api::ids::{HostId, InstanceId, ProjectId, VolumeId};
 use api::internal::{InstanceSpec, ObservedInstance};
 use api::resources::{
     Attachment, DesiredState, Instance, InstanceStatus, List, Nic, ProjectPage, VolumeStatus,
@@ -21,6 +21,8 @@ use crate::auth::Caller;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{self, InstanceAction, VolumeAction};
+use crate::scheduler::Claim;
+use crate::store::quotas::{self, QuotaDelta};
 
 /// Most volumes one instance may have attached.
 pub const MAX_VOLUMES: i64 = 16;
@@ -542,5 +544,102 @@ impl Store {
         .bind(host.to_string());
         let done = self.db.gated(update.execute(&self.db.pool)).await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// The claim an instance row holds on its host.
+pub fn instance_claim(r: &AnyRow) -> Result<Option<Claim>, sqlx::Error> {
+    Ok(r.opt_id::<HostId>("host_id")?.map(|host| Claim {
+        host,
+        vcpus: r.int("vcpus").unwrap_or(0),
+        ram_mib: r.int("ram_mib").unwrap_or(0),
+        disk_gib: r.int("disk_gib").unwrap_or(0),
+        storage_bytes: 0,
+        instances: 1,
+        volumes: 0,
+    }))
+}
+
+impl Store {
+    /// Finishes deleting an instance once its host confirmed: frees its host
+    /// claim, addresses and quota, detaches its volumes, closes its usage span.
+    /// One transaction; idempotent (`None` when it was already done). Returns
+    /// the capacity given back and the storage nodes whose ACLs change. Locks are taken in the same order as a
+    /// create (quota, then host) so the two cannot deadlock on PostgreSQL.
+    pub async fn instance_finalize_delete(
+        &self,
+        id: InstanceId,
+    ) -> ApiResult<Option<Changed<Option<Claim>>>> {
+        let now = now_ms();
+        let mut tx = self.db.begin_write().await?;
+        let Some(r) = super::mark_deleted(&mut tx, "instances", &id.to_string(), now).await? else {
+            return Ok(None);
+        };
+        let project: ProjectId = r.id("project_id")?;
+        let addresses = sqlx::query("DELETE FROM addresses WHERE instance_id = $1")
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected() as i64;
+        quotas::quota_release(
+            &mut tx,
+            project,
+            QuotaDelta {
+                instances: 1,
+                vcpus: r.int("vcpus")?,
+                ram_mib: r.int("ram_mib")?,
+                addresses,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let claim = instance_claim(&r)?;
+        if let Some(c) = claim {
+            crate::scheduler::Scheduler::release(&mut tx, c).await?;
+        }
+        // Detached volumes become available; their storage ACL changes.
+        let volumes: Vec<Option<String>> = sqlx::query(
+            "SELECT v.id, v.host_id FROM attachments a JOIN volumes v ON v.id = a.volume_id WHERE a.instance_id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(|v| v.opt_text("host_id"))
+        .collect::<Result<_, sqlx::Error>>()?;
+        sqlx::query(
+            "UPDATE volumes SET generation = generation + 1, \
+             status = CASE WHEN status = 'in_use' THEN 'available' ELSE status END \
+             WHERE id IN (SELECT volume_id FROM attachments WHERE instance_id = $1)",
+        )
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("DELETE FROM attachments WHERE instance_id = $1")
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("UPDATE instances SET updated_at = $2, group_id = NULL WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        tx.commit().await?;
+        let hosts = volumes
+            .into_iter()
+            .flatten()
+            .filter_map(|h| h.parse().ok())
+            .collect();
+        Ok(Some(Changed {
+            value: claim,
+            hosts,
+        }))
     }
 }

@@ -20,7 +20,10 @@ pub mod projects;
 pub mod quotas;
 pub mod statements;
 
-use crate::db::Db;
+use sqlx::any::AnyRow;
+
+use crate::db::{Db, WriteTx};
+use crate::error::ApiResult;
 
 #[derive(Clone)]
 pub struct Store {
@@ -35,4 +38,29 @@ impl Store {
     pub fn db(&self) -> &Db {
         &self.db
     }
+}
+
+/// Marks a live row deleted, returning it as it was, or `None` when it was
+/// already gone. This is the first write of a finalize transaction: the
+/// row lock it takes makes a second finalize (another replica, a retry)
+/// find nothing to release, so nothing is given back twice.
+pub(crate) async fn mark_deleted(
+    tx: &mut WriteTx,
+    table: &'static str,
+    id: &str,
+    now: i64,
+) -> ApiResult<Option<AnyRow>> {
+    let sql = format!("UPDATE {table} SET deleted_at = $2, status = 'deleted' WHERE id = $1 AND deleted_at IS NULL");
+    let done = sqlx::query(&sql)
+        .bind(id)
+        .bind(now)
+        .execute(&mut ***tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    let sql = format!("SELECT * FROM {table} WHERE id = $1");
+    Ok(Some(
+        sqlx::query(&sql).bind(id).fetch_one(&mut ***tx).await?,
+    ))
 }
