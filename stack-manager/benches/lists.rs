@@ -22,24 +22,9 @@ use std::time::{Duration, Instant};
 use api::resources::*;
 use futures::stream::{self, StreamExt};
 use stack_manager::store::statements::StatementCounter;
-use support::{Backend, TestCloud};
+use support::{env_num, percentile, Backend, TestCloud};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::Layer;
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
 
 /// Creates `n` instances named `<prefix>-<i>` through `client`.
 async fn create_many(client: &api::Client, prefix: &str, n: usize, network: &str) {
@@ -66,21 +51,11 @@ async fn wait_realized(cloud: &TestCloud, n: usize) {
     }
 }
 
-async fn quiet_cloud(backend: Backend) -> TestCloud {
-    TestCloud::start_with(backend, |c| {
-        // Simulated hosts heartbeat once, at enrollment, and no resync
-        // pass runs during a measurement.
-        c.hosts.down_after_secs = 86_400;
-        c.hosts.resync_interval_secs = 3600;
-    })
-    .await
-}
-
 async fn list_pages(backend: Backend, counter: &StatementCounter) {
     let instances = env_num("BENCH_LIST_INSTANCES", 10_000);
     let rounds = env_num("BENCH_LIST_ROUNDS", 5);
     let query = std::env::var("BENCH_LIST_QUERY").unwrap_or_else(|_| "limit=1000".into());
-    let cloud = quiet_cloud(backend).await;
+    let cloud = TestCloud::start_quiet(backend).await;
     let hosts = instances.div_ceil(150);
     for h in 0..hosts {
         cloud
@@ -155,7 +130,7 @@ async fn list_pages(backend: Backend, counter: &StatementCounter) {
 
 async fn reconciler_pass(backend: Backend, counter: &StatementCounter) {
     let instances = env_num("BENCH_PASS_INSTANCES", 500);
-    let cloud = quiet_cloud(backend).await;
+    let cloud = TestCloud::start_quiet(backend).await;
     let host = cloud
         .enroll(
             "one-big-host",

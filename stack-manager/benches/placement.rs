@@ -19,22 +19,7 @@ use std::time::{Duration, Instant};
 
 use api::resources::*;
 use futures::stream::{self, StreamExt};
-use support::{Backend, TestCloud};
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
+use support::{env_num, percentile, Backend, TestCloud};
 
 /// `histogram_quantile` over the scheduler's placement histogram, as
 /// Prometheus would compute it from `/metrics`.

@@ -30,18 +30,8 @@ async fn statements_of_get(
     (counter.get() - before, body)
 }
 
-async fn quiet_cloud(backend: Backend) -> TestCloud {
-    TestCloud::start_with(backend, |c| {
-        // Nothing runs behind the test's back: the simulated host
-        // heartbeats only when told to, and no resync pass comes.
-        c.hosts.down_after_secs = 86_400;
-        c.hosts.resync_interval_secs = 3600;
-    })
-    .await
-}
-
 async fn fixed_costs(backend: Backend, counter: &StatementCounter) {
-    let cloud = quiet_cloud(backend).await;
+    let cloud = TestCloud::start_quiet(backend).await;
     let host = cloud.hypervisor("hv-1", 256, 1 << 20, None).await;
     cloud.project("acme").await;
     cloud.quota_for("acme", 100).await;

@@ -74,7 +74,7 @@ pub fn router() -> Router<AppState> {
 )]
 pub struct Doc;
 
-/// Most NICs and volumes one instance may have.
+/// Most NICs one instance may have, and the largest user data.
 const MAX_NICS: usize = 8;
 const MAX_USER_DATA: usize = 64 * 1024;
 

@@ -464,28 +464,13 @@ impl Store {
         Ok(Observed { applied, behind })
     }
 
-    /// Records what an agent answered to a push of `spec`: one write, no
-    /// read, since the spec says what was desired. Returns whether the row
-    /// took it. A request that raced the push bumped the generation, so the
-    /// next pass pushes again.
-    pub async fn instance_record_push(
-        &self,
-        host: HostId,
-        spec: &InstanceSpec,
-        o: &ObservedInstance,
-    ) -> ApiResult<bool> {
-        let status = crate::lifecycle::instance_status(o, spec.reboot_count);
-        let o = &ObservedInstance {
-            generation: o.generation.min(spec.generation),
-            ..o.clone()
-        };
-        self.instance_write_observed(host, o, status).await
-    }
-
-    /// [`instance_record_push`](Self::instance_record_push) for every
-    /// push of a reconciler pass at once: a fixed number of statements
-    /// however many instances the host runs. Returns how many rows took
-    /// their answer.
+    /// Records what an agent answered to the pushes of a reconciler pass,
+    /// all at once: a fixed number of statements however many instances the
+    /// host runs, and no read, since each spec says what was desired. Rows
+    /// take their answer under the same conditions as
+    /// [`instance_observe`](Self::instance_observe). A request that raced a
+    /// push bumped the generation, so the next pass pushes again. Returns
+    /// how many rows took their answer.
     pub async fn instance_record_pushes(
         &self,
         host: HostId,

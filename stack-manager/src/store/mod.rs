@@ -34,10 +34,6 @@ impl Store {
     pub fn new(db: Db) -> Self {
         Self { db }
     }
-
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
 }
 
 /// Marks a live row deleted, returning it as it was, or `None` when it was

@@ -111,16 +111,6 @@ impl Keyset {
         })
     }
 
-    /// The first `limit` rows: for callers inside the stack manager that
-    /// page through a list themselves.
-    pub fn first(&'static self, limit: u32) -> PageRequest {
-        PageRequest {
-            keyset: self,
-            limit: limit.clamp(1, PAGE_LIMIT_MAX),
-            after: None,
-        }
-    }
-
     fn decode(&self, token: &str) -> ApiResult<Vec<Key>> {
         let bad = || {
             ApiError::invalid(format!(
@@ -217,11 +207,6 @@ impl PageRequest {
             next_page_token,
         }
     }
-
-    /// Whether this page starts after a row rather than at the top.
-    pub fn is_continuation(&self) -> bool {
-        self.after.is_some()
-    }
 }
 
 #[cfg(test)]
@@ -259,7 +244,6 @@ mod tests {
         let token = list.next_page_token.expect("a third row was there");
         let next = BY_TIME.page(&params(Some(2), Some(token))).unwrap();
         assert_eq!(next.condition(2), " AND (created_at, id) > ($2, $3)");
-        assert!(next.is_continuation());
         let last = next.finish(vec![(3i64, "c")], |(t, id)| {
             vec![Key::Int(*t), Key::Text(id.to_string())]
         });

@@ -124,6 +124,17 @@ impl TestCloud {
         }
     }
 
+    /// A cloud where nothing runs behind a measurement's back: simulated
+    /// hosts heartbeat only at enrollment (and when told to), and no resync
+    /// pass comes.
+    pub async fn start_quiet(backend: Backend) -> Self {
+        Self::start_with(backend, |c| {
+            c.hosts.down_after_secs = 86_400;
+            c.hosts.resync_interval_secs = 3600;
+        })
+        .await
+    }
+
     pub fn client(&self, token: &str) -> Client {
         Client::new(&self.url, token)
     }
@@ -345,6 +356,23 @@ impl TestCloud {
 
 pub const TEST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGuEbkB5fiabq34MkliWiex1mZ7OFzxnZjfW/XWDNRTO test@strato";
+
+/// A benchmark knob: the environment variable `name` as a number, or `default`.
+pub fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p`th percentile of an ascending slice (nearest rank).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
 pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
