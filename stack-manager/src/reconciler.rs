@@ -196,7 +196,7 @@ pub async fn run_pass(state: &AppState, host: HostId) -> ApiResult<bool> {
 
 /// One pass over a host.
 async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
-    let Some(pass) = desired::host_pass(&state.db, host).await? else {
+    let Some(pass) = state.store.host_pass(host).await? else {
         return Ok(Sync::HostGone);
     };
     let agent = AgentClient::with_http(state.agent_http.clone(), &pass.agent_url, &pass.credential);
@@ -220,7 +220,7 @@ async fn sync_hypervisor(
     agent: &AgentClient,
     down: bool,
     orphans: bool,
-    work: desired::HostWork,
+    work: crate::store::agents::HostWork,
 ) -> ApiResult<bool> {
     if down {
         // Nothing can be confirmed by an agent that does not answer, and
@@ -345,7 +345,7 @@ async fn sync_storage(
             }
         }
     }
-    for spec in desired::volume_specs(&state.db, host, None).await? {
+    for spec in state.store.volume_specs(host).await? {
         let stale = applied
             .get(&spec.id.to_string())
             .is_some_and(|(gen, _)| *gen < spec.generation);
@@ -354,7 +354,7 @@ async fn sync_storage(
         }
         match agent.volume_put(&spec).await {
             Ok(observed) => {
-                desired::observe_volume(state, host, &observed).await?;
+                state.store.volume_observe(host, &observed).await?;
             }
             Err(e) => {
                 tracing::debug!(%host, volume = %spec.id, error = %e, "push failed");

@@ -19,52 +19,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 use std::time::Instant;
 
-use api::ids::{HostId, RackId};
-use api::resources::{AdminState, Allocated, Capacity, HostHealth, HostKind};
-use sqlx::any::AnyRow;
-
 use crate::config::{HostsConfig, RackSpread, SchedulerConfig, Weigher};
-use crate::db::{now_ms, Db, RowExt, WriteTx};
+use crate::db::{now_ms, Db, WriteTx};
 use crate::error::{ApiError, ApiResult};
-
-/// The scheduler's view of one host.
-#[derive(Debug, Clone)]
-pub struct HostView {
-    pub id: HostId,
-    pub kind: HostKind,
-    pub rack: Option<RackId>,
-    pub admin_state: AdminState,
-    pub last_heartbeat_ms: Option<i64>,
-    pub capacity: Capacity,
-    pub allocated: Allocated,
-}
+use crate::store::claims::{self, Placer, Ratios};
+pub use crate::store::claims::{Claim, HostView, InstanceDemand};
+use api::ids::{HostId, RackId};
+use api::resources::{AdminState, Capacity, HostHealth, HostKind};
 
 impl HostView {
-    pub fn from_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: r.id("id")?,
-            kind: r.parsed("kind", HostKind::parse)?,
-            rack: r.opt_id("rack_id")?,
-            admin_state: r.parsed("admin_state", AdminState::parse)?,
-            last_heartbeat_ms: r.opt_int("last_heartbeat_at")?,
-            capacity: Capacity {
-                vcpus: r.uint("cap_vcpus")? as u32,
-                ram_mib: r.uint("cap_ram_mib")?,
-                disk_gib: r.uint("cap_disk_gib")?,
-                storage_bytes_total: r.uint("cap_storage_total")?,
-                storage_bytes_free: r.uint("cap_storage_free")?,
-            },
-            allocated: Allocated {
-                vcpus: r.uint("alloc_vcpus")?,
-                ram_mib: r.uint("alloc_ram_mib")?,
-                disk_gib: r.uint("alloc_disk_gib")?,
-                storage_bytes: r.uint("alloc_storage")?,
-                instances: r.uint("alloc_instances")?,
-                volumes: r.uint("alloc_volumes")?,
-            },
-        })
-    }
-
     pub fn health(&self, now_ms: i64, down_after_secs: u64) -> HostHealth {
         match self.last_heartbeat_ms {
             Some(t) if now_ms - t <= (down_after_secs as i64) * 1000 => HostHealth::Up,
@@ -73,51 +36,11 @@ impl HostView {
     }
 }
 
-/// What an instance needs, and where its anti-affinity group already is.
-#[derive(Debug, Clone, Default)]
-pub struct InstanceDemand {
-    pub vcpus: u64,
-    pub ram_mib: u64,
-    pub disk_gib: u64,
-    /// Hosts running other members of the instance's anti-affinity group.
-    pub group_hosts: HashSet<HostId>,
-    /// Members of the group per rack.
-    pub group_racks: HashMap<RackId, u32>,
-}
-
 /// Hosts ranked for a request before its transaction, best first.
 #[derive(Debug, Clone)]
 pub struct Ranking {
     pub hosts: Vec<HostId>,
     took: std::time::Duration,
-}
-
-/// A claim made in a transaction; apply it to the memory view once the
-/// transaction commits (a rolled-back claim must leave no trace).
-#[derive(Debug, Clone, Copy)]
-pub struct Claim {
-    pub host: HostId,
-    pub vcpus: i64,
-    pub ram_mib: i64,
-    pub disk_gib: i64,
-    pub storage_bytes: i64,
-    pub instances: i64,
-    pub volumes: i64,
-}
-
-impl Claim {
-    /// The claim that gives back what `self` took.
-    pub fn reversed(self) -> Claim {
-        Claim {
-            host: self.host,
-            vcpus: -self.vcpus,
-            ram_mib: -self.ram_mib,
-            disk_gib: -self.disk_gib,
-            storage_bytes: -self.storage_bytes,
-            instances: -self.instances,
-            volumes: -self.volumes,
-        }
-    }
 }
 
 /// One enabled hypervisor as the per-request scan sees it: only what the
@@ -190,11 +113,22 @@ pub struct Scheduler {
     placement_seconds: prometheus::HistogramVec,
 }
 
-/// The columns [`HostView::from_row`] reads.
-const HOST_VIEW_SELECT: &str =
-    "SELECT id, kind, rack_id, admin_state, last_heartbeat_at, cap_vcpus, \
-     cap_ram_mib, cap_disk_gib, cap_storage_total, cap_storage_free, alloc_vcpus, alloc_ram_mib, \
-     alloc_disk_gib, alloc_storage, alloc_instances, alloc_volumes FROM hosts";
+/// A ranking and the scheduler that claims from it: what
+/// `Store::instance_create` asks for a host inside its transaction.
+pub struct Placement<'a> {
+    scheduler: &'a Scheduler,
+    ranking: Ranking,
+}
+
+impl Placer for Placement<'_> {
+    fn claim_instance(
+        self,
+        tx: &mut WriteTx,
+        d: &InstanceDemand,
+    ) -> impl std::future::Future<Output = ApiResult<Claim>> + Send {
+        self.scheduler.claim_instance(tx, d, self.ranking)
+    }
+}
 
 /// How many ranked candidates a placement tries before giving up.
 const CANDIDATES: usize = 8;
@@ -219,16 +153,13 @@ impl Scheduler {
     /// Reloads every host from the database (start-up, and periodically so
     /// that several stack managers converge on each other's heartbeats).
     pub async fn refresh(&self, db: &Db) -> Result<(), sqlx::Error> {
-        // Only the columns the view holds: agent URLs, credentials and names
-        // would triple what 20,000 rows cost to fetch and decode.
-        let rows = sqlx::query(HOST_VIEW_SELECT).fetch_all(&db.pool).await?;
+        let views = claims::host_views(db).await?;
         let mut hosts = Hosts {
-            views: HashMap::with_capacity(rows.len()),
-            slots: Vec::with_capacity(rows.len()),
-            slot_of: HashMap::with_capacity(rows.len()),
+            views: HashMap::with_capacity(views.len()),
+            slots: Vec::with_capacity(views.len()),
+            slot_of: HashMap::with_capacity(views.len()),
         };
-        for r in &rows {
-            let h = HostView::from_row(r)?;
+        for h in views {
             let id = h.id;
             hosts.views.insert(id, h);
             hosts.sync(id, &self.config);
@@ -411,6 +342,14 @@ impl Scheduler {
         }
     }
 
+    /// The claim of one create, from a ranking made before its transaction.
+    pub fn placement(&self, ranking: Ranking) -> Placement<'_> {
+        Placement {
+            scheduler: self,
+            ranking,
+        }
+    }
+
     /// Claims the first ranked host that still fits `d` (whose group
     /// footprint was read inside `tx`, after the group lock) and that the
     /// database accepts. When every ranked host is gone, ranks once more.
@@ -490,32 +429,13 @@ impl Scheduler {
         d: &InstanceDemand,
     ) -> ApiResult<Option<Claim>> {
         let cfg = &self.config;
-        let done = sqlx::query(
-            "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
-             alloc_disk_gib = alloc_disk_gib + $4, alloc_instances = alloc_instances + 1 \
-             WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' \
-             AND alloc_vcpus + $2 <= cap_vcpus * $5 AND alloc_ram_mib + $3 <= cap_ram_mib * $6 \
-             AND alloc_disk_gib + $4 <= cap_disk_gib * $7",
-        )
-        .bind(host.to_string())
-        .bind(d.vcpus as i64)
-        .bind(d.ram_mib as i64)
-        .bind(d.disk_gib as i64)
-        .bind(cfg.cpu_allocation_ratio)
-        .bind(cfg.ram_allocation_ratio)
-        .bind(cfg.disk_allocation_ratio)
-        .execute(&mut ***tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(Some(Claim {
-                host,
-                vcpus: d.vcpus as i64,
-                ram_mib: d.ram_mib as i64,
-                disk_gib: d.disk_gib as i64,
-                storage_bytes: 0,
-                instances: 1,
-                volumes: 0,
-            }));
+        let ratios = Ratios {
+            cpu: cfg.cpu_allocation_ratio,
+            ram: cfg.ram_allocation_ratio,
+            disk: cfg.disk_allocation_ratio,
+        };
+        if let Some(claim) = claims::host_claim_instance(tx, host, d, ratios).await? {
+            return Ok(Some(claim));
         }
         self.reload_host(tx, host).await?;
         Ok(None)
@@ -546,27 +466,9 @@ impl Scheduler {
             None => self.rank_storage(bytes),
         };
         for host in candidates {
-            let done = sqlx::query(
-                "UPDATE hosts SET alloc_storage = alloc_storage + $2, alloc_volumes = alloc_volumes + 1 \
-                 WHERE id = $1 AND kind = 'storage' AND admin_state = 'enabled' \
-                 AND alloc_storage + $2 <= cap_storage_total * $3",
-            )
-            .bind(host.to_string())
-            .bind(bytes as i64)
-            .bind(ratio)
-            .execute(&mut ***tx)
-            .await?;
-            if done.rows_affected() == 1 {
+            if let Some(claim) = claims::host_claim_volume(tx, host, bytes, ratio).await? {
                 self.observe("volume", "ok", started.elapsed());
-                return Ok(Claim {
-                    host,
-                    vcpus: 0,
-                    ram_mib: 0,
-                    disk_gib: 0,
-                    storage_bytes: bytes as i64,
-                    instances: 0,
-                    volumes: 1,
-                });
+                return Ok(claim);
             }
             self.reload_host(tx, host).await?;
         }
@@ -585,33 +487,9 @@ impl Scheduler {
         ))
     }
 
-    /// Gives back a claim in `tx` (instance or volume deleted).
-    pub async fn release(tx: &mut WriteTx, c: Claim) -> Result<(), sqlx::Error> {
-        let r = c.reversed();
-        sqlx::query(
-            "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
-             alloc_disk_gib = alloc_disk_gib + $4, alloc_storage = alloc_storage + $5, \
-             alloc_instances = alloc_instances + $6, alloc_volumes = alloc_volumes + $7 WHERE id = $1",
-        )
-        .bind(c.host.to_string())
-        .bind(r.vcpus)
-        .bind(r.ram_mib)
-        .bind(r.disk_gib)
-        .bind(r.storage_bytes)
-        .bind(r.instances)
-        .bind(r.volumes)
-        .execute(&mut ***tx)
-        .await?;
-        Ok(())
-    }
-
     async fn reload_host(&self, tx: &mut WriteTx, host: HostId) -> Result<(), sqlx::Error> {
-        let row = sqlx::query(&format!("{HOST_VIEW_SELECT} WHERE id = $1"))
-            .bind(host.to_string())
-            .fetch_optional(&mut ***tx)
-            .await?;
-        match row {
-            Some(r) => self.upsert(HostView::from_row(&r)?),
+        match claims::host_view(tx, host).await? {
+            Some(h) => self.upsert(h),
             None => self.remove(host),
         }
         Ok(())

@@ -6,8 +6,6 @@
 //! claim, instance row, addresses, usage span. Either all of it happens or
 //! none does; only after commit is the host's reconciler woken.
 
-use std::collections::{HashMap, HashSet};
-
 use api::ids::{HostId, InstanceId, VolumeId};
 use api::resources::{
     Attachment, AttachmentCreate, ConsoleLog, DesiredState, Instance, InstanceCreate,
@@ -22,13 +20,12 @@ use axum::routing::{delete as delete_route, get, post};
 use axum::{Json, Router};
 
 use crate::auth::Caller;
-use crate::db::{lock_row, now_ms, share_lock_row, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::{flavors, groups, images, keypairs, networks, validate};
 use crate::lifecycle::InstanceAction;
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
-use crate::store::quotas::{self, QuotaDelta};
+use crate::store::instances::NewInstance;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -150,165 +147,29 @@ async fn create(
         ..Default::default()
     };
     if let Some(g) = &group {
-        (demand.group_hosts, demand.group_racks) =
-            group_footprint(&mut *state.db.pool.acquire().await?, &g.id.to_string()).await?;
+        (demand.group_hosts, demand.group_racks) = state.store.group_footprint(g.id).await?;
     }
+    // Ranked before the write transaction, so the scan of every host never
+    // holds the SQLite write gate; the claim re-checks what changed since.
     let ranking = state.scheduler.rank_instance(&demand);
-
-    let id = InstanceId::new();
-    let now = now_ms();
-    let mut tx = state.db.begin_write().await?;
-    // Images carry no foreign key (deleted instances keep pointing at
-    // theirs): lock the image row (shared: creates from one image do not
-    // queue on each other) so a concurrent image delete either finishes
-    // first (and we refuse) or waits for us (and sees the user).
-    if !share_lock_row(&mut tx, "images", &image.id.to_string()).await? {
-        return Err(ApiError::conflict(format!(
-            "image `{}` was deleted meanwhile",
-            image.name
-        )));
-    }
-    quotas::quota_claim(
-        &mut tx,
+    let new = NewInstance {
         project,
-        QuotaDelta {
-            instances: 1,
-            vcpus: flavor.vcpus as i64,
-            ram_mib: validate::to_i64(flavor.ram_mib),
-            addresses: nets.len() as i64,
-            ..Default::default()
-        },
-    )
-    .await?;
-    if let Some(g) = &group {
-        // Serializes placement of the group's members (PostgreSQL row lock),
-        // then reads where they are now.
-        lock_row(&mut tx, "anti_affinity_groups", &g.id.to_string()).await?;
-        (demand.group_hosts, demand.group_racks) =
-            group_footprint(&mut tx, &g.id.to_string()).await?;
-    }
-    let claim = state
-        .scheduler
-        .claim_instance(&mut tx, &demand, ranking)
-        .await?;
-    // Addresses are picked first and written with the instance row and its
-    // usage span in ONE statement: three round trips become one.
-    let mut nics = Vec::with_capacity(nets.len());
-    let mut picked: Vec<(api::ids::SubnetId, std::net::IpAddr)> = Vec::with_capacity(nets.len());
-    for (index, net) in nets.iter().enumerate() {
-        let (subnet_id, address) = networks::pick_address(&mut tx, net, &picked).await?;
-        picked.push((subnet_id, address));
-        nics.push(Nic {
-            network_id: net.id,
-            subnet_id,
-            address,
-            mac: netconfig::derive_mac(id.0.as_bytes(), index as u8),
-        });
-    }
-    let instance_insert = "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, \
-         vcpus, ram_mib, disk_gib, user_data, desired, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)";
-    let usage_insert = "INSERT INTO usage_spans (id, project_id, kind, resource_id, flavor_id, gib, started_at, ended_at) \
-         VALUES ($15, $2, 'instance', $1, $4, 0, $14, NULL)";
-    let address_values = (0..picked.len())
-        .map(|i| format!("(${}, ${}, $1, {i}, $14)", 16 + 2 * i, 17 + 2 * i))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let address_insert = format!(
-        "INSERT INTO addresses (subnet_id, address, instance_id, nic_index, created_at) VALUES {address_values}"
-    );
-    let sql = match tx.backend {
-        // Data-modifying CTEs: all three inserts are one statement.
-        crate::db::Backend::Postgres => {
-            format!("WITH a AS ({address_insert}), u AS ({usage_insert}) {instance_insert}")
-        }
-        // SQLite runs the statements of one query string in one call.
-        crate::db::Backend::Sqlite => {
-            format!("{instance_insert}; {address_insert}; {usage_insert}")
-        }
+        name: body.name,
+        flavor,
+        image,
+        keypair,
+        group,
+        networks: nets,
+        user_data: body.user_data,
+        start: body.start,
     };
-    let mut insert = sqlx::query(&sql)
-        .bind(id.to_string())
-        .bind(project.to_string())
-        .bind(&body.name)
-        .bind(flavor.id.to_string())
-        .bind(image.id.to_string())
-        .bind(keypair.as_ref().map(|k| k.id.to_string()))
-        .bind(group.as_ref().map(|g| g.id.to_string()))
-        .bind(claim.host.to_string())
-        .bind(flavor.vcpus as i64)
-        .bind(validate::to_i64(flavor.ram_mib))
-        .bind(validate::to_i64(flavor.disk_gib))
-        .bind(body.user_data.clone())
-        .bind(if body.start { "running" } else { "stopped" })
-        .bind(now)
-        .bind(uuid::Uuid::new_v4().to_string());
-    for (subnet, address) in &picked {
-        insert = insert.bind(subnet.to_string()).bind(address.to_string());
-    }
-    // Addresses were picked under the subnet locks and usage span ids are
-    // fresh, so the only unique index this can hit is the live name.
-    insert
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| match crate::db::is_unique_violation(&e) {
-            true => ApiError::conflict(format!(
-                "an instance named `{}` already exists in this project",
-                body.name
-            )),
-            false => e.into(),
-        })?;
-    tx.commit().await?;
+    let (instance, claim) = state
+        .store
+        .instance_create(new, demand, state.scheduler.placement(ranking))
+        .await?;
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);
-    let created_at = crate::db::from_ms(now);
-    let instance = Instance {
-        id,
-        project_id: project,
-        name: body.name,
-        flavor_id: flavor.id,
-        image_id: image.id,
-        keypair_id: keypair.map(|k| k.id),
-        anti_affinity_group_id: group.map(|g| g.id),
-        host_id: Some(claim.host),
-        desired: if body.start {
-            DesiredState::Running
-        } else {
-            DesiredState::Stopped
-        },
-        status: InstanceStatus::Building,
-        status_reason: None,
-        nics,
-        vcpus: flavor.vcpus,
-        ram_mib: flavor.ram_mib,
-        disk_gib: flavor.disk_gib,
-        created_at,
-        updated_at: created_at,
-    };
     Ok((StatusCode::CREATED, Json(instance)))
-}
-
-/// Hosts and racks holding live members of an anti-affinity group.
-async fn group_footprint(
-    conn: &mut sqlx::AnyConnection,
-    group: &str,
-) -> ApiResult<(HashSet<HostId>, HashMap<api::ids::RackId, u32>)> {
-    let rows = sqlx::query(
-        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
-         WHERE i.group_id = $1 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
-    )
-    .bind(group)
-    .fetch_all(conn)
-    .await?;
-    let mut hosts = HashSet::new();
-    let mut racks = HashMap::new();
-    for r in &rows {
-        hosts.insert(r.id("host_id")?);
-        if let Some(rack) = r.opt_id("rack_id")? {
-            *racks.entry(rack).or_insert(0) += 1;
-        }
-    }
-    Ok((hosts, racks))
 }
 
 /// A lifecycle action (`crate::lifecycle`), then the host's reconciler is woken.

@@ -40,11 +40,7 @@ pub fn range(field: &str, value: u64, min: u64, max: u64) -> ApiResult<()> {
     }
 }
 
-/// Database columns are signed 64-bit; API integers are checked into range
-/// before they get there.
-pub fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
+pub use crate::db::to_i64;
 
 #[cfg(test)]
 mod tests {

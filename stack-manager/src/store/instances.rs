@@ -8,20 +8,27 @@
 //! heartbeat read before a push was answered, an old host's report after
 //! the instance moved) changes nothing, and the caller is told so.
 
-use api::ids::{HostId, InstanceId, ProjectId, VolumeId};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use api::ids::{GroupId, HostId, InstanceId, ProjectId, RackId, SubnetId, VolumeId};
 use api::internal::{InstanceSpec, ObservedInstance};
 use api::resources::{
-    Attachment, DesiredState, Instance, InstanceStatus, List, Nic, ProjectPage, VolumeStatus,
+    Attachment, DesiredState, Flavor, Group, Image, Instance, InstanceStatus, Keypair, List,
+    Network, Nic, ProjectPage, VolumeStatus,
 };
 use sqlx::any::AnyRow;
 
+use super::claims::Claim;
+use super::claims::{InstanceDemand, Placer};
 use super::page::{KeyKind, Keyset};
 use super::Store;
 use crate::auth::Caller;
-use crate::db::{now_ms, RowExt};
+use crate::db::{
+    from_ms, is_unique_violation, lock_row, now_ms, share_lock_row, to_i64, Backend, RowExt,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{self, InstanceAction, VolumeAction};
-use crate::scheduler::Claim;
 use crate::store::quotas::{self, QuotaDelta};
 
 /// Most volumes one instance may have attached.
@@ -580,7 +587,7 @@ impl Store {
         .await?;
         let claim = instance_claim(&r)?;
         if let Some(c) = claim {
-            crate::scheduler::Scheduler::release(&mut tx, c).await?;
+            super::claims::host_release(&mut tx, c).await?;
         }
         // Detached volumes become available; their storage ACL changes.
         let volumes: Vec<Option<String>> = sqlx::query(
@@ -627,4 +634,195 @@ impl Store {
             hosts,
         }))
     }
+}
+
+/// A validated create request with everything it names resolved.
+pub struct NewInstance {
+    pub project: ProjectId,
+    pub name: String,
+    pub flavor: Flavor,
+    pub image: Image,
+    pub keypair: Option<Keypair>,
+    pub group: Option<Group>,
+    pub networks: Vec<Network>,
+    pub user_data: Option<String>,
+    pub start: bool,
+}
+
+impl Store {
+    /// Hosts and racks holding live members of an anti-affinity group, as
+    /// the scheduler ranks against before the create's transaction.
+    pub async fn group_footprint(&self, group: GroupId) -> ApiResult<Footprint> {
+        group_footprint(&mut *self.db.pool.acquire().await?, group).await
+    }
+
+    /// Creates an instance in ONE transaction: quota claim, anti-affinity
+    /// group lock, host claim (through `placer`), addresses, the instance
+    /// row and its usage span. Either all of it happens or none does; the
+    /// claim is returned for the caller to apply to the scheduler's view
+    /// once this returned.
+    pub async fn instance_create(
+        &self,
+        new: NewInstance,
+        mut demand: InstanceDemand,
+        placer: impl Placer,
+    ) -> ApiResult<(Instance, Claim)> {
+        let NewInstance {
+            project,
+            name,
+            flavor,
+            image,
+            keypair,
+            group,
+            networks,
+            user_data,
+            start,
+        } = new;
+        let id = InstanceId::new();
+        let now = now_ms();
+        let mut tx = self.db.begin_write().await?;
+        // Images carry no foreign key (deleted instances keep pointing at
+        // theirs): lock the image row (shared: creates from one image do not
+        // queue on each other) so a concurrent image delete either finishes
+        // first (and we refuse) or waits for us (and sees the user).
+        if !share_lock_row(&mut tx, "images", &image.id.to_string()).await? {
+            return Err(ApiError::conflict(format!(
+                "image `{}` was deleted meanwhile",
+                image.name
+            )));
+        }
+        quotas::quota_claim(
+            &mut tx,
+            project,
+            QuotaDelta {
+                instances: 1,
+                vcpus: flavor.vcpus as i64,
+                ram_mib: to_i64(flavor.ram_mib),
+                addresses: networks.len() as i64,
+                ..Default::default()
+            },
+        )
+        .await?;
+        if let Some(g) = &group {
+            // Serializes placement of the group's members (PostgreSQL row
+            // lock), then reads where they are now.
+            lock_row(&mut tx, "anti_affinity_groups", &g.id.to_string()).await?;
+            (demand.group_hosts, demand.group_racks) = group_footprint(&mut tx, g.id).await?;
+        }
+        let claim = placer.claim_instance(&mut tx, &demand).await?;
+        // Addresses are picked first and written with the instance row and
+        // its usage span in ONE statement: three round trips become one.
+        let mut nics = Vec::with_capacity(networks.len());
+        let mut picked: Vec<(SubnetId, IpAddr)> = Vec::with_capacity(networks.len());
+        for (index, net) in networks.iter().enumerate() {
+            let (subnet_id, address) =
+                crate::http::networks::pick_address(&mut tx, net, &picked).await?;
+            picked.push((subnet_id, address));
+            nics.push(Nic {
+                network_id: net.id,
+                subnet_id,
+                address,
+                mac: netconfig::derive_mac(id.0.as_bytes(), index as u8),
+            });
+        }
+        let desired = if start {
+            DesiredState::Running
+        } else {
+            DesiredState::Stopped
+        };
+        let instance_insert = "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, \
+             vcpus, ram_mib, disk_gib, user_data, desired, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)";
+        let usage_insert = "INSERT INTO usage_spans (id, project_id, kind, resource_id, flavor_id, gib, started_at, ended_at) \
+             VALUES ($15, $2, 'instance', $1, $4, 0, $14, NULL)";
+        let address_values = (0..picked.len())
+            .map(|i| format!("(${}, ${}, $1, {i}, $14)", 16 + 2 * i, 17 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let address_insert = format!(
+            "INSERT INTO addresses (subnet_id, address, instance_id, nic_index, created_at) VALUES {address_values}"
+        );
+        let sql = match tx.backend {
+            // Data-modifying CTEs: all three inserts are one statement.
+            Backend::Postgres => {
+                format!("WITH a AS ({address_insert}), u AS ({usage_insert}) {instance_insert}")
+            }
+            // SQLite runs the statements of one query string in one call.
+            Backend::Sqlite => format!("{instance_insert}; {address_insert}; {usage_insert}"),
+        };
+        let mut insert = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(project.to_string())
+            .bind(&name)
+            .bind(flavor.id.to_string())
+            .bind(image.id.to_string())
+            .bind(keypair.as_ref().map(|k| k.id.to_string()))
+            .bind(group.as_ref().map(|g| g.id.to_string()))
+            .bind(claim.host.to_string())
+            .bind(flavor.vcpus as i64)
+            .bind(to_i64(flavor.ram_mib))
+            .bind(to_i64(flavor.disk_gib))
+            .bind(user_data)
+            .bind(desired.as_str())
+            .bind(now)
+            .bind(uuid::Uuid::new_v4().to_string());
+        for (subnet, address) in &picked {
+            insert = insert.bind(subnet.to_string()).bind(address.to_string());
+        }
+        // Addresses were picked under the subnet locks and usage span ids
+        // are fresh, so the only unique index this can hit is the live name.
+        insert
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| match is_unique_violation(&e) {
+                true => ApiError::conflict(format!(
+                    "an instance named `{name}` already exists in this project"
+                )),
+                false => e.into(),
+            })?;
+        tx.commit().await?;
+        let created_at = from_ms(now);
+        let instance = Instance {
+            id,
+            project_id: project,
+            name,
+            flavor_id: flavor.id,
+            image_id: image.id,
+            keypair_id: keypair.map(|k| k.id),
+            anti_affinity_group_id: group.map(|g| g.id),
+            host_id: Some(claim.host),
+            desired,
+            status: InstanceStatus::Building,
+            status_reason: None,
+            nics,
+            vcpus: flavor.vcpus,
+            ram_mib: flavor.ram_mib,
+            disk_gib: flavor.disk_gib,
+            created_at,
+            updated_at: created_at,
+        };
+        Ok((instance, claim))
+    }
+}
+
+/// Hosts holding live members of a group, and members per rack.
+pub type Footprint = (HashSet<HostId>, HashMap<RackId, u32>);
+
+async fn group_footprint(conn: &mut sqlx::AnyConnection, group: GroupId) -> ApiResult<Footprint> {
+    let rows = sqlx::query(
+        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
+         WHERE i.group_id = $1 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
+    )
+    .bind(group.to_string())
+    .fetch_all(conn)
+    .await?;
+    let mut hosts = HashSet::new();
+    let mut racks = HashMap::new();
+    for r in &rows {
+        hosts.insert(r.id("host_id")?);
+        if let Some(rack) = r.opt_id("rack_id")? {
+            *racks.entry(rack).or_insert(0) += 1;
+        }
+    }
+    Ok((hosts, racks))
 }

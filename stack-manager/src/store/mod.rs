@@ -14,6 +14,8 @@
 //! Dependencies point one way: `http`, the internal API and background
 //! tasks call the store; the store calls none of them.
 
+pub mod agents;
+pub mod claims;
 pub mod instances;
 pub mod page;
 pub mod projects;
