@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use api::ids::{HostId, VolumeId};
-use api::resources::HostKind;
+use api::resources::{HostKind, InstanceStatus};
 use api::AgentClient;
 use tokio::sync::Notify;
 
@@ -269,7 +269,7 @@ async fn sync_hypervisor(
     let mut pushed = Vec::with_capacity(work.to_push.len());
     for p in work.to_push {
         let spec = p.spec;
-        if p.applied_generation >= spec.generation && p.status != "rebooting" {
+        if p.applied_generation >= spec.generation && p.status != InstanceStatus::Rebooting {
             continue;
         }
         match agent.instance_put(&spec).await {

@@ -78,6 +78,28 @@ async fn fixed_costs(backend: Backend, counter: &StatementCounter) {
     assert_eq!(small, large, "a page's cost does not grow with its size");
     assert!(large <= 3, "{large} statements for one page");
 
+    // What an agent fetches and reports: specs with their NICs in a fixed
+    // number of statements, and a converged heartbeat in two (the
+    // authenticated update, and the rows its report is compared with).
+    let before = counter.get();
+    let specs = cloud.state.store.instance_specs(host).await.expect("specs");
+    let spec_cost = counter.get() - before;
+    assert_eq!(specs.len(), 40);
+    assert!(specs.iter().all(|s| s.nics.len() == 1));
+    let before = counter.get();
+    cloud
+        .fleet
+        .heartbeat(&cloud.internal_url, "hv-1")
+        .await
+        .expect("heartbeat");
+    let heartbeat_cost = counter.get() - before;
+    println!("{backend:?}: the specs of 40 instances cost {spec_cost} statements, a converged heartbeat {heartbeat_cost}");
+    assert!(spec_cost <= 3, "{spec_cost} statements for a host's specs");
+    assert!(
+        heartbeat_cost <= 2,
+        "{heartbeat_cost} statements for a heartbeat"
+    );
+
     // A pass where every instance is pushed again, at two sizes.
     let pass = |label: &'static str| {
         let cloud = &cloud;

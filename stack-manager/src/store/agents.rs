@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
 use api::internal::*;
-use api::resources::{Capacity, DesiredState, HostKind, ImageFormat, VolumeStatus};
+use api::resources::{Capacity, DesiredState, HostKind, ImageFormat, InstanceStatus, VolumeStatus};
 use sqlx::any::AnyRow;
 
 use super::claims::{Claim, HostView};
@@ -48,7 +48,7 @@ pub struct Enrollment<'a> {
 pub struct Pushable {
     pub spec: InstanceSpec,
     pub applied_generation: u64,
-    pub status: String,
+    pub status: InstanceStatus,
 }
 
 /// What one pass of a host's reconciler has to do with its instances.
@@ -820,7 +820,7 @@ fn pushable(
     Ok(Pushable {
         spec,
         applied_generation: r.uint("applied_generation")?,
-        status: r.text("status")?,
+        status: r.parsed("status", InstanceStatus::parse)?,
     })
 }
 
