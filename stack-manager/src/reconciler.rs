@@ -242,14 +242,14 @@ async fn sync_hypervisor(
         }
     }
     if orphans {
-        let applied = applied_generations(state, "instances", host).await?;
+        let ours = state.store.instance_ids_on(host).await?;
         let reported = agent
             .instance_list()
             .await
             .map(|l| l.into_iter().map(|o| o.id));
         match reported {
             Ok(ids) => {
-                for id in ids.filter(|id| !applied.contains_key(&id.to_string())) {
+                for id in ids.filter(|id| !ours.contains(id)) {
                     tracing::info!(%host, instance = %id, "deleting an instance the host should not have");
                     if let Err(e) = agent.instance_delete(id).await {
                         tracing::warn!(%host, instance = %id, error = %e, "cannot delete orphan");
@@ -297,14 +297,8 @@ async fn sync_storage(
         return Ok(false);
     }
     let mut converged = true;
-    let deleting = sqlx::query(
-        "SELECT id FROM volumes WHERE host_id = $1 AND status = 'deleting' AND deleted_at IS NULL",
-    )
-    .bind(host.to_string())
-    .fetch_all(&state.db.pool)
-    .await?;
-    for r in &deleting {
-        let id: VolumeId = r.id("id")?;
+    let pass = state.store.storage_pass(host).await?;
+    for &id in &pass.deleting {
         match agent.volume_delete(id).await {
             Ok(()) => desired::finalize_volume_delete(state, id).await?,
             Err(e) if e.status() == Some(404) => desired::finalize_volume_delete(state, id).await?,
@@ -314,28 +308,20 @@ async fn sync_storage(
             }
         }
     }
-    let applied = applied_generations(state, "volumes", host).await?;
     if orphans {
         match agent.volume_list().await {
             Ok(list) => {
-                for o in list
+                let unknown: Vec<VolumeId> = list
                     .into_iter()
-                    .filter(|o| !applied.contains_key(&o.id.to_string()))
-                {
-                    // Only volumes we know were deleted: a volume's data is
-                    // never dropped on a guess.
-                    let deleted = sqlx::query(
-                        "SELECT 1 AS x FROM volumes WHERE id = $1 AND deleted_at IS NOT NULL",
-                    )
-                    .bind(o.id.to_string())
-                    .fetch_optional(&state.db.pool)
-                    .await?
-                    .is_some();
-                    if deleted {
-                        if let Err(e) = agent.volume_delete(o.id).await {
-                            tracing::warn!(%host, volume = %o.id, error = %e, "cannot delete orphan");
-                            converged = false;
-                        }
+                    .map(|o| o.id)
+                    .filter(|id| !pass.live.contains(id))
+                    .collect();
+                // Only volumes we know were deleted: a volume's data is
+                // never dropped on a guess.
+                for id in state.store.volumes_deleted(&unknown).await? {
+                    if let Err(e) = agent.volume_delete(id).await {
+                        tracing::warn!(%host, volume = %id, error = %e, "cannot delete orphan");
+                        converged = false;
                     }
                 }
             }
@@ -345,13 +331,7 @@ async fn sync_storage(
             }
         }
     }
-    for spec in state.store.volume_specs(host).await? {
-        let stale = applied
-            .get(&spec.id.to_string())
-            .is_some_and(|(gen, _)| *gen < spec.generation);
-        if !stale {
-            continue;
-        }
+    for spec in pass.stale {
         match agent.volume_put(&spec).await {
             Ok(observed) => {
                 state.store.volume_observe(host, &observed).await?;
@@ -363,26 +343,4 @@ async fn sync_storage(
         }
     }
     Ok(converged)
-}
-
-/// What the agent last applied, per live row of `table` on `host`, with the row's status.
-async fn applied_generations(
-    state: &AppState,
-    table: &'static str,
-    host: HostId,
-) -> ApiResult<HashMap<String, (u64, String)>> {
-    let sql = format!("SELECT id, applied_generation, status FROM {table} WHERE host_id = $1 AND deleted_at IS NULL");
-    let rows = sqlx::query(&sql)
-        .bind(host.to_string())
-        .fetch_all(&state.db.pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok((
-                r.text("id")?,
-                (r.uint("applied_generation")?, r.text("status")?),
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(Into::into)
 }

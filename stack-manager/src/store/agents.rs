@@ -69,6 +69,17 @@ pub struct HostPass {
     pub work: HostWork,
 }
 
+/// What one pass of a storage node's reconciler has to do.
+#[derive(Default)]
+pub struct StoragePass {
+    /// Volumes being deleted: to delete on the node.
+    pub deleting: Vec<VolumeId>,
+    /// Every live volume the node should have (deleting ones included).
+    pub live: HashSet<VolumeId>,
+    /// Specs of the volumes the node is behind on: to push.
+    pub stale: Vec<VolumeSpec>,
+}
+
 /// What folding a host's report found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Folded {
@@ -386,7 +397,87 @@ impl Store {
     /// Specs of every volume placed on storage node `host` that should
     /// exist: two statements (the volumes, their snapshots) however many.
     pub async fn volume_specs(&self, host: HostId) -> ApiResult<Vec<VolumeSpec>> {
-        let rows = sqlx::query(
+        self.volume_specs_where(host, false).await
+    }
+
+    /// What a storage node's reconciler pass acts on, in at most three
+    /// statements however many volumes the node holds.
+    pub async fn storage_pass(&self, host: HostId) -> ApiResult<StoragePass> {
+        let mut pass = StoragePass::default();
+        for r in sqlx::query(
+            "SELECT id, status FROM volumes WHERE host_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(host.to_string())
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            let id: VolumeId = r.id("id")?;
+            if r.parsed("status", VolumeStatus::parse)? == VolumeStatus::Deleting {
+                pass.deleting.push(id);
+            }
+            pass.live.insert(id);
+        }
+        pass.stale = self.volume_specs_where(host, true).await?;
+        Ok(pass)
+    }
+
+    /// Of the volumes a node reports, those we know were deleted (a
+    /// volume's data is never dropped on a guess).
+    pub async fn volumes_deleted(&self, ids: &[VolumeId]) -> ApiResult<HashSet<VolumeId>> {
+        let mut deleted = HashSet::new();
+        for chunk in ids.chunks(IN_BATCH) {
+            let sql = format!(
+                "SELECT id FROM volumes WHERE deleted_at IS NOT NULL AND id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            for r in query.fetch_all(&self.db.pool).await? {
+                deleted.insert(r.id("id")?);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// The live instances the database places on `host`: what a listing
+    /// of its agent is checked against for orphans.
+    pub async fn instance_ids_on(&self, host: HostId) -> ApiResult<HashSet<InstanceId>> {
+        sqlx::query("SELECT id FROM instances WHERE host_id = $1 AND deleted_at IS NULL")
+            .bind(host.to_string())
+            .fetch_all(&self.db.pool)
+            .await?
+            .iter()
+            .map(|r| r.id("id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Hosts with work a reconciler has not finished: what the reconcilers
+    /// resume at start-up.
+    pub async fn hosts_with_pending_work(&self) -> ApiResult<Vec<HostId>> {
+        sqlx::query(
+            "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+               AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
+             UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+               AND (applied_generation < generation OR status = 'deleting')",
+        )
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.id("host_id"))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+    }
+
+    async fn volume_specs_where(&self, host: HostId, only_stale: bool) -> ApiResult<Vec<VolumeSpec>> {
+        let stale = if only_stale {
+            " AND v.applied_generation < v.generation"
+        } else {
+            ""
+        };
+        let rows = sqlx::query(&format!(
             "SELECT v.*, hi.initiator_iqn AS initiator, im.id AS image_id, im.source AS image_source, \
                     im.format AS image_format, im.sha256 AS image_sha256, sn.volume_id AS snapshot_volume \
              FROM volumes v \
@@ -395,8 +486,8 @@ impl Store {
              LEFT JOIN hosts hi ON hi.id = i.host_id \
              LEFT JOIN images im ON im.id = v.source_image_id \
              LEFT JOIN snapshots sn ON sn.id = v.source_snapshot_id \
-             WHERE v.host_id = $1 AND v.status <> 'deleting' AND v.deleted_at IS NULL ORDER BY v.id",
-        )
+             WHERE v.host_id = $1 AND v.status <> 'deleting' AND v.deleted_at IS NULL{stale} ORDER BY v.id",
+        ))
         .bind(host.to_string())
         .fetch_all(&self.db.pool)
         .await?;
