@@ -27,8 +27,8 @@ async fn list(
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> ApiResult<Json<List<AuditRecord>>> {
-    // Before the limit (which the store checks too), as ever: a caller who
-    // may not read the log hears that first, and in the same words.
+    // The store checks both again; here they keep their order (a caller
+    // who may not read the log hears that first) and the limit its message.
     caller.require_admin()?;
     let limit = q.limit.unwrap_or(PAGE_LIMIT_DEFAULT);
     validate::range("limit", limit.into(), 1, PAGE_LIMIT_MAX.into())?;
