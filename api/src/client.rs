@@ -308,7 +308,8 @@ impl Client {
         self
     }
 
-    fn scoped(&self, path: &str) -> String {
+    /// `path` in the client's project (`?project=`), when it has one.
+    pub fn scoped(&self, path: &str) -> String {
         scoped(path, self.project.as_deref())
     }
 

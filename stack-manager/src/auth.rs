@@ -13,9 +13,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
-use crate::db::{now_ms, RowExt};
+use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::store::Store;
@@ -224,50 +223,11 @@ pub async fn caller_for_token(state: &AppState, secret: &str) -> ApiResult<Optio
             return Ok(Some(c));
         }
     }
-    let caller = caller_from_db(state, &hash).await?;
+    let caller = state.store.token_authenticate(&hash).await?;
     if let Some(c) = &caller {
         state.callers.put(hash, c.clone());
     }
     Ok(caller)
-}
-
-async fn caller_from_db(state: &AppState, hash: &str) -> ApiResult<Option<Caller>> {
-    let row = sqlx::query(
-        "SELECT u.id, u.name, u.admin, t.expires_at FROM tokens t JOIN users u ON u.id = t.user_id \
-         WHERE t.secret_hash = $1",
-    )
-    .bind(hash)
-    .fetch_optional(&state.db.pool)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let expires: Option<i64> = row.try_get("expires_at")?;
-    if expires.is_some_and(|e| e <= now_ms()) {
-        return Ok(None);
-    }
-    let user_id: String = row.try_get("id")?;
-    let rows = sqlx::query(
-        "SELECT m.project_id, m.role, p.name FROM memberships m JOIN projects p ON p.id = m.project_id \
-         WHERE m.user_id = $1",
-    )
-    .bind(&user_id)
-    .fetch_all(&state.db.pool)
-    .await?;
-    let mut memberships = Vec::with_capacity(rows.len());
-    let mut project_names = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let project: ProjectId = r.id("project_id")?;
-        let role = r.parsed("role", ProjectRole::parse)?;
-        memberships.push((project, role));
-        project_names.push((r.text("name")?, project));
-    }
-    Ok(Some(Caller {
-        user_id: user_id.parse()?,
-        user_name: row.try_get("name")?,
-        admin: row.try_get::<i64, _>("admin")? != 0,
-        memberships,
-        project_names,
-        expires_at: expires,
-    }))
 }
 
 /// Middleware for `/v1`: resolves the caller, rejects anonymous calls, and

@@ -101,9 +101,10 @@ pub async fn init(
     }
     crate::http::validate::name("user", admin_name)?;
     crate::http::validate::name("project", project_name)?;
-    let project =
-        crate::http::projects::project_insert(state, project_name, "operators' own project")
-            .await?;
+    let project = state
+        .store
+        .project_insert(project_name, "operators' own project")
+        .await?;
     let user_id = api::ids::UserId::new();
     let secret = new_secret("strato");
     let now = now_ms();

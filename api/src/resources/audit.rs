@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ids::{AuditId, UserId};
+use crate::resources::PageParams;
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditRecord {
@@ -28,5 +29,17 @@ pub struct AuditQuery {
     /// Only records at or after this time (RFC 3339).
     pub since: Option<DateTime<Utc>>,
     /// At most this many, newest first (default 100, max 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
+    /// The `next_page_token` of the previous page; omit for the first page.
+    pub page_token: Option<String>,
+}
+
+impl AuditQuery {
+    pub fn page(&self) -> PageParams {
+        PageParams {
+            limit: self.limit,
+            page_token: self.page_token.clone(),
+        }
+    }
 }

@@ -2,9 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ids::{ProjectId, TokenId, UserId};
+use crate::resources::PageParams;
 
 /// A role. `admin` is the operator role and is global; `member` and `reader`
 /// are granted per project.
@@ -116,4 +117,27 @@ pub struct TokenCreated {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WhoAmI {
     pub user: User,
+}
+
+/// `GET /v1/tokens?user=`: admins may list another user's tokens.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct TokenListQuery {
+    /// User id or name (admins only); defaults to the caller.
+    pub user: Option<String>,
+    /// Most items in the page: 1 to 1000, 100 when omitted.
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+    /// The `next_page_token` of the previous page; omit for the first page.
+    pub page_token: Option<String>,
+}
+
+impl TokenListQuery {
+    pub fn page(&self) -> PageParams {
+        PageParams {
+            limit: self.limit,
+            page_token: self.page_token.clone(),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use api::resources::{Flavor, FlavorCreate};
+use api::Client;
 use clap::Subcommand;
 
 use super::{resolve, Ctx};
@@ -63,12 +64,17 @@ impl Detail for Flavor {
     }
 }
 
+/// Every flavor the client may list, following the pages.
+async fn all(c: &Client) -> api::client::Result<Vec<Flavor>> {
+    c.transport.get_all("/v1/flavors").await
+}
+
 pub async fn run(ctx: &Ctx, cmd: FlavorCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        FlavorCmd::List => ctx.out.list(&c.flavor_list().await?),
+        FlavorCmd::List => ctx.out.list(&all(&c).await?),
         FlavorCmd::Show { flavor } => {
-            let id = resolve(&flavor, c.flavor_list()).await?;
+            let id = resolve(&flavor, all(&c)).await?;
             ctx.out.show(&c.flavor_get(id).await?)
         }
         FlavorCmd::Create {
@@ -86,7 +92,7 @@ pub async fn run(ctx: &Ctx, cmd: FlavorCmd) -> Result<()> {
             ctx.out.show(&c.flavor_create(&body).await?)
         }
         FlavorCmd::Delete { flavor } => {
-            let id = resolve(&flavor, c.flavor_list()).await?;
+            let id = resolve(&flavor, all(&c)).await?;
             c.flavor_delete(id).await?;
             ctx.out.note(format!("deleted flavor {flavor}"))
         }

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use api::resources::{Group, GroupCreate};
+use api::Client;
 use clap::Subcommand;
 
 use super::{label, names, resolve, Ctx};
@@ -39,17 +40,24 @@ impl Row for Group {
     }
 }
 
+/// Every group the client may list, following the pages.
+async fn all(c: &Client) -> api::client::Result<Vec<Group>> {
+    c.transport
+        .get_all(&c.scoped("/v1/anti-affinity-groups"))
+        .await
+}
+
 pub async fn run(ctx: &Ctx, cmd: GroupCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        GroupCmd::List => ctx.out.list(&c.group_list().await?),
+        GroupCmd::List => ctx.out.list(&all(&c).await?),
         GroupCmd::Create { name } => {
             let g = c.group_create(&GroupCreate { name }).await?;
             ctx.out
                 .show_with(&g, vec![("id", g.id.to_string()), ("name", g.name.clone())])
         }
         GroupCmd::Show { group } => {
-            let id = resolve(&group, c.group_list()).await?;
+            let id = resolve(&group, all(&c)).await?;
             let g = c.group_get(id).await?;
             let vms = if ctx.out.json || g.members.is_empty() {
                 Default::default()
@@ -69,7 +77,7 @@ pub async fn run(ctx: &Ctx, cmd: GroupCmd) -> Result<()> {
             )
         }
         GroupCmd::Delete { group } => {
-            let id = resolve(&group, c.group_list()).await?;
+            let id = resolve(&group, all(&c)).await?;
             c.group_delete(id).await?;
             ctx.out.note(format!("deleted group {group}"))
         }

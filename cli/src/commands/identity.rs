@@ -147,7 +147,9 @@ impl Detail for User {
 pub async fn run_project(ctx: &Ctx, cmd: ProjectCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        ProjectCmd::List => ctx.out.list(&c.project_list().await?),
+        ProjectCmd::List => ctx
+            .out
+            .list(&c.transport.get_all::<Project>("/v1/projects").await?),
         ProjectCmd::Show { project } => ctx.out.show(&c.project_get(&project).await?),
         ProjectCmd::Create { name, description } => ctx.out.show(
             &c.project_create(&ProjectCreate { name, description })
@@ -180,7 +182,9 @@ pub async fn run_project(ctx: &Ctx, cmd: ProjectCmd) -> Result<()> {
 pub async fn run_user(ctx: &Ctx, cmd: UserCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        UserCmd::List => ctx.out.list(&c.user_list().await?),
+        UserCmd::List => ctx
+            .out
+            .list(&c.transport.get_all::<User>("/v1/users").await?),
         UserCmd::Create { name, admin } => ctx
             .out
             .show(&c.user_create(&UserCreate { name, admin }).await?),

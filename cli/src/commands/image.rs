@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use api::resources::{Image, ImageCreate, ImageFormat, Visibility};
+use api::Client;
 use clap::{Subcommand, ValueEnum};
 
 use super::{resolve, Ctx};
@@ -92,12 +93,17 @@ impl Detail for Image {
     }
 }
 
+/// Every image the client may list, following the pages.
+async fn all(c: &Client) -> api::client::Result<Vec<Image>> {
+    c.transport.get_all(&c.scoped("/v1/images")).await
+}
+
 pub async fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        ImageCmd::List => ctx.out.list(&c.image_list().await?),
+        ImageCmd::List => ctx.out.list(&all(&c).await?),
         ImageCmd::Show { image } => {
-            let id = resolve(&image, c.image_list()).await?;
+            let id = resolve(&image, all(&c)).await?;
             ctx.out.show(&c.image_get(id).await?)
         }
         ImageCmd::Create(a) => {
@@ -116,7 +122,7 @@ pub async fn run(ctx: &Ctx, cmd: ImageCmd) -> Result<()> {
             ctx.out.show(&c.image_create(&body).await?)
         }
         ImageCmd::Delete { image } => {
-            let id = resolve(&image, c.image_list()).await?;
+            let id = resolve(&image, all(&c)).await?;
             c.image_delete(id).await?;
             ctx.out.note(format!("deleted image {image}"))
         }

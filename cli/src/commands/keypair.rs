@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use api::resources::{Keypair, KeypairCreate};
+use api::Client;
 use clap::{Args, Subcommand};
 
 use super::{resolve, Ctx};
@@ -86,12 +87,17 @@ impl Detail for Keypair {
     }
 }
 
+/// Every keypair the client may list, following the pages.
+async fn all(c: &Client) -> api::client::Result<Vec<Keypair>> {
+    c.transport.get_all(&c.scoped("/v1/keypairs")).await
+}
+
 pub async fn run(ctx: &Ctx, cmd: KeypairCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
-        KeypairCmd::List => ctx.out.list(&c.keypair_list().await?),
+        KeypairCmd::List => ctx.out.list(&all(&c).await?),
         KeypairCmd::Show { keypair } => {
-            let id = resolve(&keypair, c.keypair_list()).await?;
+            let id = resolve(&keypair, all(&c)).await?;
             ctx.out.show(&c.keypair_get(id).await?)
         }
         KeypairCmd::Create { name, key } => {
@@ -102,7 +108,7 @@ pub async fn run(ctx: &Ctx, cmd: KeypairCmd) -> Result<()> {
             ctx.out.show(&c.keypair_create(&body).await?)
         }
         KeypairCmd::Delete { keypair } => {
-            let id = resolve(&keypair, c.keypair_list()).await?;
+            let id = resolve(&keypair, all(&c)).await?;
             c.keypair_delete(id).await?;
             ctx.out.note(format!("deleted keypair {keypair}"))
         }

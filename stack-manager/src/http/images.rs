@@ -2,16 +2,17 @@
 //! operator's catalogue (no project, visible to all); private ones belong to
 //! a project. A project's private image shadows a public one of the same name.
 
-use api::ids::{ImageId, ProjectId};
-use api::resources::{Image, ImageCreate, ImageFormat, List, ProjectScope, Visibility};
+use api::ids::ImageId;
+use api::resources::{
+    Image, ImageCreate, ImageFormat, List, ProjectPage, ProjectScope, Visibility,
+};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlx::any::AnyRow;
 
 use crate::auth::Caller;
-use crate::db::{from_ms, now_ms, RowExt};
+use crate::db::{from_ms, now_ms};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::validate;
 use crate::state::AppState;
@@ -30,53 +31,6 @@ pub fn router() -> Router<AppState> {
     components(schemas(Image, ImageCreate, ImageFormat, Visibility))
 )]
 pub struct Doc;
-
-fn from_row(r: &AnyRow) -> Result<Image, sqlx::Error> {
-    Ok(Image {
-        id: r.id("id")?,
-        project_id: r.opt_id("project_id")?,
-        name: r.text("name")?,
-        source: r.text("source")?,
-        format: r.parsed("format", ImageFormat::parse)?,
-        sha256: r.text("sha256")?,
-        min_disk_gib: r.uint("min_disk_gib")?,
-        visibility: r.parsed("visibility", Visibility::parse)?,
-        created_at: r.time("created_at")?,
-    })
-}
-
-/// An image `project` may boot, by id or name: its own private images first,
-/// then public ones.
-pub async fn resolve_for_project(
-    state: &AppState,
-    project: ProjectId,
-    id_or_name: &str,
-) -> ApiResult<Image> {
-    let row = sqlx::query(
-        "SELECT * FROM images WHERE (id = $1 OR name = $1) AND (project_id IS NULL OR project_id = $2) \
-         ORDER BY CASE WHEN id = $1 THEN 0 WHEN project_id = $2 THEN 1 ELSE 2 END LIMIT 1",
-    )
-    .bind(id_or_name)
-    .bind(project.to_string())
-    .fetch_optional(&state.db.pool)
-    .await?
-    .ok_or_else(|| ApiError::not_found("image", id_or_name))?;
-    Ok(from_row(&row)?)
-}
-
-/// An image the caller may see; 404 otherwise.
-async fn load_visible(state: &AppState, caller: &Caller, id: ImageId) -> ApiResult<Image> {
-    let row = sqlx::query("SELECT * FROM images WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("image", id))?;
-    let image = from_row(&row)?;
-    if let Some(p) = image.project_id {
-        caller.check_read(p, "image", id)?;
-    }
-    Ok(image)
-}
 
 /// Image names may contain dots (`ubuntu-24.04`), otherwise the usual rules.
 fn check_name(name: &str) -> ApiResult<()> {
@@ -131,33 +85,14 @@ fn check_source(source: &str) -> ApiResult<()> {
     Ok(())
 }
 
-#[utoipa::path(get, path = "/v1/images", tag = "images", params(ProjectScope),
+#[utoipa::path(get, path = "/v1/images", tag = "images", params(ProjectPage),
     responses((status = 200, body = List<Image>), (status = 400, body = api::ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(scope): ApiQuery<ProjectScope>,
+    ApiQuery(q): ApiQuery<ProjectPage>,
 ) -> ApiResult<Json<List<Image>>> {
-    let project = caller
-        .project_for_read(&state.store, scope.project.as_deref())
-        .await?;
-    let rows = match project {
-        Some(p) => {
-            sqlx::query(
-                "SELECT * FROM images WHERE project_id IS NULL OR project_id = $1 ORDER BY name, created_at",
-            )
-            .bind(p.to_string())
-            .fetch_all(&state.db.pool)
-            .await?
-        }
-        None => {
-            sqlx::query("SELECT * FROM images ORDER BY name, created_at")
-                .fetch_all(&state.db.pool)
-                .await?
-        }
-    };
-    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(items.into()))
+    Ok(Json(state.store.image_list(&caller, &q).await?))
 }
 
 #[utoipa::path(post, path = "/v1/images", tag = "images", request_body = ImageCreate, params(ProjectScope),
@@ -195,31 +130,7 @@ async fn create(
         visibility: body.visibility,
         created_at: from_ms(now_ms()),
     };
-    let mut tx = state.db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO images (id, project_id, name, source, format, sha256, min_disk_gib, visibility, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(image.id.to_string())
-    .bind(image.project_id.map(|p| p.to_string()))
-    .bind(&image.name)
-    .bind(&image.source)
-    .bind(image.format.as_str())
-    .bind(&image.sha256)
-    .bind(validate::to_i64(image.min_disk_gib))
-    .bind(image.visibility.as_str())
-    .bind(image.created_at.timestamp_millis())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| match crate::db::is_unique_violation(&e) {
-        true => ApiError::conflict(format!(
-            "a {} image named `{}` already exists",
-            image.visibility.as_str(),
-            image.name
-        )),
-        false => e.into(),
-    })?;
-    tx.commit().await?;
+    let image = state.store.image_create(&caller, image).await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
 
@@ -231,7 +142,7 @@ async fn show(
     caller: Caller,
     ApiPath(id): ApiPath<ImageId>,
 ) -> ApiResult<Json<Image>> {
-    Ok(Json(load_visible(&state, &caller, id).await?))
+    Ok(Json(state.store.image_get(&caller, id).await?))
 }
 
 #[utoipa::path(delete, path = "/v1/images/{id}", tag = "images",
@@ -243,42 +154,7 @@ async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<ImageId>,
 ) -> ApiResult<StatusCode> {
-    let image = load_visible(&state, &caller, id).await?;
-    match image.project_id {
-        None => caller.require_admin()?,
-        Some(p) => caller.check_write(p, "image", id)?,
-    }
-    let mut tx = state.db.begin_write().await?;
-    // Lock the row before counting users: creates lock it too, so on
-    // PostgreSQL a create and this delete cannot both pass their checks.
-    sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    // Live instances are re-created from their image after a host failure,
-    // and volumes may still be waiting to be filled from it.
-    let used = sqlx::query(
-        "SELECT (SELECT COUNT(*) FROM instances WHERE image_id = $1 AND deleted_at IS NULL) AS instances, \
-                (SELECT COUNT(*) FROM volumes WHERE source_image_id = $1 AND deleted_at IS NULL) AS volumes",
-    )
-    .bind(id.to_string())
-    .fetch_one(&mut **tx)
-    .await?;
-    let (instances, volumes) = (used.int("instances")?, used.int("volumes")?);
-    if instances + volumes > 0 {
-        return Err(ApiError::conflict(format!(
-            "image `{}` is used by {instances} instance(s) and {volumes} volume(s)",
-            image.name
-        )));
-    }
-    let done = sqlx::query("DELETE FROM images WHERE id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("image", id));
-    }
-    tx.commit().await?;
+    state.store.image_delete(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

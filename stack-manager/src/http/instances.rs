@@ -21,7 +21,7 @@ use axum::{Json, Router};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::{flavors, groups, images, keypairs, networks, validate};
+use crate::http::{networks, validate};
 use crate::lifecycle::InstanceAction;
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
@@ -119,8 +119,8 @@ async fn create(
     let project = caller
         .project_for_write(&state.store, scope.project.as_deref(), "instance")
         .await?;
-    let flavor = flavors::resolve(&state, &body.flavor).await?;
-    let image = images::resolve_for_project(&state, project, &body.image).await?;
+    let flavor = state.store.flavor_resolve(&body.flavor).await?;
+    let image = state.store.image_resolve(project, &body.image).await?;
     if image.min_disk_gib > flavor.disk_gib {
         return Err(ApiError::invalid(format!(
             "image `{}` needs a {} GiB disk but flavor `{}` has {} GiB",
@@ -128,11 +128,11 @@ async fn create(
         )));
     }
     let keypair = match &body.keypair {
-        Some(k) => Some(keypairs::resolve(&state, project, k).await?),
+        Some(k) => Some(state.store.keypair_resolve(project, k).await?),
         None => None,
     };
     let group = match &body.anti_affinity_group {
-        Some(g) => Some(groups::resolve(&state, project, g).await?),
+        Some(g) => Some(state.store.group_resolve(project, g).await?),
         None => None,
     };
     let mut nets = Vec::with_capacity(body.networks.len());

@@ -2,19 +2,18 @@
 //! Only the public half is ever accepted, and it is stored in the normalized
 //! form OpenSSH itself writes, so what the instance gets is a valid line.
 
-use api::ids::{KeypairId, ProjectId};
-use api::resources::{Keypair, KeypairCreate, List, ProjectScope};
+use api::ids::KeypairId;
+use api::resources::{Keypair, KeypairCreate, List, ProjectPage, ProjectScope};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use sqlx::any::AnyRow;
 
 use crate::auth::Caller;
-use crate::db::{from_ms, now_ms, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::http::validate;
 use crate::state::AppState;
+use crate::store::keypairs::NewKeypair;
 
 /// Far above any real key (RSA-16384 is about 2.8 KiB as a line).
 const MAX_KEY_LEN: usize = 16 * 1024;
@@ -31,38 +30,6 @@ pub fn router() -> Router<AppState> {
     components(schemas(Keypair, KeypairCreate))
 )]
 pub struct Doc;
-
-fn from_row(r: &AnyRow) -> Result<Keypair, sqlx::Error> {
-    Ok(Keypair {
-        id: r.id("id")?,
-        project_id: r.id("project_id")?,
-        name: r.text("name")?,
-        public_key: r.text("public_key")?,
-        fingerprint: r.text("fingerprint")?,
-        created_at: r.time("created_at")?,
-    })
-}
-
-/// A keypair of `project` by id or name.
-pub async fn resolve(state: &AppState, project: ProjectId, id_or_name: &str) -> ApiResult<Keypair> {
-    let row =
-        sqlx::query("SELECT * FROM keypairs WHERE project_id = $2 AND (id = $1 OR name = $1)")
-            .bind(id_or_name)
-            .bind(project.to_string())
-            .fetch_optional(&state.db.pool)
-            .await?
-            .ok_or_else(|| ApiError::not_found("keypair", id_or_name))?;
-    Ok(from_row(&row)?)
-}
-
-async fn load(state: &AppState, id: KeypairId) -> ApiResult<Keypair> {
-    let row = sqlx::query("SELECT * FROM keypairs WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&state.db.pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found("keypair", id))?;
-    Ok(from_row(&row)?)
-}
 
 /// Parses one OpenSSH public key line; returns the normalized line (comment
 /// kept) and its SHA-256 fingerprint.
@@ -95,31 +62,14 @@ fn parse_public_key(input: &str) -> ApiResult<(String, String)> {
     Ok((normalized, fingerprint))
 }
 
-#[utoipa::path(get, path = "/v1/keypairs", tag = "keypairs", params(ProjectScope),
+#[utoipa::path(get, path = "/v1/keypairs", tag = "keypairs", params(ProjectPage),
     responses((status = 200, body = List<Keypair>), (status = 400, body = api::ErrorBody)))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    ApiQuery(scope): ApiQuery<ProjectScope>,
+    ApiQuery(q): ApiQuery<ProjectPage>,
 ) -> ApiResult<Json<List<Keypair>>> {
-    let project = caller
-        .project_for_read(&state.store, scope.project.as_deref())
-        .await?;
-    let rows = match project {
-        Some(p) => {
-            sqlx::query("SELECT * FROM keypairs WHERE project_id = $1 ORDER BY name")
-                .bind(p.to_string())
-                .fetch_all(&state.db.pool)
-                .await?
-        }
-        None => {
-            sqlx::query("SELECT * FROM keypairs ORDER BY project_id, name")
-                .fetch_all(&state.db.pool)
-                .await?
-        }
-    };
-    let items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(items.into()))
+    Ok(Json(state.store.keypair_list(&caller, &q).await?))
 }
 
 #[utoipa::path(post, path = "/v1/keypairs", tag = "keypairs", request_body = KeypairCreate, params(ProjectScope),
@@ -136,35 +86,12 @@ async fn create(
         .await?;
     validate::name("keypair", &body.name)?;
     let (public_key, fingerprint) = parse_public_key(&body.public_key)?;
-    let keypair = Keypair {
-        id: KeypairId::new(),
-        project_id: project,
+    let new = NewKeypair {
         name: body.name,
         public_key,
         fingerprint,
-        created_at: from_ms(now_ms()),
     };
-    let mut tx = state.db.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO keypairs (id, project_id, name, public_key, fingerprint, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(keypair.id.to_string())
-    .bind(project.to_string())
-    .bind(&keypair.name)
-    .bind(&keypair.public_key)
-    .bind(&keypair.fingerprint)
-    .bind(keypair.created_at.timestamp_millis())
-    .execute(&mut **tx)
-    .await
-    .map_err(|e| match crate::db::is_unique_violation(&e) {
-        true => ApiError::conflict(format!(
-            "a keypair named `{}` already exists in this project",
-            keypair.name
-        )),
-        false => e.into(),
-    })?;
-    tx.commit().await?;
+    let keypair = state.store.keypair_create(&caller, project, new).await?;
     Ok((StatusCode::CREATED, Json(keypair)))
 }
 
@@ -176,9 +103,7 @@ async fn show(
     caller: Caller,
     ApiPath(id): ApiPath<KeypairId>,
 ) -> ApiResult<Json<Keypair>> {
-    let keypair = load(&state, id).await?;
-    caller.check_read(keypair.project_id, "keypair", id)?;
-    Ok(Json(keypair))
+    Ok(Json(state.store.keypair_get(&caller, id).await?))
 }
 
 /// Instances keep running with the key they were given; only new instances
@@ -191,17 +116,7 @@ async fn delete(
     caller: Caller,
     ApiPath(id): ApiPath<KeypairId>,
 ) -> ApiResult<StatusCode> {
-    let keypair = load(&state, id).await?;
-    caller.check_write(keypair.project_id, "keypair", id)?;
-    let mut tx = state.db.begin_write().await?;
-    let done = sqlx::query("DELETE FROM keypairs WHERE id = $1")
-        .bind(id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    if done.rows_affected() == 0 {
-        return Err(ApiError::not_found("keypair", id));
-    }
-    tx.commit().await?;
+    state.store.keypair_delete(&caller, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 
 use crate::auth::Caller;
 use crate::error::{ApiJson, ApiPath, ApiResult};
-use crate::http::{projects, validate};
+use crate::http::validate;
 use crate::state::AppState;
 use crate::store::quotas::FIELDS;
 
@@ -31,9 +31,7 @@ async fn show(
     caller: Caller,
     ApiPath(project): ApiPath<String>,
 ) -> ApiResult<Json<Quota>> {
-    let id = projects::resolve(&state, &project).await?;
-    caller.check_read(id, "project", &project)?;
-    Ok(Json(state.store.quota_get(id).await?))
+    Ok(Json(state.store.quota_get(&caller, &project).await?))
 }
 
 /// A limit may be set below what the project already uses: nothing is taken
@@ -52,8 +50,10 @@ async fn update(
     ApiPath(project): ApiPath<String>,
     ApiJson(body): ApiJson<QuotaUpdate>,
 ) -> ApiResult<Json<Quota>> {
+    // The caller, then the project, then the body, as ever (the store
+    // checks the caller again).
     caller.require_admin()?;
-    let id = projects::resolve(&state, &project).await?;
+    let id = state.store.project_resolve(&project).await?;
     let values = [
         body.instances,
         body.vcpus,
@@ -71,7 +71,7 @@ async fn update(
     Ok(Json(
         state
             .store
-            .quota_set_limits(id, values.map(|v| v.map(validate::to_i64)))
+            .quota_set_limits(&caller, id, values.map(|v| v.map(validate::to_i64)))
             .await?,
     ))
 }

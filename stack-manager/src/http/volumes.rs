@@ -19,7 +19,7 @@ use sqlx::any::AnyRow;
 use crate::auth::Caller;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::{images, usage, validate};
+use crate::http::validate;
 use crate::state::AppState;
 use crate::store::quotas::{self, QuotaDelta};
 
@@ -175,7 +175,7 @@ async fn create(
     let (image, snapshot) = match &body.source {
         VolumeSource::Empty => (None, None),
         VolumeSource::Image(i) => {
-            let image = images::resolve_for_project(&state, project, i).await?;
+            let image = state.store.image_resolve(project, i).await?;
             if image.min_disk_gib > body.size_gib {
                 return Err(ApiError::invalid(format!(
                     "image `{}` needs at least {} GiB",
@@ -280,7 +280,7 @@ async fn create(
         true => ApiError::conflict(format!("a volume named `{}` already exists in this project", body.name)),
         false => e.into(),
     })?;
-    usage::open_span(
+    crate::store::usage::usage_open_span(
         &mut tx,
         project,
         "volume",

@@ -15,12 +15,20 @@
 //! tasks call the store; the store calls none of them.
 
 pub mod agents;
+pub mod audit;
 pub mod claims;
+pub mod flavors;
+pub mod groups;
+pub mod images;
 pub mod instances;
+pub mod keypairs;
 pub mod page;
 pub mod projects;
 pub mod quotas;
 pub mod statements;
+pub mod tokens;
+pub mod usage;
+pub mod users;
 
 use sqlx::any::AnyRow;
 

@@ -9,6 +9,7 @@ use api::ErrorCode;
 use sqlx::any::AnyRow;
 
 use super::Store;
+use crate::auth::Caller;
 use crate::db::{RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 
@@ -154,7 +155,14 @@ fn from_row(project_id: ProjectId, r: &AnyRow) -> Result<Quota, sqlx::Error> {
 }
 
 impl Store {
-    pub async fn quota_get(&self, project: ProjectId) -> ApiResult<Quota> {
+    /// The quota of a project (by id or name) the caller may read.
+    pub async fn quota_get(&self, caller: &Caller, project: &str) -> ApiResult<Quota> {
+        let id = self.project_resolve(project).await?;
+        caller.check_read(id, "project", project)?;
+        self.quota_read(id).await
+    }
+
+    async fn quota_read(&self, project: ProjectId) -> ApiResult<Quota> {
         let row = sqlx::query("SELECT * FROM quotas WHERE project_id = $1")
             .bind(project.to_string())
             .fetch_optional(&self.db.pool)
@@ -164,12 +172,14 @@ impl Store {
     }
 
     /// Sets the limits given (`None` keeps a limit), already checked, and
-    /// returns the quota as it is now.
+    /// returns the quota as it is now; admins only.
     pub async fn quota_set_limits(
         &self,
+        caller: &Caller,
         project: ProjectId,
         limits: [Option<i64>; 6],
     ) -> ApiResult<Quota> {
+        caller.require_admin()?;
         let sets: Vec<String> = FIELDS
             .iter()
             .enumerate()
@@ -187,7 +197,7 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(ApiError::not_found("quota of project", project));
         }
-        self.quota_get(project).await
+        self.quota_read(project).await
     }
 }
 
