@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use crate::auth::Caller;
 use crate::db::{lock_row, now_ms, share_lock_row, RowExt};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::{flavors, groups, images, keypairs, networks, validate};
+use crate::http::{flavors, groups, images, keypairs, validate};
 use crate::lifecycle::InstanceAction;
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
@@ -140,7 +140,7 @@ async fn create(
     };
     let mut nets = Vec::with_capacity(body.networks.len());
     for n in &body.networks {
-        nets.push(networks::resolve(&state, project, n).await?);
+        nets.push(state.store.network_resolve(&caller, project, n).await?);
     }
 
     let mut demand = InstanceDemand {
@@ -196,7 +196,8 @@ async fn create(
     let mut nics = Vec::with_capacity(nets.len());
     let mut picked: Vec<(api::ids::SubnetId, std::net::IpAddr)> = Vec::with_capacity(nets.len());
     for (index, net) in nets.iter().enumerate() {
-        let (subnet_id, address) = networks::pick_address(&mut tx, net, &picked).await?;
+        let (subnet_id, address) =
+            crate::store::networks::address_pick(&mut tx, net, &picked).await?;
         picked.push((subnet_id, address));
         nics.push(Nic {
             network_id: net.id,

@@ -14,11 +14,14 @@
 //! Dependencies point one way: `http`, the internal API and background
 //! tasks call the store; the store calls none of them.
 
+pub mod hosts;
 pub mod instances;
+pub mod networks;
 pub mod page;
 pub mod projects;
 pub mod quotas;
 pub mod statements;
+pub mod volumes;
 
 use sqlx::any::AnyRow;
 
