@@ -274,11 +274,21 @@ pub struct Client {
 }
 
 macro_rules! crud {
+    // A paginated list: every page, followed to the last.
+    (paged $list:ident, $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
+        pub async fn $list(&self) -> Result<Vec<$ty>> {
+            self.transport.get_all(&self.scoped($path)).await
+        }
+        crud!(@rest $get, $create, $delete, $path, $id, $create_ty, $ty);
+    };
     ($list:ident, $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
         pub async fn $list(&self) -> Result<Vec<$ty>> {
             let l: List<$ty> = self.transport.get(&self.scoped($path)).await?;
             Ok(l.items)
         }
+        crud!(@rest $get, $create, $delete, $path, $id, $create_ty, $ty);
+    };
+    (@rest $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
         pub async fn $get(&self, id: $id) -> Result<$ty> {
             self.transport
                 .get(&format!(concat!($path, "/{}"), id))
@@ -419,7 +429,7 @@ impl Client {
         Keypair
     );
     crud!(
-        network_list,
+        paged network_list,
         network_get,
         network_create,
         network_delete,
@@ -439,7 +449,7 @@ impl Client {
         Instance
     );
     crud!(
-        volume_list,
+        paged volume_list,
         volume_get,
         volume_create,
         volume_delete,
@@ -460,11 +470,9 @@ impl Client {
     );
 
     pub async fn subnet_list(&self, network: NetworkId) -> Result<Vec<Subnet>> {
-        Ok(self
-            .transport
-            .get::<List<Subnet>>(&format!("/v1/networks/{network}/subnets"))
-            .await?
-            .items)
+        self.transport
+            .get_all(&format!("/v1/networks/{network}/subnets"))
+            .await
     }
     pub async fn subnet_create(&self, network: NetworkId, body: &SubnetCreate) -> Result<Subnet> {
         self.transport
@@ -517,11 +525,7 @@ impl Client {
             .await
     }
     pub async fn snapshot_list(&self) -> Result<Vec<Snapshot>> {
-        Ok(self
-            .transport
-            .get::<List<Snapshot>>(&self.scoped("/v1/snapshots"))
-            .await?
-            .items)
+        self.transport.get_all(&self.scoped("/v1/snapshots")).await
     }
     pub async fn snapshot_delete(&self, id: SnapshotId) -> Result<()> {
         self.transport.delete(&format!("/v1/snapshots/{id}")).await
@@ -540,7 +544,7 @@ impl Client {
 
     // Operator resources.
     pub async fn rack_list(&self) -> Result<Vec<Rack>> {
-        Ok(self.transport.get::<List<Rack>>("/v1/racks").await?.items)
+        self.transport.get_all("/v1/racks").await
     }
     pub async fn rack_create(&self, body: &RackCreate) -> Result<Rack> {
         self.transport.post("/v1/racks", body).await
@@ -549,7 +553,7 @@ impl Client {
         self.transport.delete(&format!("/v1/racks/{id}")).await
     }
     pub async fn host_list(&self) -> Result<Vec<Host>> {
-        Ok(self.transport.get::<List<Host>>("/v1/hosts").await?.items)
+        self.transport.get_all("/v1/hosts").await
     }
     pub async fn host_get(&self, id: HostId) -> Result<Host> {
         self.transport.get(&format!("/v1/hosts/{id}")).await

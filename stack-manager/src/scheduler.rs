@@ -22,7 +22,7 @@ use std::time::Instant;
 use crate::config::{HostsConfig, RackSpread, SchedulerConfig, Weigher};
 use crate::db::{now_ms, Db, WriteTx};
 use crate::error::{ApiError, ApiResult};
-use crate::store::claims::{self, Placer, Ratios};
+use crate::store::claims::{self, Placer, Ratios, VolumePlacer};
 pub use crate::store::claims::{Claim, HostView, InstanceDemand};
 use api::ids::{HostId, RackId};
 use api::resources::{AdminState, Capacity, HostHealth, HostKind};
@@ -130,6 +130,17 @@ impl Placer for Placement<'_> {
     }
 }
 
+impl VolumePlacer for &Scheduler {
+    fn claim_volume(
+        self,
+        tx: &mut WriteTx,
+        bytes: u64,
+        only_on: Option<HostId>,
+    ) -> impl std::future::Future<Output = ApiResult<Claim>> + Send {
+        Scheduler::claim_volume(self, tx, bytes, only_on)
+    }
+}
+
 /// How many ranked candidates a placement tries before giving up.
 const CANDIDATES: usize = 8;
 
@@ -214,6 +225,15 @@ impl Scheduler {
             .views
             .get(&id)
             .cloned()
+    }
+
+    /// A host's health from this view when it has the host (heartbeats
+    /// land here first), else from `row`, as read from the database.
+    pub fn current_health(&self, row: &HostView) -> HostHealth {
+        match self.get(row.id) {
+            Some(v) => self.health(&v),
+            None => self.health(row),
+        }
     }
 
     pub fn health(&self, h: &HostView) -> HostHealth {

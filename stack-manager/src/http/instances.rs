@@ -21,7 +21,7 @@ use axum::{Json, Router};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
-use crate::http::{networks, validate};
+use crate::http::validate;
 use crate::lifecycle::InstanceAction;
 use crate::scheduler::InstanceDemand;
 use crate::state::AppState;
@@ -137,7 +137,7 @@ async fn create(
     };
     let mut nets = Vec::with_capacity(body.networks.len());
     for n in &body.networks {
-        nets.push(networks::resolve(&state, project, n).await?);
+        nets.push(state.store.network_resolve(&caller, project, n).await?);
     }
 
     let mut demand = InstanceDemand {

@@ -84,66 +84,6 @@ async fn method_not_allowed() -> (StatusCode, Json<api::ErrorBody>) {
     )
 }
 
-/// Live rows of a project-scoped `table` the caller may list: the scoped
-/// project's, or every project's for an admin who named none. Oldest first.
-pub async fn scoped_rows(
-    state: &AppState,
-    caller: &crate::auth::Caller,
-    scope: &api::resources::ProjectScope,
-    table: &'static str,
-) -> crate::error::ApiResult<Vec<sqlx::any::AnyRow>> {
-    let project = read_scope(state, caller, scope).await?;
-    rows_in_scope(state, &project, table).await
-}
-
-/// The project filter of a list the caller may read: a project id, or ''
-/// for every project (an admin listing without `?project=`).
-pub async fn read_scope(
-    state: &AppState,
-    caller: &crate::auth::Caller,
-    scope: &api::resources::ProjectScope,
-) -> crate::error::ApiResult<String> {
-    Ok(caller
-        .project_for_read(&state.store, scope.project.as_deref())
-        .await?
-        .map(|p| p.to_string())
-        .unwrap_or_default())
-}
-
-/// The live rows of `table` in `project` (see [`read_scope`]), oldest first.
-pub async fn rows_in_scope(
-    state: &AppState,
-    project: &str,
-    table: &'static str,
-) -> crate::error::ApiResult<Vec<sqlx::any::AnyRow>> {
-    let sql = format!(
-        "SELECT * FROM {table} WHERE deleted_at IS NULL AND ($1 = '' OR project_id = $1) ORDER BY created_at"
-    );
-    Ok(sqlx::query(&sql)
-        .bind(project)
-        .fetch_all(&state.db.pool)
-        .await?)
-}
-
-/// How many live instances and volumes have `column = id` (a project or a
-/// host that still holds some cannot be deleted).
-pub async fn live_instances_and_volumes(
-    tx: &mut crate::db::WriteTx,
-    column: &'static str,
-    id: &str,
-) -> crate::error::ApiResult<i64> {
-    use crate::db::RowExt;
-    let sql = format!(
-        "SELECT (SELECT COUNT(*) FROM instances WHERE {column} = $1 AND deleted_at IS NULL) \
-              + (SELECT COUNT(*) FROM volumes WHERE {column} = $1 AND deleted_at IS NULL) AS n"
-    );
-    Ok(sqlx::query(&sql)
-        .bind(id)
-        .fetch_one(&mut ***tx)
-        .await?
-        .int("n")?)
-}
-
 /// Every module's OpenAPI fragment, merged in `openapi::document`.
 pub fn docs() -> Vec<utoipa::openapi::OpenApi> {
     vec![

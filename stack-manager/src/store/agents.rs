@@ -404,12 +404,11 @@ impl Store {
     /// statements however many volumes the node holds.
     pub async fn storage_pass(&self, host: HostId) -> ApiResult<StoragePass> {
         let mut pass = StoragePass::default();
-        for r in sqlx::query(
-            "SELECT id, status FROM volumes WHERE host_id = $1 AND deleted_at IS NULL",
-        )
-        .bind(host.to_string())
-        .fetch_all(&self.db.pool)
-        .await?
+        for r in
+            sqlx::query("SELECT id, status FROM volumes WHERE host_id = $1 AND deleted_at IS NULL")
+                .bind(host.to_string())
+                .fetch_all(&self.db.pool)
+                .await?
         {
             let id: VolumeId = r.id("id")?;
             if r.parsed("status", VolumeStatus::parse)? == VolumeStatus::Deleting {
@@ -471,7 +470,11 @@ impl Store {
         .map_err(Into::into)
     }
 
-    async fn volume_specs_where(&self, host: HostId, only_stale: bool) -> ApiResult<Vec<VolumeSpec>> {
+    async fn volume_specs_where(
+        &self,
+        host: HostId,
+        only_stale: bool,
+    ) -> ApiResult<Vec<VolumeSpec>> {
         let stale = if only_stale {
             " AND v.applied_generation < v.generation"
         } else {

@@ -104,6 +104,18 @@ pub trait Placer {
     ) -> impl Future<Output = ApiResult<Claim>> + Send;
 }
 
+/// Chooses and claims the storage node of a new volume inside the create's
+/// transaction; `only_on` pins it to one node (a clone must live where its
+/// snapshot does).
+pub trait VolumePlacer {
+    fn claim_volume(
+        self,
+        tx: &mut WriteTx,
+        bytes: u64,
+        only_on: Option<HostId>,
+    ) -> impl Future<Output = ApiResult<Claim>> + Send;
+}
+
 /// The scheduler's view of one host.
 #[derive(Debug, Clone)]
 pub struct HostView {

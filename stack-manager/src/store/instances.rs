@@ -715,8 +715,7 @@ impl Store {
         let mut nics = Vec::with_capacity(networks.len());
         let mut picked: Vec<(SubnetId, IpAddr)> = Vec::with_capacity(networks.len());
         for (index, net) in networks.iter().enumerate() {
-            let (subnet_id, address) =
-                crate::http::networks::pick_address(&mut tx, net, &picked).await?;
+            let (subnet_id, address) = super::networks::address_pick(&mut tx, net, &picked).await?;
             picked.push((subnet_id, address));
             nics.push(Nic {
                 network_id: net.id,

@@ -19,9 +19,11 @@ pub mod audit;
 pub mod claims;
 pub mod flavors;
 pub mod groups;
+pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
+pub mod networks;
 pub mod page;
 pub mod projects;
 pub mod quotas;
@@ -29,6 +31,7 @@ pub mod statements;
 pub mod tokens;
 pub mod usage;
 pub mod users;
+pub mod volumes;
 
 use sqlx::any::AnyRow;
 

@@ -1,0 +1,455 @@
+//! Volumes and their snapshots: reads (a volume with its attachment joined
+//! in, one statement per page), creation with its quota and storage claims,
+//! and the user's delete and snapshot requests, checked by
+//! `lifecycle::volume_action`. Attaching and detaching are instance
+//! actions (`store::instances`).
+
+use api::ids::{HostId, ImageId, ProjectId, SnapshotId, VolumeId};
+use api::resources::{
+    Attachment, List, ProjectPage, Snapshot, SnapshotStatus, Volume, VolumeStatus,
+};
+use rand::distributions::{Alphanumeric, DistString};
+use sqlx::any::AnyRow;
+
+use super::claims::{Claim, VolumePlacer};
+use super::page::{KeyKind, Keyset};
+use super::Store;
+use crate::auth::Caller;
+use crate::db::{now_ms, RowExt};
+use crate::error::{ApiError, ApiResult};
+use crate::lifecycle::{self, VolumeAction};
+use crate::store::quotas::{self, QuotaDelta};
+
+/// Volumes are listed oldest first.
+static VOLUME_PAGES: Keyset = Keyset {
+    list: "volumes",
+    columns: &[("v.created_at", KeyKind::Int), ("v.id", KeyKind::Text)],
+    descending: false,
+};
+
+/// Snapshots are listed oldest first.
+static SNAPSHOT_PAGES: Keyset = Keyset {
+    list: "snapshots",
+    columns: &[("s.created_at", KeyKind::Int), ("s.id", KeyKind::Text)],
+    descending: false,
+};
+
+/// The columns of a volume with its attachment (a volume has at most one:
+/// `attachments.volume_id` is its key), from `v`, which the query defines.
+const WITH_ATTACHMENT: &str = "SELECT v.*, a.instance_id AS att_instance_id, \
+     a.device_index AS att_device_index, a.created_at AS att_created_at FROM";
+const ATTACHMENT_JOIN: &str = "LEFT JOIN attachments a ON a.volume_id = v.id";
+
+/// The target name a volume is exported under.
+pub fn iqn(id: VolumeId) -> String {
+    format!("iqn.2026-11.io.strato:vol-{id}")
+}
+
+/// A volume to create, its fields and source checked by the caller.
+pub struct NewVolume {
+    pub name: String,
+    pub size_gib: u64,
+    pub image: Option<ImageId>,
+    /// A snapshot read with [`Store::snapshot_get_for_clone`].
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Sizes are checked to be at most 64 Ti before they get here; saturating
+/// keeps a future caller that forgets from wrapping round.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn volume_of_row(r: &AnyRow) -> ApiResult<Volume> {
+    let id: VolumeId = r.id("id")?;
+    let attachment = match r.opt_text("att_instance_id")? {
+        None => None,
+        Some(_) => Some(Attachment {
+            volume_id: id,
+            instance_id: r.id("att_instance_id")?,
+            device_index: r.uint("att_device_index")? as u32,
+            created_at: r.time("att_created_at")?,
+        }),
+    };
+    Ok(Volume {
+        id,
+        project_id: r.id("project_id")?,
+        name: r.text("name")?,
+        size_gib: r.uint("size_gib")?,
+        source_image_id: r.opt_id("source_image_id")?,
+        source_snapshot_id: r.opt_id("source_snapshot_id")?,
+        host_id: r.opt_id("host_id")?,
+        status: r.parsed("status", VolumeStatus::parse)?,
+        status_reason: r.opt_text("status_reason")?,
+        iqn: r.text("iqn")?,
+        attachment,
+        created_at: r.time("created_at")?,
+    })
+}
+
+fn snapshot_of_row(r: &AnyRow) -> Result<Snapshot, sqlx::Error> {
+    Ok(Snapshot {
+        id: r.id("id")?,
+        project_id: r.id("project_id")?,
+        volume_id: r.id("volume_id")?,
+        name: r.text("name")?,
+        size_gib: r.uint("size_gib")?,
+        status: r.parsed("status", SnapshotStatus::parse)?,
+        created_at: r.time("created_at")?,
+    })
+}
+
+impl Store {
+    /// One page of the volumes the caller may list (see
+    /// `Caller::project_for_read`), oldest first, attachments joined in:
+    /// one statement.
+    pub async fn volume_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Volume>> {
+        let page = VOLUME_PAGES.page(&q.page())?;
+        let project = caller
+            .project_for_read(self, q.project.as_deref())
+            .await?
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let sql = format!(
+            "{WITH_ATTACHMENT} (SELECT * FROM volumes v WHERE v.deleted_at IS NULL \
+               AND ($1 = '' OR v.project_id = $1){}{}) v {ATTACHMENT_JOIN} ORDER BY {}",
+            page.condition(2),
+            page.order_and_limit(),
+            page.order(),
+        );
+        let rows = page
+            .bind(sqlx::query(&sql).bind(project))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(volume_of_row)
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(page.finish(items, |v| {
+            vec![v.created_at.into(), v.id.to_string().into()]
+        }))
+    }
+
+    /// A live volume the caller may read, with its attachment; 404 otherwise.
+    pub async fn volume_get(&self, caller: &Caller, id: VolumeId) -> ApiResult<Volume> {
+        let sql = format!(
+            "{WITH_ATTACHMENT} volumes v {ATTACHMENT_JOIN} WHERE v.id = $1 AND v.deleted_at IS NULL"
+        );
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .fetch_optional(&self.db.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", id))?;
+        let volume = volume_of_row(&row)?;
+        caller.check_read(volume.project_id, "volume", id)?;
+        Ok(volume)
+    }
+
+    /// [`volume_get`](Self::volume_get) for a caller about to change the
+    /// volume: readers get 403.
+    pub async fn volume_get_for_write(&self, caller: &Caller, id: VolumeId) -> ApiResult<Volume> {
+        let volume = self.volume_get(caller, id).await?;
+        caller.check_write(volume.project_id, "volume", id)?;
+        Ok(volume)
+    }
+
+    /// Creates a volume in `project` (see `Caller::project_for_write`):
+    /// claims the project's quota and a storage node (the snapshot's own
+    /// node for a clone, which is copy-on-write) in one transaction.
+    /// Returns the volume and the storage claim, for the caller to apply to
+    /// the scheduler's view and to wake that node's reconciler.
+    pub async fn volume_create(
+        &self,
+        caller: &Caller,
+        project: ProjectId,
+        new: NewVolume,
+        placer: impl VolumePlacer,
+    ) -> ApiResult<(Volume, Claim)> {
+        caller.check_write(project, "project", project)?;
+        let id = VolumeId::new();
+        let now = now_ms();
+        let bytes = new.size_gib << 30;
+        let chap_secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 24);
+        let mut tx = self.db.begin_write().await?;
+        quotas::quota_claim(
+            &mut tx,
+            project,
+            QuotaDelta {
+                volumes: 1,
+                volume_gib: to_i64(new.size_gib),
+                ..Default::default()
+            },
+        )
+        .await?;
+        // The source must still be there now that we write (lock it, as its
+        // delete does): a volume silently created empty would be worse than none.
+        if let Some(i) = new.image {
+            let live = sqlx::query("UPDATE images SET min_disk_gib = min_disk_gib WHERE id = $1")
+                .bind(i.to_string())
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+            if live == 0 {
+                return Err(ApiError::conflict(format!(
+                    "image {i} was deleted meanwhile"
+                )));
+            }
+        }
+        let mut source_host = None;
+        if let Some(snap) = &new.snapshot {
+            let live = sqlx::query(
+                "UPDATE snapshots SET status = status WHERE id = $1 AND status = 'available' AND deleted_at IS NULL",
+            )
+            .bind(snap.id.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+            if live == 0 {
+                return Err(ApiError::conflict(format!(
+                    "snapshot {} is no longer available",
+                    snap.id
+                )));
+            }
+            source_host = sqlx::query("SELECT host_id FROM volumes WHERE id = $1")
+                .bind(snap.volume_id.to_string())
+                .fetch_one(&mut **tx)
+                .await?
+                .opt_id::<HostId>("host_id")?;
+        }
+        let claim = placer.claim_volume(&mut tx, bytes, source_host).await?;
+        sqlx::query(
+            "INSERT INTO volumes (id, project_id, name, size_gib, source_image_id, source_snapshot_id, host_id, status, iqn, \
+             chap_user, chap_secret, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11)",
+        )
+        .bind(id.to_string())
+        .bind(project.to_string())
+        .bind(&new.name)
+        .bind(to_i64(new.size_gib))
+        .bind(new.image.map(|i| i.to_string()))
+        .bind(new.snapshot.as_ref().map(|s| s.id.to_string()))
+        .bind(claim.host.to_string())
+        .bind(iqn(id))
+        .bind(format!("strato-{}", &id.to_string()[..8]))
+        .bind(chap_secret)
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| match crate::db::is_unique_violation(&e) {
+            true => ApiError::conflict(format!("a volume named `{}` already exists in this project", new.name)),
+            false => e.into(),
+        })?;
+        super::usage::usage_open_span(
+            &mut tx,
+            project,
+            "volume",
+            &id.to_string(),
+            None,
+            to_i64(new.size_gib),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        let volume = self.volume_get(caller, id).await?;
+        Ok((volume, claim))
+    }
+
+    /// Asks for a volume to be deleted: it becomes `deleting` and its
+    /// storage node's reconciler finishes the job. Refused while it is
+    /// attached or has snapshots. Returns the node the volume lives on
+    /// (`None`: it was never placed, and the caller finishes at once).
+    pub async fn volume_delete(&self, caller: &Caller, id: VolumeId) -> ApiResult<Option<HostId>> {
+        let volume = self.volume_get_for_write(caller, id).await?;
+        lifecycle::volume_action(volume.status, VolumeAction::Delete)
+            .map_err(|r| ApiError::conflict(r.message(id)))?;
+        let mut tx = self.db.begin_write().await?;
+        // The status change comes first and is conditional: an attach that
+        // committed meanwhile made the volume `in_use`, and then nothing changes.
+        let marked = sqlx::query(&format!(
+            "UPDATE volumes SET status = 'deleting', generation = generation + 1 \
+             WHERE id = $1 AND deleted_at IS NULL AND status IN ({}) \
+             AND NOT EXISTS (SELECT 1 FROM attachments WHERE volume_id = $1)",
+            VolumeAction::Delete.allowed_sql()
+        ))
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            return Err(ApiError::conflict(format!(
+                "volume {id} is attached; detach it first"
+            )));
+        }
+        let snapshots = sqlx::query(
+            "SELECT COUNT(*) AS n FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .int("n")?;
+        if snapshots > 0 {
+            return Err(ApiError::conflict(format!(
+                "volume {id} has snapshots; delete them first"
+            )));
+        }
+        tx.commit().await?;
+        Ok(volume.host_id)
+    }
+
+    /// One page of the snapshots the caller may list, oldest first, in one
+    /// statement.
+    pub async fn snapshot_list(
+        &self,
+        caller: &Caller,
+        q: &ProjectPage,
+    ) -> ApiResult<List<Snapshot>> {
+        let page = SNAPSHOT_PAGES.page(&q.page())?;
+        let project = caller
+            .project_for_read(self, q.project.as_deref())
+            .await?
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let sql = format!(
+            "SELECT s.* FROM snapshots s WHERE s.deleted_at IS NULL AND ($1 = '' OR s.project_id = $1){}{}",
+            page.condition(2),
+            page.order_and_limit()
+        );
+        let rows = page
+            .bind(sqlx::query(&sql).bind(project))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let items = rows
+            .iter()
+            .map(snapshot_of_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page.finish(items, |s| {
+            vec![s.created_at.into(), s.id.to_string().into()]
+        }))
+    }
+
+    /// A live snapshot the caller may read; 404 otherwise.
+    pub async fn snapshot_get(&self, caller: &Caller, id: SnapshotId) -> ApiResult<Snapshot> {
+        let row = sqlx::query("SELECT * FROM snapshots WHERE id = $1 AND deleted_at IS NULL")
+            .bind(id.to_string())
+            .fetch_optional(&self.db.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found("snapshot", id))?;
+        let s = snapshot_of_row(&row)?;
+        caller.check_read(s.project_id, "snapshot", id)?;
+        Ok(s)
+    }
+
+    /// A snapshot a new volume of `size_gib` in `project` can be cloned
+    /// from: the project's own, available, and no larger than the volume.
+    pub async fn snapshot_get_for_clone(
+        &self,
+        caller: &Caller,
+        project: ProjectId,
+        id: SnapshotId,
+        size_gib: u64,
+    ) -> ApiResult<Snapshot> {
+        let snap = self.snapshot_get(caller, id).await?;
+        if snap.project_id != project {
+            return Err(ApiError::not_found("snapshot", id));
+        }
+        if snap.status != SnapshotStatus::Available {
+            return Err(ApiError::conflict(format!(
+                "snapshot {id} is {}",
+                snap.status.as_str()
+            )));
+        }
+        if snap.size_gib > size_gib {
+            return Err(ApiError::invalid(format!(
+                "snapshot {id} is {} GiB; the volume must be at least that",
+                snap.size_gib
+            )));
+        }
+        Ok(snap)
+    }
+
+    /// Takes a snapshot of a volume the caller may change. Returns it with
+    /// the storage node that must make it.
+    pub async fn snapshot_create(
+        &self,
+        caller: &Caller,
+        volume: VolumeId,
+        name: String,
+    ) -> ApiResult<(Snapshot, Option<HostId>)> {
+        let v = self.volume_get_for_write(caller, volume).await?;
+        lifecycle::volume_action(v.status, VolumeAction::Snapshot)
+            .map_err(|r| ApiError::conflict(r.message(volume)))?;
+        let snap = Snapshot {
+            id: SnapshotId::new(),
+            project_id: v.project_id,
+            volume_id: volume,
+            name,
+            size_gib: v.size_gib,
+            status: SnapshotStatus::Creating,
+            created_at: crate::db::from_ms(now_ms()),
+        };
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO snapshots (id, project_id, volume_id, name, size_gib, status, created_at) VALUES ($1, $2, $3, $4, $5, 'creating', $6)",
+        )
+        .bind(snap.id.to_string())
+        .bind(v.project_id.to_string())
+        .bind(volume.to_string())
+        .bind(&snap.name)
+        .bind(to_i64(snap.size_gib))
+        .bind(snap.created_at.timestamp_millis())
+        .execute(&mut **tx)
+        .await?;
+        let live = sqlx::query(&format!(
+            "UPDATE volumes SET generation = generation + 1 \
+             WHERE id = $1 AND deleted_at IS NULL AND status IN ({})",
+            VolumeAction::Snapshot.allowed_sql()
+        ))
+        .bind(volume.to_string())
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if live == 0 {
+            return Err(ApiError::conflict(format!(
+                "volume {volume} is no longer available for snapshots"
+            )));
+        }
+        tx.commit().await?;
+        Ok((snap, v.host_id))
+    }
+
+    /// Asks for a snapshot to be deleted (its storage node finishes the
+    /// job); refused while volumes cloned from it live. Returns that node.
+    pub async fn snapshot_delete(
+        &self,
+        caller: &Caller,
+        id: SnapshotId,
+    ) -> ApiResult<Option<HostId>> {
+        let snap = self.snapshot_get(caller, id).await?;
+        caller.check_write(snap.project_id, "snapshot", id)?;
+        let mut tx = self.db.begin_write().await?;
+        let clones = sqlx::query(
+            "SELECT COUNT(*) AS n FROM volumes WHERE source_snapshot_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .int("n")?;
+        if clones > 0 {
+            return Err(ApiError::conflict(format!(
+                "snapshot {id} has {clones} clone(s); delete them first"
+            )));
+        }
+        sqlx::query("UPDATE snapshots SET status = 'deleting' WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&mut **tx)
+            .await?;
+        let host = sqlx::query(
+            "UPDATE volumes SET generation = generation + 1 WHERE id = $1 RETURNING host_id",
+        )
+        .bind(snap.volume_id.to_string())
+        .fetch_one(&mut **tx)
+        .await?
+        .opt_id::<HostId>("host_id")?;
+        tx.commit().await?;
+        Ok(host)
+    }
+}
