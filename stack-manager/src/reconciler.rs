@@ -4,9 +4,10 @@
 //! One background task per host with work (`reconciler/<host>`, see
 //! `crate::tasks`), woken by [`Reconciler::notify`] whenever that host's
 //! desired state changes and otherwise every `resync_interval_secs`, so a
-//! missed update or an agent restart heals on its own. Every push is an idempotent PUT or DELETE by id; a failed push
-//! is retried with backoff. Tasks start lazily, so 20,000 idle hosts cost
-//! nothing.
+//! missed update or an agent restart heals on its own. Every push is an
+//! idempotent PUT or DELETE by id; a failed push is retried with backoff.
+//! Reconcilers start lazily (the `reconcilers` task starts one the first
+//! time its host has work), so 20,000 idle hosts cost nothing.
 //!
 //! Deletion: an instance whose desired state is `deleted` is finalized
 //! (claims, addresses and quota released) only once its agent confirmed the
