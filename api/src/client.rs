@@ -577,6 +577,11 @@ impl Client {
             .await?
             .items)
     }
+    /// The stack manager's background tasks and their last runs (admin),
+    /// every page.
+    pub async fn system_tasks(&self) -> Result<Vec<TaskStatus>> {
+        self.transport.get_all("/v1/system/tasks").await
+    }
     pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport> {
         let mut path = format!("/v1/usage?start={}", encode(&q.start.to_rfc3339()));
         if let Some(end) = q.end {

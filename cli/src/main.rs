@@ -127,6 +127,9 @@ pub enum Command {
     Usage(usage::UsageArgs),
     /// Recent mutating API calls (admin).
     Audit(audit::AuditArgs),
+    /// The stack manager's own workings: background tasks (admin).
+    #[command(subcommand)]
+    System(system::SystemCmd),
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Quota(c) => quota::run(&ctx, c).await?,
         Command::Usage(a) => usage::run(&ctx, a).await?,
         Command::Audit(a) => audit::run(&ctx, a).await?,
+        Command::System(c) => system::run(&ctx, c).await?,
     }
     Ok(ExitCode::SUCCESS)
 }

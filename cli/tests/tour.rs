@@ -244,6 +244,17 @@ fn tour_through_strato_up() {
     let audit = env.ok(&["audit", "--limit", "20"]);
     assert!(audit.contains("capacity_exhausted"), "{audit}");
 
+    // The background tasks that wrote it, and their runs.
+    let tasks = env.ok(&["system", "tasks"]);
+    assert!(tasks.contains("audit-writer"), "{tasks}");
+    let tasks = env.json(&["system", "tasks"]);
+    assert!(
+        tasks["items"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "scheduler-refresh")),
+        "{tasks}"
+    );
+
     // A tenant: project, user, membership, token, login.
     env.ok(&["project", "create", "acme"]);
     env.ok(&["user", "create", "alice"]);

@@ -3,9 +3,11 @@
 //! channel send rather than one more database write.
 
 use api::ids::UserId;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::db::Db;
+use crate::tasks::{Activator, BackgroundTask, Outcome, TaskError};
 
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -17,39 +19,101 @@ pub struct Entry {
     pub result: String,
 }
 
+/// Where requests record entries; the [`AuditWriter`] task writes them.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Entry>,
+    writer: Activator,
 }
 
 impl AuditLog {
-    /// Starts the writer task. Entries are flushed at least every 200 ms.
-    pub fn start(db: Db) -> Self {
+    /// The log, and the writer task to start (see `crate::tasks`).
+    /// Entries recorded before the writer starts wait in the queue.
+    pub fn new(db: Db) -> (Self, AuditWriter) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(writer(db, rx));
-        Self { tx }
+        let writer = Activator::new();
+        let log = Self {
+            tx,
+            writer: writer.clone(),
+        };
+        (
+            log,
+            AuditWriter {
+                db,
+                rx,
+                activator: writer,
+                written: 0,
+                lost: 0,
+                batch: Vec::with_capacity(BATCH),
+            },
+        )
     }
 
     pub fn record(&self, e: Entry) {
         if let Err(err) = self.tx.try_send(e) {
             tracing::error!(error = %err, "audit entry lost");
         }
+        self.writer.activate();
     }
 }
 
 /// Entries waiting to be written before new ones are dropped.
 const QUEUE: usize = 65_536;
 
-async fn writer(db: Db, mut rx: mpsc::Receiver<Entry>) {
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        if rx.recv_many(&mut batch, 256).await == 0 {
-            return;
+/// Entries written per transaction.
+const BATCH: usize = 256;
+
+/// The background task that drains the queue into `audit_log`; activated
+/// by every entry recorded.
+pub struct AuditWriter {
+    db: Db,
+    rx: mpsc::Receiver<Entry>,
+    activator: Activator,
+    written: u64,
+    lost: u64,
+    batch: Vec<Entry>,
+}
+
+impl AuditWriter {
+    /// What wakes this task: the activator every `record` calls.
+    pub fn activator(&self) -> Activator {
+        self.activator.clone()
+    }
+}
+
+impl BackgroundTask for AuditWriter {
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        let mut failure = None;
+        // Whatever is queued now, in batches; entries recorded meanwhile
+        // activated the task again.
+        loop {
+            self.batch.clear();
+            while self.batch.len() < BATCH {
+                match self.rx.try_recv() {
+                    Ok(e) => self.batch.push(e),
+                    Err(_) => break,
+                }
+            }
+            if self.batch.is_empty() {
+                break;
+            }
+            match write_batch(&self.db, &self.batch).await {
+                Ok(()) => self.written += self.batch.len() as u64,
+                Err(e) => {
+                    tracing::error!(error = %e, lost = self.batch.len(), "cannot write audit entries");
+                    self.lost += self.batch.len() as u64;
+                    failure = Some(e);
+                }
+            }
         }
-        if let Err(e) = write_batch(&db, &batch).await {
-            tracing::error!(error = %e, lost = batch.len(), "cannot write audit entries");
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(Outcome::ran(json!({
+                "written": self.written,
+                "lost": self.lost,
+                "queued": self.rx.len(),
+            }))),
         }
-        batch.clear();
     }
 }
 

@@ -18,3 +18,4 @@ pub mod server;
 pub mod state;
 pub mod statistics;
 pub mod store;
+pub mod tasks;

@@ -6,7 +6,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::state::AppState;
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     pub placement_seconds: HistogramVec,
     pub hosts: IntGaugeVec,
+    /// Per background task (`crate::tasks`), labelled by its name.
+    pub tasks: crate::tasks::TaskMetrics,
 }
 
 impl Metrics {
@@ -59,11 +62,49 @@ impl Metrics {
             &["kind", "health"],
         )
         .expect("static metric definition");
+        let tasks = crate::tasks::TaskMetrics {
+            runs: IntCounterVec::new(
+                Opts::new(
+                    "strato_task_runs_total",
+                    "Finished runs of a background task, failed ones included",
+                ),
+                &["task"],
+            )
+            .expect("static metric definition"),
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "strato_task_errors_total",
+                    "Runs of a background task that failed",
+                ),
+                &["task"],
+            )
+            .expect("static metric definition"),
+            last_duration_seconds: GaugeVec::new(
+                Opts::new(
+                    "strato_task_last_duration_seconds",
+                    "How long the last run of a background task took",
+                ),
+                &["task"],
+            )
+            .expect("static metric definition"),
+            last_run_timestamp_seconds: GaugeVec::new(
+                Opts::new(
+                    "strato_task_last_run_timestamp_seconds",
+                    "When the last run of a background task finished (Unix time)",
+                ),
+                &["task"],
+            )
+            .expect("static metric definition"),
+        };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(hosts.clone()),
+            Box::new(tasks.runs.clone()),
+            Box::new(tasks.errors.clone()),
+            Box::new(tasks.last_duration_seconds.clone()),
+            Box::new(tasks.last_run_timestamp_seconds.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -73,6 +114,7 @@ impl Metrics {
             request_seconds,
             placement_seconds,
             hosts,
+            tasks,
         }
     }
 

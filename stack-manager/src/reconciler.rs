@@ -1,12 +1,13 @@
 //! Per-host reconcilers: push desired state to each agent until what it
 //! observes matches.
 //!
-//! One task per host with work, woken by [`Reconciler::notify`] whenever
-//! that host's desired state changes and otherwise every
-//! `resync_interval_secs`, so a missed update or an agent restart heals on
-//! its own. Every push is an idempotent PUT or DELETE by id; a failed push
-//! is retried with backoff. Tasks start lazily, so 20,000 idle hosts cost
-//! nothing.
+//! One background task per host with work (`reconciler/<host>`, see
+//! `crate::tasks`), woken by [`Reconciler::notify`] whenever that host's
+//! desired state changes and otherwise every `resync_interval_secs`, so a
+//! missed update or an agent restart heals on its own. Every push is an
+//! idempotent PUT or DELETE by id; a failed push is retried with backoff.
+//! Reconcilers start lazily (the `reconcilers` task starts one the first
+//! time its host has work), so 20,000 idle hosts cost nothing.
 //!
 //! Deletion: an instance whose desired state is `deleted` is finalized
 //! (claims, addresses and quota released) only once its agent confirmed the
@@ -17,77 +18,57 @@
 //! Orphans: what an agent reports but the database does not place on that
 //! host (deleted meanwhile, or moved) is deleted on the agent.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::ids::{HostId, VolumeId};
 use api::resources::{HostKind, InstanceStatus};
 use api::AgentClient;
-use tokio::sync::Notify;
+use serde_json::json;
 
-use crate::config::Config;
-use crate::db::{Db, RowExt};
+use crate::db::RowExt;
 use crate::desired;
 use crate::error::ApiResult;
 use crate::state::AppState;
+use crate::tasks::{Activator, BackgroundTask, Outcome, TaskError, TaskSpec};
 
+/// The handle everyone wakes host reconcilers through. It holds only
+/// activators: the reconcilers themselves are background tasks
+/// (`reconciler/<host>`), started by the `reconcilers` task with what they
+/// need (see [`start`]).
 #[derive(Clone)]
 pub struct Reconciler {
-    inner: Arc<Inner>,
+    inner: Arc<Shared>,
 }
 
-struct Inner {
-    db: Db,
-    config: Arc<Config>,
-    workers: Mutex<HashMap<HostId, Arc<Notify>>>,
+struct Shared {
+    /// The activator of every host's reconciler, started or about to be.
+    workers: Mutex<HashMap<HostId, Activator>>,
+    /// Hosts notified for the first time, whose reconciler is not started.
+    unstarted: Mutex<Vec<HostId>>,
+    /// Wakes the task that starts them.
+    starter: Activator,
     /// Hosts whose last report named something not placed there.
-    orphans: Mutex<std::collections::HashSet<HostId>>,
-    state: OnceLock<AppState>,
+    orphans: Mutex<HashSet<HostId>>,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Reconciler {
-    pub fn new(db: Db, config: Arc<Config>) -> Self {
+    pub fn new() -> Self {
         Self {
-            inner: Arc::new(Inner {
-                db,
-                config,
+            inner: Arc::new(Shared {
                 workers: Mutex::new(HashMap::new()),
-                orphans: Mutex::new(Default::default()),
-                state: OnceLock::new(),
+                unstarted: Mutex::new(Vec::new()),
+                starter: Activator::new(),
+                orphans: Mutex::new(HashSet::new()),
             }),
         }
-    }
-
-    /// Starts workers for every host that has unconverged work, and the
-    /// periodic scheduler refresh.
-    pub async fn start(&self, state: AppState) -> Result<(), sqlx::Error> {
-        let _ = self.inner.state.set(state.clone());
-        let rows = sqlx::query(
-            "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
-               AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
-             UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
-               AND (applied_generation < generation OR status = 'deleting')",
-        )
-        .fetch_all(&self.inner.db.pool)
-        .await?;
-        for r in &rows {
-            if let Ok(h) = r.id::<HostId>("host_id") {
-                self.notify(h);
-            }
-        }
-        let refresh_state = state.clone();
-        tokio::spawn(async move {
-            let every =
-                Duration::from_secs(refresh_state.config.hosts.heartbeat_interval_secs.max(1) * 5);
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = refresh_state.scheduler.refresh(&refresh_state.db).await {
-                    tracing::warn!(error = %e, "scheduler refresh failed");
-                }
-            }
-        });
-        Ok(())
     }
 
     /// The host reported something the database does not place there: the
@@ -120,49 +101,163 @@ impl Reconciler {
     /// Wakes (starting if needed) the reconciler of `host`.
     pub fn notify(&self, host: HostId) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = workers.get(&host) {
-            n.notify_one();
+        if let Some(a) = workers.get(&host) {
+            a.activate();
             return;
         }
-        let Some(state) = self.inner.state.get().cloned() else {
-            return;
-        };
-        let notify = Arc::new(Notify::new());
-        notify.notify_one();
-        workers.insert(host, notify.clone());
-        let resync = Duration::from_secs(self.inner.config.hosts.resync_interval_secs.max(1));
-        tokio::spawn(worker(state, host, notify, resync));
+        // Activated before it exists: its first run comes as soon as it starts.
+        let activator = Activator::new();
+        activator.activate();
+        workers.insert(host, activator);
+        self.inner
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(host);
+        drop(workers);
+        self.inner.starter.activate();
     }
 }
 
-async fn worker(state: AppState, host: HostId, notify: Arc<Notify>, resync: Duration) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let wait = tokio::time::timeout(resync, notify.notified()).await;
-        let _ = wait; // woken or resync: either way, converge.
+/// Starts the host reconcilers: the `reconcilers` task, which starts one
+/// reconciler per host as hosts get work, and wakes every host that has
+/// unconverged work now.
+pub async fn start(state: &AppState) -> Result<(), sqlx::Error> {
+    let reconciler = &state.reconciler;
+    state.tasks.start(
+        TaskSpec {
+            name: "reconcilers".into(),
+            description: "starts the reconciler of each host the first time it has work".into(),
+            period: None,
+        },
+        reconciler.inner.starter.clone(),
+        Starter {
+            state: state.clone(),
+            started: 0,
+        },
+    );
+    let rows = sqlx::query(
+        "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+           AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
+         UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
+           AND (applied_generation < generation OR status = 'deleting')",
+    )
+    .fetch_all(&state.db.pool)
+    .await?;
+    for r in &rows {
+        if let Ok(h) = r.id::<HostId>("host_id") {
+            reconciler.notify(h);
+        }
+    }
+    Ok(())
+}
+
+/// Starts the reconciler of each newly notified host. Reconcilers start
+/// lazily, so 20,000 idle hosts cost nothing.
+struct Starter {
+    // The reconcilers call `desired`'s functions, which take the whole
+    // state; it is handed over once built, never stored inside it.
+    state: AppState,
+    started: u64,
+}
+
+impl BackgroundTask for Starter {
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        let shared = &self.state.reconciler.inner;
+        let hosts =
+            std::mem::take(&mut *shared.unstarted.lock().unwrap_or_else(|e| e.into_inner()));
+        let resync = Duration::from_secs(self.state.config.hosts.resync_interval_secs.max(1));
+        for host in hosts {
+            let activator = shared
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&host)
+                .cloned();
+            let Some(activator) = activator else { continue };
+            self.state.tasks.start(
+                TaskSpec {
+                    name: format!("reconciler/{host}"),
+                    description: format!(
+                        "pushes desired state to the agent of host {host} until it observes it"
+                    ),
+                    period: Some(resync),
+                },
+                activator,
+                HostReconciler {
+                    state: self.state.clone(),
+                    host,
+                    backoff: MIN_BACKOFF,
+                    passes: 0,
+                    pushes_pending: false,
+                },
+            );
+            self.started += 1;
+        }
+        let running = shared
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        Ok(Outcome::ran(json!({
+            "started_total": self.started,
+            "hosts": running,
+        })))
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One host's reconciler: activated whenever that host's desired state
+/// changes, and every `resync_interval_secs` otherwise.
+struct HostReconciler {
+    state: AppState,
+    host: HostId,
+    backoff: Duration,
+    passes: u64,
+    pushes_pending: bool,
+}
+
+impl HostReconciler {
+    fn details(&self) -> serde_json::Value {
+        json!({
+            "host": self.host,
+            "passes": self.passes,
+            "converged": !self.pushes_pending,
+        })
+    }
+}
+
+impl BackgroundTask for HostReconciler {
+    /// Passes until the host converged, retrying soon (with backoff) while
+    /// its agent is unreachable or behind, up to the longest backoff; a
+    /// failed pass ends the run after its backoff.
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
         loop {
-            match sync_host(&state, host).await {
+            self.passes += 1;
+            match sync_host(&self.state, self.host).await {
                 Ok(Sync::HostGone) => {
-                    state.reconciler.forget(host);
-                    return;
+                    self.state.reconciler.forget(self.host);
+                    return Ok(Outcome::retire(json!({ "host": self.host, "gone": true })));
                 }
                 Ok(Sync::Converged) => {
-                    backoff = Duration::from_millis(200);
-                    break;
+                    self.backoff = MIN_BACKOFF;
+                    self.pushes_pending = false;
+                    return Ok(Outcome::ran(self.details()));
                 }
                 Ok(Sync::Pending) => {
-                    // The agent is unreachable or behind right now; retry soon.
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    if backoff >= Duration::from_secs(10) {
-                        break;
+                    self.pushes_pending = true;
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    if self.backoff >= MAX_BACKOFF {
+                        return Ok(Outcome::ran(self.details()));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%host, error = %e, "reconcile failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    break;
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    return Err(format!("reconciling host {}: {e}", self.host).into());
                 }
             }
         }

@@ -583,6 +583,36 @@ fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
     scored.into_iter().map(|(_, id)| id).collect()
 }
 
+/// The periodic refresh as a background task: several stack managers
+/// converge on each other's heartbeats and claims through it.
+pub struct RefreshTask {
+    pub scheduler: std::sync::Arc<Scheduler>,
+    pub db: Db,
+}
+
+impl RefreshTask {
+    /// Five heartbeats: a host's view is never older than that.
+    pub fn period(hosts: &HostsConfig) -> std::time::Duration {
+        std::time::Duration::from_secs(hosts.heartbeat_interval_secs.max(1) * 5)
+    }
+}
+
+impl crate::tasks::BackgroundTask for RefreshTask {
+    async fn activate(&mut self) -> Result<crate::tasks::Outcome, crate::tasks::TaskError> {
+        self.scheduler.refresh(&self.db).await?;
+        let hosts = self
+            .scheduler
+            .hosts
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .views
+            .len();
+        Ok(crate::tasks::Outcome::ran(
+            serde_json::json!({ "hosts": hosts }),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,12 +24,15 @@ pub async fn start(state: AppState) -> anyhow::Result<Running> {
     let internal_addr = internal.local_addr()?;
     let public_app = crate::http::router(state.clone());
     let internal_app = crate::internal::router(state.clone());
+    let tasks = state.tasks.clone();
     let handle = tokio::spawn(async move {
         let a = axum::serve(public, public_app).with_graceful_shutdown(shutdown_signal());
         let b = axum::serve(internal, internal_app).with_graceful_shutdown(shutdown_signal());
         if let Err(e) = tokio::try_join!(a, b) {
             tracing::error!(error = %e, "server stopped");
         }
+        // Nothing is served any more: nothing the tasks do can be seen.
+        tasks.shutdown();
     });
     tracing::info!(%public_addr, %internal_addr, backend = ?state.db.backend, "stack manager listening");
     Ok(Running {

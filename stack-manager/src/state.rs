@@ -1,14 +1,17 @@
 //! Shared application state handed to every handler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{RefreshTask, Scheduler};
+use crate::statistics::PlannerStatistics;
 use crate::store::Store;
+use crate::tasks::{Activator, TaskSpec, Tasks};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,7 +22,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub audit: AuditLog,
     pub scheduler: Arc<Scheduler>,
+    /// Wakes host reconcilers (activators only; see `crate::reconciler`).
     pub reconciler: Reconciler,
+    /// Every background task's status, and the switch that stops them.
+    pub tasks: Tasks,
     pub callers: Arc<crate::auth::CallerCache>,
     /// One connection pool for every push to every agent: a client per
     /// reconciler pass meant a new TCP connection per pass.
@@ -28,7 +34,12 @@ pub struct AppState {
 
 impl AppState {
     /// Connects to the database, loads the scheduler's host view and starts
-    /// the background tasks (audit writer, host reconcilers, health monitor, planner statistics).
+    /// the background tasks (`crate::tasks`): audit writer, host
+    /// reconcilers, scheduler refresh, planner statistics.
+    ///
+    /// In two phases, so that nothing holds what owns it: first the state
+    /// with only the tasks' activators (what handlers wake them with), then
+    /// the task bodies, each given what it needs.
     pub async fn start(config: Config) -> anyhow::Result<Self> {
         let db = Db::connect(&config.database_url(), config.database_max_connections).await?;
         let metrics = Metrics::new();
@@ -41,25 +52,68 @@ impl AppState {
             )
             .await?,
         );
-        let audit = AuditLog::start(db.clone());
-        crate::statistics::start(
-            db.clone(),
-            std::time::Duration::from_secs(config.database_analyze_interval_secs),
-        );
+        let (audit, audit_writer) = AuditLog::new(db.clone());
         let config = Arc::new(config);
-        let reconciler = Reconciler::new(db.clone(), config.clone());
         let state = Self {
             store: Store::new(db.clone()),
             db,
+            tasks: Tasks::new(metrics.tasks.clone()),
             config,
             metrics,
             audit,
             scheduler,
-            reconciler,
+            reconciler: Reconciler::new(),
             callers: Arc::default(),
             agent_http: api::client::Transport::http_client(),
         };
-        state.reconciler.start(state.clone()).await?;
+        state.start_tasks(audit_writer).await?;
         Ok(state)
+    }
+
+    async fn start_tasks(&self, audit_writer: crate::audit::AuditWriter) -> anyhow::Result<()> {
+        self.tasks.start(
+            TaskSpec {
+                name: "audit-writer".into(),
+                description: "writes the audit entries requests queue, in batches".into(),
+                period: None,
+            },
+            audit_writer.activator(),
+            audit_writer,
+        );
+        let interval = Duration::from_secs(self.config.database_analyze_interval_secs);
+        let period = PlannerStatistics::period(&self.db, interval);
+        let statistics = Activator::new();
+        if period.is_some() {
+            // The first round right away, as a new cloud fills its tables.
+            statistics.activate();
+        }
+        self.tasks.start(
+            TaskSpec {
+                name: "planner-statistics".into(),
+                description: if period.is_some() {
+                    "analyzes PostgreSQL tables that were never analyzed or have doubled since"
+                        .into()
+                } else {
+                    "analyzes grown PostgreSQL tables (idle: SQLite, or a zero interval)".into()
+                },
+                period,
+            },
+            statistics,
+            PlannerStatistics::new(self.db.clone()),
+        );
+        self.tasks.start(
+            TaskSpec {
+                name: "scheduler-refresh".into(),
+                description: "reloads the scheduler's view of every host from the database".into(),
+                period: Some(RefreshTask::period(&self.config.hosts)),
+            },
+            Activator::new(),
+            RefreshTask {
+                scheduler: self.scheduler.clone(),
+                db: self.db.clone(),
+            },
+        );
+        crate::reconciler::start(self).await?;
+        Ok(())
     }
 }

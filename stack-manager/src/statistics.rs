@@ -22,32 +22,48 @@
 
 use std::time::Duration;
 
+use serde_json::json;
 use sqlx::Row;
 
 use crate::db::{Backend, Db};
+use crate::tasks::{BackgroundTask, Outcome, TaskError};
 
 /// Fewer changes than this never trigger an analyze: plans over a few dozen
 /// rows cost the same whichever index they pick.
 const MIN_CHANGES: i64 = 100;
 
-/// Starts the task on PostgreSQL, checking every `interval`; on SQLite, or
-/// with a zero interval, does nothing. SQLite's planner uses no statistics
-/// unless asked to (`sqlite_stat1`), and prefers a primary-key lookup
-/// whatever the table's size.
-pub fn start(db: Db, interval: Duration) {
-    if db.backend != Backend::Postgres || interval.is_zero() {
-        return;
+/// The task that keeps the statistics current (see the module doc).
+pub struct PlannerStatistics {
+    db: Db,
+    analyzed: u64,
+}
+
+impl PlannerStatistics {
+    pub fn new(db: Db) -> Self {
+        Self { db, analyzed: 0 }
     }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if let Err(e) = analyze_grown_tables(&db).await {
-                tracing::warn!(error = %e, "refreshing planner statistics failed");
-            }
+
+    /// How often the task runs: every `interval` on PostgreSQL; never on
+    /// SQLite, or with a zero interval. SQLite's planner uses no statistics
+    /// unless asked to (`sqlite_stat1`), and prefers a primary-key lookup
+    /// whatever the table's size.
+    pub fn period(db: &Db, interval: Duration) -> Option<Duration> {
+        (db.backend == Backend::Postgres && !interval.is_zero()).then_some(interval)
+    }
+}
+
+impl BackgroundTask for PlannerStatistics {
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        if self.db.backend != Backend::Postgres {
+            return Ok(Outcome::ran(json!({ "skipped": "not PostgreSQL" })));
         }
-    });
+        let tables = analyze_grown_tables(&self.db).await?;
+        self.analyzed += tables.len() as u64;
+        Ok(Outcome::ran(json!({
+            "analyzed_total": self.analyzed,
+            "last_analyzed": tables,
+        })))
+    }
 }
 
 /// Analyzes the tables of the current schema, owned by this role, that were

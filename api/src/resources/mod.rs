@@ -11,6 +11,7 @@ pub mod instance;
 pub mod keypair;
 pub mod network;
 pub mod quota;
+pub mod system;
 pub mod usage;
 pub mod volume;
 
@@ -25,5 +26,6 @@ pub use instance::*;
 pub use keypair::*;
 pub use network::*;
 pub use quota::*;
+pub use system::*;
 pub use usage::*;
 pub use volume::*;

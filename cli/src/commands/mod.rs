@@ -12,6 +12,7 @@ pub mod keypair;
 pub mod machine;
 pub mod network;
 pub mod quota;
+pub mod system;
 pub mod usage;
 pub mod vm;
 pub mod volume;

@@ -11,6 +11,7 @@ pub mod keypairs;
 pub mod networks;
 pub mod projects;
 pub mod quotas;
+pub mod system;
 pub mod usage;
 pub mod users;
 pub mod validate;
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(hosts::router())
         .merge(audit::router())
         .merge(usage::router())
+        .merge(system::router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             crate::auth::authenticate,
@@ -100,5 +102,6 @@ pub fn docs() -> Vec<utoipa::openapi::OpenApi> {
         hosts::Doc::openapi(),
         audit::Doc::openapi(),
         usage::Doc::openapi(),
+        system::Doc::openapi(),
     ]
 }

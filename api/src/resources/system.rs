@@ -1,0 +1,51 @@
+//! The stack manager's own background work, for operators
+//! (`GET /v1/system/tasks`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Whether a task is in a run right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Idle,
+    Running,
+}
+
+/// What started a task's run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskActivation {
+    /// Its period elapsed.
+    Timer,
+    /// Something asked for it (a change it has to act on).
+    Notify,
+}
+
+/// One background task and how its runs went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatus {
+    /// Unique. Per-host reconcilers are `reconciler/<host id>`.
+    pub name: String,
+    pub description: String,
+    /// Runs at least this often (counted from the end of the last run);
+    /// absent when it runs only when activated.
+    pub period_secs: Option<f64>,
+    pub state: TaskState,
+    /// Finished runs, failed ones included.
+    pub runs: u64,
+    /// Finished runs that failed.
+    pub errors: u64,
+    pub last_activation: Option<TaskActivation>,
+    pub last_started_at: Option<DateTime<Utc>>,
+    pub last_finished_at: Option<DateTime<Utc>>,
+    pub last_duration_ms: Option<f64>,
+    /// The most recent failure, kept after later runs succeed (compare
+    /// `last_error_at` with `last_finished_at`).
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The task's own counters and findings from its last successful run.
+    #[schema(value_type = Object)]
+    pub details: serde_json::Value,
+}
