@@ -2,22 +2,14 @@
 //! task writes them in batches, so auditing costs a mutating request one
 //! channel send rather than one more database write.
 
-use api::ids::UserId;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::db::Db;
+use crate::store::Store;
 use crate::tasks::{Activator, BackgroundTask, Outcome, TaskError};
 
-#[derive(Debug, Clone)]
-pub struct Entry {
-    pub at: i64,
-    pub user: Option<(UserId, String)>,
-    pub method: String,
-    pub path: String,
-    pub status: u16,
-    pub result: String,
-}
+pub use crate::store::audit::AuditEntry as Entry;
 
 /// Where requests record entries; the [`AuditWriter`] task writes them.
 #[derive(Clone)]
@@ -39,7 +31,7 @@ impl AuditLog {
         (
             log,
             AuditWriter {
-                db,
+                store: Store::new(db),
                 rx,
                 activator: writer,
                 written: 0,
@@ -66,7 +58,7 @@ const BATCH: usize = 256;
 /// The background task that drains the queue into `audit_log`; activated
 /// by every entry recorded.
 pub struct AuditWriter {
-    db: Db,
+    store: Store,
     rx: mpsc::Receiver<Entry>,
     activator: Activator,
     written: u64,
@@ -97,7 +89,7 @@ impl BackgroundTask for AuditWriter {
             if self.batch.is_empty() {
                 break;
             }
-            match write_batch(&self.db, &self.batch).await {
+            match self.store.audit_write(&self.batch).await {
                 Ok(()) => self.written += self.batch.len() as u64,
                 Err(e) => {
                     tracing::error!(error = %e, lost = self.batch.len(), "cannot write audit entries");
@@ -115,40 +107,4 @@ impl BackgroundTask for AuditWriter {
             }))),
         }
     }
-}
-
-/// Rows per INSERT: 8 columns each keeps a statement well under SQLite's
-/// 32,766 bound parameters and PostgreSQL's 65,535.
-const ROWS_PER_INSERT: usize = 64;
-
-/// Writes a batch as a few multi-row INSERTs in one transaction: each
-/// statement is a round trip (and, on SQLite, a thread hand-off).
-async fn write_batch(db: &Db, batch: &[Entry]) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin_write().await?;
-    for chunk in batch.chunks(ROWS_PER_INSERT) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|r| {
-                let p: Vec<String> = (1..=8).map(|c| format!("${}", r * 8 + c)).collect();
-                format!("({})", p.join(", "))
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO audit_log (id, at, user_id, user_name, method, path, status, result) VALUES {}",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(&sql);
-        for e in chunk {
-            q = q
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(e.at)
-                .bind(e.user.as_ref().map(|u| u.0.to_string()))
-                .bind(e.user.as_ref().map(|u| u.1.clone()))
-                .bind(e.method.clone())
-                .bind(e.path.clone())
-                .bind(e.status as i64)
-                .bind(e.result.clone());
-        }
-        q.execute(&mut **tx).await?;
-    }
-    tx.commit().await
 }

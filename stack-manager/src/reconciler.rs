@@ -27,7 +27,6 @@ use api::resources::{HostKind, InstanceStatus};
 use api::AgentClient;
 use serde_json::json;
 
-use crate::db::RowExt;
 use crate::desired;
 use crate::error::ApiResult;
 use crate::state::AppState;
@@ -122,7 +121,7 @@ impl Reconciler {
 /// Starts the host reconcilers: the `reconcilers` task, which starts one
 /// reconciler per host as hosts get work, and wakes every host that has
 /// unconverged work now.
-pub async fn start(state: &AppState) -> Result<(), sqlx::Error> {
+pub async fn start(state: &AppState) -> ApiResult<()> {
     let reconciler = &state.reconciler;
     state.tasks.start(
         TaskSpec {
@@ -136,18 +135,8 @@ pub async fn start(state: &AppState) -> Result<(), sqlx::Error> {
             started: 0,
         },
     );
-    let rows = sqlx::query(
-        "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
-           AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
-         UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
-           AND (applied_generation < generation OR status = 'deleting')",
-    )
-    .fetch_all(&state.db.pool)
-    .await?;
-    for r in &rows {
-        if let Ok(h) = r.id::<HostId>("host_id") {
-            reconciler.notify(h);
-        }
+    for h in state.store.hosts_with_pending_work().await? {
+        reconciler.notify(h);
     }
     Ok(())
 }

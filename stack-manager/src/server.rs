@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 use crate::auth::{hash_secret, new_secret};
-use crate::db::now_ms;
 use crate::state::AppState;
+use crate::store::bootstrap::FirstRows;
 
 /// Bound listeners; tests bind to port 0 and read the addresses back.
 pub struct Running {
@@ -96,59 +96,25 @@ pub async fn init(
     admin_name: &str,
     project_name: &str,
 ) -> Result<Bootstrap, InitError> {
-    let admins = sqlx::query("SELECT COUNT(*) AS n FROM users WHERE admin = 1")
-        .fetch_one(&state.db.pool)
-        .await?;
-    if crate::db::RowExt::int(&admins, "n")? > 0 {
-        return Err(InitError::AlreadyInitialized);
-    }
     crate::http::validate::name("user", admin_name)?;
     crate::http::validate::name("project", project_name)?;
-    let project = state
-        .store
-        .project_insert(project_name, "operators' own project")
-        .await?;
-    let user_id = api::ids::UserId::new();
     let secret = new_secret("strato");
-    let now = now_ms();
-    let mut tx = state.db.begin_write().await?;
-    sqlx::query("INSERT INTO users (id, name, admin, created_at) VALUES ($1, $2, 1, $3)")
-        .bind(user_id.to_string())
-        .bind(admin_name)
-        .bind(now)
-        .execute(&mut **tx)
+    let created = state
+        .store
+        .cloud_init(FirstRows {
+            admin_name,
+            project_name,
+            project_description: "operators' own project",
+            token_hash: hash_secret(&secret),
+            token_description: "created by stack-manager init",
+            // A new cloud gets the usual sizes so that a first VM needs no
+            // operator homework; they are ordinary flavors, free to delete.
+            flavors: &DEFAULT_FLAVORS,
+        })
         .await?;
-    sqlx::query("INSERT INTO memberships (user_id, project_id, role) VALUES ($1, $2, 'member')")
-        .bind(user_id.to_string())
-        .bind(project.id.to_string())
-        .execute(&mut **tx)
-        .await?;
-    sqlx::query(
-        "INSERT INTO tokens (id, user_id, secret_hash, description, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL)",
-    )
-    .bind(api::ids::TokenId::new().to_string())
-    .bind(user_id.to_string())
-    .bind(hash_secret(&secret))
-    .bind("created by stack-manager init")
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    // A new cloud gets the usual sizes so that a first VM needs no
-    // operator homework; they are ordinary flavors, free to delete.
-    for (name, vcpus, ram_mib, disk_gib) in DEFAULT_FLAVORS {
-        sqlx::query(
-            "INSERT INTO flavors (id, name, vcpus, ram_mib, disk_gib, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(api::ids::FlavorId::new().to_string())
-        .bind(name)
-        .bind(vcpus)
-        .bind(ram_mib)
-        .bind(disk_gib)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
+    if !created {
+        return Err(InitError::AlreadyInitialized);
     }
-    tx.commit().await?;
     Ok(Bootstrap {
         user: admin_name.to_string(),
         project: project_name.to_string(),

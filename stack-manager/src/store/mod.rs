@@ -16,6 +16,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod bootstrap;
 pub mod claims;
 pub mod flavors;
 pub mod groups;
@@ -28,6 +29,7 @@ pub mod page;
 pub mod projects;
 pub mod quotas;
 pub mod statements;
+pub mod statistics;
 pub mod tokens;
 pub mod usage;
 pub mod users;

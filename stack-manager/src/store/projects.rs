@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use super::page::{KeyKind, Keyset};
 use super::Store;
 use crate::auth::Caller;
-use crate::db::{from_ms, is_unique_violation, now_ms, RowExt};
+use crate::db::{from_ms, is_unique_violation, now_ms, RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 
 /// By name (unique); the id makes the key obviously total.
@@ -95,46 +95,12 @@ impl Store {
         self.project_insert(name, description).await
     }
 
-    /// [`project_create`](Self::project_create) without a caller, for
-    /// `server::init`: the first project is made before any user exists.
-    pub async fn project_insert(&self, name: &str, description: &str) -> ApiResult<Project> {
-        let id = ProjectId::new();
-        let now = now_ms();
-        let q = QuotaLimits::default();
+    /// [`project_create`](Self::project_create) without a caller.
+    async fn project_insert(&self, name: &str, description: &str) -> ApiResult<Project> {
         let mut tx = self.db.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO projects (id, name, description, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(id.to_string())
-        .bind(name)
-        .bind(description)
-        .bind(now)
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| match is_unique_violation(&e) {
-            true => ApiError::conflict(format!("a project named `{name}` already exists")),
-            false => e.into(),
-        })?;
-        sqlx::query(
-            "INSERT INTO quotas (project_id, max_instances, max_vcpus, max_ram_mib, max_volumes, max_volume_gib, max_addresses) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(id.to_string())
-        .bind(int(q.instances))
-        .bind(int(q.vcpus))
-        .bind(int(q.ram_mib))
-        .bind(int(q.volumes))
-        .bind(int(q.volume_gib))
-        .bind(int(q.addresses))
-        .execute(&mut **tx)
-        .await?;
+        let project = project_insert(&mut tx, name, description).await?;
         tx.commit().await?;
-        Ok(Project {
-            id,
-            name: name.to_string(),
-            description: description.to_string(),
-            created_at: from_ms(now),
-        })
+        Ok(project)
     }
 
     /// Deletes a project that holds no live instance or volume, with what
@@ -228,4 +194,45 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A project row and its default quota, in the caller's transaction.
+pub(super) async fn project_insert(
+    tx: &mut WriteTx,
+    name: &str,
+    description: &str,
+) -> ApiResult<Project> {
+    let id = ProjectId::new();
+    let now = now_ms();
+    let q = QuotaLimits::default();
+    sqlx::query("INSERT INTO projects (id, name, description, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(id.to_string())
+        .bind(name)
+        .bind(description)
+        .bind(now)
+        .execute(&mut ***tx)
+        .await
+        .map_err(|e| match is_unique_violation(&e) {
+            true => ApiError::conflict(format!("a project named `{name}` already exists")),
+            false => e.into(),
+        })?;
+    sqlx::query(
+        "INSERT INTO quotas (project_id, max_instances, max_vcpus, max_ram_mib, max_volumes, max_volume_gib, max_addresses) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id.to_string())
+    .bind(int(q.instances))
+    .bind(int(q.vcpus))
+    .bind(int(q.ram_mib))
+    .bind(int(q.volumes))
+    .bind(int(q.volume_gib))
+    .bind(int(q.addresses))
+    .execute(&mut ***tx)
+    .await?;
+    Ok(Project {
+        id,
+        name: name.to_string(),
+        description: description.to_string(),
+        created_at: from_ms(now),
+    })
 }
