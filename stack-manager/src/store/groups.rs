@@ -60,11 +60,7 @@ impl Store {
     /// project's for an admin naming none), with their members.
     pub async fn group_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Group>> {
         let page = PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        let project = self.list_scope(caller, q).await?;
         let sql = format!(
             "{WITH_MEMBERS} (SELECT * FROM anti_affinity_groups g WHERE ($1 = '' OR g.project_id = $1){}{}) g \
              {MEMBER_JOIN} ORDER BY {}, {MEMBER_ORDER}",

@@ -235,14 +235,7 @@ impl Store {
     pub async fn host_delete(&self, caller: &Caller, id: HostId) -> ApiResult<()> {
         caller.require_admin()?;
         let mut tx = self.db.begin_write().await?;
-        let live = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM instances WHERE host_id = $1 AND deleted_at IS NULL) \
-                  + (SELECT COUNT(*) FROM volumes WHERE host_id = $1 AND deleted_at IS NULL) AS n",
-        )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        let live = super::live_instances_and_volumes(&mut tx, "host_id", &id.to_string()).await?;
         if live > 0 {
             return Err(ApiError::conflict(format!(
                 "host {id} still holds {live} instance(s) or volume(s); drain it or delete them first"

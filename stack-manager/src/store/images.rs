@@ -42,32 +42,21 @@ impl Store {
     /// One page of the images the caller may list: the public ones and the
     /// scoped project's, or every image for an admin naming no project.
     pub async fn image_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Image>> {
-        let page = PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let sql = format!(
-            "SELECT * FROM images WHERE ($1 = '' OR project_id IS NULL OR project_id = $1){}{}",
-            page.condition(2),
-            page.order_and_limit()
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(image_of_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page.finish(items, |i| {
-            vec![
-                i.name.clone().into(),
-                i.created_at.into(),
-                i.id.to_string().into(),
-            ]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &PAGES,
+            "SELECT * FROM images WHERE ($1 = '' OR project_id IS NULL OR project_id = $1)",
+            image_of_row,
+            |i| {
+                vec![
+                    i.name.clone().into(),
+                    i.created_at.into(),
+                    i.id.to_string().into(),
+                ]
+            },
+        )
+        .await
     }
 
     /// An image `project` may boot, by id or name: its own private images

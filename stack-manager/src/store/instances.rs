@@ -138,11 +138,7 @@ impl Store {
         q: &ProjectPage,
     ) -> ApiResult<List<Instance>> {
         let page = PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        let project = self.list_scope(caller, q).await?;
         let sql = format!(
             "{WITH_NICS} (SELECT * FROM instances i WHERE i.deleted_at IS NULL \
                AND ($1 = '' OR i.project_id = $1){}{}) i {NIC_JOINS} ORDER BY {}, a.nic_index",

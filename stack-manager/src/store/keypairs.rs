@@ -45,32 +45,21 @@ impl Store {
     /// One page of the keypairs of the project the caller lists (every
     /// project's for an admin naming none).
     pub async fn keypair_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Keypair>> {
-        let page = PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let sql = format!(
-            "SELECT * FROM keypairs WHERE ($1 = '' OR project_id = $1){}{}",
-            page.condition(2),
-            page.order_and_limit()
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(keypair_of_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page.finish(items, |k| {
-            vec![
-                k.project_id.to_string().into(),
-                k.name.clone().into(),
-                k.id.to_string().into(),
-            ]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &PAGES,
+            "SELECT * FROM keypairs WHERE ($1 = '' OR project_id = $1)",
+            keypair_of_row,
+            |k| {
+                vec![
+                    k.project_id.to_string().into(),
+                    k.name.clone().into(),
+                    k.id.to_string().into(),
+                ]
+            },
+        )
+        .await
     }
 
     /// A keypair of `project` by id or name.

@@ -37,8 +37,12 @@ pub mod volumes;
 
 use sqlx::any::AnyRow;
 
+use api::resources::{List, ProjectPage};
+
+use crate::auth::Caller;
 use crate::db::{Db, WriteTx};
 use crate::error::ApiResult;
+use page::{Key, Keyset};
 
 #[derive(Clone)]
 pub struct Store {
@@ -48,6 +52,41 @@ pub struct Store {
 impl Store {
     pub fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    /// The project filter of a project-scoped list, bound as `$1`: the
+    /// project the caller may read, or '' for every project (an admin who
+    /// named none); see `Caller::project_for_read`.
+    async fn list_scope(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<String> {
+        Ok(caller
+            .project_for_read(self, q.project.as_deref())
+            .await?
+            .map(|p| p.to_string())
+            .unwrap_or_default())
+    }
+
+    /// One page of a project-scoped list of one table, in one statement.
+    /// `select` is `SELECT … FROM … WHERE <filter on $1>` (see
+    /// [`list_scope`](Self::list_scope)); the page's condition and order
+    /// are appended.
+    async fn scoped_page<T>(
+        &self,
+        caller: &Caller,
+        q: &ProjectPage,
+        pages: &'static Keyset,
+        select: &str,
+        decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
+        key: impl Fn(&T) -> Vec<Key>,
+    ) -> ApiResult<List<T>> {
+        let page = pages.page(&q.page())?;
+        let project = self.list_scope(caller, q).await?;
+        let sql = format!("{select}{}{}", page.condition(2), page.order_and_limit());
+        let rows = page
+            .bind(sqlx::query(&sql).bind(project))
+            .fetch_all(&self.db.pool)
+            .await?;
+        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        Ok(page.finish(items, key))
     }
 }
 
@@ -74,4 +113,23 @@ pub(crate) async fn mark_deleted(
     Ok(Some(
         sqlx::query(&sql).bind(id).fetch_one(&mut ***tx).await?,
     ))
+}
+
+/// How many live instances and volumes name `id` in `column` (`project_id`,
+/// `host_id`): a project or host that still holds some cannot be deleted.
+pub(crate) async fn live_instances_and_volumes(
+    tx: &mut WriteTx,
+    column: &'static str,
+    id: &str,
+) -> ApiResult<i64> {
+    use crate::db::RowExt;
+    let sql = format!(
+        "SELECT (SELECT COUNT(*) FROM instances WHERE {column} = $1 AND deleted_at IS NULL) \
+              + (SELECT COUNT(*) FROM volumes WHERE {column} = $1 AND deleted_at IS NULL) AS n"
+    );
+    Ok(sqlx::query(&sql)
+        .bind(id)
+        .fetch_one(&mut ***tx)
+        .await?
+        .int("n")?)
 }

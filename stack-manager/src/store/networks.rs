@@ -152,32 +152,21 @@ impl Store {
     /// One page of the networks the caller may list (see
     /// `Caller::project_for_read`), by project and name, in one statement.
     pub async fn network_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Network>> {
-        let page = NETWORK_PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let sql = format!(
-            "SELECT n.* FROM networks n WHERE ($1 = '' OR n.project_id = $1){}{}",
-            page.condition(2),
-            page.order_and_limit()
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(network_of_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page.finish(items, |n| {
-            vec![
-                n.project_id.to_string().into(),
-                n.name.clone().into(),
-                n.id.to_string().into(),
-            ]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &NETWORK_PAGES,
+            "SELECT n.* FROM networks n WHERE ($1 = '' OR n.project_id = $1)",
+            network_of_row,
+            |n| {
+                vec![
+                    n.project_id.to_string().into(),
+                    n.name.clone().into(),
+                    n.id.to_string().into(),
+                ]
+            },
+        )
+        .await
     }
 
     /// A network the caller may read; 404 otherwise.

@@ -111,14 +111,8 @@ impl Store {
         caller.check_read(id, "project", id_or_name)?;
         caller.require_admin()?;
         let mut tx = self.db.begin_write().await?;
-        let live = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM instances WHERE project_id = $1 AND deleted_at IS NULL) \
-                  + (SELECT COUNT(*) FROM volumes WHERE project_id = $1 AND deleted_at IS NULL) AS n",
-        )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        let live =
+            super::live_instances_and_volumes(&mut tx, "project_id", &id.to_string()).await?;
         if live > 0 {
             return Err(ApiError::conflict(format!(
                 "project `{id_or_name}` still has {live} instance(s) or volume(s); delete them first"

@@ -105,11 +105,7 @@ impl Store {
     /// one statement.
     pub async fn volume_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Volume>> {
         let page = VOLUME_PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
+        let project = self.list_scope(caller, q).await?;
         let sql = format!(
             "{WITH_ATTACHMENT} (SELECT * FROM volumes v WHERE v.deleted_at IS NULL \
                AND ($1 = '' OR v.project_id = $1){}{}) v {ATTACHMENT_JOIN} ORDER BY {}",
@@ -302,28 +298,15 @@ impl Store {
         caller: &Caller,
         q: &ProjectPage,
     ) -> ApiResult<List<Snapshot>> {
-        let page = SNAPSHOT_PAGES.page(&q.page())?;
-        let project = caller
-            .project_for_read(self, q.project.as_deref())
-            .await?
-            .map(|p| p.to_string())
-            .unwrap_or_default();
-        let sql = format!(
-            "SELECT s.* FROM snapshots s WHERE s.deleted_at IS NULL AND ($1 = '' OR s.project_id = $1){}{}",
-            page.condition(2),
-            page.order_and_limit()
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(snapshot_of_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(page.finish(items, |s| {
-            vec![s.created_at.into(), s.id.to_string().into()]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &SNAPSHOT_PAGES,
+            "SELECT s.* FROM snapshots s WHERE s.deleted_at IS NULL AND ($1 = '' OR s.project_id = $1)",
+            snapshot_of_row,
+            |s| vec![s.created_at.into(), s.id.to_string().into()],
+        )
+        .await
     }
 
     /// A live snapshot the caller may read; 404 otherwise.
