@@ -274,17 +274,10 @@ pub struct Client {
 }
 
 macro_rules! crud {
-    // A paginated list: every page, followed to the last.
-    (paged $list:ident, $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
-        pub async fn $list(&self) -> Result<Vec<$ty>> {
-            self.transport.get_all(&self.scoped($path)).await
-        }
-        crud!(@rest $get, $create, $delete, $path, $id, $create_ty, $ty);
-    };
+    // Every list is paginated: the client follows every page to the last.
     ($list:ident, $get:ident, $create:ident, $delete:ident, $path:literal, $id:ty, $create_ty:ty, $ty:ty) => {
         pub async fn $list(&self) -> Result<Vec<$ty>> {
-            let l: List<$ty> = self.transport.get(&self.scoped($path)).await?;
-            Ok(l.items)
+            self.transport.get_all(&self.scoped($path)).await
         }
         crud!(@rest $get, $create, $delete, $path, $id, $create_ty, $ty);
     };
@@ -329,11 +322,7 @@ impl Client {
 
     // Identity.
     pub async fn project_list(&self) -> Result<Vec<Project>> {
-        Ok(self
-            .transport
-            .get::<List<Project>>("/v1/projects")
-            .await?
-            .items)
+        self.transport.get_all("/v1/projects").await
     }
     pub async fn project_create(&self, body: &ProjectCreate) -> Result<Project> {
         self.transport.post("/v1/projects", body).await
@@ -366,7 +355,7 @@ impl Client {
             .await
     }
     pub async fn user_list(&self) -> Result<Vec<User>> {
-        Ok(self.transport.get::<List<User>>("/v1/users").await?.items)
+        self.transport.get_all("/v1/users").await
     }
     pub async fn user_create(&self, body: &UserCreate) -> Result<User> {
         self.transport.post("/v1/users", body).await
@@ -392,7 +381,7 @@ impl Client {
         }
     }
     pub async fn token_list(&self) -> Result<Vec<Token>> {
-        Ok(self.transport.get::<List<Token>>("/v1/tokens").await?.items)
+        self.transport.get_all("/v1/tokens").await
     }
     pub async fn token_delete(&self, id: TokenId) -> Result<()> {
         self.transport.delete(&format!("/v1/tokens/{id}")).await
@@ -429,7 +418,7 @@ impl Client {
         Keypair
     );
     crud!(
-        paged network_list,
+        network_list,
         network_get,
         network_create,
         network_delete,
@@ -449,7 +438,7 @@ impl Client {
         Instance
     );
     crud!(
-        paged volume_list,
+        volume_list,
         volume_get,
         volume_create,
         volume_delete,

@@ -20,6 +20,7 @@ use serde_json::Value;
 use support::{send, Backend, TestCloud, TEST_KEY};
 
 on_both_backends!(
+    the_client_follows_every_page,
     pages_give_every_item_once_in_order,
     bad_limits_and_tokens_are_400,
     scoped_pages_never_show_another_project,
@@ -435,4 +436,24 @@ async fn scoped_pages_never_show_another_project(backend: Backend) {
     for item in page["items"].as_array().expect("items") {
         assert_eq!(item["project_id"].as_str(), Some(beta.as_str()), "{item}");
     }
+}
+
+/// Past the default page of 100, the client library (and so the CLI)
+/// still returns every item: it follows `next_page_token` to the end.
+async fn the_client_follows_every_page(backend: Backend) {
+    let cloud = TestCloud::start(backend).await;
+    let names: Vec<String> = (0..130).map(|i| format!("p-{i:03}")).collect();
+    let made: HashSet<String> = futures::future::join_all(names.iter().map(|n| cloud.project(n)))
+        .await
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    let listed = cloud.admin.project_list().await.expect("list");
+    let names: HashSet<String> = listed.iter().map(|p| p.name.clone()).collect();
+    assert_eq!(names.len(), listed.len(), "no project twice");
+    assert!(made.is_subset(&names), "every project listed");
+    // One page of the raw API holds only the default 100.
+    let page = get(&cloud, &cloud.admin_token, "/v1/projects").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(100));
+    assert!(page["next_page_token"].is_string());
 }
