@@ -31,7 +31,7 @@ async fn statements_of_get(
 }
 
 async fn fixed_costs(backend: Backend, counter: &StatementCounter) {
-    let cloud = TestCloud::start_quiet(backend).await;
+    let cloud = TestCloud::start_counted(backend).await;
     let host = cloud.hypervisor("hv-1", 256, 1 << 20, None).await;
     cloud.project("acme").await;
     cloud.quota_for("acme", 100).await;
@@ -140,7 +140,7 @@ async fn fixed_costs(backend: Backend, counter: &StatementCounter) {
 /// The identity and catalogue lists: a page of 5 costs what a page of 40
 /// does, one statement (the caller's own project needs no lookup).
 async fn catalogue_lists(backend: Backend, counter: &StatementCounter) {
-    let cloud = TestCloud::start_quiet(backend).await;
+    let cloud = TestCloud::start_counted(backend).await;
     let admin = &cloud.admin;
     let key =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGuEbkB5fiabq34MkliWiex1mZ7OFzxnZjfW/XWDNRTO t@s";
