@@ -1,50 +1,16 @@
-//! Authentication (bearer tokens, stored as SHA-256) and authorization.
-//!
-//! Roles: `admin` is global (operators); `member` and `reader` are per
-//! project. A caller with no role in a project gets 404 for its resources,
-//! so existence is never leaked; a reader who tries to change something gets
-//! 403.
+//! Authentication: bearer tokens (stored as SHA-256) resolved into a
+//! [`Caller`] once per request, with a short cache.
 
-use api::ids::{ProjectId, UserId};
-use api::resources::ProjectRole;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 
+pub use crate::caller::Caller;
 use crate::db::now_ms;
 use crate::error::{ApiError, ApiResult};
+pub use crate::secrets::{hash_secret, new_secret};
 use crate::state::AppState;
-use crate::store::Store;
-
-/// Who is calling, resolved once per request by [`authenticate`].
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub user_id: UserId,
-    pub user_name: String,
-    pub admin: bool,
-    pub memberships: Vec<(ProjectId, ProjectRole)>,
-    /// Names of the projects in `memberships`, so that `?project=<name>`
-    /// needs no query for the caller's own projects.
-    pub project_names: Vec<(String, ProjectId)>,
-    /// When the token presented expires (ms), if it does.
-    pub expires_at: Option<i64>,
-}
-
-/// A new random secret with a recognisable prefix (so leaked tokens can be
-/// found by secret scanners).
-pub fn new_secret(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
-}
-
-/// Secrets are 256 random bits, so a fast hash is enough: nothing to brute-force.
-pub fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
 
 pub fn bearer(parts: &axum::http::HeaderMap) -> Option<&str> {
     let value = parts
@@ -53,123 +19,6 @@ pub fn bearer(parts: &axum::http::HeaderMap) -> Option<&str> {
         .ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-impl Caller {
-    pub fn role_in(&self, project: ProjectId) -> Option<ProjectRole> {
-        self.memberships
-            .iter()
-            .find(|(p, _)| *p == project)
-            .map(|(_, r)| *r)
-    }
-
-    pub fn require_admin(&self) -> ApiResult<()> {
-        if self.admin {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden("this action needs the admin role"))
-        }
-    }
-
-    /// Reading a resource of `project`: admins and any role; others see 404.
-    pub fn check_read(
-        &self,
-        project: ProjectId,
-        kind: &str,
-        id: impl std::fmt::Display,
-    ) -> ApiResult<()> {
-        if self.admin || self.role_in(project).is_some() {
-            Ok(())
-        } else {
-            Err(ApiError::not_found(kind, id))
-        }
-    }
-
-    /// Changing a resource of `project`: admins and members; readers get 403,
-    /// strangers 404.
-    pub fn check_write(
-        &self,
-        project: ProjectId,
-        kind: &str,
-        id: impl std::fmt::Display,
-    ) -> ApiResult<()> {
-        if self.admin {
-            return Ok(());
-        }
-        match self.role_in(project) {
-            Some(ProjectRole::Member) => Ok(()),
-            Some(ProjectRole::Reader) => Err(ApiError::forbidden(format!(
-                "the reader role cannot change {kind}s"
-            ))),
-            None => Err(ApiError::not_found(kind, id)),
-        }
-    }
-
-    /// The project a create acts in: `?project=` (id or name) or the caller's
-    /// only project.
-    pub async fn project_for_write(
-        &self,
-        store: &Store,
-        scope: Option<&str>,
-        kind: &str,
-    ) -> ApiResult<ProjectId> {
-        let project = self.project_for_read(store, scope).await?;
-        match project {
-            Some(p) => {
-                self.check_write(p, "project", p)
-                    .map_err(|e| match e.code {
-                        api::ErrorCode::Forbidden => {
-                            ApiError::forbidden(format!("the reader role cannot create {kind}s"))
-                        }
-                        _ => e,
-                    })?;
-                Ok(p)
-            }
-            // An admin naming no project acts in their own, if they have one.
-            None => match self.memberships.as_slice() {
-                [(only, _)] => Ok(*only),
-                _ => Err(ApiError::invalid(format!(
-                    "say which project the new {kind} belongs to with ?project=<id or name>"
-                ))),
-            },
-        }
-    }
-
-    /// The project a list acts in. `None` means every project, which only
-    /// admins get when they name none.
-    pub async fn project_for_read(
-        &self,
-        store: &Store,
-        scope: Option<&str>,
-    ) -> ApiResult<Option<ProjectId>> {
-        match scope {
-            Some(s) if !s.is_empty() => {
-                let own = self
-                    .project_names
-                    .iter()
-                    .find(|(name, id)| name == s || id.to_string() == s)
-                    .map(|(_, id)| *id);
-                let id = match own {
-                    Some(id) => id,
-                    None => store.project_resolve(s).await?,
-                };
-                self.check_read(id, "project", s)?;
-                Ok(Some(id))
-            }
-            _ => {
-                if self.admin {
-                    return Ok(None);
-                }
-                match self.memberships.as_slice() {
-                    [(only, _)] => Ok(Some(*only)),
-                    [] => Err(ApiError::forbidden("you are not a member of any project")),
-                    _ => Err(ApiError::invalid(
-                        "you belong to several projects: choose one with ?project=<id or name>",
-                    )),
-                }
-            }
-        }
-    }
 }
 
 /// Recently resolved callers by token hash. Every request would otherwise

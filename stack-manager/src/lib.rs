@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod caller;
 pub mod config;
 pub mod db;
 pub mod desired;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod reconciler;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod statistics;

@@ -47,12 +47,9 @@ async fn create(
     ApiQuery(scope): ApiQuery<ProjectScope>,
     ApiJson(body): ApiJson<GroupCreate>,
 ) -> ApiResult<(StatusCode, Json<Group>)> {
-    let project = caller
-        .project_for_write(
-            &state.store,
-            scope.project.as_deref(),
-            "anti-affinity group",
-        )
+    let project = state
+        .store
+        .project_for_write(&caller, scope.project.as_deref(), "anti-affinity group")
         .await?;
     validate::name("anti-affinity group", &body.name)?;
     let group = state

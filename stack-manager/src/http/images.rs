@@ -110,8 +110,9 @@ async fn create(
             None
         }
         Visibility::Private => Some(
-            caller
-                .project_for_write(&state.store, scope.project.as_deref(), "image")
+            state
+                .store
+                .project_for_write(&caller, scope.project.as_deref(), "image")
                 .await?,
         ),
     };

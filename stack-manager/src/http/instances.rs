@@ -116,8 +116,9 @@ async fn create(
     {
         return Err(ApiError::invalid("user_data is larger than 64 KiB"));
     }
-    let project = caller
-        .project_for_write(&state.store, scope.project.as_deref(), "instance")
+    let project = state
+        .store
+        .project_for_write(&caller, scope.project.as_deref(), "instance")
         .await?;
     let flavor = state.store.flavor_resolve(&body.flavor).await?;
     let image = state.store.image_resolve(project, &body.image).await?;

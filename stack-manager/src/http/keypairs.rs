@@ -81,8 +81,9 @@ async fn create(
     ApiQuery(scope): ApiQuery<ProjectScope>,
     ApiJson(body): ApiJson<KeypairCreate>,
 ) -> ApiResult<(StatusCode, Json<Keypair>)> {
-    let project = caller
-        .project_for_write(&state.store, scope.project.as_deref(), "keypair")
+    let project = state
+        .store
+        .project_for_write(&caller, scope.project.as_deref(), "keypair")
         .await?;
     validate::name("keypair", &body.name)?;
     let (public_key, fingerprint) = parse_public_key(&body.public_key)?;

@@ -69,8 +69,9 @@ async fn create(
     ApiQuery(scope): ApiQuery<ProjectScope>,
     ApiJson(body): ApiJson<NetworkCreate>,
 ) -> ApiResult<(StatusCode, Json<Network>)> {
-    let project = caller
-        .project_for_write(&state.store, scope.project.as_deref(), "network")
+    let project = state
+        .store
+        .project_for_write(&caller, scope.project.as_deref(), "network")
         .await?;
     validate::name("network", &body.name)?;
     if let Some(vlan) = body.vlan {

@@ -84,8 +84,9 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Volume>)> {
     validate::name("volume", &body.name)?;
     validate::range("size_gib", body.size_gib, 1, 65_536)?;
-    let project = caller
-        .project_for_write(&state.store, scope.project.as_deref(), "volume")
+    let project = state
+        .store
+        .project_for_write(&caller, scope.project.as_deref(), "volume")
         .await?;
     let (image, snapshot) = match &body.source {
         VolumeSource::Empty => (None, None),

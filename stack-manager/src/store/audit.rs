@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::RowExt;
 use crate::error::ApiResult;
 

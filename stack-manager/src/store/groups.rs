@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{from_ms, is_unique_violation, lock_row, now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 

@@ -12,9 +12,10 @@ use sqlx::any::AnyRow;
 use super::claims::HostView;
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::{hash_secret, new_secret, Caller};
+use crate::caller::Caller;
 use crate::db::{from_ms, now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
+use crate::secrets::{hash_secret, new_secret};
 
 /// Racks are listed by name (unique); the id only makes the key total.
 static RACK_PAGES: Keyset = Keyset {

@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{is_unique_violation, RowExt};
 use crate::error::{ApiError, ApiResult};
 

@@ -23,7 +23,7 @@ use super::claims::Claim;
 use super::claims::{InstanceDemand, Placer};
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{
     from_ms, is_unique_violation, lock_row, now_ms, share_lock_row, to_i64, Backend, RowExt,
 };
@@ -131,7 +131,7 @@ fn instances_of_rows(rows: &[AnyRow]) -> ApiResult<Vec<Instance>> {
 
 impl Store {
     /// One page of the instances the caller may list (see
-    /// `Caller::project_for_read`), oldest first, in one statement.
+    /// `Store::project_for_read`), oldest first, in one statement.
     pub async fn instance_list(
         &self,
         caller: &Caller,

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{from_ms, is_unique_violation, now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 

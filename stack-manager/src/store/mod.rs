@@ -39,7 +39,7 @@ use sqlx::any::AnyRow;
 
 use api::resources::{List, ProjectPage};
 
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{Db, WriteTx};
 use crate::error::ApiResult;
 use page::{Key, Keyset};
@@ -56,10 +56,10 @@ impl Store {
 
     /// The project filter of a project-scoped list, bound as `$1`: the
     /// project the caller may read, or '' for every project (an admin who
-    /// named none); see `Caller::project_for_read`.
+    /// named none); see `Store::project_for_read`.
     async fn list_scope(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<String> {
-        Ok(caller
-            .project_for_read(self, q.project.as_deref())
+        Ok(self
+            .project_for_read(caller, q.project.as_deref())
             .await?
             .map(|p| p.to_string())
             .unwrap_or_default())

@@ -13,7 +13,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{now_ms, RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 
@@ -150,7 +150,7 @@ async fn lock_and_count_addresses(
 
 impl Store {
     /// One page of the networks the caller may list (see
-    /// `Caller::project_for_read`), by project and name, in one statement.
+    /// `Store::project_for_read`), by project and name, in one statement.
     pub async fn network_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Network>> {
         self.scoped_page(
             caller,
@@ -212,7 +212,7 @@ impl Store {
         Ok(network_of_row(&row)?)
     }
 
-    /// Creates a network in `project` (see `Caller::project_for_write`);
+    /// Creates a network in `project` (see `Store::project_for_write`);
     /// the body's fields are checked by the caller.
     pub async fn network_create(
         &self,

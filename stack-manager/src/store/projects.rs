@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{from_ms, is_unique_violation, now_ms, RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 
@@ -229,4 +229,74 @@ pub(super) async fn project_insert(
         description: description.to_string(),
         created_at: from_ms(now),
     })
+}
+
+/// The project a request acts in.
+impl Store {
+    /// The project a create acts in: `?project=` (id or name) or the caller's
+    /// only project.
+    pub async fn project_for_write(
+        &self,
+        caller: &Caller,
+        scope: Option<&str>,
+        kind: &str,
+    ) -> ApiResult<ProjectId> {
+        let project = self.project_for_read(caller, scope).await?;
+        match project {
+            Some(p) => {
+                caller
+                    .check_write(p, "project", p)
+                    .map_err(|e| match e.code {
+                        api::ErrorCode::Forbidden => {
+                            ApiError::forbidden(format!("the reader role cannot create {kind}s"))
+                        }
+                        _ => e,
+                    })?;
+                Ok(p)
+            }
+            // An admin naming no project acts in their own, if they have one.
+            None => match caller.memberships.as_slice() {
+                [(only, _)] => Ok(*only),
+                _ => Err(ApiError::invalid(format!(
+                    "say which project the new {kind} belongs to with ?project=<id or name>"
+                ))),
+            },
+        }
+    }
+
+    /// The project a list acts in. `None` means every project, which only
+    /// admins get when they name none.
+    pub async fn project_for_read(
+        &self,
+        caller: &Caller,
+        scope: Option<&str>,
+    ) -> ApiResult<Option<ProjectId>> {
+        match scope {
+            Some(s) if !s.is_empty() => {
+                let own = caller
+                    .project_names
+                    .iter()
+                    .find(|(name, id)| name == s || id.to_string() == s)
+                    .map(|(_, id)| *id);
+                let id = match own {
+                    Some(id) => id,
+                    None => self.project_resolve(s).await?,
+                };
+                caller.check_read(id, "project", s)?;
+                Ok(Some(id))
+            }
+            _ => {
+                if caller.admin {
+                    return Ok(None);
+                }
+                match caller.memberships.as_slice() {
+                    [(only, _)] => Ok(Some(*only)),
+                    [] => Err(ApiError::forbidden("you are not a member of any project")),
+                    _ => Err(ApiError::invalid(
+                        "you belong to several projects: choose one with ?project=<id or name>",
+                    )),
+                }
+            }
+        }
+    }
 }

@@ -9,7 +9,7 @@ use api::ErrorCode;
 use sqlx::any::AnyRow;
 
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 

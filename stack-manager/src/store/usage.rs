@@ -8,7 +8,7 @@ use api::ids::{FlavorId, ProjectId};
 use api::resources::{FlavorHours, ProjectUsage, UsageQuery, UsageReport};
 
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{from_ms, now_ms, RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 

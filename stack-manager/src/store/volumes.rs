@@ -14,7 +14,7 @@ use sqlx::any::AnyRow;
 use super::claims::{Claim, VolumePlacer};
 use super::page::{KeyKind, Keyset};
 use super::Store;
-use crate::auth::Caller;
+use crate::caller::Caller;
 use crate::db::{now_ms, RowExt};
 use crate::error::{ApiError, ApiResult};
 use crate::lifecycle::{self, VolumeAction};
@@ -101,7 +101,7 @@ fn snapshot_of_row(r: &AnyRow) -> Result<Snapshot, sqlx::Error> {
 
 impl Store {
     /// One page of the volumes the caller may list (see
-    /// `Caller::project_for_read`), oldest first, attachments joined in:
+    /// `Store::project_for_read`), oldest first, attachments joined in:
     /// one statement.
     pub async fn volume_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Volume>> {
         let page = VOLUME_PAGES.page(&q.page())?;
@@ -149,7 +149,7 @@ impl Store {
         Ok(volume)
     }
 
-    /// Creates a volume in `project` (see `Caller::project_for_write`):
+    /// Creates a volume in `project` (see `Store::project_for_write`):
     /// claims the project's quota and a storage node (the snapshot's own
     /// node for a clone, which is copy-on-write) in one transaction.
     /// Returns the volume and the storage claim, for the caller to apply to
