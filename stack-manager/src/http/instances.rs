@@ -166,7 +166,7 @@ async fn create(
     };
     let (instance, claim) = state
         .store
-        .instance_create(new, demand, state.scheduler.placement(ranking))
+        .instance_create(&caller, new, demand, state.scheduler.placement(ranking))
         .await?;
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);

@@ -114,12 +114,14 @@ async fn create(
         image,
         snapshot,
     };
-    let (volume, claim) = state
+    let (id, claim) = state
         .store
         .volume_create(&caller, project, new, &*state.scheduler)
         .await?;
+    // The claim is applied before anything else can fail: the volume exists.
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);
+    let volume = state.store.volume_get(&caller, id).await?;
     Ok((StatusCode::CREATED, Json(volume)))
 }
 

@@ -659,6 +659,7 @@ impl Store {
     /// once this returned.
     pub async fn instance_create(
         &self,
+        caller: &Caller,
         new: NewInstance,
         mut demand: InstanceDemand,
         placer: impl Placer,
@@ -674,6 +675,7 @@ impl Store {
             user_data,
             start,
         } = new;
+        caller.check_write(project, "project", project)?;
         let id = InstanceId::new();
         let now = now_ms();
         let mut tx = self.db.begin_write().await?;

@@ -152,15 +152,15 @@ impl Store {
     /// Creates a volume in `project` (see `Store::project_for_write`):
     /// claims the project's quota and a storage node (the snapshot's own
     /// node for a clone, which is copy-on-write) in one transaction.
-    /// Returns the volume and the storage claim, for the caller to apply to
-    /// the scheduler's view and to wake that node's reconciler.
+    /// Returns the new volume's id and the storage claim, for the caller
+    /// to apply to the scheduler's view and to wake that node's reconciler.
     pub async fn volume_create(
         &self,
         caller: &Caller,
         project: ProjectId,
         new: NewVolume,
         placer: impl VolumePlacer,
-    ) -> ApiResult<(Volume, Claim)> {
+    ) -> ApiResult<(VolumeId, Claim)> {
         caller.check_write(project, "project", project)?;
         let id = VolumeId::new();
         let now = now_ms();
@@ -245,8 +245,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        let volume = self.volume_get(caller, id).await?;
-        Ok((volume, claim))
+        Ok((id, claim))
     }
 
     /// Asks for a volume to be deleted: it becomes `deleting` and its
