@@ -246,8 +246,8 @@ impl Store {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut nics = self.host_nic_specs(host).await?;
-        let mut volumes = self.host_attachment_specs(host).await?;
+        let mut nics = self.nic_specs(SpecsOf::Host(host)).await?;
+        let mut volumes = self.attachment_specs(SpecsOf::Host(host)).await?;
         rows.iter()
             .map(|r| {
                 let id: InstanceId = r.id("id")?;
@@ -315,23 +315,17 @@ impl Store {
         // NICs and attachments of the instances to push: by id for one, by
         // host for several. Addresses are written in the instance's own
         // create transaction, so an instance read above has all of its NICs.
-        let one = match push_rows.as_slice() {
-            [(id, _)] => Some(*id),
-            _ => None,
+        let of = match push_rows.as_slice() {
+            [(id, _)] => SpecsOf::Instance(*id),
+            _ => SpecsOf::Host(host),
         };
-        let mut nics = match one {
-            Some(id) => self.nic_specs_of(id).await?,
-            None => self.host_nic_specs(host).await?,
-        };
+        let mut nics = self.nic_specs(of).await?;
         let mut volumes = HashMap::new();
         if push_rows
             .iter()
             .any(|(_, r)| r.int("attached").unwrap_or(1) > 0)
         {
-            volumes = match one {
-                Some(id) => self.attachment_specs_of(id).await?,
-                None => self.host_attachment_specs(host).await?,
-            };
+            volumes = self.attachment_specs(of).await?;
         }
         for (id, r) in push_rows {
             let nics = nics.remove(&id).unwrap_or_default();
@@ -341,56 +335,32 @@ impl Store {
         Ok(work)
     }
 
-    async fn nic_specs_of(
-        &self,
-        instance: InstanceId,
-    ) -> ApiResult<HashMap<InstanceId, Vec<NicSpec>>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {NIC_COLUMNS} WHERE a.instance_id = $1 ORDER BY a.nic_index"
-        ))
-        .bind(instance.to_string())
-        .fetch_all(&self.db.pool)
-        .await?;
+    /// The NICs of the instances `of` names, by instance.
+    async fn nic_specs(&self, of: SpecsOf) -> ApiResult<HashMap<InstanceId, Vec<NicSpec>>> {
+        let sql = format!(
+            "SELECT {NIC_COLUMNS} {} ORDER BY a.instance_id, a.nic_index",
+            of.condition()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(of.id())
+            .fetch_all(&self.db.pool)
+            .await?;
         Ok(by_instance(&rows, nic_spec)?)
     }
 
-    /// The NICs of every live instance on `host`, by instance.
-    async fn host_nic_specs(&self, host: HostId) -> ApiResult<HashMap<InstanceId, Vec<NicSpec>>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {NIC_COLUMNS} JOIN instances i ON i.id = a.instance_id \
-             WHERE i.host_id = $1 AND i.deleted_at IS NULL ORDER BY a.instance_id, a.nic_index"
-        ))
-        .bind(host.to_string())
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok(by_instance(&rows, nic_spec)?)
-    }
-
-    async fn attachment_specs_of(
+    /// The volume attachments of the instances `of` names, by instance.
+    async fn attachment_specs(
         &self,
-        instance: InstanceId,
+        of: SpecsOf,
     ) -> ApiResult<HashMap<InstanceId, Vec<VolumeAttachmentSpec>>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ATTACHMENT_COLUMNS} WHERE a.instance_id = $1 ORDER BY a.device_index"
-        ))
-        .bind(instance.to_string())
-        .fetch_all(&self.db.pool)
-        .await?;
-        Ok(by_instance(&rows, |_, r| attachment_spec(r))?)
-    }
-
-    /// The attachments of every live instance on `host`, by instance.
-    async fn host_attachment_specs(
-        &self,
-        host: HostId,
-    ) -> ApiResult<HashMap<InstanceId, Vec<VolumeAttachmentSpec>>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {ATTACHMENT_COLUMNS} JOIN instances i ON i.id = a.instance_id \
-             WHERE i.host_id = $1 AND i.deleted_at IS NULL ORDER BY a.instance_id, a.device_index"
-        ))
-        .bind(host.to_string())
-        .fetch_all(&self.db.pool)
-        .await?;
+        let sql = format!(
+            "SELECT {ATTACHMENT_COLUMNS} {} ORDER BY a.instance_id, a.device_index",
+            of.condition()
+        );
+        let rows = sqlx::query(&sql)
+            .bind(of.id())
+            .fetch_all(&self.db.pool)
+            .await?;
         Ok(by_instance(&rows, |_, r| attachment_spec(r))?)
     }
 
@@ -849,6 +819,33 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(claim)
+    }
+}
+
+/// Whose NICs or attachments a spec read fetches: one instance's, or those
+/// of every live instance on a host. `a` is the `addresses` or
+/// `attachments` row of the query.
+#[derive(Clone, Copy)]
+enum SpecsOf {
+    Instance(InstanceId),
+    Host(HostId),
+}
+
+impl SpecsOf {
+    fn condition(self) -> &'static str {
+        match self {
+            SpecsOf::Instance(_) => "WHERE a.instance_id = $1",
+            SpecsOf::Host(_) => {
+                "JOIN instances i ON i.id = a.instance_id WHERE i.host_id = $1 AND i.deleted_at IS NULL"
+            }
+        }
+    }
+
+    fn id(self) -> String {
+        match self {
+            SpecsOf::Instance(id) => id.to_string(),
+            SpecsOf::Host(id) => id.to_string(),
+        }
     }
 }
 

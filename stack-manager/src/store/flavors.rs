@@ -120,25 +120,18 @@ impl Store {
     pub async fn flavor_delete(&self, caller: &Caller, id: FlavorId) -> ApiResult<()> {
         caller.require_admin()?;
         let mut tx = self.db.begin_write().await?;
-        let used = sqlx::query(
+        let used = super::count_in(
+            &mut tx,
             "SELECT COUNT(*) AS n FROM instances WHERE flavor_id = $1 AND deleted_at IS NULL",
+            &id.to_string(),
         )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        .await?;
         if used > 0 {
             return Err(ApiError::conflict(format!(
                 "flavor {id} is used by {used} instance(s)"
             )));
         }
-        let done = sqlx::query("DELETE FROM flavors WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("flavor", id));
-        }
+        super::delete_by_id(&mut tx, "flavors", "flavor", id).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -59,27 +59,29 @@ impl Store {
     /// One page of the groups of the project the caller lists (every
     /// project's for an admin naming none), with their members.
     pub async fn group_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Group>> {
-        let page = PAGES.page(&q.page())?;
-        let project = self.list_scope(caller, q).await?;
-        let sql = format!(
-            "{WITH_MEMBERS} (SELECT * FROM anti_affinity_groups g WHERE ($1 = '' OR g.project_id = $1){}{}) g \
-             {MEMBER_JOIN} ORDER BY {}, {MEMBER_ORDER}",
-            page.condition(2),
-            page.order_and_limit(),
-            page.order(),
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = groups_of_rows(&rows)?;
-        Ok(page.finish(items, |g| {
-            vec![
-                g.project_id.to_string().into(),
-                g.name.clone().into(),
-                g.id.to_string().into(),
-            ]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &PAGES,
+            |page| {
+                format!(
+                    "{WITH_MEMBERS} (SELECT * FROM anti_affinity_groups g WHERE ($1 = '' OR g.project_id = $1){}{}) g \
+                     {MEMBER_JOIN} ORDER BY {}, {MEMBER_ORDER}",
+                    page.condition(2),
+                    page.order_and_limit(),
+                    page.order(),
+                )
+            },
+            |rows| Ok(groups_of_rows(rows)?),
+            |g| {
+                vec![
+                    g.project_id.to_string().into(),
+                    g.name.clone().into(),
+                    g.id.to_string().into(),
+                ]
+            },
+        )
+        .await
     }
 
     /// A group of `project` by id or name, with its members.
@@ -158,13 +160,12 @@ impl Store {
         if !lock_row(&mut tx, "anti_affinity_groups", &id.to_string()).await? {
             return Err(ApiError::not_found("anti-affinity group", id));
         }
-        let members = sqlx::query(
+        let members = super::count_in(
+            &mut tx,
             "SELECT COUNT(*) AS n FROM instances WHERE group_id = $1 AND deleted_at IS NULL",
+            &id.to_string(),
         )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        .await?;
         if members > 0 {
             return Err(ApiError::conflict(format!(
                 "anti-affinity group `{}` still has {members} instance(s); delete them first",

@@ -142,24 +142,19 @@ impl Store {
     pub async fn rack_delete(&self, caller: &Caller, id: RackId) -> ApiResult<()> {
         caller.require_admin()?;
         let mut tx = self.db.begin_write().await?;
-        let hosts = sqlx::query("SELECT COUNT(*) AS n FROM hosts WHERE rack_id = $1")
-            .bind(id.to_string())
-            .fetch_one(&mut **tx)
-            .await?
-            .int("n")?;
+        let hosts = super::count_in(
+            &mut tx,
+            "SELECT COUNT(*) AS n FROM hosts WHERE rack_id = $1",
+            &id.to_string(),
+        )
+        .await?;
         if hosts > 0 {
             return Err(ApiError::conflict(format!(
                 "rack {id} still holds {hosts} host(s); delete them first"
             )));
         }
         // Unused enrollment tokens for the rack go with it (ON DELETE CASCADE).
-        let done = sqlx::query("DELETE FROM racks WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("rack", id));
-        }
+        super::delete_by_id(&mut tx, "racks", "rack", id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -253,13 +248,7 @@ impl Store {
                 .execute(&mut **tx)
                 .await?;
         }
-        let done = sqlx::query("DELETE FROM hosts WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("host", id));
-        }
+        super::delete_by_id(&mut tx, "hosts", "host", id).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -46,8 +46,10 @@ impl Store {
             caller,
             q,
             &PAGES,
-            "SELECT * FROM images WHERE ($1 = '' OR project_id IS NULL OR project_id = $1)",
-            image_of_row,
+            super::one_table(
+                "SELECT * FROM images WHERE ($1 = '' OR project_id IS NULL OR project_id = $1)",
+            ),
+            super::each_row(image_of_row),
             |i| {
                 vec![
                     i.name.clone().into(),
@@ -151,13 +153,7 @@ impl Store {
                 image.name
             )));
         }
-        let done = sqlx::query("DELETE FROM images WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("image", id));
-        }
+        super::delete_by_id(&mut tx, "images", "image", id).await?;
         tx.commit().await?;
         Ok(())
     }

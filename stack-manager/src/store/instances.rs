@@ -137,23 +137,23 @@ impl Store {
         caller: &Caller,
         q: &ProjectPage,
     ) -> ApiResult<List<Instance>> {
-        let page = PAGES.page(&q.page())?;
-        let project = self.list_scope(caller, q).await?;
-        let sql = format!(
-            "{WITH_NICS} (SELECT * FROM instances i WHERE i.deleted_at IS NULL \
-               AND ($1 = '' OR i.project_id = $1){}{}) i {NIC_JOINS} ORDER BY {}, a.nic_index",
-            page.condition(2),
-            page.order_and_limit(),
-            page.order(),
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = instances_of_rows(&rows)?;
-        Ok(page.finish(items, |i| {
-            vec![i.created_at.into(), i.id.to_string().into()]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &PAGES,
+            |page| {
+                format!(
+                    "{WITH_NICS} (SELECT * FROM instances i WHERE i.deleted_at IS NULL \
+                       AND ($1 = '' OR i.project_id = $1){}{}) i {NIC_JOINS} ORDER BY {}, a.nic_index",
+                    page.condition(2),
+                    page.order_and_limit(),
+                    page.order(),
+                )
+            },
+            instances_of_rows,
+            |i| vec![i.created_at.into(), i.id.to_string().into()],
+        )
+        .await
     }
 
     /// A live instance the caller may read; 404 otherwise.

@@ -49,8 +49,8 @@ impl Store {
             caller,
             q,
             &PAGES,
-            "SELECT * FROM keypairs WHERE ($1 = '' OR project_id = $1)",
-            keypair_of_row,
+            super::one_table("SELECT * FROM keypairs WHERE ($1 = '' OR project_id = $1)"),
+            super::each_row(keypair_of_row),
             |k| {
                 vec![
                     k.project_id.to_string().into(),

@@ -41,8 +41,8 @@ use api::resources::{List, ProjectPage};
 
 use crate::caller::Caller;
 use crate::db::{Db, WriteTx};
-use crate::error::ApiResult;
-use page::{Key, Keyset};
+use crate::error::{ApiError, ApiResult};
+use page::{Key, Keyset, PageRequest};
 
 #[derive(Clone)]
 pub struct Store {
@@ -65,28 +65,27 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// One page of a project-scoped list of one table, in one statement.
-    /// `select` is `SELECT … FROM … WHERE <filter on $1>` (see
-    /// [`list_scope`](Self::list_scope)); the page's condition and order
-    /// are appended.
+    /// One page of a project-scoped list, in one statement. `sql` builds
+    /// it from the page (its filter on `$1` is the project, see
+    /// [`list_scope`](Self::list_scope); the page's own parameters follow);
+    /// `decode` turns its rows into items, `key` gives an item's keyset key.
     async fn scoped_page<T>(
         &self,
         caller: &Caller,
         q: &ProjectPage,
         pages: &'static Keyset,
-        select: &str,
-        decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
+        sql: impl FnOnce(&PageRequest) -> String,
+        decode: impl FnOnce(&[AnyRow]) -> ApiResult<Vec<T>>,
         key: impl Fn(&T) -> Vec<Key>,
     ) -> ApiResult<List<T>> {
         let page = pages.page(&q.page())?;
         let project = self.list_scope(caller, q).await?;
-        let sql = format!("{select}{}{}", page.condition(2), page.order_and_limit());
+        let sql = sql(&page);
         let rows = page
             .bind(sqlx::query(&sql).bind(project))
             .fetch_all(&self.db.pool)
             .await?;
-        let items = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-        Ok(page.finish(items, key))
+        Ok(page.finish(decode(&rows)?, key))
     }
 }
 
@@ -115,6 +114,35 @@ pub(crate) async fn mark_deleted(
     ))
 }
 
+/// Deletes row `id` of `table` in `tx`; a 404 naming `kind` when there is
+/// none (someone else deleted it meanwhile).
+pub(crate) async fn delete_by_id(
+    tx: &mut WriteTx,
+    table: &'static str,
+    kind: &str,
+    id: impl std::fmt::Display,
+) -> ApiResult<()> {
+    let done = sqlx::query(&format!("DELETE FROM {table} WHERE id = $1"))
+        .bind(id.to_string())
+        .execute(&mut ***tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found(kind, id));
+    }
+    Ok(())
+}
+
+/// The `n` of a `SELECT COUNT(*) AS n … = $1` with `id`, read in `tx`: how
+/// many rows still use what is about to be deleted.
+pub(crate) async fn count_in(tx: &mut WriteTx, sql: &str, id: &str) -> ApiResult<i64> {
+    use crate::db::RowExt;
+    Ok(sqlx::query(sql)
+        .bind(id)
+        .fetch_one(&mut ***tx)
+        .await?
+        .int("n")?)
+}
+
 /// How many live instances and volumes name `id` in `column` (`project_id`,
 /// `host_id`): a project or host that still holds some cannot be deleted.
 pub(crate) async fn live_instances_and_volumes(
@@ -122,14 +150,22 @@ pub(crate) async fn live_instances_and_volumes(
     column: &'static str,
     id: &str,
 ) -> ApiResult<i64> {
-    use crate::db::RowExt;
     let sql = format!(
         "SELECT (SELECT COUNT(*) FROM instances WHERE {column} = $1 AND deleted_at IS NULL) \
               + (SELECT COUNT(*) FROM volumes WHERE {column} = $1 AND deleted_at IS NULL) AS n"
     );
-    Ok(sqlx::query(&sql)
-        .bind(id)
-        .fetch_one(&mut ***tx)
-        .await?
-        .int("n")?)
+    count_in(tx, &sql, id).await
+}
+
+/// The SQL of a one-table page: `select` (`SELECT … FROM … WHERE <filter
+/// on $1>`) with the page's condition and order appended.
+fn one_table(select: &str) -> impl FnOnce(&PageRequest) -> String + '_ {
+    move |page| format!("{select}{}{}", page.condition(2), page.order_and_limit())
+}
+
+/// Decodes every row into one item.
+fn each_row<T>(
+    decode: fn(&AnyRow) -> Result<T, sqlx::Error>,
+) -> impl FnOnce(&[AnyRow]) -> ApiResult<Vec<T>> {
+    move |rows| Ok(rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?)
 }

@@ -156,8 +156,8 @@ impl Store {
             caller,
             q,
             &NETWORK_PAGES,
-            "SELECT n.* FROM networks n WHERE ($1 = '' OR n.project_id = $1)",
-            network_of_row,
+            super::one_table("SELECT n.* FROM networks n WHERE ($1 = '' OR n.project_id = $1)"),
+            super::each_row(network_of_row),
             |n| {
                 vec![
                     n.project_id.to_string().into(),
@@ -268,13 +268,7 @@ impl Store {
             .bind(id.to_string())
             .execute(&mut **tx)
             .await?;
-        let done = sqlx::query("DELETE FROM networks WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("network", id));
-        }
+        super::delete_by_id(&mut tx, "networks", "network", id).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -417,13 +411,7 @@ impl Store {
                 subnet.name, subnet.cidr
             )));
         }
-        let done = sqlx::query("DELETE FROM subnets WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("subnet", id));
-        }
+        super::delete_by_id(&mut tx, "subnets", "subnet", id).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -104,26 +104,23 @@ impl Store {
     /// `Store::project_for_read`), oldest first, attachments joined in:
     /// one statement.
     pub async fn volume_list(&self, caller: &Caller, q: &ProjectPage) -> ApiResult<List<Volume>> {
-        let page = VOLUME_PAGES.page(&q.page())?;
-        let project = self.list_scope(caller, q).await?;
-        let sql = format!(
-            "{WITH_ATTACHMENT} (SELECT * FROM volumes v WHERE v.deleted_at IS NULL \
-               AND ($1 = '' OR v.project_id = $1){}{}) v {ATTACHMENT_JOIN} ORDER BY {}",
-            page.condition(2),
-            page.order_and_limit(),
-            page.order(),
-        );
-        let rows = page
-            .bind(sqlx::query(&sql).bind(project))
-            .fetch_all(&self.db.pool)
-            .await?;
-        let items = rows
-            .iter()
-            .map(volume_of_row)
-            .collect::<ApiResult<Vec<_>>>()?;
-        Ok(page.finish(items, |v| {
-            vec![v.created_at.into(), v.id.to_string().into()]
-        }))
+        self.scoped_page(
+            caller,
+            q,
+            &VOLUME_PAGES,
+            |page| {
+                format!(
+                    "{WITH_ATTACHMENT} (SELECT * FROM volumes v WHERE v.deleted_at IS NULL \
+                       AND ($1 = '' OR v.project_id = $1){}{}) v {ATTACHMENT_JOIN} ORDER BY {}",
+                    page.condition(2),
+                    page.order_and_limit(),
+                    page.order(),
+                )
+            },
+            |rows| rows.iter().map(volume_of_row).collect(),
+            |v| vec![v.created_at.into(), v.id.to_string().into()],
+        )
+        .await
     }
 
     /// A live volume the caller may read, with its attachment; 404 otherwise.
@@ -274,13 +271,12 @@ impl Store {
                 "volume {id} is attached; detach it first"
             )));
         }
-        let snapshots = sqlx::query(
+        let snapshots = super::count_in(
+            &mut tx,
             "SELECT COUNT(*) AS n FROM snapshots WHERE volume_id = $1 AND deleted_at IS NULL",
+            &id.to_string(),
         )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        .await?;
         if snapshots > 0 {
             return Err(ApiError::conflict(format!(
                 "volume {id} has snapshots; delete them first"
@@ -301,8 +297,8 @@ impl Store {
             caller,
             q,
             &SNAPSHOT_PAGES,
-            "SELECT s.* FROM snapshots s WHERE s.deleted_at IS NULL AND ($1 = '' OR s.project_id = $1)",
-            snapshot_of_row,
+            super::one_table("SELECT s.* FROM snapshots s WHERE s.deleted_at IS NULL AND ($1 = '' OR s.project_id = $1)"),
+            super::each_row(snapshot_of_row),
             |s| vec![s.created_at.into(), s.id.to_string().into()],
         )
         .await
@@ -408,13 +404,12 @@ impl Store {
         let snap = self.snapshot_get(caller, id).await?;
         caller.check_write(snap.project_id, "snapshot", id)?;
         let mut tx = self.db.begin_write().await?;
-        let clones = sqlx::query(
+        let clones = super::count_in(
+            &mut tx,
             "SELECT COUNT(*) AS n FROM volumes WHERE source_snapshot_id = $1 AND deleted_at IS NULL",
+            &id.to_string(),
         )
-        .bind(id.to_string())
-        .fetch_one(&mut **tx)
-        .await?
-        .int("n")?;
+        .await?;
         if clones > 0 {
             return Err(ApiError::conflict(format!(
                 "snapshot {id} has {clones} clone(s); delete them first"
