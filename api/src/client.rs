@@ -553,6 +553,39 @@ impl Client {
     pub async fn host_delete(&self, id: HostId) -> Result<()> {
         self.transport.delete(&format!("/v1/hosts/{id}")).await
     }
+    /// Fences the host (if it is not yet) and re-creates its instances
+    /// elsewhere, whatever the mass-failure guard says.
+    pub async fn host_evacuate(&self, id: HostId) -> Result<Evacuation> {
+        self.transport
+            .post(&format!("/v1/hosts/{id}/evacuate"), &serde_json::json!({}))
+            .await
+    }
+    /// Takes a fenced host back: its storage targets accept it again and
+    /// it gets new work.
+    pub async fn host_readmit(&self, id: HostId) -> Result<Host> {
+        self.transport
+            .post(&format!("/v1/hosts/{id}/readmit"), &serde_json::json!({}))
+            .await
+    }
+    pub async fn host_events(&self, id: HostId) -> Result<Vec<Event>> {
+        self.transport
+            .get_all(&format!("/v1/hosts/{id}/events"))
+            .await
+    }
+    pub async fn instance_events(&self, id: InstanceId) -> Result<Vec<Event>> {
+        self.transport
+            .get_all(&format!("/v1/instances/{id}/events"))
+            .await
+    }
+    pub async fn evacuation_state(&self) -> Result<EvacuationState> {
+        self.transport.get("/v1/system/evacuation").await
+    }
+    /// Lifts the mass-failure guard: automatic evacuation runs again.
+    pub async fn evacuation_resume(&self) -> Result<EvacuationState> {
+        self.transport
+            .post("/v1/system/evacuation/resume", &serde_json::json!({}))
+            .await
+    }
     pub async fn enrollment_token_create(
         &self,
         body: &EnrollmentTokenCreate,

@@ -53,6 +53,10 @@ pub struct EnrollRequest {
     /// Hypervisors: the iSCSI initiator IQN volumes must allow.
     #[serde(default)]
     pub initiator_iqn: Option<String>,
+    /// The provisioner's machine this host was deployed on, when the
+    /// provisioner wrote the agent's config: fencing powers it off.
+    #[serde(default)]
+    pub machine_id: Option<String>,
     /// Storage nodes: the iSCSI portal initiators connect to, `address:port`.
     #[serde(default)]
     pub iscsi_portal: Option<String>,
@@ -155,6 +159,10 @@ pub enum ObservedInstanceState {
     Running,
     Stopped,
     Error,
+    /// It died while it should be running (QEMU exited or was killed, the
+    /// domain vanished); the agent does not restart it on its own: the
+    /// stack manager's restart policy pushes a new generation.
+    Crashed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -47,6 +47,7 @@ async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> 
                 capacity: capacity(cfg, hv).await?,
                 initiator_iqn: Some(cfg.initiator_iqn()),
                 iscsi_portal: None,
+                machine_id: cfg.machine_id.clone(),
             })
         },
     )

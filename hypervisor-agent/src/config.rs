@@ -57,6 +57,10 @@ pub struct Config {
     /// iSCSI initiator name this host logs in to volumes with. Default
     /// `iqn.2026-11.io.strato:<name>`.
     pub initiator_iqn: Option<String>,
+    /// The provisioner's machine this host runs on (the provisioner's
+    /// post-install writes it): the stack manager fences the host by
+    /// powering that machine off. Default none: fenced by storage alone.
+    pub machine_id: Option<String>,
     /// RAM kept for the host itself, not reported as capacity. Default 512 MiB.
     pub reserved_ram_mib: u64,
     /// Disk kept for the host itself, not reported as capacity. Default 2 GiB.
@@ -101,6 +105,7 @@ impl Default for Config {
             shutdown_timeout_secs: 60,
             uplink: None,
             initiator_iqn: None,
+            machine_id: None,
             reserved_ram_mib: 512,
             reserved_disk_gib: 2,
             template_dir: None,

@@ -32,6 +32,7 @@ pub struct Config {
     pub database_analyze_interval_secs: u64,
     pub scheduler: SchedulerConfig,
     pub hosts: HostsConfig,
+    pub health: HealthConfig,
     /// `tracing` filter, e.g. `info` or `stack_manager=debug`. Overridden by
     /// `RUST_LOG`. Default `info`.
     pub log: String,
@@ -86,6 +87,73 @@ pub struct HostsConfig {
     pub resync_interval_secs: u64,
 }
 
+/// Self-healing: detection, fencing, evacuation and crash restarts (see
+/// `crate::health`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Seconds a hypervisor stays `suspected` (no heartbeat within
+    /// `hosts.down_after_secs`) before fencing begins: heartbeats that
+    /// return within it only make it `up` again. Default 3 s.
+    pub suspect_grace_secs: u64,
+    /// Seconds after which a fencing step that is not confirmed is reported
+    /// as such on the host (fencing keeps trying; nothing moves until it is
+    /// confirmed). Default 20 s.
+    pub fence_timeout_secs: u64,
+    /// Mass-failure guard: when more than this share of the hypervisors is
+    /// lost within `mass_failure_window_secs`, automatic evacuation pauses
+    /// until an operator resumes it or evacuates hosts one by one. 0.3
+    /// (30 %) by default; 1.0 turns the guard off.
+    pub mass_failure_share: f64,
+    /// ... and at least this many hypervisors: losing one host is the
+    /// ordinary case the guard must not stop. Default 2.
+    pub mass_failure_min_hosts: u64,
+    /// The guard's window, seconds. Default 300.
+    pub mass_failure_window_secs: u64,
+    /// How often the monitor looks at every host, milliseconds; 0 turns
+    /// self-healing off (nothing is detected, fenced or moved). Default 1000.
+    pub monitor_interval_ms: u64,
+    /// The provisioner whose power drivers fence hosts that have a machine
+    /// behind them (`machine_id`), e.g. `http://10.0.0.2:7200`. Default
+    /// none: such hosts cannot be fenced by power, and stay unconfirmed.
+    pub provisioner_url: Option<String>,
+    /// The provisioner's API token. Default none.
+    pub provisioner_token: Option<String>,
+    /// Crash restarts in place, as Diego does: this many immediate
+    /// restarts... Default 3.
+    pub crash_immediate_restarts: u64,
+    /// ... then a delay of this many seconds, doubled per crash... Default 30.
+    pub crash_backoff_base_secs: u64,
+    /// ... up to this many seconds. Default 960 (16 min).
+    pub crash_backoff_max_secs: u64,
+    /// An instance that stays up this long has its crash count reset.
+    /// Default 300.
+    pub crash_reset_after_secs: u64,
+    /// After this many crashes in a row it is left stopped, in `error`.
+    /// Default 200.
+    pub crash_give_up_after: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            suspect_grace_secs: 3,
+            fence_timeout_secs: 20,
+            mass_failure_share: 0.3,
+            mass_failure_min_hosts: 2,
+            mass_failure_window_secs: 300,
+            monitor_interval_ms: 1000,
+            provisioner_url: None,
+            provisioner_token: None,
+            crash_immediate_restarts: 3,
+            crash_backoff_base_secs: 30,
+            crash_backoff_max_secs: 960,
+            crash_reset_after_secs: 300,
+            crash_give_up_after: 200,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -97,6 +165,7 @@ impl Default for Config {
             database_analyze_interval_secs: 2,
             scheduler: SchedulerConfig::default(),
             hosts: HostsConfig::default(),
+            health: HealthConfig::default(),
             log: "info".into(),
         }
     }
@@ -180,6 +249,21 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "hosts.down_after_secs must be greater than hosts.heartbeat_interval_secs (> 0)"
                     .into(),
+            ));
+        }
+        let h = &self.health;
+        if !(h.mass_failure_share.is_finite()
+            && h.mass_failure_share > 0.0
+            && h.mass_failure_share <= 1.0)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "health.mass_failure_share must be in (0, 1], got {}",
+                h.mass_failure_share
+            )));
+        }
+        if h.crash_backoff_max_secs < h.crash_backoff_base_secs {
+            return Err(ConfigError::Invalid(
+                "health.crash_backoff_max_secs must be >= health.crash_backoff_base_secs".into(),
             ));
         }
         Ok(())

@@ -240,6 +240,7 @@ mod tests {
             },
             initiator_iqn: Some("iqn.2024-01.org.strato:hv-1".into()),
             iscsi_portal: Some("10.0.0.6:3260".into()),
+            machine_id: None,
         }
     }
 

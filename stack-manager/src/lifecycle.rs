@@ -104,7 +104,7 @@ pub fn instance_action(
     };
     match (action, desired, status) {
         (A::Start, D::Stopped, s) => to(D::Running, s, false),
-        (A::Start, D::Running, S::Error) => to(D::Running, S::Building, false),
+        (A::Start, D::Running, S::Error | S::Crashed) => to(D::Running, S::Building, false),
         (A::Start, D::Running, S::Stopped) => to(D::Running, S::Stopped, false),
         (A::Stop, D::Running, s) => to(D::Stopped, s, false),
         (A::Stop, D::Stopped, S::Running) => to(D::Stopped, S::Running, false),
@@ -219,6 +219,7 @@ pub fn instance_status(o: &ObservedInstance, desired_reboot_count: u64) -> Insta
         ObservedInstanceState::Running => InstanceStatus::Running,
         ObservedInstanceState::Stopped => InstanceStatus::Stopped,
         ObservedInstanceState::Error => InstanceStatus::Error,
+        ObservedInstanceState::Crashed => InstanceStatus::Crashed,
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub request_seconds: HistogramVec,
     pub placement_seconds: HistogramVec,
     pub hosts: IntGaugeVec,
+    /// 1 while the mass-failure guard holds automatic evacuation.
+    pub evacuation_paused: prometheus::IntGauge,
     /// Per background task (`crate::tasks`), labelled by its name.
     pub tasks: crate::tasks::TaskMetrics,
 }
@@ -62,6 +64,11 @@ impl Metrics {
             &["kind", "health"],
         )
         .expect("static metric definition");
+        let evacuation_paused = prometheus::IntGauge::new(
+            "strato_evacuation_paused",
+            "1 while the mass-failure guard pauses automatic evacuation",
+        )
+        .expect("static metric definition");
         let tasks = crate::tasks::TaskMetrics {
             runs: IntCounterVec::new(
                 Opts::new(
@@ -101,6 +108,7 @@ impl Metrics {
             Box::new(request_seconds.clone()),
             Box::new(placement_seconds.clone()),
             Box::new(hosts.clone()),
+            Box::new(evacuation_paused.clone()),
             Box::new(tasks.runs.clone()),
             Box::new(tasks.errors.clone()),
             Box::new(tasks.last_duration_seconds.clone()),
@@ -114,6 +122,7 @@ impl Metrics {
             request_seconds,
             placement_seconds,
             hosts,
+            evacuation_paused,
             tasks,
         }
     }

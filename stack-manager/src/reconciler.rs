@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use api::ids::{HostId, VolumeId};
-use api::resources::{HostKind, InstanceStatus};
+use api::resources::{HostHealth, HostKind, InstanceStatus};
 use api::AgentClient;
 use serde_json::json;
 
@@ -289,6 +289,11 @@ async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
     let alive_since = crate::db::now_ms() - (state.config.hosts.down_after_secs as i64) * 1000;
     let down = pass.last_heartbeat_at.is_none_or(|t| t < alive_since);
     let orphans = state.reconciler.take_orphan_flag(host);
+    if pass.kind == HostKind::Hypervisor
+        && matches!(pass.health, HostHealth::Fencing | HostHealth::Fenced)
+    {
+        return Ok(Sync::from(clear_fenced(host, &agent, down).await?));
+    }
     let converged = match pass.kind {
         HostKind::Hypervisor => {
             sync_hypervisor(state, host, &agent, down, orphans, pass.work).await?
@@ -296,6 +301,37 @@ async fn sync_host(state: &AppState, host: HostId) -> ApiResult<Sync> {
         HostKind::Storage => sync_storage(state, host, &agent, down, orphans).await?,
     };
     Ok(Sync::from(converged))
+}
+
+/// A fencing or fenced host runs nothing: whatever its agent still has
+/// (it was cut off, or came back) is deleted there, without touching the
+/// volumes, which its targets refuse it anyway. Its instances are
+/// re-created elsewhere by the health monitor.
+async fn clear_fenced(host: HostId, agent: &AgentClient, down: bool) -> ApiResult<bool> {
+    if down {
+        // Nothing to reach; its next heartbeat reports what it still runs.
+        return Ok(true);
+    }
+    let listed = match agent.instance_list().await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(%host, error = %e, "cannot list instances of a fenced host");
+            return Ok(false);
+        }
+    };
+    let mut converged = true;
+    for o in listed {
+        tracing::info!(%host, instance = %o.id, "removing a stale instance from a fenced host");
+        match agent.instance_delete(o.id).await {
+            Ok(()) => {}
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => {
+                tracing::warn!(%host, instance = %o.id, error = %e, "cannot remove stale instance");
+                converged = false;
+            }
+        }
+    }
+    Ok(converged)
 }
 
 async fn sync_hypervisor(

@@ -28,10 +28,18 @@ use api::ids::{HostId, RackId};
 use api::resources::{AdminState, Capacity, HostHealth, HostKind};
 
 impl HostView {
+    /// Health as readers should see it now: the monitor's state, except
+    /// that an `up` host whose heartbeat is overdue reads `suspected` (a
+    /// storage node: `down`) at once, before the monitor's next pass.
     pub fn health(&self, now_ms: i64, down_after_secs: u64) -> HostHealth {
-        match self.last_heartbeat_ms {
-            Some(t) if now_ms - t <= (down_after_secs as i64) * 1000 => HostHealth::Up,
-            _ => HostHealth::Down,
+        let fresh = matches!(self.last_heartbeat_ms,
+            Some(t) if now_ms - t <= (down_after_secs as i64) * 1000);
+        match (self.kind, self.health) {
+            (HostKind::Storage, _) if fresh => HostHealth::Up,
+            (HostKind::Storage, _) => HostHealth::Down,
+            (HostKind::Hypervisor, HostHealth::Up | HostHealth::Down) if fresh => HostHealth::Up,
+            (HostKind::Hypervisor, HostHealth::Up | HostHealth::Down) => HostHealth::Suspected,
+            (HostKind::Hypervisor, state) => state,
         }
     }
 }
@@ -76,17 +84,22 @@ impl Hosts {
     /// removes it).
     fn sync(&mut self, id: HostId, cfg: &SchedulerConfig) {
         let slot = self.views.get(&id).and_then(|h| {
-            (h.kind == HostKind::Hypervisor && h.admin_state == AdminState::Enabled).then(|| Slot {
-                id,
-                last_heartbeat_ms: h.last_heartbeat_ms.unwrap_or(i64::MIN),
-                cpu_cap: h.capacity.vcpus as f64 * cfg.cpu_allocation_ratio,
-                ram_cap: h.capacity.ram_mib as f64 * cfg.ram_allocation_ratio,
-                disk_cap: h.capacity.disk_gib as f64 * cfg.disk_allocation_ratio,
-                alloc_vcpus: h.allocated.vcpus,
-                alloc_ram_mib: h.allocated.ram_mib,
-                alloc_disk_gib: h.allocated.disk_gib,
-                rack: h.rack,
-            })
+            // A suspected, fencing or fenced host takes nothing new, even
+            // while its heartbeats come back.
+            (h.kind == HostKind::Hypervisor
+                && h.admin_state == AdminState::Enabled
+                && h.health == HostHealth::Up)
+                .then(|| Slot {
+                    id,
+                    last_heartbeat_ms: h.last_heartbeat_ms.unwrap_or(i64::MIN),
+                    cpu_cap: h.capacity.vcpus as f64 * cfg.cpu_allocation_ratio,
+                    ram_cap: h.capacity.ram_mib as f64 * cfg.ram_allocation_ratio,
+                    disk_cap: h.capacity.disk_gib as f64 * cfg.disk_allocation_ratio,
+                    alloc_vcpus: h.allocated.vcpus,
+                    alloc_ram_mib: h.allocated.ram_mib,
+                    alloc_disk_gib: h.allocated.disk_gib,
+                    rack: h.rack,
+                })
         });
         match (slot, self.slot_of.get(&id).copied()) {
             (Some(s), Some(i)) => self.slots[i] = s,
@@ -218,6 +231,11 @@ impl Scheduler {
         self.update(id, |h| h.admin_state = state);
     }
 
+    /// The health monitor moved a host (see `crate::health`).
+    pub fn set_health(&self, id: HostId, health: HostHealth) {
+        self.update(id, |h| h.health = health);
+    }
+
     pub fn get(&self, id: HostId) -> Option<HostView> {
         self.hosts
             .read()
@@ -277,7 +295,14 @@ impl Scheduler {
                 .or_default() += 1;
         }
         for kind in [HostKind::Hypervisor, HostKind::Storage] {
-            for (health, label) in [(HostHealth::Up, "up"), (HostHealth::Down, "down")] {
+            for health in [
+                HostHealth::Up,
+                HostHealth::Down,
+                HostHealth::Suspected,
+                HostHealth::Fencing,
+                HostHealth::Fenced,
+            ] {
+                let label = health.as_str();
                 gauge
                     .with_label_values(&[kind.as_str(), label])
                     .set(counts.get(&(kind, health)).copied().unwrap_or(0));

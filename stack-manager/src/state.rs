@@ -114,6 +114,20 @@ impl AppState {
             },
         );
         crate::reconciler::start(self).await?;
+        let health = crate::health::period(&self.config.health);
+        self.tasks.start(
+            TaskSpec {
+                name: "health-monitor".into(),
+                description: if health.is_some() {
+                    "detects failed hypervisors, fences them, re-creates their instances elsewhere, restarts crashed instances".into()
+                } else {
+                    "self-healing (idle: health.monitor_interval_ms = 0)".into()
+                },
+                period: health,
+            },
+            Activator::new(),
+            crate::health::HealthMonitor::new(self.clone()),
+        );
         Ok(())
     }
 }

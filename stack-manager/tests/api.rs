@@ -555,9 +555,9 @@ async fn silent_host_goes_down_and_gets_no_work(backend: Backend) {
         cloud.admin.host_get(host).await.unwrap().health,
         HostHealth::Up
     );
-    // Silent for longer than down_after_secs: the host is declared down.
+    // Silent for longer than down_after_secs: the host is suspected.
     eventually(10, || async {
-        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Down).then_some(())
+        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Suspected).then_some(())
     })
     .await;
     let err = c.instance_create(&TestCloud::vm("x")).await.unwrap_err();
@@ -787,7 +787,7 @@ async fn deleting_on_a_down_host_waits_for_it(backend: Backend) {
         .with_host("hv-1", |h| h.host_id)
         .expect("enrolled");
     eventually(10, || async {
-        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Down).then_some(())
+        (cloud.admin.host_get(host).await.ok()?.health == HostHealth::Suspected).then_some(())
     })
     .await;
     c.instance_delete(vm.id).await.unwrap();

@@ -633,6 +633,7 @@ fn project_reads(p: &Proj) -> Vec<Case> {
         case("GET /v1/anti-affinity-groups/{id}", &[&p.group]),
         case("GET /v1/instances/{id}", &[&p.instance]),
         case("GET /v1/instances/{id}/console", &[&p.instance]),
+        case("GET /v1/instances/{id}/events", &[&p.instance]),
         // A plain GET: allowed callers get 400 (not a WebSocket upgrade),
         // which the handler checks only after authorizing.
         case("GET /v1/instances/{id}/console/stream", &[&p.instance]).ok(400),
@@ -777,7 +778,13 @@ fn operator_cases(ids: &Ids, project: &str, user: &str) -> Vec<Case> {
         case("GET /v1/hosts", &[]),
         case("GET /v1/hosts/{id}", &[&ids.hypervisor]),
         case("PATCH /v1/hosts/{id}", &[&ids.spare_host]).body(json!({"admin_state": "draining"})),
+        case("GET /v1/hosts/{id}/events", &[&ids.hypervisor]),
+        // Only a fenced host is re-admitted: the admin is told so.
+        case("POST /v1/hosts/{id}/readmit", &[&ids.hypervisor]).ok(409),
+        case("POST /v1/hosts/{id}/evacuate", &[&ids.spare_host]).ok(202),
         case("DELETE /v1/hosts/{id}", &[&ids.spare_host]).ok(204),
+        case("GET /v1/system/evacuation", &[]),
+        case("POST /v1/system/evacuation/resume", &[]),
         case("POST /v1/enrollment-tokens", &[])
             .body(json!({"kind": "hypervisor"}))
             .ok(201),

@@ -62,6 +62,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 capacity: capacity(&cfg),
                 initiator_iqn: None,
                 iscsi_portal: Some(cfg.iscsi_portal().to_string()),
+                machine_id: None,
             })
         },
     )

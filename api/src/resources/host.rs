@@ -78,13 +78,51 @@ impl AdminState {
     }
 }
 
-/// Liveness as judged from heartbeats.
+/// Liveness as the health monitor judges it.
+///
+/// Hypervisors: `up` ─(no heartbeat within `hosts.down_after_secs`)─►
+/// `suspected` ─(still silent after `health.suspect_grace_secs`)─►
+/// `fencing` (its volumes revoked on the storage targets, and powered off
+/// where it has a power driver) ─(every step confirmed)─► `fenced`: its
+/// instances are re-created elsewhere, and it runs nothing until an
+/// operator re-admits it. A suspected host whose heartbeats return is `up`
+/// again; once fencing has begun it always ends `fenced`.
+/// Storage nodes are `up` or `down`, by heartbeat alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostHealth {
     Up,
-    /// No heartbeat within the configured timeout.
+    /// A storage node with no heartbeat within the configured timeout.
     Down,
+    /// A hypervisor with no heartbeat within the deadline; nothing moves yet.
+    Suspected,
+    /// Being fenced; `health_reason` says which step is pending.
+    Fencing,
+    /// Fenced: its instances were (or are being) re-created elsewhere.
+    Fenced,
+}
+
+impl HostHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostHealth::Up => "up",
+            HostHealth::Down => "down",
+            HostHealth::Suspected => "suspected",
+            HostHealth::Fencing => "fencing",
+            HostHealth::Fenced => "fenced",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "up" => HostHealth::Up,
+            "down" => HostHealth::Down,
+            "suspected" => HostHealth::Suspected,
+            "fencing" => HostHealth::Fencing,
+            "fenced" => HostHealth::Fenced,
+            _ => return None,
+        })
+    }
 }
 
 /// Capacity an agent reports. Hypervisors fill the compute fields, storage
@@ -120,10 +158,50 @@ pub struct Host {
     pub agent_url: String,
     pub admin_state: AdminState,
     pub health: HostHealth,
+    /// Why it is not `up`, or how it was fenced ("storage only: no power
+    /// driver", "powered off through the provisioner").
+    pub health_reason: Option<String>,
+    pub health_since: Option<DateTime<Utc>>,
+    /// The provisioner's machine behind it: fencing powers it off. `None`:
+    /// fenced by its storage targets alone.
+    pub machine_id: Option<String>,
     pub capacity: Capacity,
     pub allocated: Allocated,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+/// `POST /v1/hosts/{id}/evacuate`: what was started.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Evacuation {
+    pub host_id: HostId,
+    pub health: HostHealth,
+    /// Instances that will be re-created elsewhere once fencing is confirmed.
+    pub instances: u64,
+}
+
+/// `GET /v1/system/evacuation`: whether automatic evacuation runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EvacuationState {
+    /// Paused by the mass-failure guard: too many hypervisors were lost
+    /// within the window, so an operator decides (`strato host evacuate`,
+    /// or resume).
+    pub paused: bool,
+    pub since: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+/// One step in the life of a host or an instance: detection, fencing,
+/// evacuation, crash restarts, moves. Newest last.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    /// `host` or `instance`.
+    pub subject_kind: String,
+    pub subject_id: String,
+    /// A stable name: `host.suspected`, `host.fenced`, `instance.evacuated`, ...
+    pub event: String,
+    pub message: String,
 }
 
 /// `PATCH /v1/hosts/{id}`.

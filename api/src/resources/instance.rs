@@ -64,6 +64,15 @@ pub enum InstanceStatus {
     /// Delete requested; the agent has not confirmed yet.
     Deleting,
     Deleted,
+    /// Its host is suspected or being fenced: what it last reported may no
+    /// longer be true. `status_reason` names the host's state.
+    Unknown,
+    /// It died on a healthy host; a restart in place is scheduled
+    /// (`status_reason` says when).
+    Crashed,
+    /// Waiting for a host: its host failed and no other can take it yet.
+    /// Placed as soon as capacity appears.
+    Pending,
 }
 
 impl InstanceStatus {
@@ -76,6 +85,9 @@ impl InstanceStatus {
             InstanceStatus::Error => "error",
             InstanceStatus::Deleting => "deleting",
             InstanceStatus::Deleted => "deleted",
+            InstanceStatus::Unknown => "unknown",
+            InstanceStatus::Crashed => "crashed",
+            InstanceStatus::Pending => "pending",
         }
     }
 
@@ -88,6 +100,9 @@ impl InstanceStatus {
             "error" => InstanceStatus::Error,
             "deleting" => InstanceStatus::Deleting,
             "deleted" => InstanceStatus::Deleted,
+            "unknown" => InstanceStatus::Unknown,
+            "crashed" => InstanceStatus::Crashed,
+            "pending" => InstanceStatus::Pending,
             _ => return None,
         })
     }

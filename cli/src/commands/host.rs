@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use api::ids::RackId;
 use api::resources::{
-    AdminState, EnrollmentTokenCreate, Host, HostHealth, HostKind, HostUpdate, Rack, RackCreate,
+    AdminState, EnrollmentTokenCreate, Event, Host, HostHealth, HostKind, HostUpdate, Rack,
+    RackCreate,
 };
 use api::Client;
 use chrono::Utc;
@@ -37,6 +38,25 @@ pub enum HostCmd {
     },
     /// Stop placing new work on a host and move its VMs away.
     Drain {
+        /// Host id or name.
+        host: String,
+    },
+    /// Fence a hypervisor (revoke its volumes, power it off where it has a
+    /// power driver) and re-create its VMs elsewhere with the same
+    /// addresses and volumes, even while the mass-failure guard holds
+    /// automatic evacuation. For maintenance of a healthy host, use drain.
+    Evacuate {
+        /// Host id or name.
+        host: String,
+    },
+    /// Take a fenced host back once its VMs moved: its volumes accept it
+    /// again and it gets new work.
+    Readmit {
+        /// Host id or name.
+        host: String,
+    },
+    /// What happened to a host: suspicion, fencing, evacuation, re-admission.
+    Events {
         /// Host id or name.
         host: String,
     },
@@ -144,11 +164,17 @@ fn row(h: &Host, racks: &HashMap<RackId, String>) -> Vec<String> {
 }
 
 fn health(h: &Host) -> String {
-    match h.health {
-        HostHealth::Up => "up",
-        HostHealth::Down => "down",
+    match (&h.health, &h.health_reason) {
+        (HostHealth::Up, _) | (_, None) => h.health.as_str().into(),
+        (_, Some(why)) => format!("{} ({why})", h.health.as_str()),
     }
-    .into()
+}
+
+/// Events as a table: when, what, and the message.
+pub fn print_events(ctx: &Ctx, events: &[Event]) -> Result<()> {
+    ctx.out.list_with(events, &["AT", "EVENT", "MESSAGE"], |e| {
+        vec![fmt::time(&e.at), e.event.clone(), e.message.clone()]
+    })
 }
 
 async fn set_state(ctx: &Ctx, c: &Client, host: &str, state: AdminState) -> Result<()> {
@@ -203,6 +229,17 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                     ),
                     ("admin state", h.admin_state.as_str().into()),
                     ("health", health(&h)),
+                    (
+                        "health since",
+                        h.health_since.map_or_else(|| "-".into(), |t| fmt::time(&t)),
+                    ),
+                    (
+                        "fencing",
+                        match &h.machine_id {
+                            Some(m) => format!("storage and power (machine {m})"),
+                            None => "storage only (no power driver)".into(),
+                        },
+                    ),
                     ("agent url", h.agent_url.clone()),
                     ("allocated", allocation(&h)),
                     (
@@ -219,6 +256,31 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
         HostCmd::Enable { host } => set_state(ctx, &c, &host, AdminState::Enabled).await,
         HostCmd::Disable { host } => set_state(ctx, &c, &host, AdminState::Disabled).await,
         HostCmd::Drain { host } => set_state(ctx, &c, &host, AdminState::Draining).await,
+        HostCmd::Evacuate { host } => {
+            let id = resolve(&host, c.host_list()).await?;
+            let e = c.host_evacuate(id).await?;
+            if ctx.out.json {
+                return ctx.out.json(&e);
+            }
+            ctx.out.note(format!(
+                "host {host}: {}; its {} VM(s) are re-created elsewhere once fencing is confirmed                  (follow with `strato host events {host}`)",
+                e.health.as_str(),
+                e.instances
+            ))
+        }
+        HostCmd::Readmit { host } => {
+            let id = resolve(&host, c.host_list()).await?;
+            let h = c.host_readmit(id).await?;
+            if ctx.out.json {
+                return ctx.out.json(&h);
+            }
+            ctx.out
+                .note(format!("host {}: {}", h.name, h.health.as_str()))
+        }
+        HostCmd::Events { host } => {
+            let id = resolve(&host, c.host_list()).await?;
+            print_events(ctx, &c.host_events(id).await?)
+        }
         HostCmd::Delete { host } => {
             let id = resolve(&host, c.host_list()).await?;
             c.host_delete(id).await?;

@@ -13,6 +13,19 @@ pub enum SystemCmd {
     /// Background tasks (reconcilers, scheduler refresh, audit writer, …):
     /// their runs, failures and last error.
     Tasks,
+    /// Whether automatic evacuation runs, or the mass-failure guard paused it.
+    Evacuation {
+        #[command(subcommand)]
+        action: Option<EvacuationCmd>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvacuationCmd {
+    /// Show the guard's state (the default).
+    Show,
+    /// Lift the guard: automatic evacuation runs again.
+    Resume,
 }
 
 const HEADERS: &[&str] = &[
@@ -56,6 +69,26 @@ pub async fn run(ctx: &Ctx, cmd: SystemCmd) -> Result<()> {
             let tasks = c.system_tasks().await?;
             let now = Utc::now();
             ctx.out.list_with(&tasks, HEADERS, |t| row(t, now))
+        }
+        SystemCmd::Evacuation { action } => {
+            let state = match action.unwrap_or(EvacuationCmd::Show) {
+                EvacuationCmd::Show => c.evacuation_state().await?,
+                EvacuationCmd::Resume => c.evacuation_resume().await?,
+            };
+            ctx.out.show_with(
+                &state,
+                vec![
+                    (
+                        "automatic evacuation",
+                        if state.paused { "paused" } else { "running" }.into(),
+                    ),
+                    (
+                        "since",
+                        state.since.map_or_else(|| "-".into(), |t| fmt::time(&t)),
+                    ),
+                    ("reason", state.reason.clone().unwrap_or_else(|| "-".into())),
+                ],
+            )
         }
     }
 }

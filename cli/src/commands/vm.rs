@@ -40,6 +40,12 @@ pub enum VmCmd {
     Reboot(ActionArgs),
     /// Delete a VM; its addresses are released and its volumes detached.
     Delete(ActionArgs),
+    /// What happened to a VM: crashes and restarts, its host's failure,
+    /// where it was re-created.
+    Events {
+        /// VM id or name.
+        vm: String,
+    },
     /// Print the VM's serial console log, or follow it live with --follow.
     Console {
         /// VM id or name.
@@ -161,6 +167,10 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             } else {
                 ctx.out.note(format!("vm {} is being deleted", a.vm))
             }
+        }
+        VmCmd::Events { vm } => {
+            let id = resolve(&vm, c.instance_list()).await?;
+            super::host::print_events(ctx, &c.instance_events(id).await?)
         }
         VmCmd::Console { vm, follow } => {
             if follow && ctx.out.json {

@@ -4,8 +4,8 @@
 
 use api::ids::{HostId, RackId};
 use api::resources::{
-    AdminState, EnrollmentTokenCreate, EnrollmentTokenCreated, Host, HostHealth, HostUpdate, List,
-    PageParams, Rack, RackCreate,
+    AdminState, EnrollmentTokenCreate, EnrollmentTokenCreated, Evacuation, EvacuationState, Event,
+    Host, HostHealth, HostKind, HostUpdate, List, PageParams, Rack, RackCreate,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -26,6 +26,11 @@ pub fn router() -> Router<AppState> {
             "/v1/hosts/{id}",
             get(host_show).patch(host_update).delete(host_delete),
         )
+        .route("/v1/hosts/{id}/evacuate", post(host_evacuate))
+        .route("/v1/hosts/{id}/readmit", post(host_readmit))
+        .route("/v1/hosts/{id}/events", get(host_events))
+        .route("/v1/system/evacuation", get(evacuation_show))
+        .route("/v1/system/evacuation/resume", post(evacuation_resume))
         .route("/v1/enrollment-tokens", post(enrollment_token_create))
 }
 
@@ -40,6 +45,11 @@ pub fn router() -> Router<AppState> {
         host_show,
         host_update,
         host_delete,
+        host_evacuate,
+        host_readmit,
+        host_events,
+        evacuation_show,
+        evacuation_resume,
         enrollment_token_create
     ),
     components(schemas(
@@ -53,7 +63,10 @@ pub fn router() -> Router<AppState> {
         api::resources::Capacity,
         api::resources::Allocated,
         EnrollmentTokenCreate,
-        EnrollmentTokenCreated
+        EnrollmentTokenCreated,
+        Evacuation,
+        EvacuationState,
+        Event
     ))
 )]
 pub struct Doc;
@@ -177,6 +190,100 @@ async fn host_delete(
     state.store.host_delete(&caller, id).await?;
     state.scheduler.remove(id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Fences a hypervisor (if it is not fenced yet) and re-creates its
+/// instances elsewhere once fencing is confirmed, whatever the
+/// mass-failure guard says: the operator decided. For planned maintenance
+/// of a healthy host, drain it instead (its instances are stopped and moved
+/// one by one, never fenced).
+#[utoipa::path(post, path = "/v1/hosts/{id}/evacuate", tag = "hosts", params(("id" = HostId, Path)),
+    responses((status = 202, body = Evacuation), (status = 404, body = api::ErrorBody),
+              (status = 409, body = api::ErrorBody)))]
+async fn host_evacuate(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<HostId>,
+) -> ApiResult<(StatusCode, Json<Evacuation>)> {
+    let host = state
+        .store
+        .host_get(&caller, id, &|v| state.scheduler.current_health(v))
+        .await?;
+    if host.kind != HostKind::Hypervisor {
+        return Err(ApiError::conflict(format!(
+            "host {} is a storage node: only hypervisors are evacuated",
+            host.name
+        )));
+    }
+    let message = format!("evacuation requested by {}", caller.user_name);
+    crate::health::fence_begin(&state, id, &message).await?;
+    let host = state
+        .store
+        .host_get(&caller, id, &|v| state.scheduler.current_health(v))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Evacuation {
+            host_id: id,
+            health: host.health,
+            instances: host.allocated.instances,
+        }),
+    ))
+}
+
+/// Takes a fenced host back once its instances moved: its storage targets
+/// accept it again and it gets new work.
+#[utoipa::path(post, path = "/v1/hosts/{id}/readmit", tag = "hosts", params(("id" = HostId, Path)),
+    responses((status = 200, body = Host), (status = 404, body = api::ErrorBody),
+              (status = 409, body = api::ErrorBody)))]
+async fn host_readmit(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<HostId>,
+) -> ApiResult<Json<Host>> {
+    state.store.host_readmit(&caller, id).await?;
+    state.scheduler.set_health(id, HostHealth::Up);
+    Ok(Json(
+        state
+            .store
+            .host_get(&caller, id, &|v| state.scheduler.current_health(v))
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/hosts/{id}/events", tag = "hosts", params(("id" = HostId, Path)),
+    responses((status = 200, body = List<Event>, description = "The host's events, oldest first (the newest 500)"),
+              (status = 404, body = api::ErrorBody)))]
+async fn host_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<HostId>,
+) -> ApiResult<Json<List<Event>>> {
+    state
+        .store
+        .host_get(&caller, id, &|v| state.scheduler.current_health(v))
+        .await?;
+    Ok(Json(state.store.host_events(&caller, id).await?))
+}
+
+#[utoipa::path(get, path = "/v1/system/evacuation", tag = "hosts",
+    responses((status = 200, body = EvacuationState), (status = 403, body = api::ErrorBody)))]
+async fn evacuation_show(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<EvacuationState>> {
+    caller.require_admin()?;
+    Ok(Json(state.store.evacuation_state().await?))
+}
+
+/// Lifts the mass-failure guard: hosts lost before now no longer count.
+#[utoipa::path(post, path = "/v1/system/evacuation/resume", tag = "hosts",
+    responses((status = 200, body = EvacuationState), (status = 403, body = api::ErrorBody)))]
+async fn evacuation_resume(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<EvacuationState>> {
+    Ok(Json(state.store.evacuation_resume(&caller).await?))
 }
 
 #[utoipa::path(post, path = "/v1/enrollment-tokens", tag = "hosts",

@@ -35,6 +35,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/reboot", post(reboot))
         .route("/v1/instances/{id}/console", get(console))
+        .route("/v1/instances/{id}/events", get(events))
         .route("/v1/instances/{id}/console/stream", get(console_stream))
         .route("/v1/instances/{id}/attachments", post(attach))
         .route(
@@ -54,6 +55,7 @@ pub fn router() -> Router<AppState> {
         stop,
         reboot,
         console,
+        events,
         console_stream,
         attach,
         detach
@@ -235,6 +237,18 @@ async fn delete(
         None => crate::desired::finalize_instance_delete(&state, id).await?,
     }
     Ok(StatusCode::ACCEPTED)
+}
+
+/// What happened to it: crashes and restarts, its host's failure, where it
+/// was re-created, moves. Oldest first (the newest 500).
+#[utoipa::path(get, path = "/v1/instances/{id}/events", tag = "instances", params(("id" = InstanceId, Path)),
+    responses((status = 200, body = List<api::resources::Event>), (status = 404, body = api::ErrorBody)))]
+async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+) -> ApiResult<Json<List<api::resources::Event>>> {
+    Ok(Json(state.store.instance_events(&caller, id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/instances/{id}/console", tag = "instances", params(("id" = InstanceId, Path)),

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 
 use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
 use api::internal::*;
-use api::resources::{Capacity, DesiredState, HostKind, ImageFormat, InstanceStatus, VolumeStatus};
+use api::resources::{
+    Capacity, DesiredState, HostHealth, HostKind, ImageFormat, InstanceStatus, VolumeStatus,
+};
 use sqlx::any::AnyRow;
 
 use super::claims::{Claim, HostView};
@@ -66,6 +68,8 @@ pub struct HostPass {
     pub agent_url: String,
     pub credential: String,
     pub last_heartbeat_at: Option<i64>,
+    /// The health monitor's state: a fencing or fenced host runs nothing.
+    pub health: HostHealth,
     pub work: HostWork,
 }
 
@@ -150,8 +154,8 @@ impl Store {
         let row = sqlx::query(
             "INSERT INTO hosts (id, name, kind, rack_id, agent_url, credential_hash, credential, initiator_iqn, \
                iscsi_portal, admin_state, cap_vcpus, cap_ram_mib, cap_disk_gib, cap_storage_total, cap_storage_free, \
-               last_heartbeat_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'enabled', $10, $11, $12, $13, $14, $15, $15) \
+               last_heartbeat_at, created_at, machine_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'enabled', $10, $11, $12, $13, $14, $15, $15, $16) \
              RETURNING *",
         )
         .bind(e.host.to_string())
@@ -169,6 +173,7 @@ impl Store {
         .bind(to_i64(c.storage_bytes_total))
         .bind(to_i64(c.storage_bytes_free))
         .bind(now)
+        .bind(req.machine_id.as_deref())
         .fetch_one(&mut **tx)
         .await
         .map_err(|err| match is_unique_violation(&err) {
@@ -238,7 +243,9 @@ impl Store {
         let rows = sqlx::query(&format!(
             "{PUSHABLE_SELECT} FROM instances i JOIN images im ON im.id = i.image_id \
              LEFT JOIN keypairs k ON k.id = i.keypair_id \
-             WHERE i.host_id = $1 AND i.desired <> 'deleted' AND i.deleted_at IS NULL ORDER BY i.id"
+             WHERE i.host_id = $1 AND i.desired <> 'deleted' AND i.deleted_at IS NULL \
+               AND NOT EXISTS (SELECT 1 FROM hosts h WHERE h.id = i.host_id AND h.health IN ('fencing', 'fenced')) \
+             ORDER BY i.id"
         ))
         .bind(host.to_string())
         .fetch_all(&self.db.pool)
@@ -266,7 +273,7 @@ impl Store {
     pub async fn host_pass(&self, host: HostId) -> ApiResult<Option<HostPass>> {
         let rows = sqlx::query(&format!(
             "{PUSHABLE_SELECT}, h.kind AS h_kind, h.agent_url AS h_agent_url, h.credential AS h_credential, \
-                    h.last_heartbeat_at AS h_last_heartbeat_at, \
+                    h.last_heartbeat_at AS h_last_heartbeat_at, h.health AS h_health, \
                     (SELECT COUNT(*) FROM attachments at WHERE at.instance_id = i.id) AS attached \
              FROM hosts h \
              LEFT JOIN instances i ON i.host_id = h.id AND i.deleted_at IS NULL \
@@ -285,6 +292,7 @@ impl Store {
             agent_url: first.text("h_agent_url")?,
             credential: first.text("h_credential")?,
             last_heartbeat_at: first.opt_int("h_last_heartbeat_at")?,
+            health: first.parsed("h_health", HostHealth::parse)?,
             work: HostWork::default(),
         };
         // A host with no work comes back as one row without an instance.
@@ -456,7 +464,7 @@ impl Store {
              FROM volumes v \
              LEFT JOIN attachments a ON a.volume_id = v.id \
              LEFT JOIN instances i ON i.id = a.instance_id \
-             LEFT JOIN hosts hi ON hi.id = i.host_id \
+             LEFT JOIN hosts hi ON hi.id = i.host_id AND hi.health NOT IN ('fencing', 'fenced') \
              LEFT JOIN images im ON im.id = v.source_image_id \
              LEFT JOIN snapshots sn ON sn.id = v.source_snapshot_id \
              WHERE v.host_id = $1 AND v.status <> 'deleting' AND v.deleted_at IS NULL{stale} ORDER BY v.id",
@@ -559,8 +567,10 @@ impl Store {
                 continue;
             }
             let status = lifecycle::instance_status(o, r.reboot_count);
+            // A crash the health monitor annotated stays as it wrote it.
+            let same_crash = r.status == "crashed" && status == InstanceStatus::Crashed;
             let changed = r.status != status.as_str()
-                || r.status_reason != o.reason
+                || (!same_crash && r.status_reason != o.reason)
                 || r.applied_generation != o.generation;
             if changed {
                 folded.push |= fold_failed(

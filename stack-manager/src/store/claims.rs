@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
 use api::ids::{HostId, RackId};
-use api::resources::{AdminState, Allocated, Capacity, HostKind};
+use api::resources::{AdminState, Allocated, Capacity, HostHealth, HostKind};
 use sqlx::any::AnyRow;
 
 use crate::db::{Db, RowExt, WriteTx};
@@ -123,6 +123,9 @@ pub struct HostView {
     pub kind: HostKind,
     pub rack: Option<RackId>,
     pub admin_state: AdminState,
+    /// The health monitor's state (`hosts.health`); see `HostView::health`
+    /// for what readers see.
+    pub health: HostHealth,
     pub last_heartbeat_ms: Option<i64>,
     pub capacity: Capacity,
     pub allocated: Allocated,
@@ -135,6 +138,7 @@ impl HostView {
             kind: r.parsed("kind", HostKind::parse)?,
             rack: r.opt_id("rack_id")?,
             admin_state: r.parsed("admin_state", AdminState::parse)?,
+            health: r.parsed("health", HostHealth::parse)?,
             last_heartbeat_ms: r.opt_int("last_heartbeat_at")?,
             capacity: Capacity {
                 vcpus: r.uint("cap_vcpus")? as u32,
@@ -158,7 +162,7 @@ impl HostView {
 /// The columns [`HostView::from_row`] reads: agent URLs, credentials and
 /// names would triple what 20,000 rows cost to fetch and decode.
 const HOST_VIEW_SELECT: &str =
-    "SELECT id, kind, rack_id, admin_state, last_heartbeat_at, cap_vcpus, \
+    "SELECT id, kind, rack_id, admin_state, health, last_heartbeat_at, cap_vcpus, \
      cap_ram_mib, cap_disk_gib, cap_storage_total, cap_storage_free, alloc_vcpus, alloc_ram_mib, \
      alloc_disk_gib, alloc_storage, alloc_instances, alloc_volumes FROM hosts";
 
@@ -195,7 +199,7 @@ pub async fn host_claim_instance(
     let done = sqlx::query(
         "UPDATE hosts SET alloc_vcpus = alloc_vcpus + $2, alloc_ram_mib = alloc_ram_mib + $3, \
          alloc_disk_gib = alloc_disk_gib + $4, alloc_instances = alloc_instances + 1 \
-         WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' \
+         WHERE id = $1 AND kind = 'hypervisor' AND admin_state = 'enabled' AND health = 'up' \
          AND alloc_vcpus + $2 <= cap_vcpus * $5 AND alloc_ram_mib + $3 <= cap_ram_mib * $6 \
          AND alloc_disk_gib + $4 <= cap_disk_gib * $7",
     )

@@ -36,7 +36,7 @@ static HOST_PAGES: Keyset = Keyset {
 const HOST_COLUMNS: &str = "h.id, h.name, h.kind, h.rack_id, h.agent_url, h.admin_state, \
      h.cap_vcpus, h.cap_ram_mib, h.cap_disk_gib, h.cap_storage_total, h.cap_storage_free, \
      h.alloc_vcpus, h.alloc_ram_mib, h.alloc_disk_gib, h.alloc_storage, h.alloc_instances, h.alloc_volumes, \
-     h.last_heartbeat_at, h.created_at";
+     h.health, h.health_since, h.health_reason, h.machine_id, h.last_heartbeat_at, h.created_at";
 
 const RACK_SELECT: &str = "SELECT r.*, \
      (SELECT COUNT(*) FROM hosts h WHERE h.rack_id = r.id) AS host_count FROM racks r";
@@ -66,6 +66,16 @@ fn host_of_row(health_of: HealthOf<'_>, r: &AnyRow) -> Result<Host, sqlx::Error>
         agent_url: r.text("agent_url")?,
         admin_state: view.admin_state,
         health,
+        health_reason: match health {
+            HostHealth::Up | HostHealth::Down => None,
+            // Judged overdue before the monitor's pass wrote a reason.
+            HostHealth::Suspected if view.health == HostHealth::Up => {
+                Some("no heartbeat within the deadline".into())
+            }
+            _ => r.opt_text("health_reason")?,
+        },
+        health_since: r.opt_time("health_since")?,
+        machine_id: r.opt_text("machine_id")?,
         capacity: view.capacity,
         allocated: view.allocated,
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,

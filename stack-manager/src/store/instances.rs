@@ -44,7 +44,10 @@ static PAGES: Keyset = Keyset {
 /// The columns of an instance with each of its NICs (one row per NIC, or
 /// one row with NULL NIC columns for an instance without any), from `i`,
 /// which the query defines.
-const WITH_NICS: &str = "SELECT i.*, a.subnet_id AS nic_subnet_id, a.address AS nic_address, \
+const WITH_NICS: &str = "SELECT i.*, \
+     (SELECT h.health FROM hosts h WHERE h.id = i.host_id) AS host_health, \
+     (SELECT h.name FROM hosts h WHERE h.id = i.host_id) AS host_name, \
+     a.subnet_id AS nic_subnet_id, a.address AS nic_address, \
      a.nic_index AS nic_index, s.network_id AS nic_network_id FROM";
 const NIC_JOINS: &str =
     "LEFT JOIN addresses a ON a.instance_id = i.id LEFT JOIN subnets s ON s.id = a.subnet_id";
@@ -87,7 +90,37 @@ fn nic_of_row(r: &AnyRow, instance: InstanceId) -> ApiResult<Option<Nic>> {
     }))
 }
 
+/// The status a reader is shown: what was last observed, unless the host
+/// it was observed on is no longer trusted to tell (suspected, being
+/// fenced, or fenced with the instance not yet moved): then `unknown`, with
+/// the host's state as the reason.
+fn shown_status(r: &AnyRow) -> ApiResult<(InstanceStatus, Option<String>)> {
+    let status = r.parsed("status", InstanceStatus::parse)?;
+    let reason = r.opt_text("status_reason")?;
+    if matches!(status, InstanceStatus::Deleted | InstanceStatus::Pending) {
+        return Ok((status, reason));
+    }
+    let host = r.opt_text("host_name")?.unwrap_or_default();
+    let why = match r.opt_text("host_health")?.as_deref() {
+        Some("suspected") => format!("host {host} is suspected: no heartbeat within the deadline"),
+        Some("fencing") => {
+            format!("host {host} is being fenced; the instance will be re-created elsewhere")
+        }
+        Some("fenced") => {
+            format!("host {host} was fenced; the instance is being re-created elsewhere")
+        }
+        _ => return Ok((status, reason)),
+    };
+    let why = match (status, reason) {
+        (InstanceStatus::Deleting, _) => return Ok((status, Some(why))),
+        (_, Some(last)) => format!("{why} (last observed {}: {last})", status.as_str()),
+        (_, None) => format!("{why} (last observed {})", status.as_str()),
+    };
+    Ok((InstanceStatus::Unknown, Some(why)))
+}
+
 fn instance_of_row(r: &AnyRow, nics: Vec<Nic>) -> ApiResult<Instance> {
+    let (status, status_reason) = shown_status(r)?;
     Ok(Instance {
         id: r.id("id")?,
         project_id: r.id("project_id")?,
@@ -98,8 +131,8 @@ fn instance_of_row(r: &AnyRow, nics: Vec<Nic>) -> ApiResult<Instance> {
         anti_affinity_group_id: r.opt_id("group_id")?,
         host_id: r.opt_id("host_id")?,
         desired: r.parsed("desired", DesiredState::parse)?,
-        status: r.parsed("status", InstanceStatus::parse)?,
-        status_reason: r.opt_text("status_reason")?,
+        status,
+        status_reason,
         nics,
         vcpus: r.uint("vcpus")? as u32,
         ram_mib: r.uint("ram_mib")?,
@@ -197,7 +230,7 @@ impl Store {
             .map_err(|r| ApiError::conflict(r.message(id)))?;
         let update = sqlx::query(
             "UPDATE instances SET desired = $2, status = $3, generation = generation + 1, \
-             reboot_count = reboot_count + $4, updated_at = $5 \
+             reboot_count = reboot_count + $4, updated_at = $5, crash_count = 0, restart_at = NULL \
              WHERE id = $1 AND desired = $6 AND deleted_at IS NULL",
         )
         .bind(id.to_string())
@@ -454,8 +487,12 @@ impl Store {
         };
         let behind = o.generation < generation || o.reboot_count < reboot_count;
         let status = crate::lifecycle::instance_status(o, reboot_count);
-        let unchanged = r.text("status")? == status.as_str()
-            && r.opt_text("status_reason")? == o.reason
+        let stored = r.text("status")?;
+        // A crash the health monitor already annotated (its restart is
+        // scheduled) is the same crash, whatever the agent says of it.
+        let same_crash = stored == "crashed" && status == InstanceStatus::Crashed;
+        let unchanged = stored == status.as_str()
+            && (same_crash || r.opt_text("status_reason")? == o.reason)
             && r.uint("applied_generation")? == o.generation;
         if unchanged {
             return Ok(Observed {
@@ -800,6 +837,32 @@ impl Store {
         };
         Ok((instance, claim))
     }
+}
+
+/// Where a group's other members are, read inside `tx` after the group's
+/// lock: what an instance moved elsewhere is placed against.
+pub async fn group_footprint_in(
+    tx: &mut crate::db::WriteTx,
+    group: GroupId,
+    except: InstanceId,
+) -> ApiResult<Footprint> {
+    let rows = sqlx::query(
+        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
+         WHERE i.group_id = $1 AND i.id <> $2 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
+    )
+    .bind(group.to_string())
+    .bind(except.to_string())
+    .fetch_all(&mut ***tx)
+    .await?;
+    let mut hosts = HashSet::new();
+    let mut racks = HashMap::new();
+    for r in &rows {
+        hosts.insert(r.id("host_id")?);
+        if let Some(rack) = r.opt_id("rack_id")? {
+            *racks.entry(rack).or_insert(0) += 1;
+        }
+    }
+    Ok((hosts, racks))
 }
 
 /// Hosts holding live members of a group, and members per rack.

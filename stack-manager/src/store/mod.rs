@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod claims;
 pub mod flavors;
 pub mod groups;
+pub mod health;
 pub mod hosts;
 pub mod images;
 pub mod instances;

@@ -102,6 +102,10 @@ impl TestCloud {
             Backend::Sqlite => None,
             Backend::Postgres => Some(fresh_postgres().await),
         };
+        // Simulated hosts heartbeat only when a test says so: the health
+        // monitor would fence every one of them after a few seconds. The
+        // tests of self-healing turn it on (`healing.rs`).
+        config.health.monitor_interval_ms = 0;
         tweak(&mut config);
         let state = AppState::start(config).await.expect("stack manager starts");
         let boot = stack_manager::server::init(&state, "admin", "admin")

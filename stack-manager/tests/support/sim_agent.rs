@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,9 @@ pub struct SimHost {
     pub failing: bool,
     /// How a console stream opened from now on behaves.
     pub console: SimConsole,
+    /// Instances whose guest died: reported `crashed` until a push with a
+    /// newer generation starts them again (as the real agent does).
+    pub crashed: HashSet<InstanceId>,
 }
 
 /// What `GET .../console/stream` does after its first line.
@@ -142,6 +145,7 @@ impl SimFleet {
             initiator_iqn: (kind == HostKind::Hypervisor)
                 .then(|| format!("iqn.2026-11.io.strato.sim:{key}")),
             iscsi_portal: (kind == HostKind::Storage).then(|| "127.0.0.1:3260".to_string()),
+            machine_id: None,
         };
         let resp = internal.enroll(&req).await?;
         self.hosts.lock().unwrap().insert(
@@ -166,7 +170,7 @@ impl SimFleet {
             h.credential.clone(),
             Heartbeat {
                 capacity: h.capacity,
-                instances: h.instances.values().map(observed_instance).collect(),
+                instances: h.instances.values().map(|s| observed(h, s)).collect(),
                 volumes: h.volumes.values().map(observed_volume).collect(),
             },
         ))
@@ -198,6 +202,17 @@ impl SimFleet {
             .map(|h| h.instances.len())
             .sum()
     }
+}
+
+/// What the host reports of one instance: its spec's power state, or
+/// `crashed` while its guest is dead.
+fn observed(h: &SimHost, s: &InstanceSpec) -> ObservedInstance {
+    let mut o = observed_instance(s);
+    if h.crashed.contains(&s.id) {
+        o.state = ObservedInstanceState::Crashed;
+        o.reason = Some("QEMU exited (simulated crash)".into());
+    }
+    o
 }
 
 fn observed_instance(s: &InstanceSpec) -> ObservedInstance {
@@ -254,9 +269,15 @@ async fn instance_put(
 ) -> Result<Json<ObservedInstance>, StatusCode> {
     let mut hosts = f.lock().unwrap();
     let h = authorized(&mut hosts, &key, &headers)?;
-    let o = observed_instance(&spec);
-    h.instances.insert(spec.id, spec);
-    Ok(Json(o))
+    // A newer generation starts a crashed guest again.
+    if h.instances
+        .get(&spec.id)
+        .is_some_and(|old| old.generation < spec.generation)
+    {
+        h.crashed.remove(&spec.id);
+    }
+    h.instances.insert(spec.id, spec.clone());
+    Ok(Json(observed(h, &spec)))
 }
 
 async fn instance_delete(
@@ -277,7 +298,8 @@ async fn instance_list(
 ) -> Result<Json<Vec<ObservedInstance>>, StatusCode> {
     let mut hosts = f.lock().unwrap();
     let h = authorized(&mut hosts, &key, &headers)?;
-    Ok(Json(h.instances.values().map(observed_instance).collect()))
+    let h = &*h;
+    Ok(Json(h.instances.values().map(|s| observed(h, s)).collect()))
 }
 
 async fn console(
