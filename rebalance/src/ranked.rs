@@ -3,7 +3,7 @@
 //! and an insertion, O(log H), and the best few are an iteration.
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 #[derive(Debug, Clone, Copy)]
 struct Score(f64);
@@ -27,24 +27,25 @@ impl Ord for Score {
 
 pub(crate) struct Ranked {
     set: BTreeSet<(Score, u32)>,
-    score: Vec<Option<Score>>,
+    /// Sparse: the per-flavor donor sets hold few of the hosts each.
+    score: HashMap<u32, Score>,
 }
 
 impl Ranked {
-    pub fn new(hosts: usize) -> Self {
+    pub fn new() -> Self {
         Ranked {
             set: BTreeSet::new(),
-            score: vec![None; hosts],
+            score: HashMap::new(),
         }
     }
 
     /// Puts `h` in the set with `score`, or takes it out with `None`.
     pub fn set(&mut self, h: usize, score: Option<f64>) {
-        if let Some(old) = self.score[h].take() {
+        if let Some(old) = self.score.remove(&(h as u32)) {
             self.set.remove(&(old, h as u32));
         }
         if let Some(s) = score {
-            self.score[h] = Some(Score(s));
+            self.score.insert(h as u32, Score(s));
             self.set.insert((Score(s), h as u32));
         }
     }

@@ -30,9 +30,18 @@ pub(crate) struct World<'a> {
     /// Instances the planner may move, per host: `allow` instances on
     /// active and draining hosts. Empty for every other host.
     pub movable: Vec<Vec<u32>>,
+    /// Distinct demands of the movable instances, and each instance's
+    /// index in it; empty when there are more than [`MAX_FLAVORS`].
+    pub flavors: Vec<Dims>,
+    pub flavor_of: Vec<u32>,
     group_host: HashMap<(u32, u32), u32>,
     group_rack: HashMap<(u32, u32), u32>,
 }
+
+/// Above this many distinct instance sizes the planner keeps no donor set
+/// per size (memory and update cost grow with it); a cloud's flavors are a
+/// catalogue of tens.
+pub(crate) const MAX_FLAVORS: usize = 64;
 
 impl<'a> World<'a> {
     pub fn new(cloud: &'a Cloud, options: &Options) -> Self {
@@ -104,6 +113,20 @@ impl<'a> World<'a> {
                 0.0
             }
         });
+        let mut index: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut flavors = Vec::new();
+        let mut flavor_of = vec![u32::MAX; cloud.instances.len()];
+        for &i in movable.iter().flatten() {
+            let inst = &cloud.instances[i as usize];
+            let f = *index.entry((inst.vcpus, inst.ram_mib)).or_insert_with(|| {
+                flavors.push(demand(inst));
+                flavors.len() as u32 - 1
+            });
+            flavor_of[i as usize] = f;
+        }
+        if flavors.len() > MAX_FLAVORS {
+            flavors.clear();
+        }
         World {
             cloud,
             cap,
@@ -114,6 +137,8 @@ impl<'a> World<'a> {
             mean,
             host_of,
             movable,
+            flavors,
+            flavor_of,
             group_host,
             group_rack,
         }
@@ -230,9 +255,9 @@ impl<'a> World<'a> {
     pub fn apply(&mut self, i: u32, t: usize) {
         let s = self.host_of[i as usize] as usize;
         let d = self.demand(i);
-        for k in 0..2 {
-            self.alloc[s][k] -= d[k];
-            self.alloc[t][k] += d[k];
+        for (k, dk) in d.into_iter().enumerate() {
+            self.alloc[s][k] -= dk;
+            self.alloc[t][k] += dk;
         }
         self.host_of[i as usize] = t as u32;
         if let Some(p) = self.movable[s].iter().position(|&x| x == i) {
