@@ -3,6 +3,8 @@
 //!
 //! - growth: 400 racks hold every instance, 100 racks are new and empty
 //!   (20 % of the capacity added);
+//! - the same growth with general-purpose flavors only (vCPU and RAM in
+//!   the hosts' proportion);
 //! - drain: every rack holds instances, one host is draining.
 //!
 //! The clouds are synthetic (a simulation, named as such): hosts of 48
@@ -13,7 +15,9 @@
 //! can, distinct racks) from a fixed seed.
 //!
 //! `cargo bench -p strato-rebalance` prints, per scenario, the plan time
-//! over several runs and the plan's figures.
+//! over several runs and the plan's figures. `PLAN_CANDIDATES=n` sets
+//! [`Options::candidates`]; `PLAN_DIAG=1` also counts the hosts left
+//! outside the band by how they are outside (vCPU, RAM).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -43,7 +47,7 @@ impl Rng {
 
 /// (vCPUs, GiB, weight): general purpose at 4 GiB per vCPU, compute at 2,
 /// memory at 8.
-const FLAVORS: &[(u32, u64, u64)] = &[
+const MIXED: &[(u32, u64, u64)] = &[
     (4, 16, 20),
     (8, 32, 20),
     (16, 64, 15),
@@ -56,10 +60,14 @@ const FLAVORS: &[(u32, u64, u64)] = &[
     (16, 128, 4),
 ];
 
-fn flavor(rng: &mut Rng) -> (u32, u64) {
-    let total: u64 = FLAVORS.iter().map(|f| f.2).sum();
+/// General purpose only: vCPU and RAM in the hosts' proportion, so the
+/// two dimensions move together.
+const GENERAL: &[(u32, u64, u64)] = &[(4, 16, 30), (8, 32, 30), (16, 64, 25), (32, 128, 15)];
+
+fn flavor(rng: &mut Rng, mix: &[(u32, u64, u64)]) -> (u32, u64) {
+    let total: u64 = mix.iter().map(|f| f.2).sum();
     let mut x = rng.below(total);
-    for &(v, g, w) in FLAVORS {
+    for &(v, g, w) in mix {
         if x < w {
             return (v, g * 1024);
         }
@@ -69,7 +77,7 @@ fn flavor(rng: &mut Rng) -> (u32, u64) {
 }
 
 /// A cloud whose instances all sit in the first `used_racks` racks.
-fn cloud(seed: u64, used_racks: u32) -> Cloud {
+fn cloud(seed: u64, used_racks: u32, mix: &[(u32, u64, u64)]) -> Cloud {
     let mut rng = Rng(seed);
     let hosts: Vec<Host> = (0..RACKS * HOSTS_PER_RACK)
         .map(|h| Host {
@@ -93,7 +101,7 @@ fn cloud(seed: u64, used_racks: u32) -> Cloud {
         } else {
             (1, None)
         };
-        let (vcpus, ram_mib) = flavor(&mut rng);
+        let (vcpus, ram_mib) = flavor(&mut rng, mix);
         let mut taken: HashSet<u64> = HashSet::new();
         let mut racks: HashSet<u32> = HashSet::new();
         for _ in 0..members.min(INSTANCES - instances.len()) {
@@ -223,18 +231,6 @@ fn run(name: &str, cloud: &Cloud) {
             }
         }
         println!("  outside after (vcpu, ram): {kinds:?}");
-        let mut at: Vec<u32> = cloud.instances.iter().map(|i| i.host).collect();
-        for m in &p.moves {
-            at[m.instance as usize] = m.to;
-        }
-        let mut shown = 0;
-        for (h, r) in p.hosts.iter().enumerate() {
-            if r.standing_after == rebalance::Standing::Outside && r.after.ram < p.band.lower.ram && r.after.vcpu >= p.band.lower.vcpu && shown < 4 {
-                shown += 1;
-                let here: Vec<(u32, u64, bool)> = (0..at.len()).filter(|&i| at[i] as usize == h).map(|i| (cloud.instances[i].vcpus, cloud.instances[i].ram_mib / 1024, cloud.instances[i].policy == Relocation::Never)).collect();
-                println!("  host {h}: vcpu {:.3} ram {:.3} {here:?}", r.after.vcpu, r.after.ram);
-            }
-        }
     }
 }
 
@@ -245,10 +241,13 @@ fn main() {
         println!("plan benchmark: run with `cargo bench -p strato-rebalance`");
         return;
     }
-    let growth = cloud(14, 400);
+    let growth = cloud(14, 400, MIXED);
     run("growth: 400 full racks, 100 new", &growth);
 
-    let mut drain = cloud(15, RACKS);
+    let general = cloud(16, 400, GENERAL);
+    run("growth, general-purpose flavors only", &general);
+
+    let mut drain = cloud(15, RACKS, MIXED);
     drain.hosts[12_345].state = HostState::Draining;
     run("drain: one host among 20,000", &drain);
 }

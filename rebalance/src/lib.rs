@@ -48,20 +48,26 @@
 //!    excess plus the target's deficit it removes), to the best of a few
 //!    candidate targets: the most under-loaded hosts and the hosts with the
 //!    most room. When no host is above but one is below, fill the most
-//!    under-loaded from the hosts with the most surplus. A balance move never
-//!    pushes its source below the band nor its target above it, so the sum
-//!    of every host's distance outside the band strictly falls with each
-//!    move and the loop ends. A source or target for which no candidate
-//!    works is set aside; a later pass retries them if the pass moved
+//!    under-loaded from the donors with the most surplus (overall, in the
+//!    dimension it lacks, and per instance size: the best donor of every
+//!    size that fits its gap). A move must lower the sum of every host's
+//!    distance outside the band (the potential), by at least 1 percentage
+//!    point if it pushes its source below or its target above the band, so
+//!    the loop ends. Where no single move helps a host, a pair is tried: one
+//!    instance out, then one in (a host under in RAM with its vCPU at the
+//!    upper edge needs a vCPU-heavy instance gone first). A host for which
+//!    nothing works is set aside; a later pass retries it if the pass moved
 //!    anything.
 //!
-//! The hosts are kept in four ordered sets (by excess, deficit, room,
-//! surplus) updated in O(log H) per move, and each move evaluates
-//! `2 · candidates` targets (or `candidates` sources) against the few
-//! instances of one host. A plan costs O((H + I) log H) to set up (H
-//! hosts, I instances) plus O(M · c · k · log H) for M moves, c candidates
-//! and k instances per host — not O(H) per move. A drain instance that
-//! fits none of the candidates falls back to a scan of every host.
+//! The hosts are kept in ordered sets (by excess, deficit, room and surplus
+//! per dimension, and per instance size the donors) updated in O(f log H)
+//! per move (f: sizes on a host). Each move evaluates a few `candidates`
+//! hosts against the few instances of one host, plus one donor per size
+//! (sizes: distinct movable demands, at most 64 indexed). A plan costs
+//! O((H + I) log H) to set up (H hosts, I instances) plus
+//! O(M · (c · k + F) · log H) for M moves, c candidates, k instances per
+//! host and F sizes — never O(H) per move, except a drain instance that fits
+//! none of the candidates, which falls back to a scan of every host.
 //!
 //! [`Plan::lower_bound`] is a proven lower bound on the moves of any plan
 //! that ends within the band (see `bound.rs`), so `moves / lower_bound`

@@ -10,7 +10,7 @@ use crate::{
 /// At most this many balance passes; a pass after the first only retries
 /// the hosts earlier passes set aside, and only if the pass before moved
 /// something (which may have opened room for them).
-const PASSES: usize = 20;
+const PASSES: usize = 4;
 
 /// A move that spills (see [`Candidate::spills`]) must lower the total
 /// distance outside the band by at least this much (1 percentage point):
@@ -181,7 +181,10 @@ impl<'a> Planner<'a> {
             self.donors[f as usize].set(h, None);
         }
         let w = &self.w;
-        let mut held: Vec<u32> = w.movable[h].iter().map(|&i| w.flavor_of[i as usize]).collect();
+        let mut held: Vec<u32> = w.movable[h]
+            .iter()
+            .map(|&i| w.flavor_of[i as usize])
+            .collect();
         held.sort_unstable();
         held.dedup();
         for &f in &held {
@@ -243,7 +246,10 @@ impl<'a> Planner<'a> {
         // Preferring moves that do not spill, whatever their gain, was
         // measured worse at scale (more moves and more hosts left outside):
         // small clean moves crowd out the big ones that fix a host at once.
-        let best = cands.iter().map(|c| c.gain).fold(f64::NEG_INFINITY, f64::max);
+        let best = cands
+            .iter()
+            .map(|c| c.gain)
+            .fold(f64::NEG_INFINITY, f64::max);
         cands
             .iter()
             .filter(|c| c.gain >= best - EQUAL_GAIN)
@@ -395,7 +401,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             for s in self.donors[fl].highest(2).filter(|&s| s != t) {
-                let i = w.movable[s].iter().find(|&&i| w.flavor_of[i as usize] == fl as u32);
+                let i = w.movable[s]
+                    .iter()
+                    .find(|&&i| w.flavor_of[i as usize] == fl as u32);
                 cands.extend(i.and_then(|&i| self.consider(i, t, false)));
             }
         }
