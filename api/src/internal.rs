@@ -155,6 +155,13 @@ pub enum ObservedInstanceState {
     Running,
     Stopped,
     Error,
+    /// The domain went down without the agent taking it down (QEMU killed
+    /// or crashed, destroyed behind the agent's back, vanished from
+    /// libvirt) while it was meant to run; `reason` says how, from
+    /// libvirt's own reason where it gives one. The agent never restarts
+    /// it on its own: a spec with a higher generation (or reboot count)
+    /// and power `running` does.
+    Crashed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -219,6 +219,10 @@ pub fn instance_status(o: &ObservedInstance, desired_reboot_count: u64) -> Insta
         ObservedInstanceState::Running => InstanceStatus::Running,
         ObservedInstanceState::Stopped => InstanceStatus::Stopped,
         ObservedInstanceState::Error => InstanceStatus::Error,
+        // Minimal mapping so the crate builds: the restart policy (issue 14)
+        // decides what a crash means; until then it shows as `error` with
+        // the agent's reason.
+        ObservedInstanceState::Crashed => InstanceStatus::Error,
     }
 }
 
