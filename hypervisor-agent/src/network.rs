@@ -103,7 +103,7 @@ pub async fn ensure_bridge(
             .await
         {
             if !link_exists(net, &bridge).await {
-                return Err(e.into());
+                return Err(e);
             }
         }
         tracing::info!(%network, bridge, "bridge created");
