@@ -2,8 +2,8 @@
 //! hypervisors in their own network namespaces and a storage node; two
 //! VMs in one anti-affinity group land on different hosts and boot; one
 //! writes to an iSCSI volume; a partitioned host goes down in the admin API
-//! within the deadline and comes back when healed; a host that loses power
-//! leaves no running domain behind.
+//! within the deadline and comes back when healed; its agent restarts and
+//! adopts its VM; a host that loses power leaves no running domain behind.
 
 mod support;
 
@@ -155,6 +155,25 @@ async fn two_hosts_partition_heal_and_power_loss() {
         .wait_health(0, HostHealth::Up, Duration::from_secs(15))
         .await;
     eprintln!("host 0 up {took:?} after healing");
+
+    // Its agent restarts in its namespace and adopts the running VM.
+    let pid_before = fleet.host(0).agent_pid;
+    fleet.restart_agent(0);
+    assert_ne!(fleet.host(0).agent_pid, pid_before);
+    let agent = fleet.agent_client(0);
+    wait_async(
+        "the restarted agent to report its VM running",
+        Duration::from_secs(30),
+        || {
+            let agent = agent.clone();
+            async move {
+                agent.instance_list().await.ok()?.into_iter().find(|o| {
+                    o.id == on_h0 && o.state == api::internal::ObservedInstanceState::Running
+                })
+            }
+        },
+    )
+    .await;
 
     // Power loss on host 1: its domain no longer runs.
     fleet.kill_host(1);

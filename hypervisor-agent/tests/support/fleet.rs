@@ -167,15 +167,20 @@ fn sweep_dead_fleets() {
         let Some(rest) = ns.strip_prefix("strato-fl") else {
             continue;
         };
-        let Some((tag, _)) = rest.split_once('-') else {
+        let Some((tag, what)) = rest.split_once('-') else {
             continue;
         };
         if tag_alive(tag) {
             continue;
         }
-        let pids = String::from_utf8_lossy(&sh("ip", &["netns", "pids", ns]).stdout).into_owned();
-        for pid in pids.split_whitespace() {
-            let _ = sh("kill", &["-9", pid]);
+        // A host namespace holds that test's agents only; the `-root` name
+        // is this machine's own namespace, whose processes are everyone's.
+        if what.starts_with('h') {
+            let pids =
+                String::from_utf8_lossy(&sh("ip", &["netns", "pids", ns]).stdout).into_owned();
+            for pid in pids.split_whitespace() {
+                let _ = sh("kill", &["-9", pid]);
+            }
         }
         eprintln!("removing namespace {ns} left by a dead test process");
         ip_quiet(&["netns", "delete", ns]);
