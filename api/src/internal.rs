@@ -159,9 +159,12 @@ pub enum ObservedInstanceState {
     Running,
     Stopped,
     Error,
-    /// It died while it should be running (QEMU exited or was killed, the
-    /// domain vanished); the agent does not restart it on its own: the
-    /// stack manager's restart policy pushes a new generation.
+    /// The domain went down without the agent taking it down (QEMU killed
+    /// or crashed, destroyed behind the agent's back, vanished from
+    /// libvirt) while it was meant to run; `reason` says how, from
+    /// libvirt's own reason where it gives one. The agent never restarts
+    /// it on its own: a spec with a higher generation (or reboot count)
+    /// and power `running` does.
     Crashed,
 }
 

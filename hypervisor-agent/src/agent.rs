@@ -137,7 +137,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             virt_type,
             initiator_iqn: cfg.initiator_iqn(),
-            uplink: cfg.uplink.clone(),
+            net: crate::network::HostNet {
+                uplink: cfg.uplink.clone(),
+                netns: cfg.bridge_netns.clone(),
+            },
             shutdown_timeout: Duration::from_secs(cfg.shutdown_timeout_secs),
         },
         hv.clone(),
@@ -145,7 +148,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         templates,
     )?;
     set_mode(&cfg.state_dir.join("instances"), 0o755)?;
-    let persisted = realizer.resume();
+    let persisted = realizer.resume().await?;
 
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, url = cfg.agent_url(), "agent API listening");

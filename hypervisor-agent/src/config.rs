@@ -54,6 +54,13 @@ pub struct Config {
     /// get a `<uplink>.<vlan>` sub-interface enslaved to their bridge.
     /// Default: none (bridges stay local to this host).
     pub uplink: Option<String>,
+    /// Network namespace (a name under `/run/netns`) in which tenant
+    /// bridges are created: it must be the one libvirtd runs in, since
+    /// libvirtd plugs the guests' taps into them. Default: none, the
+    /// agent's own namespace, which is libvirtd's on a real host. Set only
+    /// where agents run in namespaces of their own next to one libvirtd
+    /// (the multi-host tests).
+    pub bridge_netns: Option<String>,
     /// iSCSI initiator name this host logs in to volumes with. Default
     /// `iqn.2026-11.io.strato:<name>`.
     pub initiator_iqn: Option<String>,
@@ -104,6 +111,7 @@ impl Default for Config {
             heartbeat_interval_secs: 2,
             shutdown_timeout_secs: 60,
             uplink: None,
+            bridge_netns: None,
             initiator_iqn: None,
             machine_id: None,
             reserved_ram_mib: 512,
@@ -133,6 +141,13 @@ impl Config {
             if !crate::network::valid_ifname(u) {
                 return Err(ConfigError::Invalid(format!(
                     "uplink {u:?} is not an interface name"
+                )));
+            }
+        }
+        if let Some(ns) = &self.bridge_netns {
+            if ns.is_empty() || ns.contains('/') || ns.starts_with('.') || ns.len() > 255 {
+                return Err(ConfigError::Invalid(format!(
+                    "bridge_netns {ns:?} is not a network namespace name"
                 )));
             }
         }

@@ -1,18 +1,95 @@
 //! Domain XML, rendered from the tera templates in `templates/libvirt/`
-//! (built in, or overridden from `template_dir`). A domain is named
-//! `strato-<instance id>`, has the instance id as its UUID, and carries the
-//! enrolling host's id in its Strato metadata: that is how a restarted
-//! agent tells the domains it created from anybody else's.
+//! (built in, or overridden from `template_dir`). A domain's name and UUID
+//! are scoped by the host that creates it (see [`DomainIdentity`]), and it
+//! carries the enrolling host's id in its Strato metadata: that is how a
+//! restarted agent tells the domains it created from anybody else's.
 
 use std::path::Path;
 
+use api::ids::{HostId, InstanceId, VolumeId};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tera::Tera;
 
 use crate::error::{AgentError, Result};
 
 pub const METADATA_NS: &str = "https://strato.dev/xmlns/libvirt/instance/1";
 pub const DOMAIN_PREFIX: &str = "strato-";
+
+/// How one host's domain for an instance is known to libvirt.
+///
+/// Names and UUIDs are unique per libvirtd, so both are scoped by the
+/// creating host: `strato-<first 8 hex digits of the host id>-<instance id>`,
+/// and a UUID hashed from both ids. An instance re-created on host B while
+/// a stale domain of it survives on a partitioned host A, or several agents
+/// sharing one libvirtd in tests, then never clash. Scoping is derived,
+/// not configured: nothing to set per host, and nothing a wrong setting
+/// could make collide. The instance id stays readable in the name; the
+/// full host id (in the UUID and the metadata) is what tells hosts apart,
+/// the short form only keeps `virsh list` legible.
+///
+/// Agents before this scheme used the instance id alone as both name
+/// suffix and UUID ([`DomainIdentity::legacy`]); such domains are adopted
+/// as they are, since libvirt cannot rename a running domain nor change
+/// any domain's UUID, and a re-created instance gets the scoped identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainIdentity {
+    pub name: String,
+    pub uuid: String,
+}
+
+impl DomainIdentity {
+    pub fn scoped(host: HostId, instance: InstanceId) -> Self {
+        let host_hex: String = host
+            .to_string()
+            .chars()
+            .filter(|c| *c != '-')
+            .take(8)
+            .collect();
+        let mut h = Sha256::new();
+        h.update(b"strato-domain\0");
+        h.update(host.to_string().as_bytes());
+        h.update(b"\0");
+        h.update(instance.to_string().as_bytes());
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&h.finalize()[..16]);
+        Self {
+            name: format!("{DOMAIN_PREFIX}{host_hex}-{instance}"),
+            uuid: uuid::Builder::from_custom_bytes(bytes)
+                .into_uuid()
+                .to_string(),
+        }
+    }
+
+    /// A domain created by an agent from before host scoping.
+    pub fn legacy(instance: InstanceId) -> Self {
+        Self {
+            name: format!("{DOMAIN_PREFIX}{instance}"),
+            uuid: instance.to_string(),
+        }
+    }
+
+    /// The libvirt secret holding a volume's CHAP secret for this domain.
+    /// Host-scoped like the name: another host's copy of the instance has
+    /// its own secrets, which tearing this one down must not remove.
+    pub fn secret_usage(&self, volume: VolumeId) -> String {
+        format!("{}{volume}", self.secret_prefix())
+    }
+
+    /// What every secret usage of this domain starts with. A scoped name's
+    /// prefix never matches a legacy one (`strato-<8 hex>-…` against
+    /// `strato-<instance id>-…`), so the two schemes cannot take each
+    /// other's secrets.
+    pub fn secret_prefix(&self) -> String {
+        format!("{}-", self.name)
+    }
+
+    /// The instance a Strato domain name belongs to, under either scheme.
+    pub fn instance_of(name: &str) -> Option<InstanceId> {
+        let rest = name.strip_prefix(DOMAIN_PREFIX)?;
+        rest.get(rest.len().checked_sub(36)?..)?.parse().ok()
+    }
+}
 
 const DOMAIN_QEMU: &str = include_str!("../../templates/libvirt/domain.xml.tera");
 const DOMAIN_XEN: &str = include_str!("../../templates/libvirt/domain-xen.xml.tera");
@@ -214,6 +291,30 @@ mod tests {
             metadata_host("<strato:instance><strato:host>h1</strato:host></strato:instance>"),
             Some("h1".into())
         );
+    }
+
+    #[test]
+    fn identities_are_scoped_by_host() {
+        let (a, b): (HostId, HostId) = (
+            "11111111-2222-4333-8444-555555555555".parse().unwrap(),
+            "99999999-2222-4333-8444-555555555555".parse().unwrap(),
+        );
+        let i: InstanceId = "6f1b2a52-3c1e-4a55-9b0f-0d6f1f3b1a01".parse().unwrap();
+        let (da, db) = (DomainIdentity::scoped(a, i), DomainIdentity::scoped(b, i));
+        assert_eq!(da.name, format!("strato-11111111-{i}"));
+        assert_ne!(da.name, db.name);
+        assert_ne!(da.uuid, db.uuid);
+        assert_ne!(da.uuid, i.to_string());
+        // Stable across restarts: adoption finds the same domain again.
+        assert_eq!(da, DomainIdentity::scoped(a, i));
+        let legacy = DomainIdentity::legacy(i);
+        assert_eq!(legacy.uuid, i.to_string());
+        for d in [&da, &db, &legacy] {
+            assert_eq!(DomainIdentity::instance_of(&d.name), Some(i));
+        }
+        assert!(!da.secret_prefix().starts_with(&legacy.secret_prefix()));
+        assert!(!legacy.secret_prefix().starts_with(&da.secret_prefix()));
+        assert_eq!(DomainIdentity::instance_of("strato-power-proto"), None);
     }
 
     #[test]

@@ -23,10 +23,81 @@ pub struct Hypervisor {
 /// A Strato domain found on this host.
 #[derive(Debug, Clone)]
 pub struct FoundDomain {
+    pub name: String,
     pub uuid: String,
-    pub active: bool,
+    pub run: DomainRun,
     /// The host id in its metadata: who created it.
     pub host: Option<String>,
+}
+
+/// Whether a domain that exists runs, and if not, why libvirt says it
+/// stopped (its `virDomainShutoffReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainRun {
+    Running,
+    Off(OffReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffReason {
+    /// The guest powered off (ACPI or its own `poweroff`).
+    Shutdown,
+    /// `virDomainDestroy`: the agent, or someone behind its back.
+    Destroyed,
+    /// QEMU exited without being asked: killed, or crashed.
+    Crashed,
+    /// The guest panicked (with `on_crash` keeping the domain).
+    Panicked,
+    /// libvirtd stopped it while reconnecting after a restart.
+    Daemon,
+    /// Never started, failed to start, or a reason Strato does not name.
+    Other(i32),
+}
+
+impl OffReason {
+    /// From libvirt's `(state, reason)` of an inactive domain.
+    fn from_libvirt(state: sys::virDomainState, reason: i32) -> Self {
+        if state == sys::VIR_DOMAIN_CRASHED {
+            return OffReason::Panicked;
+        }
+        match reason as u32 {
+            sys::VIR_DOMAIN_SHUTOFF_SHUTDOWN => OffReason::Shutdown,
+            sys::VIR_DOMAIN_SHUTOFF_DESTROYED => OffReason::Destroyed,
+            sys::VIR_DOMAIN_SHUTOFF_CRASHED => OffReason::Crashed,
+            sys::VIR_DOMAIN_SHUTOFF_DAEMON => OffReason::Daemon,
+            _ => OffReason::Other(reason),
+        }
+    }
+
+    /// What a report of the stop should say.
+    pub fn describe(self) -> String {
+        match self {
+            OffReason::Shutdown => "the guest powered itself off".into(),
+            OffReason::Destroyed => {
+                "the domain was destroyed outside the agent (libvirt: destroyed)".into()
+            }
+            OffReason::Crashed => {
+                "QEMU exited unexpectedly: killed by a signal or crashed (libvirt: crashed)".into()
+            }
+            OffReason::Panicked => "the guest kernel panicked (libvirt: crashed)".into(),
+            OffReason::Daemon => "libvirtd stopped the domain (libvirt: daemon)".into(),
+            OffReason::Other(r) => format!("the domain stopped (libvirt shutoff reason {r})"),
+        }
+    }
+}
+
+fn run_of(d: &Domain) -> Result<DomainRun> {
+    // A panicked guest kept by `on_crash` is "active" to libvirt, but it
+    // runs nothing: it is reported as stopped, with the panic as reason.
+    let (state, reason) = d.get_state()?;
+    if state == sys::VIR_DOMAIN_CRASHED {
+        return Ok(DomainRun::Off(OffReason::from_libvirt(state, reason)));
+    }
+    Ok(if d.is_active()? {
+        DomainRun::Running
+    } else {
+        DomainRun::Off(OffReason::from_libvirt(state, reason))
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -113,7 +184,8 @@ impl Hypervisor {
                     .and_then(|m| metadata_host(&m));
                 out.push(FoundDomain {
                     uuid: d.get_uuid_string()?,
-                    active: d.is_active()?,
+                    run: run_of(&d)?,
+                    name,
                     host,
                 });
             }
@@ -129,6 +201,16 @@ impl Hypervisor {
             Ok(d) => Ok(Some(d.is_active()?)),
             Err(e) if not_found(&e) => Ok(None),
             Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    /// Whether the domain exists, whether it runs, and why not.
+    pub async fn domain_run(self: &Arc<Self>, uuid: &str) -> Result<Option<DomainRun>> {
+        let uuid = uuid.to_string();
+        self.with(move |c| match Self::lookup(c, &uuid)? {
+            Some(d) => Ok(Some(run_of(&d)?)),
+            None => Ok(None),
         })
         .await
     }

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
 use crate::configdrive::Seed;
-use crate::domain::{DomainParams, NicParams, Templates, VolumeParams};
+use crate::domain::{DomainIdentity, DomainParams, NicParams, Templates, VolumeParams};
 use crate::error::{AgentError, Result};
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{DomainRun, Hypervisor, OffReason};
 use crate::images::ImageCache;
 use crate::{exec, network};
 
@@ -43,6 +43,11 @@ struct Applied {
     reboot_count: u64,
     /// Volumes hot-plugged into (or defined on) the domain.
     volumes: Vec<VolumeAttachmentSpec>,
+    /// The power state the agent left the domain in: a domain off after
+    /// the agent started it was stopped by something else. Absent in
+    /// records of older agents, where the desired power stands in.
+    #[serde(default)]
+    power: Option<PowerState>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -55,6 +60,8 @@ struct Status {
 
 struct Slot {
     id: InstanceId,
+    /// This host's libvirt name and UUID for the instance.
+    domain: DomainIdentity,
     dir: PathBuf,
     /// `None` once a delete was requested.
     desired: Mutex<Option<InstanceSpec>>,
@@ -64,6 +71,9 @@ struct Slot {
     op: tokio::sync::Mutex<()>,
     /// Whether a worker task serves this slot.
     worker: std::sync::atomic::AtomicBool,
+    /// Set while the agent itself takes the domain down (stop, cold
+    /// reboot, teardown): that is not a crash to report.
+    agent_stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Slot {
@@ -85,6 +95,14 @@ impl Slot {
     fn deleting(&self) -> bool {
         self.desired().is_none()
     }
+    fn set_agent_stopped(&self, v: bool) {
+        self.agent_stopped
+            .store(v, std::sync::atomic::Ordering::Release)
+    }
+    fn agent_stopped(&self) -> bool {
+        self.agent_stopped
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 pub struct RealizerConfig {
@@ -92,7 +110,7 @@ pub struct RealizerConfig {
     pub state_dir: PathBuf,
     pub virt_type: &'static str,
     pub initiator_iqn: String,
-    pub uplink: Option<String>,
+    pub net: network::HostNet,
     pub shutdown_timeout: Duration,
 }
 
@@ -105,14 +123,10 @@ pub struct Realizer {
     /// Bridges are shared between instances: creating and removing them is
     /// serialized so a removal never races a new user.
     net: tokio::sync::Mutex<()>,
-}
-
-pub fn domain_name(id: InstanceId) -> String {
-    format!("{}{id}", crate::domain::DOMAIN_PREFIX)
-}
-
-fn secret_usage(instance: InstanceId, volume: &VolumeAttachmentSpec) -> String {
-    format!("strato-{instance}-{}", volume.volume_id)
+    /// Instances whose domain on this host predates host-scoped names
+    /// (see [`DomainIdentity`]): they keep their legacy identity until
+    /// torn down.
+    legacy: Mutex<HashSet<InstanceId>>,
 }
 
 fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -194,6 +208,7 @@ impl Realizer {
             templates,
             slots: Mutex::new(HashMap::new()),
             net: tokio::sync::Mutex::new(()),
+            legacy: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -218,13 +233,45 @@ impl Realizer {
             .collect()
     }
 
+    /// This host's libvirt identity for instance `id`.
+    pub fn identity(&self, id: InstanceId) -> DomainIdentity {
+        if self
+            .legacy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
+        {
+            DomainIdentity::legacy(id)
+        } else {
+            DomainIdentity::scoped(self.cfg.host_id, id)
+        }
+    }
+
+    /// Notes the domains this host created under the legacy identity, so
+    /// they are adopted rather than duplicated under a scoped one.
+    async fn find_legacy(&self) -> Result<()> {
+        let me = self.cfg.host_id.to_string();
+        let found = self.hv.strato_domains().await?;
+        let mut legacy = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+        for d in found {
+            let Some(id) = DomainIdentity::instance_of(&d.name) else {
+                continue;
+            };
+            if d.host.as_deref() == Some(me.as_str()) && DomainIdentity::legacy(id).uuid == d.uuid {
+                legacy.insert(id);
+            }
+        }
+        Ok(())
+    }
+
     /// Reloads the specs persisted before a restart and resumes converging
     /// them. Running domains are left as they are: converging a running
     /// instance whose spec did not change touches nothing.
-    pub fn resume(self: &Arc<Self>) -> HashSet<InstanceId> {
+    pub async fn resume(self: &Arc<Self>) -> Result<HashSet<InstanceId>> {
+        self.find_legacy().await?;
         let mut resumed = HashSet::new();
         let Ok(entries) = std::fs::read_dir(self.instances_dir()) else {
-            return resumed;
+            return Ok(resumed);
         };
         for e in entries.flatten() {
             let dir = e.path();
@@ -239,7 +286,7 @@ impl Realizer {
             *slot.desired.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec);
             self.ensure_worker(slot);
         }
-        resumed
+        Ok(resumed)
     }
 
     fn insert_slot(&self, id: InstanceId) -> Arc<Slot> {
@@ -249,12 +296,14 @@ impl Realizer {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     id,
+                    domain: self.identity(id),
                     dir: self.instances_dir().join(id.to_string()),
                     desired: Mutex::new(None),
                     status: Mutex::new(Status::default()),
                     wake: Notify::new(),
                     op: tokio::sync::Mutex::new(()),
                     worker: std::sync::atomic::AtomicBool::new(false),
+                    agent_stopped: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone()
@@ -321,12 +370,11 @@ impl Realizer {
                 });
                 let failed = status.error.as_ref().filter(|e| e.0 == spec.generation);
                 if !applied && failed.is_none_or(|e| e.2) {
-                    let uuid = spec.id.to_string();
                     // "First" means nothing exists yet; after a crash the
                     // domain may exist without an applied record.
                     let existed = self
                         .hv
-                        .domain_state(&uuid)
+                        .domain_state(&slot.domain.uuid)
                         .await
                         .map_or(true, |d| d.is_some());
                     let first = status.applied.is_none() && !existed;
@@ -349,7 +397,7 @@ impl Realizer {
                             tracing::warn!(instance = %spec.id, generation = spec.generation, error = %e, transient, "instance failed");
                             if first && !slot.deleting() {
                                 // Nothing half-created stays behind.
-                                if let Err(c) = self.teardown(slot.id, Some(&spec), false).await {
+                                if let Err(c) = self.teardown(&slot, Some(&spec), false).await {
                                     tracing::warn!(instance = %spec.id, error = %c, "cleanup after failure incomplete");
                                 }
                             }
@@ -377,7 +425,7 @@ impl Realizer {
 
     /// What is true of the instance now.
     async fn observe(&self, slot: &Slot) -> ObservedInstance {
-        let domain = self.hv.domain_state(&slot.id.to_string()).await;
+        let domain = self.hv.domain_run(&slot.domain.uuid).await;
         observed(slot, domain)
     }
 
@@ -399,17 +447,17 @@ impl Realizer {
             .collect();
         // One listing for every instance: a heartbeat must not cost a
         // libvirt round trip per VM.
-        let domains: Result<HashMap<String, bool>> = self
+        let domains: Result<HashMap<String, DomainRun>> = self
             .hv
             .strato_domains()
             .await
-            .map(|ds| ds.into_iter().map(|d| (d.uuid, d.active)).collect());
+            .map(|ds| ds.into_iter().map(|d| (d.uuid, d.run)).collect());
         slots
             .iter()
             .filter(|s| !s.deleting())
             .map(|s| {
                 let domain = match &domains {
-                    Ok(ds) => Ok(ds.get(&s.id.to_string()).copied()),
+                    Ok(ds) => Ok(ds.get(&s.domain.uuid).copied()),
                     Err(e) => Err(AgentError::Libvirt(e.to_string())),
                 };
                 observed(s, domain)
@@ -434,7 +482,7 @@ impl Realizer {
         slot.wake.notify_one();
         let _op = slot.op.lock().await;
         let spec = spec.or_else(|| read_json::<InstanceSpec>(&slot.dir.join("spec.json")));
-        self.teardown(id, spec.as_ref(), true).await?;
+        self.teardown(&slot, spec.as_ref(), true).await?;
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let again = slot.desired();
         slot.set_status(|s| *s = Status::default());
@@ -457,19 +505,21 @@ impl Realizer {
     /// Removes the domain, its secrets and files. `forget` also removes the
     /// persisted spec (a delete); a failed first create keeps it so the
     /// error stays reportable across restarts.
-    async fn teardown(
-        &self,
-        id: InstanceId,
-        spec: Option<&InstanceSpec>,
-        forget: bool,
-    ) -> Result<()> {
-        let uuid = id.to_string();
-        self.hv.destroy(&uuid).await?;
-        self.hv.undefine(&uuid).await?;
-        for usage in self.hv.iscsi_secrets(&format!("strato-{id}-")).await? {
+    async fn teardown(&self, slot: &Slot, spec: Option<&InstanceSpec>, forget: bool) -> Result<()> {
+        let id = slot.id;
+        let uuid = &slot.domain.uuid;
+        slot.set_agent_stopped(true);
+        self.hv.destroy(uuid).await?;
+        self.hv.undefine(uuid).await?;
+        for usage in self.hv.iscsi_secrets(&slot.domain.secret_prefix()).await? {
             self.hv.remove_iscsi_secret(&usage).await?;
         }
-        let dir = self.instances_dir().join(&uuid);
+        // Gone from libvirt: a re-created instance gets the scoped identity.
+        self.legacy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        let dir = slot.dir.clone();
         if forget {
             match std::fs::remove_dir_all(&dir) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -506,8 +556,7 @@ impl Realizer {
         for nic in &spec.nics {
             if !in_use.contains(&nic.network_id) {
                 if let Err(e) =
-                    network::remove_bridge(nic.network_id, nic.vlan, self.cfg.uplink.as_deref())
-                        .await
+                    network::remove_bridge(nic.network_id, nic.vlan, &self.cfg.net).await
                 {
                     tracing::warn!(network = %nic.network_id, error = %e, "cannot remove bridge");
                 }
@@ -515,7 +564,11 @@ impl Realizer {
         }
     }
 
-    fn volume_params(&self, id: InstanceId, v: &VolumeAttachmentSpec) -> Result<VolumeParams> {
+    fn volume_params(
+        &self,
+        domain: &DomainIdentity,
+        v: &VolumeAttachmentSpec,
+    ) -> Result<VolumeParams> {
         let (host, port) = v
             .portal
             .rsplit_once(':')
@@ -537,7 +590,7 @@ impl Realizer {
             port,
             initiator_iqn: self.cfg.initiator_iqn.clone(),
             chap_user: v.chap_user.clone(),
-            secret_usage: secret_usage(id, v),
+            secret_usage: domain.secret_usage(v.volume_id),
             serial: v
                 .volume_id
                 .to_string()
@@ -551,7 +604,7 @@ impl Realizer {
     /// Brings the host in line with `spec`; returns what was applied.
     async fn converge(&self, slot: &Slot, spec: &InstanceSpec) -> Result<Applied> {
         let id = spec.id;
-        let uuid = id.to_string();
+        let uuid = slot.domain.uuid.clone();
         std::fs::create_dir_all(&slot.dir).map_err(AgentError::io(&slot.dir))?;
         agent_support::fs::set_mode(&slot.dir, 0o755)?;
 
@@ -597,13 +650,9 @@ impl Realizer {
         {
             let _net = self.net.lock().await;
             for nic in &spec.nics {
-                let bridge = network::ensure_bridge(
-                    nic.network_id,
-                    nic.vlan,
-                    nic.mtu,
-                    self.cfg.uplink.as_deref(),
-                )
-                .await?;
+                let bridge =
+                    network::ensure_bridge(nic.network_id, nic.vlan, nic.mtu, &self.cfg.net)
+                        .await?;
                 nics.push(NicParams {
                     bridge,
                     mac: nic.mac.to_ascii_lowercase(),
@@ -617,13 +666,13 @@ impl Realizer {
         for v in &spec.volumes {
             if !v.chap_user.is_empty() {
                 self.hv
-                    .set_iscsi_secret(&secret_usage(id, v), &v.chap_secret)
+                    .set_iscsi_secret(&slot.domain.secret_usage(v.volume_id), &v.chap_secret)
                     .await?;
             }
-            volumes.push(self.volume_params(id, v)?);
+            volumes.push(self.volume_params(&slot.domain, v)?);
         }
         let params = DomainParams {
-            name: domain_name(id),
+            name: slot.domain.name.clone(),
             uuid: uuid.clone(),
             host_id: self.cfg.host_id.to_string(),
             generation: spec.generation,
@@ -643,6 +692,7 @@ impl Realizer {
             generation: 0,
             reboot_count: spec.reboot_count,
             volumes: spec.volumes.clone(),
+            power: None,
         });
         self.hv.define(xml).await?;
 
@@ -651,10 +701,14 @@ impl Realizer {
             generation: spec.generation,
             reboot_count: spec.reboot_count,
             volumes: spec.volumes.clone(),
+            power: Some(spec.power),
         };
         match spec.power {
+            // Also how a crashed domain comes back: only a new generation
+            // (or reboot) gets here, never the agent on its own.
             PowerState::Running if !running => {
                 self.hv.start(&uuid).await?;
+                slot.set_agent_stopped(false);
                 tracing::info!(instance = %id, "domain started");
             }
             PowerState::Running => {
@@ -663,8 +717,10 @@ impl Realizer {
                 if spec.reboot_count > previously.reboot_count {
                     // A cold reboot: certain to happen whatever the guest
                     // does, and it boots the current definition.
+                    slot.set_agent_stopped(true);
                     self.hv.destroy(&uuid).await?;
                     self.hv.start(&uuid).await?;
+                    slot.set_agent_stopped(false);
                     tracing::info!(instance = %id, "domain rebooted");
                 }
             }
@@ -675,8 +731,12 @@ impl Realizer {
         }
         // Secrets of volumes no longer attached (detached while stopped,
         // or unplugged above) go too.
-        let keep: HashSet<String> = spec.volumes.iter().map(|v| secret_usage(id, v)).collect();
-        for usage in self.hv.iscsi_secrets(&format!("strato-{id}-")).await? {
+        let keep: HashSet<String> = spec
+            .volumes
+            .iter()
+            .map(|v| slot.domain.secret_usage(v.volume_id))
+            .collect();
+        for usage in self.hv.iscsi_secrets(&slot.domain.secret_prefix()).await? {
             if !keep.contains(&usage) {
                 self.hv.remove_iscsi_secret(&usage).await?;
             }
@@ -688,6 +748,7 @@ impl Realizer {
     /// ACPI shutdown, then destroy after the timeout (or at once when the
     /// instance is being deleted meanwhile).
     async fn stop(&self, slot: &Slot, uuid: &str) -> Result<()> {
+        slot.set_agent_stopped(true);
         self.hv.shutdown(uuid).await?;
         let deadline = tokio::time::Instant::now() + self.cfg.shutdown_timeout;
         while tokio::time::Instant::now() < deadline && !slot.deleting() {
@@ -713,7 +774,7 @@ impl Realizer {
         previous: &[VolumeAttachmentSpec],
         wanted: &[VolumeParams],
     ) -> Result<()> {
-        let uuid = spec.id.to_string();
+        let uuid = slot.domain.uuid.clone();
         let live = self.hv.live_xml(&uuid).await?.unwrap_or_default();
         let has_target = |xml: &str, dev: &str| {
             xml.contains(&format!("<target dev='{dev}'"))
@@ -722,7 +783,7 @@ impl Realizer {
         let wanted_devs: HashSet<&str> = wanted.iter().map(|v| v.dev.as_str()).collect();
         // Unplug what is no longer wanted.
         for v in previous {
-            let params = self.volume_params(spec.id, v)?;
+            let params = self.volume_params(&slot.domain, v)?;
             if wanted_devs.contains(params.dev.as_str())
                 && spec.volumes.iter().any(|w| w.volume_id == v.volume_id)
             {
@@ -735,7 +796,10 @@ impl Realizer {
                     .await?;
                 tracing::info!(instance = %spec.id, volume = %v.volume_id, dev = params.dev, "volume detached");
             }
-            let _ = self.hv.remove_iscsi_secret(&secret_usage(spec.id, v)).await;
+            let _ = self
+                .hv
+                .remove_iscsi_secret(&slot.domain.secret_usage(v.volume_id))
+                .await;
         }
         let live = self.hv.live_xml(&uuid).await?.unwrap_or_default();
         for (v, params) in spec.volumes.iter().zip(wanted) {
@@ -802,27 +866,34 @@ impl Realizer {
         let me = self.cfg.host_id.to_string();
         let known: HashSet<InstanceId> = self.known().into_iter().collect();
         for d in self.hv.strato_domains().await? {
-            let Ok(id) = d.uuid.parse::<InstanceId>() else {
+            let Some(id) = DomainIdentity::instance_of(&d.name) else {
                 continue;
             };
+            if d.host.as_deref() != Some(me.as_str()) {
+                tracing::warn!(domain = d.name, creator = ?d.host, "leaving a Strato domain this host did not create");
+                continue;
+            }
             if wanted.contains(&id) || known.contains(&id) {
                 continue;
             }
-            if d.host.as_deref() == Some(me.as_str()) {
-                tracing::info!(instance = %id, "deleting an orphan domain this host created");
-                if let Err(e) = self.delete(id).await {
-                    tracing::warn!(instance = %id, error = %e, "cannot delete an orphan domain");
-                }
-            } else {
-                tracing::warn!(domain = d.uuid, creator = ?d.host, "leaving a Strato domain this host did not create");
+            // Deleted under the identity it was created with.
+            if DomainIdentity::legacy(id).uuid == d.uuid {
+                self.legacy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id);
+            }
+            tracing::info!(instance = %id, "deleting an orphan domain this host created");
+            if let Err(e) = self.delete(id).await {
+                tracing::warn!(instance = %id, error = %e, "cannot delete an orphan domain");
             }
         }
         Ok(())
     }
 }
 
-/// The report on `slot` given its domain's state in libvirt (exists, runs).
-fn observed(slot: &Slot, domain: Result<Option<bool>>) -> ObservedInstance {
+/// The report on `slot` given its domain's state in libvirt.
+fn observed(slot: &Slot, domain: Result<Option<DomainRun>>) -> ObservedInstance {
     let desired = slot.desired();
     let status = slot.status();
     let wanted = desired.as_ref().map_or(0, |d| d.generation);
@@ -836,15 +907,13 @@ fn observed(slot: &Slot, domain: Result<Option<bool>>) -> ObservedInstance {
             (ObservedInstanceState::Error, Some(reason.clone()))
         }
         (_, None) => (ObservedInstanceState::Building, None),
-        (_, Some(_)) => match domain {
-            Ok(Some(true)) => (ObservedInstanceState::Running, None),
-            Ok(Some(false)) => (ObservedInstanceState::Stopped, None),
-            Ok(None) => (
-                ObservedInstanceState::Error,
-                Some("the domain disappeared from libvirt".to_string()),
-            ),
-            Err(e) => (ObservedInstanceState::Error, Some(e.to_string())),
-        },
+        (_, Some(applied)) => {
+            let left_running = applied
+                .power
+                .or(desired.as_ref().map(|d| d.power))
+                .is_some_and(|p| p == PowerState::Running);
+            domain_report(left_running, slot.agent_stopped(), domain)
+        }
     };
     ObservedInstance {
         id: slot.id,
@@ -855,9 +924,76 @@ fn observed(slot: &Slot, domain: Result<Option<bool>>) -> ObservedInstance {
     }
 }
 
+/// What a domain's state means for an instance the agent last left
+/// running (`left_running`) or stopped. A domain that went down without
+/// the agent taking it down (`agent_stopped`) crashed, unless the guest
+/// powered itself off; it stays down and reported `crashed` until a new
+/// generation or reboot asks for it again (restart policy, with its
+/// backoff, is the stack manager's).
+fn domain_report(
+    left_running: bool,
+    agent_stopped: bool,
+    domain: Result<Option<DomainRun>>,
+) -> (ObservedInstanceState, Option<String>) {
+    match domain {
+        Ok(Some(DomainRun::Running)) => (ObservedInstanceState::Running, None),
+        Ok(Some(DomainRun::Off(why))) if left_running && !agent_stopped => match why {
+            OffReason::Shutdown => (ObservedInstanceState::Stopped, Some(why.describe())),
+            _ => (ObservedInstanceState::Crashed, Some(why.describe())),
+        },
+        Ok(Some(DomainRun::Off(_))) => (ObservedInstanceState::Stopped, None),
+        Ok(None) => (
+            ObservedInstanceState::Crashed,
+            Some("the domain vanished from libvirt".to_string()),
+        ),
+        Err(e) => (ObservedInstanceState::Error, Some(e.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_domain_down_behind_the_agents_back_is_a_crash() {
+        use ObservedInstanceState as S;
+        let off = |r| Ok(Some(DomainRun::Off(r)));
+        assert_eq!(
+            domain_report(true, false, Ok(Some(DomainRun::Running))).0,
+            S::Running
+        );
+        for why in [
+            OffReason::Crashed,
+            OffReason::Destroyed,
+            OffReason::Panicked,
+            OffReason::Daemon,
+            OffReason::Other(0),
+        ] {
+            let (state, reason) = domain_report(true, false, off(why));
+            assert_eq!(state, S::Crashed, "{why:?}");
+            assert!(reason.is_some());
+        }
+        let (state, reason) = domain_report(true, false, off(OffReason::Crashed));
+        assert_eq!(state, S::Crashed);
+        assert!(reason.unwrap_or_default().contains("QEMU exited"));
+        // The guest's own poweroff is a stop, not a crash.
+        assert_eq!(
+            domain_report(true, false, off(OffReason::Shutdown)).0,
+            S::Stopped
+        );
+        // The agent's own stop, reboot or teardown is not a crash either.
+        assert_eq!(
+            domain_report(true, true, off(OffReason::Destroyed)),
+            (S::Stopped, None)
+        );
+        assert_eq!(
+            domain_report(false, false, off(OffReason::Shutdown)),
+            (S::Stopped, None)
+        );
+        let (state, reason) = domain_report(true, false, Ok(None));
+        assert_eq!(state, S::Crashed);
+        assert_eq!(reason.as_deref(), Some("the domain vanished from libvirt"));
+    }
 
     #[test]
     fn validation_rejects_bad_specs_before_side_effects() {

@@ -12,6 +12,28 @@ use crate::exec;
 
 const BRIDGE_PREFIX: &str = "sbr-";
 
+/// Where this host's tenant networking lives: the uplink carrying VLANs,
+/// and the network namespace holding the bridges (the one libvirtd
+/// attaches guests' taps in).
+#[derive(Debug, Clone, Default)]
+pub struct HostNet {
+    pub uplink: Option<String>,
+    /// A name under `/run/netns`; `None` is the agent's own namespace.
+    pub netns: Option<String>,
+}
+
+impl HostNet {
+    /// `ip` in the bridges' namespace.
+    async fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut all: Vec<&str> = Vec::with_capacity(args.len() + 2);
+        if let Some(ns) = &self.netns {
+            all.extend(["-n", ns.as_str()]);
+        }
+        all.extend_from_slice(args);
+        Ok(exec::run("ip", all).await?)
+    }
+}
+
 /// Linux interface names: 1–15 bytes, no `/`, whitespace or `:`.
 pub fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
@@ -53,14 +75,14 @@ fn alias(network: NetworkId) -> String {
     format!("strato:{network}")
 }
 
-async fn owned_by(ifname: &str, network: NetworkId) -> bool {
-    exec::run("ip", ["-o", "link", "show", "dev", ifname])
+async fn owned_by(net: &HostNet, ifname: &str, network: NetworkId) -> bool {
+    net.ip(&["-o", "link", "show", "dev", ifname])
         .await
         .is_ok_and(|out| out.contains(&format!("alias {}", alias(network))))
 }
 
-async fn link_exists(name: &str) -> bool {
-    exec::run("ip", ["link", "show", "dev", name]).await.is_ok()
+async fn link_exists(net: &HostNet, name: &str) -> bool {
+    net.ip(&["link", "show", "dev", name]).await.is_ok()
 }
 
 /// Makes sure the bridge for `network` exists and is up, with its VLAN
@@ -69,50 +91,50 @@ pub async fn ensure_bridge(
     network: NetworkId,
     vlan: Option<u16>,
     mtu: u16,
-    uplink: Option<&str>,
+    net: &HostNet,
 ) -> Result<String> {
+    let uplink = net.uplink.as_deref();
     let bridge = bridge_name(network);
-    if !link_exists(&bridge).await {
+    if !link_exists(net, &bridge).await {
         // A concurrent creator may win the race; only a bridge that still
         // does not exist afterwards is an error.
-        if let Err(e) = exec::run("ip", ["link", "add", "name", &bridge, "type", "bridge"]).await {
-            if !link_exists(&bridge).await {
-                return Err(e.into());
+        if let Err(e) = net
+            .ip(&["link", "add", "name", &bridge, "type", "bridge"])
+            .await
+        {
+            if !link_exists(net, &bridge).await {
+                return Err(e);
             }
         }
         tracing::info!(%network, bridge, "bridge created");
     }
     let mtu_s = mtu.to_string();
-    exec::run("ip", ["link", "set", "dev", &bridge, "mtu", &mtu_s, "up"]).await?;
+    net.ip(&["link", "set", "dev", &bridge, "mtu", &mtu_s, "up"])
+        .await?;
     match (vlan, uplink) {
         (Some(vlan), Some(uplink)) => {
             let sub = vlan_ifname(uplink, vlan, &bridge);
-            if link_exists(&sub).await {
+            if link_exists(net, &sub).await {
                 // Only a sub-interface this agent made for this network is
                 // ours to enslave: two networks with one VLAN, or one an
                 // operator made, must not be joined or taken over.
-                if !owned_by(&sub, network).await {
+                if !owned_by(net, &sub, network).await {
                     return Err(crate::error::AgentError::Invalid(format!(
                         "VLAN {vlan} on {uplink} is already in use ({sub} belongs to something else)"
                     )));
                 }
             } else {
                 let id = vlan.to_string();
-                exec::run(
-                    "ip",
-                    [
-                        "link", "add", "link", uplink, "name", &sub, "type", "vlan", "id", &id,
-                    ],
-                )
+                net.ip(&[
+                    "link", "add", "link", uplink, "name", &sub, "type", "vlan", "id", &id,
+                ])
                 .await?;
-                exec::run("ip", ["link", "set", "dev", &sub, "alias", &alias(network)]).await?;
+                net.ip(&["link", "set", "dev", &sub, "alias", &alias(network)])
+                    .await?;
             }
-            exec::run(
-                "ip",
-                [
-                    "link", "set", "dev", &sub, "master", &bridge, "mtu", &mtu_s, "up",
-                ],
-            )
+            net.ip(&[
+                "link", "set", "dev", &sub, "master", &bridge, "mtu", &mtu_s, "up",
+            ])
             .await?;
         }
         (Some(vlan), None) => {
@@ -125,20 +147,17 @@ pub async fn ensure_bridge(
 
 /// Removes the bridge of `network` (and its VLAN sub-interface) once no
 /// domain uses it.
-pub async fn remove_bridge(
-    network: NetworkId,
-    vlan: Option<u16>,
-    uplink: Option<&str>,
-) -> Result<()> {
+pub async fn remove_bridge(network: NetworkId, vlan: Option<u16>, net: &HostNet) -> Result<()> {
+    let uplink = net.uplink.as_deref();
     let bridge = bridge_name(network);
     if let (Some(vlan), Some(uplink)) = (vlan, uplink) {
         let sub = vlan_ifname(uplink, vlan, &bridge);
-        if link_exists(&sub).await && owned_by(&sub, network).await {
-            exec::run("ip", ["link", "del", "dev", &sub]).await?;
+        if link_exists(net, &sub).await && owned_by(net, &sub, network).await {
+            net.ip(&["link", "del", "dev", &sub]).await?;
         }
     }
-    if link_exists(&bridge).await {
-        exec::run("ip", ["link", "del", "dev", &bridge]).await?;
+    if link_exists(net, &bridge).await {
+        net.ip(&["link", "del", "dev", &bridge]).await?;
         tracing::info!(%network, bridge, "bridge removed");
     }
     Ok(())

@@ -10,13 +10,15 @@ use std::time::Duration;
 use api::resources::{ImageFormat, InstanceStatus};
 use support::*;
 
-fn qemu_pid(id: api::ids::InstanceId) -> Option<String> {
-    std::fs::read_to_string(format!("/run/libvirt/qemu/strato-{id}.pid"))
+fn qemu_pid(domain: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/run/libvirt/qemu/{domain}.pid"))
         .ok()
         .map(|s| s.trim().to_string())
 }
 
-/// Defines (not starts) a Strato-named domain carrying `host` as creator.
+/// Defines (not starts) a Strato-named domain carrying `host` as creator,
+/// named and identified as agents before host-scoped names did: a
+/// restarted agent must still recognize those it created.
 fn define_foreign_domain(dir: &std::path::Path, uuid: &str, host: &str) {
     let xml = format!(
         "<domain type='qemu'><name>strato-{uuid}</name><uuid>{uuid}</uuid>\
@@ -62,7 +64,7 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
             .wait_console(vm.id, "STRATO-GUEST ready", 1, Duration::from_secs(60))
             .await;
     }
-    let pid_before = qemu_pid(keep.id).expect("qemu pid of a running domain");
+    let pid_before = qemu_pid(&cloud.domain(keep.id)).expect("qemu pid of a running domain");
 
     cloud.kill_agent();
     // While the agent is dead: the tenant deletes one VM and creates
@@ -108,7 +110,7 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
 
     // The surviving VM never stopped: same QEMU process, one boot.
     assert_eq!(
-        qemu_pid(keep.id).as_deref(),
+        qemu_pid(&cloud.domain(keep.id)).as_deref(),
         Some(pid_before.as_str()),
         "the running VM was restarted"
     );
@@ -126,7 +128,7 @@ async fn sigkill_and_restart_leaves_running_vms_alone() {
     // Exactly the wanted domains, no duplicates; the foreign one untouched.
     let mut mine = domains_of(host);
     mine.sort();
-    let mut want = vec![format!("strato-{}", keep.id), format!("strato-{}", late.id)];
+    let mut want = vec![cloud.domain(keep.id), cloud.domain(late.id)];
     want.sort();
     assert_eq!(mine, want);
     assert!(

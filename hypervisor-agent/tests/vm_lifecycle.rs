@@ -91,7 +91,7 @@ async fn vm_lifecycle_through_the_public_api() {
         );
     }
     // The NIC is on the network's bridge with the MAC the API shows.
-    let xml = virsh(&["dumpxml", &format!("strato-{}", vm.id)]);
+    let xml = virsh(&["dumpxml", &cloud.domain(vm.id)]);
     assert!(
         xml.contains(&format!(
             "<mac address='{}'/>",
@@ -118,7 +118,7 @@ async fn vm_lifecycle_through_the_public_api() {
     let asked = Instant::now();
     cloud.act(vm.id, "stop", InstanceStatus::Stopped).await;
     let took = asked.elapsed();
-    assert!(virsh(&["domstate", &format!("strato-{}", vm.id)]).contains("shut off"));
+    assert!(virsh(&["domstate", &cloud.domain(vm.id)]).contains("shut off"));
     assert!(
         took >= SHUTDOWN_TIMEOUT && took < SHUTDOWN_TIMEOUT + Duration::from_secs(8),
         "a stop of a guest that ignores ACPI took {took:?}; the shutdown timeout is {SHUTDOWN_TIMEOUT:?}"

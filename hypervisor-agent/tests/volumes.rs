@@ -108,7 +108,7 @@ async fn volume_moves_between_vms_with_its_data() {
     cloud
         .wait_status(writer.id, InstanceStatus::Running, Duration::from_secs(30))
         .await;
-    let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
+    let xml = virsh(&["dumpxml", &cloud.domain(writer.id)]);
     assert!(
         xml.contains("protocol='iscsi'")
             && xml.contains(&storage.portal.replace("127.0.0.1:", "port='")),
@@ -127,7 +127,7 @@ async fn volume_moves_between_vms_with_its_data() {
         .expect("detach");
     wait_volume(&cloud, vol.id, VolumeStatus::Available).await;
     let admin = cloud.admin.clone();
-    let dom = format!("strato-{}", writer.id);
+    let dom = cloud.domain(writer.id);
     wait_async(
         "the disk to leave the writer",
         Duration::from_secs(60),
@@ -210,7 +210,7 @@ async fn volume_moves_between_vms_with_its_data() {
         },
     )
     .await;
-    let xml = virsh(&["dumpxml", &format!("strato-{}", writer.id)]);
+    let xml = virsh(&["dumpxml", &cloud.domain(writer.id)]);
     assert!(
         xml.contains(&format!("vol-{}", locked.id)),
         "the locked volume is attached after recovery:\n{xml}"

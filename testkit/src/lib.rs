@@ -3,7 +3,7 @@
 //! listeners), enrollment tokens, free ports and polling helpers. Nothing
 //! is simulated; a missing binary fails the test with what to run.
 
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -94,14 +94,26 @@ pub struct StackManager {
 impl StackManager {
     /// Initializes and starts one; `extra_toml` is appended to its config.
     pub async fn start(binary: &Path, dir: &Path, extra_toml: &str) -> StackManager {
+        Self::start_on(binary, dir, IpAddr::from([127, 0, 0, 1]), extra_toml).await
+    }
+
+    /// [`StackManager::start`] with the internal API (the agents' side) on
+    /// `internal_ip` instead of loopback, for agents in network namespaces.
+    pub async fn start_on(
+        binary: &Path,
+        dir: &Path,
+        internal_ip: IpAddr,
+        extra_toml: &str,
+    ) -> StackManager {
         let state_dir = dir.join("sm");
         let token = init_stack_manager(binary, &state_dir);
         let (listen, internal) = (free_port(), free_port());
+        let internal = SocketAddr::new(internal_ip, internal);
         let config = dir.join("stack-manager.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{listen}\"\ninternal_listen = \"127.0.0.1:{internal}\"\n\
+                "listen = \"127.0.0.1:{listen}\"\ninternal_listen = \"{internal}\"\n\
                  state_dir = \"{}\"\nlog = \"info\"\n{extra_toml}",
                 state_dir.display()
             ),
@@ -133,7 +145,7 @@ impl StackManager {
             child,
             admin,
             public_url,
-            internal_url: format!("http://127.0.0.1:{internal}"),
+            internal_url: format!("http://{internal}"),
             state_dir,
             log,
         }
