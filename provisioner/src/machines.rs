@@ -735,7 +735,9 @@ impl Machines {
 
     /// What the machine's power driver reports.
     pub async fn power_status(&self, m: &Machine) -> Result<api::provision::PowerState> {
-        Ok(Power::new(&m.power, &self.http, self.power).status().await?)
+        Ok(Power::new(&m.power, &self.http, self.power)
+            .status()
+            .await?)
     }
 
     /// Power off, then wait for the driver to report off. Noted in the

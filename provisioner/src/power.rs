@@ -52,7 +52,7 @@ impl PowerConfig {
 pub enum PowerError {
     /// Nothing answered in time, or the connection was refused: the
     /// machine's power state is unknown.
-    #[error("{driver} BMC {bmc} did not answer {action}: {detail}")]
+    #[error("{action} through {driver} BMC {bmc}: no answer: {detail}")]
     Unreachable {
         driver: PowerDriver,
         bmc: String,
@@ -60,7 +60,7 @@ pub enum PowerError {
         detail: String,
     },
     /// The BMC answered, with a refusal or something unexpected.
-    #[error("{driver} BMC {bmc} failed {action}: {detail}")]
+    #[error("{action} through {driver} BMC {bmc} failed: {detail}")]
     Failed {
         driver: PowerDriver,
         bmc: String,
@@ -354,7 +354,7 @@ impl<'a> Power<'a> {
                 .unreachable(
                     action,
                     format!(
-                        "no IPMI session (wrong address, port or credentials?): {}",
+                        "no IPMI session (is the address, port or password wrong?): {}",
                         last_line(&stderr)
                     ),
                 )),
@@ -377,7 +377,7 @@ impl<'a> Power<'a> {
         if e.is_timeout() {
             self.unreachable(
                 action,
-                format!("no answer within {} s ({detail})", self.cfg.timeout_secs),
+                format!("nothing within {} s: {detail}", self.cfg.timeout_secs),
             )
         } else if e.is_connect() || e.is_request() {
             self.unreachable(action, detail)
