@@ -489,4 +489,25 @@ mod tests {
         assert_eq!(parse_ipmi_status("Chassis Power is off\n"), PowerState::Off);
         assert_eq!(parse_ipmi_status("garbage"), PowerState::Unknown);
     }
+
+    /// Specs stored before the IPMI port existed read back as port 623,
+    /// and a spec without one is written as before.
+    #[test]
+    fn ipmi_port_is_optional_on_the_wire() {
+        let old = r#"{"driver":"ipmi","address":"10.0.0.5","user":"u","password":"p"}"#;
+        let spec: PowerSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.bmc(), "10.0.0.5:623");
+        assert_eq!(spec.driver(), PowerDriver::Ipmi);
+        assert_eq!(serde_json::to_string(&spec).unwrap(), old);
+    }
+
+    #[tokio::test]
+    async fn manual_machines_cannot_be_fenced() {
+        let http = reqwest::Client::new();
+        let e = Power::new(&PowerSpec::Manual, &http, PowerConfig::default())
+            .fence()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PowerError::Manual(_)), "{e}");
+    }
 }
