@@ -90,6 +90,27 @@ ensure_virt() {
     start_libvirtd
 }
 
+# The BMC emulators the provisioner's IPMI and Redfish drivers are judged
+# against, as in OpenStack Ironic's CI: VirtualBMC (IPMI) and sushy-tools
+# (Redfish), both switching libvirt domains, plus ipmitool, the client the
+# IPMI driver runs. They live in a venv of Debian's Python that sees
+# Debian's libvirt binding (python3-libvirt): libvirt-python from PyPI
+# would have to be compiled against libvirt-dev, and a pyenv Python first
+# on PATH sees no Debian package. Pinned to the versions the tests passed
+# with; provisioner/tests/power.rs finds them in $STRATO_BMC_BIN.
+ensure_bmc_emulators() {
+    apt_install ipmitool python3-libvirt python3-venv
+    local venv=/opt/strato/bmc
+    if ! "$venv/bin/python" -c 'import libvirt, virtualbmc, sushy_tools' 2>/dev/null ||
+        [ ! -x "$venv/bin/vbmcd" ] || [ ! -x "$venv/bin/sushy-emulator" ]; then
+        log "installing virtualbmc and sushy-tools in $venv"
+        as_root /usr/bin/python3 -m venv --system-site-packages "$venv"
+        as_root "$venv/bin/pip" install -q --disable-pip-version-check \
+            virtualbmc==3.3.0 sushy-tools==2.2.0
+    fi
+    export STRATO_BMC_BIN="$venv/bin"
+}
+
 # What udev's rule does on a normal host: /dev/kvm belongs to group kvm,
 # mode 0660. Without udev (containers) the kernel leaves it root:root
 # 0600, and libvirt then probes QEMU again on every call (see

@@ -14,6 +14,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ensure_build_deps
 ensure_postgres
 ensure_virt
+ensure_bmc_emulators
 # libiscsi's initiators judge the iSCSI target; tgt is the benchmark's peer.
 # The provisioner's boot services are judged by real DHCP/TFTP clients and
 # relays (dnsmasq is the benchmarks' peer; only its binary, no service);

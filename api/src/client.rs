@@ -751,4 +751,12 @@ impl ProvisionerClient {
             .get(&format!("/v1/machines/{key}/power"))
             .await
     }
+    /// Powers the machine off and returns once its power driver reports it
+    /// off: what fencing a failed host needs before its VMs and volumes go
+    /// elsewhere. Any error means it may still be running.
+    pub async fn machine_fence(&self, id: MachineId) -> Result<crate::provision::MachineFenced> {
+        self.transport
+            .post_empty(&format!("/v1/machines/{id}/fence"))
+            .await
+    }
 }

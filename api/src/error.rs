@@ -29,6 +29,13 @@ pub enum ErrorCode {
     AddressesExhausted,
     /// A dependency (database, agent) failed; retrying may help.
     Unavailable,
+    /// A machine's power controller (its BMC: IPMI, Redfish; or libvirt)
+    /// did not answer in time or refused the connection; the machine's
+    /// power state is unknown. The message names the driver and the BMC.
+    BmcUnreachable,
+    /// A machine's power controller answered but failed the request
+    /// (credentials, an unsupported action, still on after a power off).
+    BmcFailed,
     /// A bug: the server failed in a way it did not expect.
     Internal,
 }
@@ -47,6 +54,8 @@ impl ErrorCode {
             ErrorCode::CapacityExhausted => "capacity_exhausted",
             ErrorCode::AddressesExhausted => "addresses_exhausted",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::BmcUnreachable => "bmc_unreachable",
+            ErrorCode::BmcFailed => "bmc_failed",
             ErrorCode::Internal => "internal",
         }
     }
@@ -63,6 +72,8 @@ impl ErrorCode {
             | ErrorCode::CapacityExhausted
             | ErrorCode::AddressesExhausted => 409,
             ErrorCode::Unavailable => 503,
+            ErrorCode::BmcUnreachable => 504,
+            ErrorCode::BmcFailed => 502,
             ErrorCode::Internal => 500,
         }
     }

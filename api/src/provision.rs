@@ -79,7 +79,11 @@ pub enum PowerSpec {
     Manual,
     /// IPMI over LAN (`ipmitool -I lanplus`).
     Ipmi {
+        /// Host name or address of the BMC.
         address: String,
+        /// UDP port of the BMC; default 623, the standard RMCP port.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
         user: String,
         password: String,
     },
@@ -98,6 +102,58 @@ pub enum PowerSpec {
     Libvirt { uri: String, domain: String },
 }
 
+impl PowerSpec {
+    pub fn driver(&self) -> PowerDriver {
+        match self {
+            PowerSpec::Manual => PowerDriver::Manual,
+            PowerSpec::Ipmi { .. } => PowerDriver::Ipmi,
+            PowerSpec::Redfish { .. } => PowerDriver::Redfish,
+            PowerSpec::Libvirt { .. } => PowerDriver::Libvirt,
+        }
+    }
+
+    /// What switches the machine, as an operator would name it in a
+    /// message: `host:port` of a BMC, a Redfish system URL, a libvirt
+    /// domain. Never the credentials.
+    pub fn bmc(&self) -> String {
+        match self {
+            PowerSpec::Manual => "the operator".into(),
+            PowerSpec::Ipmi { address, port, .. } => format!("{address}:{}", port.unwrap_or(623)),
+            PowerSpec::Redfish { url, system, .. } => {
+                format!("{}{system}", url.trim_end_matches('/'))
+            }
+            PowerSpec::Libvirt { uri, domain } => format!("{uri} domain {domain}"),
+        }
+    }
+}
+
+/// The kind of a [`PowerSpec`], without its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PowerDriver {
+    Manual,
+    Ipmi,
+    Redfish,
+    Libvirt,
+}
+
+impl PowerDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PowerDriver::Manual => "manual",
+            PowerDriver::Ipmi => "ipmi",
+            PowerDriver::Redfish => "redfish",
+            PowerDriver::Libvirt => "libvirt",
+        }
+    }
+}
+
+impl std::fmt::Display for PowerDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerState {
@@ -110,6 +166,20 @@ pub enum PowerState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct MachinePower {
     pub state: PowerState,
+}
+
+/// `POST /v1/machines/{id}/fence`: the machine was powered off and its
+/// power driver then reported it off. Anything short of that is an error
+/// (`bmc_unreachable`, `bmc_failed`; `conflict` for a machine without a
+/// power driver), and the machine must then be taken as possibly running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineFenced {
+    pub machine: MachineId,
+    pub driver: PowerDriver,
+    /// Always `off`: the state the driver reported after switching.
+    pub state: PowerState,
+    /// From the request to the driver's confirmation.
+    pub elapsed_ms: u64,
 }
 
 impl PowerState {

@@ -111,7 +111,9 @@ fn describe_client_error(err: &ClientError) -> (String, Option<String>) {
                 ErrorCode::InvalidRequest
                 | ErrorCode::InvalidId
                 | ErrorCode::NotFound
-                | ErrorCode::Conflict => None,
+                | ErrorCode::Conflict
+                | ErrorCode::BmcUnreachable
+                | ErrorCode::BmcFailed => None,
             };
             (body.message.clone(), hint)
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::lifecycle::Timeouts;
 use crate::postinstall::PostInstallConfig;
+use crate::power::PowerConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,6 +62,10 @@ pub struct Config {
     /// deployed, with this image and role: for racks whose machines all
     /// become the same kind of host (and `strato up --rack`). Default: none.
     pub auto_deploy: Option<AutoDeploy>,
+    /// Deadlines of the power drivers (see `PowerConfig`: `timeout_secs`
+    /// 12, `ipmi_timeout_secs` 2, `ipmi_retries` 2, `off_confirm_secs` 20):
+    /// a BMC that does not answer fails a power action in about 10 s.
+    pub power: PowerConfig,
     /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -118,6 +123,7 @@ impl Default for Config {
             tftp: None,
             post_install: None,
             auto_deploy: None,
+            power: PowerConfig::default(),
             log: "info".into(),
         }
     }
@@ -128,6 +134,11 @@ impl Config {
         if self.sweep_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "sweep_interval_secs must be > 0".into(),
+            ));
+        }
+        if self.power.timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "power.timeout_secs must be > 0".into(),
             ));
         }
         if let Some(a) = &self.auto_deploy {

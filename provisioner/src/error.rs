@@ -1,6 +1,7 @@
 //! Errors of the provisioner's operations, each mapping to one HTTP status.
 
 use crate::lifecycle::IllegalTransition;
+use crate::power::PowerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -12,8 +13,8 @@ pub enum ProvisionError {
     Invalid(String),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
-    #[error("power: {0}")]
-    Power(String),
+    #[error(transparent)]
+    Power(#[from] PowerError),
     #[error("store: {0}")]
     Store(#[from] sqlx::Error),
     #[error("store: {0}")]

@@ -14,7 +14,8 @@ use agent_support::http::{require_credential, ApiError};
 use api::error::ErrorCode;
 use api::ids::MachineId;
 use api::provision::{
-    Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachinePower, MachineState,
+    Inventory, Machine, MachineAction, MachineCreate, MachineEvent, MachineFenced, MachinePower,
+    MachineState, PowerState,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
@@ -30,6 +31,7 @@ use crate::error::ProvisionError;
 use crate::lifecycle::{self, BootChoice};
 use crate::machines::Machines;
 use crate::postinstall::Runner;
+use crate::power::PowerError;
 
 #[derive(Clone)]
 pub struct HttpState {
@@ -50,7 +52,14 @@ fn api_error(e: ProvisionError) -> ApiError {
             (StatusCode::CONFLICT, ErrorCode::Conflict)
         }
         ProvisionError::Invalid(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest),
-        ProvisionError::Power(_) => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable),
+        ProvisionError::Power(p) => match p {
+            PowerError::Unreachable { .. } => {
+                (StatusCode::GATEWAY_TIMEOUT, ErrorCode::BmcUnreachable)
+            }
+            PowerError::Failed { .. } => (StatusCode::BAD_GATEWAY, ErrorCode::BmcFailed),
+            PowerError::Manual(_) => (StatusCode::CONFLICT, ErrorCode::Conflict),
+            PowerError::Tool { .. } => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        },
         ProvisionError::Store(_) | ProvisionError::Migrate(_) => {
             (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal)
         }
@@ -82,6 +91,7 @@ pub fn router(state: HttpState, api_token: Arc<String>) -> Router {
         .route("/v1/machines/{machine}/actions", post(act))
         .route("/v1/machines/{machine}/events", get(events))
         .route("/v1/machines/{machine}/power", get(power))
+        .route("/v1/machines/{machine}/fence", post(fence))
         .route_layer(middleware::from_fn_with_state(
             api_token,
             require_credential,
@@ -185,6 +195,25 @@ async fn power(
     let m = resolve(&s, &key).await?;
     let state = s.machines.power_status(&m).await.map_err(api_error)?;
     Ok(Json(MachinePower { state }))
+}
+
+/// Power off, confirmed by the driver: what the stack manager's fencing
+/// calls before it moves a failed host's VMs and volumes. Any machine state
+/// (a deployed host is the usual one); the lifecycle is not changed, only
+/// the history notes it.
+async fn fence(
+    State(s): State<HttpState>,
+    Path(key): Path<String>,
+) -> Result<Json<MachineFenced>, ApiError> {
+    let m = resolve(&s, &key).await?;
+    let started = std::time::Instant::now();
+    s.machines.fence(&m).await.map_err(api_error)?;
+    Ok(Json(MachineFenced {
+        machine: m.id,
+        driver: m.power.driver(),
+        state: PowerState::Off,
+        elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    }))
 }
 
 /// `/boot/<mac>.ipxe` (the MAC as iPXE's `${mac:hexhyp}` or with colons).

@@ -23,7 +23,7 @@ use sqlx::Row;
 use crate::error::{ProvisionError, Result};
 use crate::imagemap::{self, Chunk};
 use crate::lifecycle::{self, Event, Timeouts};
-use crate::power::Power;
+use crate::power::{Power, PowerConfig};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -128,6 +128,7 @@ pub struct Machines {
     timeouts: Timeouts,
     images: PathBuf,
     http: reqwest::Client,
+    power: PowerConfig,
     digests: Arc<Digests>,
     /// Every write takes it: SQLite has one writer anyway, and a
     /// transaction that reads before it writes fails at once (not after the
@@ -272,7 +273,12 @@ pub struct DeployProgress {
 }
 
 impl Machines {
-    pub async fn open(state_dir: &Path, images: PathBuf, timeouts: Timeouts) -> Result<Machines> {
+    pub async fn open(
+        state_dir: &Path,
+        images: PathBuf,
+        timeouts: Timeouts,
+        power: PowerConfig,
+    ) -> Result<Machines> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| ProvisionError::Invalid(format!("{}: {e}", state_dir.display())))?;
         let opts = SqliteConnectOptions::from_str(&format!(
@@ -293,6 +299,7 @@ impl Machines {
             timeouts,
             images,
             http: reqwest::Client::new(),
+            power,
             digests: Default::default(),
             write: tokio::sync::Mutex::new(()),
         })
@@ -637,7 +644,7 @@ impl Machines {
                     },
                 )
                 .await?;
-                let result = Power::new(&m.power, &self.http).off().await;
+                let result = Power::new(&m.power, &self.http, self.power).off().await;
                 match result {
                     Ok(()) => {
                         self.transition(
@@ -652,7 +659,7 @@ impl Machines {
                     }
                     // Releasing keeps its deadline: the sweeper marks the
                     // machine broken if it never powers off.
-                    Err(e) => Err(e),
+                    Err(e) => Err(e.into()),
                 }
             }
             MachineAction::MarkBroken { reason } => {
@@ -706,7 +713,7 @@ impl Machines {
                 .await
             }
             MachineAction::PowerOn | MachineAction::PowerOff | MachineAction::PowerCycle => {
-                let p = Power::new(&m.power, &self.http);
+                let p = Power::new(&m.power, &self.http, self.power);
                 let (r, what) = match action {
                     MachineAction::PowerOn => (p.on().await, "power on"),
                     MachineAction::PowerOff => (p.off().await, "power off"),
@@ -728,13 +735,30 @@ impl Machines {
 
     /// What the machine's power driver reports.
     pub async fn power_status(&self, m: &Machine) -> Result<api::provision::PowerState> {
-        Power::new(&m.power, &self.http).status().await
+        Ok(Power::new(&m.power, &self.http, self.power)
+            .status()
+            .await?)
+    }
+
+    /// Power off, then wait for the driver to report off. Noted in the
+    /// history either way: who fenced what, and whether it held.
+    pub async fn fence(&self, m: &Machine) -> Result<()> {
+        let r = Power::new(&m.power, &self.http, self.power).fence().await;
+        self.note(
+            m,
+            match &r {
+                Ok(()) => "fenced: powered off, driver reports off".into(),
+                Err(e) => format!("fence failed: {e}"),
+            },
+        )
+        .await?;
+        Ok(r?)
     }
 
     /// Next boot from the network, then (re)start: the machine comes back
     /// into the environment its new state asks for.
     async fn boot_network(&self, m: &Machine) -> Result<()> {
-        let p = Power::new(&m.power, &self.http);
+        let p = Power::new(&m.power, &self.http, self.power);
         let r = async {
             p.next_boot_network().await?;
             p.cycle().await
@@ -751,7 +775,7 @@ impl Machines {
             },
         )
         .await?;
-        r
+        Ok(r?)
     }
 
     /// The boot environment's reports. `secret` proves the caller is the
@@ -1047,6 +1071,7 @@ mod tests {
                 deploying: t,
                 releasing: t,
             },
+            PowerConfig::default(),
         )
         .await
         .unwrap()

@@ -40,7 +40,8 @@ fn switch_port(relay: &Option<dhcp::relay::RelayAgent>) -> Option<String> {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let api_token = cfg.api_token()?;
     std::fs::create_dir_all(cfg.image_dir())?;
-    let machines = Arc::new(Machines::open(&cfg.state_dir, cfg.image_dir(), cfg.timeouts()).await?);
+    let machines =
+        Arc::new(Machines::open(&cfg.state_dir, cfg.image_dir(), cfg.timeouts(), cfg.power).await?);
     let scripts = Arc::new(Scripts::load(cfg.template_dir.as_deref())?);
     let post_install = match &cfg.post_install {
         Some(p) => {
