@@ -41,6 +41,7 @@ use serde_json::json;
 use crate::config::HealthConfig;
 use crate::db::now_ms;
 use crate::error::ApiResult;
+use crate::power::{PowerFence, PowerFences};
 use crate::state::AppState;
 use crate::store::health::{HealthRow, ToPlace};
 use crate::tasks::{BackgroundTask, Outcome, TaskError};
@@ -83,6 +84,7 @@ pub struct HealthMonitor {
     pub state: AppState,
     passes: u64,
     totals: PassCounts,
+    power: PowerFences,
 }
 
 impl HealthMonitor {
@@ -91,6 +93,7 @@ impl HealthMonitor {
             state,
             passes: 0,
             totals: PassCounts::default(),
+            power: PowerFences::default(),
         }
     }
 
@@ -283,11 +286,12 @@ impl HealthMonitor {
         let how = match &h.machine_id {
             None => "fenced by its storage targets alone (no power driver): its volumes refuse it"
                 .to_string(),
-            Some(machine) => match crate::power::power_off_confirmed(&self.state, machine).await {
-                Ok(()) => {
-                    format!("fenced: its volumes refuse it and machine {machine} is powered off")
+            Some(machine) => match self.power.poll(cfg, h.id, machine) {
+                PowerFence::InFlight => return Ok(false),
+                PowerFence::Off(how) => {
+                    format!("fenced: its volumes refuse it and machine {machine} was {how}")
                 }
-                Err(e) => {
+                PowerFence::Failed(e) => {
                     let reason = format!(
                         "fencing unconfirmed: cannot power off machine {machine}: {e}; its instances stay until it is off"
                     );
