@@ -189,12 +189,34 @@ async fn heartbeat_loop(
     host: HostId,
 ) -> anyhow::Result<()> {
     let mut every = Duration::from_secs(cfg.heartbeat_interval_secs);
+    let mut capacity_seen: Option<Capacity> = None;
+    let mut instances_seen = Vec::new();
     loop {
-        match capacity(&cfg, &hv).await {
-            Ok(capacity) => {
+        // Liveness must not wait on a slow libvirt: a domain whose QEMU
+        // takes seconds to die holds libvirt's locks, and a host whose
+        // heartbeats stop for that long is suspected and fenced with all
+        // its healthy VMs. Past the budget, the last reading is reported.
+        let budget = (every / 2).max(Duration::from_millis(500));
+        match tokio::time::timeout(budget, capacity(&cfg, &hv)).await {
+            Ok(Ok(c)) => capacity_seen = Some(c),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read host capacity"),
+            Err(_) => tracing::warn!(
+                ?budget,
+                "reading host capacity is slow; reporting the last reading"
+            ),
+        }
+        match tokio::time::timeout(budget, realizer.observe_all()).await {
+            Ok(seen) => instances_seen = seen,
+            Err(_) => tracing::warn!(
+                ?budget,
+                "observing instances is slow; reporting the last observation"
+            ),
+        }
+        match capacity_seen {
+            Some(capacity) => {
                 let hb = Heartbeat {
                     capacity,
-                    instances: realizer.observe_all().await,
+                    instances: instances_seen.clone(),
                     volumes: Vec::new(),
                 };
                 match client.heartbeat(host, &hb).await {
@@ -202,7 +224,7 @@ async fn heartbeat_loop(
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read host capacity; skipping a heartbeat"),
+            None => tracing::warn!("no capacity reading yet; skipping a heartbeat"),
         }
         tokio::time::sleep(every).await;
     }

@@ -288,7 +288,10 @@ mod tests {
         // A storage node does not need an initiator, nor a hypervisor a portal.
         assert!(!bad(|r| r.initiator_iqn = None, HostKind::Storage));
         assert!(!bad(|r| r.iscsi_portal = None, HostKind::Hypervisor));
-        assert!(bad(|r| r.machine_id = Some("rack-1/m7".into()), HostKind::Hypervisor));
+        assert!(bad(
+            |r| r.machine_id = Some("rack-1/m7".into()),
+            HostKind::Hypervisor
+        ));
         assert!(!bad(
             |r| r.machine_id = Some(api::ids::MachineId::new().to_string()),
             HostKind::Hypervisor

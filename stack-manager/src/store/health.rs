@@ -500,13 +500,14 @@ impl Store {
     /// Forgets the crashes of instances that stayed up `after_ms` since
     /// their last restart.
     pub async fn instance_crashes_reset(&self, after_ms: i64) -> ApiResult<u64> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE instances SET crash_count = 0, running_since = NULL \
              WHERE crash_count > 0 AND status = 'running' AND running_since IS NOT NULL AND running_since < $1",
         )
-        .bind(now_ms() - after_ms)
-        .execute(&self.db.pool)
-        .await?;
+        .bind(now_ms() - after_ms);
+        // SQLite has one writer: every write outside a transaction takes
+        // the write gate too.
+        let done = self.db.gated(update.execute(&self.db.pool)).await?;
         Ok(done.rows_affected())
     }
 
