@@ -218,6 +218,37 @@ impl TestCloud {
             .expect("enroll")
     }
 
+    /// A simulated hypervisor with the provisioner's machine `machine` behind it.
+    pub async fn hypervisor_on(&self, key: &str, machine: &str) -> api::ids::HostId {
+        let token = self
+            .admin
+            .enrollment_token_create(&EnrollmentTokenCreate {
+                kind: HostKind::Hypervisor,
+                rack: None,
+                expires_in_secs: 3600,
+            })
+            .await
+            .expect("enrollment token");
+        let internal = InternalClient::new(&self.internal_url, None);
+        let capacity = Capacity {
+            vcpus: 8,
+            ram_mib: 16_384,
+            disk_gib: 1000,
+            ..Default::default()
+        };
+        self.fleet
+            .enroll_on(
+                &internal,
+                &token.secret,
+                key,
+                HostKind::Hypervisor,
+                capacity,
+                Some(machine.to_string()),
+            )
+            .await
+            .expect("enroll")
+    }
+
     pub async fn hypervisor(
         &self,
         key: &str,

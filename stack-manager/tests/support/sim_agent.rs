@@ -136,6 +136,20 @@ impl SimFleet {
         kind: HostKind,
         capacity: Capacity,
     ) -> Result<HostId, api::ClientError> {
+        self.enroll_on(internal, token, key, kind, capacity, None)
+            .await
+    }
+
+    /// [`enroll`](Self::enroll), naming the provisioner's machine behind it.
+    pub async fn enroll_on(
+        &self,
+        internal: &api::InternalClient,
+        token: &str,
+        key: &str,
+        kind: HostKind,
+        capacity: Capacity,
+        machine_id: Option<String>,
+    ) -> Result<HostId, api::ClientError> {
         let req = EnrollRequest {
             token: token.to_string(),
             name: key.to_string(),
@@ -145,7 +159,7 @@ impl SimFleet {
             initiator_iqn: (kind == HostKind::Hypervisor)
                 .then(|| format!("iqn.2026-11.io.strato.sim:{key}")),
             iscsi_portal: (kind == HostKind::Storage).then(|| "127.0.0.1:3260".to_string()),
-            machine_id: None,
+            machine_id,
         };
         let resp = internal.enroll(&req).await?;
         self.hosts.lock().unwrap().insert(
