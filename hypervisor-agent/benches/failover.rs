@@ -10,7 +10,8 @@
 //! after 60 s and never evacuates on its own; CloudStack's best measured
 //! HA downtime is about 2.5 min; Proxmox documents about 2 min.
 //!
-//! Run: `cargo bench -p hypervisor-agent --bench failover` (what the test
+//! Run: `cargo build --release -p stack-manager -p hypervisor-agent &&
+//! cargo bench -p hypervisor-agent --bench failover` (what the test
 //! suite needs: libvirtd, QEMU, the guest images). `FAILOVER_VMS` (default
 //! 10) resizes it.
 

@@ -78,6 +78,7 @@ struct PassCounts {
     relocated: u64,
     pending: u64,
     restarts: u64,
+    errors: u64,
 }
 
 pub struct HealthMonitor {
@@ -99,7 +100,6 @@ impl HealthMonitor {
 
     async fn pass(&mut self) -> ApiResult<PassCounts> {
         let mut n = PassCounts::default();
-        let cfg = &self.state.config.health;
         let store = &self.state.store;
         let now = now_ms();
         let deadline = (self.state.config.hosts.down_after_secs as i64) * 1000;
@@ -113,74 +113,97 @@ impl HealthMonitor {
         self.state.metrics.evacuation_paused.set(i64::from(paused));
 
         for h in &hosts {
-            let silent_for = h.last_heartbeat_ms.map(|t| (now - t) / 1000);
-            match h.health {
-                HostHealth::Up | HostHealth::Down if !fresh(h) => {
-                    let message = match silent_for {
-                        Some(s) => format!("no heartbeat for {s} s"),
-                        None => "no heartbeat yet".to_string(),
-                    };
-                    if self
-                        .moved(
-                            h.id,
-                            &[HostHealth::Up, HostHealth::Down],
-                            HostHealth::Suspected,
-                            &message,
-                            "host.suspected",
-                        )
-                        .await?
-                    {
-                        n.suspected += 1;
-                    }
-                }
-                HostHealth::Suspected if fresh(h) => {
-                    let message = "heartbeats returned during suspicion; nothing was moved";
-                    if self
-                        .moved(
-                            h.id,
-                            &[HostHealth::Suspected],
-                            HostHealth::Up,
-                            message,
-                            "host.recovered",
-                        )
-                        .await?
-                    {
-                        n.recovered += 1;
-                    }
-                }
-                HostHealth::Suspected
-                    if !paused
-                        && h.since
-                            .is_some_and(|s| now - s >= (cfg.suspect_grace_secs as i64) * 1000) =>
-                {
-                    let message = format!(
-                        "no heartbeat for {} s: revoking its volumes{}",
-                        silent_for.unwrap_or(0),
-                        if h.machine_id.is_some() {
-                            " and powering it off"
-                        } else {
-                            ""
-                        }
-                    );
-                    if self.fence_begin(h.id, &message).await? {
-                        n.fencing_started += 1;
-                    }
-                }
-                HostHealth::Fencing => {
-                    if self.fence_step(h, now).await? {
-                        n.fenced += 1;
-                        self.evacuate(h, &mut n).await?;
-                    }
-                }
-                HostHealth::Fenced => self.evacuate(h, &mut n).await?,
-                _ => {}
+            // One host's trouble (a failed statement, an instance that
+            // cannot be re-placed) must not hold up every other host.
+            if let Err(e) = self.host_step(h, now, paused, fresh(h), &mut n).await {
+                n.errors += 1;
+                tracing::warn!(host = %h.id, error = %e.message, "health step failed; retrying next pass");
             }
         }
         for p in store.instances_to_place(None).await? {
-            self.relocate(p, None, "its host failed", &mut n).await?;
+            let id = p.id;
+            if let Err(e) = self.relocate(p, None, "its host failed", &mut n).await {
+                n.errors += 1;
+                tracing::warn!(instance = %id, error = %e.message, "placing a waiting instance failed");
+            }
         }
         self.crash_restarts(&mut n).await?;
         Ok(n)
+    }
+
+    /// One look at one hypervisor.
+    async fn host_step(
+        &self,
+        h: &HealthRow,
+        now: i64,
+        paused: bool,
+        fresh: bool,
+        n: &mut PassCounts,
+    ) -> ApiResult<()> {
+        let cfg = &self.state.config.health;
+        let silent_for = h.last_heartbeat_ms.map(|t| (now - t) / 1000);
+        match h.health {
+            HostHealth::Up | HostHealth::Down if !fresh => {
+                let message = match silent_for {
+                    Some(s) => format!("no heartbeat for {s} s"),
+                    None => "no heartbeat yet".to_string(),
+                };
+                if self
+                    .moved(
+                        h.id,
+                        &[HostHealth::Up, HostHealth::Down],
+                        HostHealth::Suspected,
+                        &message,
+                        "host.suspected",
+                    )
+                    .await?
+                {
+                    n.suspected += 1;
+                }
+            }
+            HostHealth::Suspected if fresh => {
+                let message = "heartbeats returned during suspicion; nothing was moved";
+                if self
+                    .moved(
+                        h.id,
+                        &[HostHealth::Suspected],
+                        HostHealth::Up,
+                        message,
+                        "host.recovered",
+                    )
+                    .await?
+                {
+                    n.recovered += 1;
+                }
+            }
+            HostHealth::Suspected
+                if !paused
+                    && h.since
+                        .is_some_and(|s| now - s >= (cfg.suspect_grace_secs as i64) * 1000) =>
+            {
+                let message = format!(
+                    "no heartbeat for {} s: revoking its volumes{}",
+                    silent_for.unwrap_or(0),
+                    if h.machine_id.is_some() {
+                        " and powering it off"
+                    } else {
+                        ""
+                    }
+                );
+                if self.fence_begin(h.id, &message).await? {
+                    n.fencing_started += 1;
+                }
+            }
+            HostHealth::Fencing => {
+                if self.fence_step(h, now).await? {
+                    n.fenced += 1;
+                    self.evacuate(h, n).await?;
+                }
+            }
+            HostHealth::Fenced => self.evacuate(h, n).await?,
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Trips the mass-failure guard when too many hypervisors were lost
@@ -326,7 +349,11 @@ impl HealthMonitor {
                 crate::desired::finalize_instance_delete(&self.state, p.id).await?;
                 continue;
             }
-            self.relocate(p, Some(h.id), &why, n).await?;
+            let id = p.id;
+            if let Err(e) = self.relocate(p, Some(h.id), &why, n).await {
+                n.errors += 1;
+                tracing::warn!(instance = %id, error = %e.message, "re-placing an instance failed");
+            }
         }
         Ok(())
     }
@@ -497,6 +524,7 @@ impl BackgroundTask for HealthMonitor {
             "relocated_total": t.relocated,
             "pending_now": n.pending,
             "crash_restarts_total": t.restarts,
+            "errors_now": n.errors,
         })))
     }
 }
