@@ -4,6 +4,37 @@
 //! The cloud fences failed hosts by preempting their registrations, so every
 //! state change is computed on a copy, persisted first when APTPL asks for it,
 //! and only then made visible.
+//!
+//! # Admissions: the target's own fence
+//!
+//! The storage node's management (never the wire) admits iSCSI initiator
+//! *names* with [`Reservations::admit`] and revokes them with
+//! [`Reservations::revoke`]. An admission covers every I_T nexus of that
+//! name, whatever its ISID and target port (as an iSCSI TransportID of
+//! format 00b names an initiator without its ISID): QEMU's initiator never
+//! registers itself and picks a new ISID per session, so the host cannot
+//! hold a registration of its own.
+//!
+//! Once a logical unit has seen one admission it is *managed*, and stays so:
+//! it then behaves as if the target held an Exclusive Access – All
+//! Registrants reservation (type 8) of which only admitted names are
+//! registrants. A nexus of a name not admitted gets RESERVATION CONFLICT for
+//! every command the conflict table lets only registrants run (reads
+//! included, so a fenced host cannot even read stale data) and for every
+//! PERSISTENT RESERVE OUT (it may not register itself back in, nor clear or
+//! preempt the admitted host). With no admission left the unit refuses
+//! everybody: a volume attached to nobody is written by nobody, until the
+//! next host is admitted.
+//!
+//! This fence is deliberately not an SPC reservation in the wire state: under
+//! a real all-registrants reservation any nexus may REGISTER itself in, and
+//! any registrant may RELEASE or CLEAR it, so it would fence nothing against
+//! an initiator that speaks PR; and it would make every wire RESERVE of the
+//! admitted host conflict. Among admitted nexuses the wire-level persistent
+//! reservations work exactly as SPC-4 says, on top of the fence. Admitted
+//! names are reported: READ KEYS lists their keys, READ FULL STATUS lists
+//! them with ALL_TG_PT set and a TransportID of format 00b. The admissions
+//! are persisted whether or not the wire state has APTPL.
 
 use std::fs;
 use std::io::Write;
@@ -90,15 +121,49 @@ struct Reservation {
     kind: u8,
 }
 
+/// An initiator name the management admitted, with the key it is listed under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Admission {
+    name: String,
+    key: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PrState {
     generation: u32,
     aptpl: bool,
     registrations: Vec<Registration>,
     reservation: Option<Reservation>,
+    /// Set by the first admission and never cleared: from then on only
+    /// admitted names get at the medium.
+    #[serde(default)]
+    managed: bool,
+    #[serde(default)]
+    admitted: Vec<Admission>,
+}
+
+/// The iSCSI name of an initiator port `<name>,i,0x<isid>` (or the whole
+/// string when it has no ISID part; iSCSI names never contain a comma).
+fn port_name(initiator_port: &str) -> &str {
+    initiator_port
+        .split_once(",i,0x")
+        .map_or(initiator_port, |(n, _)| n)
 }
 
 impl PrState {
+    /// Whether the fence lets `n` through: not managed, or its name admitted.
+    /// iSCSI names compare case-insensitively (RFC 3722 folds them to lower case).
+    fn admits(&self, n: &Nexus) -> bool {
+        !self.managed || self.admission(n).is_some()
+    }
+
+    fn admission(&self, n: &Nexus) -> Option<&Admission> {
+        let name = port_name(&n.initiator_port);
+        self.admitted
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
     fn find(&self, n: &Nexus) -> Option<usize> {
         self.registrations.iter().position(|r| r.id.matches(n))
     }
@@ -125,6 +190,11 @@ impl PrState {
                 .map_or(0, |r| r.key),
             _ => 0,
         }
+    }
+
+    /// Whether any command may conflict at all.
+    fn guards(&self) -> bool {
+        self.reservation.is_some() || self.managed
     }
 
     fn bump(&mut self) {
@@ -163,7 +233,8 @@ impl PrState {
 
 pub struct Reservations {
     state: Mutex<PrState>,
-    /// Lets the I/O path skip the lock when nothing is reserved.
+    /// Lets the I/O path skip the lock when nothing is reserved and no
+    /// fence is up.
     reserved: AtomicBool,
     path: Option<PathBuf>,
 }
@@ -216,9 +287,14 @@ impl Reservations {
                             path: p.clone(),
                             reason: e.to_string(),
                         })?;
-                    // Without APTPL the state did not survive the restart (SPC-4 5.13.5).
+                    // Without APTPL the wire state did not survive the restart
+                    // (SPC-4 5.13.5); the management's admissions always do.
                     if saved.aptpl {
                         state = saved;
+                    } else {
+                        state.generation = saved.generation;
+                        state.managed = saved.managed;
+                        state.admitted = saved.admitted;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -231,7 +307,7 @@ impl Reservations {
             }
         }
         Ok(Reservations {
-            reserved: AtomicBool::new(state.reservation.is_some()),
+            reserved: AtomicBool::new(state.guards()),
             state: Mutex::new(state),
             path,
         })
@@ -243,10 +319,13 @@ impl Reservations {
             return false;
         }
         let class = access_class(cdb);
+        let st = self.state.lock();
+        if !st.admits(nexus) {
+            return class != Access::Allowed || cdb.opcode() == op::PERSISTENT_RESERVE_OUT;
+        }
         if class == Access::Allowed {
             return false;
         }
-        let st = self.state.lock();
         let Some(res) = &st.reservation else {
             return false;
         };
@@ -267,10 +346,13 @@ impl Reservations {
         match cdb.service_action() {
             0x00 => {
                 d.extend_from_slice(&st.generation.to_be_bytes());
-                let len = (st.registrations.len() * 8) as u32;
+                let len = ((st.registrations.len() + st.admitted.len()) * 8) as u32;
                 d.extend_from_slice(&len.to_be_bytes());
                 for r in &st.registrations {
                     d.extend_from_slice(&r.key.to_be_bytes());
+                }
+                for a in &st.admitted {
+                    d.extend_from_slice(&a.key.to_be_bytes());
                 }
             }
             0x01 => {
@@ -316,6 +398,18 @@ impl Reservations {
                     // One target port per target here: relative port 1.
                     d.extend_from_slice(&[0, u8::from(r.id.target.is_some())]);
                     let tid = transport_id(&r.id.initiator);
+                    d.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+                    d.extend_from_slice(&tid);
+                }
+                // Admissions: every port of the name, through every target
+                // port (ALL_TG_PT), holding no wire reservation.
+                for a in &st.admitted {
+                    d.extend_from_slice(&a.key.to_be_bytes());
+                    d.extend_from_slice(&[0, 0, 0, 0]);
+                    d.push(0x02);
+                    d.push(0);
+                    d.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    let tid = transport_id(&a.name);
                     d.extend_from_slice(&(tid.len() as u32).to_be_bytes());
                     d.extend_from_slice(&tid);
                 }
@@ -493,7 +587,9 @@ impl Reservations {
         }
 
         if next != *st {
-            if next.aptpl || st.aptpl {
+            // A managed unit is saved on every change: its file holds the
+            // admissions, which must not go back to an older generation.
+            if next.aptpl || st.aptpl || next.managed {
                 if let Some(p) = &self.path {
                     save(p, &next).map_err(|e| {
                         tracing::error!(path = %p.display(), error = %e, "persisting reservations failed");
@@ -502,14 +598,118 @@ impl Reservations {
                 }
             }
             *st = next;
-            self.reserved
-                .store(st.reservation.is_some(), Ordering::Release);
+            self.reserved.store(st.guards(), Ordering::Release);
         }
         drop(st);
         for (id, except, s) in uas {
             ua.establish_where(s, |n| id.matches(n) && except.as_ref() != Some(n));
         }
         Ok(Vec::new())
+    }
+
+    /// Management: lets every I_T nexus of the iSCSI initiator `name` (any
+    /// ISID, any target port) at the medium, listed under `key` (non-zero),
+    /// and makes the unit managed (see the module comment). Idempotent;
+    /// persisted before it takes effect.
+    pub fn admit(&self, name: &str, key: u64) -> Result<(), Error> {
+        let mut st = self.state.lock();
+        let mut next = st.clone();
+        next.managed = true;
+        match next
+            .admitted
+            .iter_mut()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+        {
+            Some(a) if a.key == key => {}
+            Some(a) => {
+                a.key = key;
+                next.bump();
+            }
+            None => {
+                next.admitted.push(Admission {
+                    name: name.to_string(),
+                    key,
+                });
+                next.bump();
+            }
+        }
+        self.commit(&mut st, next)
+    }
+
+    /// Management: removes the admissions listed under `key`, as a PREEMPT
+    /// by the target's own authority would, together with the wire
+    /// registrations of those initiators (releasing a reservation they
+    /// held). Their nexuses get REGISTRATIONS PREEMPTED and from then on
+    /// RESERVATION CONFLICT. Returns whether anything was admitted under `key`.
+    pub fn revoke(&self, key: u64, ua: &UnitAttentions) -> Result<bool, Error> {
+        let mut st = self.state.lock();
+        let mut next = st.clone();
+        let names: Vec<String> = next
+            .admitted
+            .iter()
+            .filter(|a| a.key == key)
+            .map(|a| a.name.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(false);
+        }
+        next.admitted.retain(|a| a.key != key);
+        let of_names = |initiator_port: &str| {
+            let n = port_name(initiator_port);
+            names.iter().any(|x| x.eq_ignore_ascii_case(n))
+        };
+        let mut uas = Vec::new();
+        // The target itself preempts: no nexus is exempt from the UAs.
+        let by = Nexus {
+            initiator_port: String::new(),
+            target_port: String::new(),
+        };
+        while let Some(i) = next
+            .registrations
+            .iter()
+            .position(|r| of_names(&r.id.initiator))
+        {
+            next.unregister(i, &mut uas, &by);
+        }
+        next.bump();
+        self.commit(&mut st, next)?;
+        drop(st);
+        ua.establish_where(sense::UA_REGISTRATIONS_PREEMPTED, |n| {
+            of_names(&n.initiator_port)
+        });
+        for (id, except, s) in uas {
+            ua.establish_where(s, |n| id.matches(n) && except.as_ref() != Some(n));
+        }
+        Ok(true)
+    }
+
+    /// Management: the admitted names and their keys.
+    pub fn admitted(&self) -> Vec<(String, u64)> {
+        self.state
+            .lock()
+            .admitted
+            .iter()
+            .map(|a| (a.name.clone(), a.key))
+            .collect()
+    }
+
+    fn commit(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, PrState>,
+        next: PrState,
+    ) -> Result<(), Error> {
+        if next == **st {
+            return Ok(());
+        }
+        if let Some(p) = &self.path {
+            save(p, &next).map_err(|e| Error::PrState {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        **st = next;
+        self.reserved.store(st.guards(), Ordering::Release);
+        Ok(())
     }
 }
 

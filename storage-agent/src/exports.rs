@@ -10,6 +10,41 @@ use std::sync::{Arc, RwLock};
 use iscsi::{Auth, Registry, ScsiOutcome, Target, TmFunction, TmResponse};
 use scsi::{DataDirection, LogicalUnit};
 
+/// The persistent reservation key an initiator is admitted under on every
+/// volume: the first 8 bytes of SHA-256 of its IQN, so it is the same on
+/// every storage node and across restarts without being stored anywhere;
+/// never 0, which SPC reserves for "no key".
+pub fn initiator_key(iqn: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(iqn.as_bytes());
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d[..8]);
+    match u64::from_be_bytes(k) {
+        0 => 1,
+        k => k,
+    }
+}
+
+/// Brings the logical unit's admissions (its target-side fence, see the
+/// `scsi` crate) in line with `allowed`: admits each allowed initiator under
+/// [`initiator_key`], and revokes every other admission — including ones
+/// persisted before a restart, which no in-memory ACL remembers. Returns
+/// the names revoked. Call it with the new initiators admitted before the
+/// ACL lets them log in, and the revocations before their sessions close.
+pub fn fence(lu: &LogicalUnit, allowed: &[String]) -> Result<Vec<String>, scsi::Error> {
+    for i in allowed {
+        lu.admit(i, initiator_key(i))?;
+    }
+    let mut revoked = Vec::new();
+    for (name, key) in lu.admitted() {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&name)) {
+            lu.revoke(key)?;
+            revoked.push(name);
+        }
+    }
+    Ok(revoked)
+}
+
 /// Who may log in to one target, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
