@@ -268,3 +268,76 @@ impl Registry for Exports {
             .map(|e| e.clone() as Arc<dyn Target>)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "iqn.2026-11.io.strato:host-a";
+    const B: &str = "iqn.2026-11.io.strato:host-b";
+
+    fn lu(dir: &std::path::Path) -> LogicalUnit {
+        let data = dir.join("data");
+        std::fs::File::create(&data)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("data file");
+        LogicalUnit::open(
+            &data,
+            crate::volumes::device_info(api::ids::VolumeId::new()),
+            Some(dir.join("pr.json")),
+        )
+        .expect("open LU")
+    }
+
+    fn nexus(name: &str, isid: &str) -> scsi::Nexus {
+        scsi::Nexus {
+            initiator_port: format!("{name},i,0x{isid}"),
+            target_port: "iqn.2026-11.io.strato:vol-x,t,0x0001".into(),
+        }
+    }
+
+    fn write(lu: &LogicalUnit, n: &scsi::Nexus) -> u8 {
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        // Twice: the first may only report the nexus's pending unit attention.
+        let _ = lu.execute(n, &cdb, &[0; 512], 0);
+        lu.execute(n, &cdb, &[0; 512], 0).status
+    }
+
+    #[test]
+    fn keys_are_stable_distinct_and_never_zero() {
+        assert_eq!(initiator_key(A), initiator_key(A));
+        assert_ne!(initiator_key(A), initiator_key(B));
+        assert_ne!(initiator_key(""), 0);
+    }
+
+    /// What the ACL cannot show: a nexus of a fenced host that is still
+    /// talking to the logical unit gets RESERVATION CONFLICT.
+    #[test]
+    fn fence_follows_the_allowed_list_and_outlives_the_process() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let l = lu(dir.path());
+        let a = nexus(A, "23d000000001");
+        let b = nexus(B, "23d000000002");
+        l.nexus_added(&a);
+        l.nexus_added(&b);
+        assert!(fence(&l, &[A.into(), B.into()]).expect("fence").is_empty());
+        assert_eq!(write(&l, &a), scsi::sense::status::GOOD);
+        assert_eq!(write(&l, &b), scsi::sense::status::GOOD);
+        // Same IQN, a new ISID (QEMU reconnecting): still admitted.
+        assert_eq!(
+            write(&l, &nexus(A, "23d000000009")),
+            scsi::sense::status::GOOD
+        );
+        assert_eq!(fence(&l, &[B.into()]).expect("fence"), vec![A.to_string()]);
+        assert_eq!(write(&l, &a), scsi::sense::status::RESERVATION_CONFLICT);
+        assert_eq!(write(&l, &b), scsi::sense::status::GOOD);
+        drop(l);
+        // A restart forgets no revocation, and a spec that names nobody
+        // leaves nobody writing.
+        let l = lu(dir.path());
+        assert_eq!(l.admitted(), vec![(B.to_string(), initiator_key(B))]);
+        assert_eq!(write(&l, &a), scsi::sense::status::RESERVATION_CONFLICT);
+        assert_eq!(fence(&l, &[]).expect("fence"), vec![B.to_string()]);
+        assert_eq!(write(&l, &b), scsi::sense::status::RESERVATION_CONFLICT);
+    }
+}
