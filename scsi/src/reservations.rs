@@ -19,21 +19,23 @@
 //! it then behaves as if the target held an Exclusive Access – All
 //! Registrants reservation (type 8) of which only admitted names are
 //! registrants. A nexus of a name not admitted gets RESERVATION CONFLICT for
-//! every command the conflict table lets only registrants run (reads
-//! included, so a fenced host cannot even read stale data) and for every
-//! PERSISTENT RESERVE OUT (it may not register itself back in, nor clear or
-//! preempt the admitted host). With no admission left the unit refuses
-//! everybody: a volume attached to nobody is written by nobody, until the
-//! next host is admitted.
+//! every command the conflict table lets only registrants run, reads
+//! included, so a fenced host cannot even read stale data. With no
+//! admission left the unit refuses everybody: a volume attached to nobody is
+//! written by nobody, until the next host is admitted.
 //!
-//! This fence is deliberately not an SPC reservation in the wire state: under
-//! a real all-registrants reservation any nexus may REGISTER itself in, and
-//! any registrant may RELEASE or CLEAR it, so it would fence nothing against
-//! an initiator that speaks PR; and it would make every wire RESERVE of the
-//! admitted host conflict. Among admitted nexuses the wire-level persistent
-//! reservations work exactly as SPC-4 says, on top of the fence. Admitted
-//! names are reported: READ KEYS lists their keys, READ FULL STATUS lists
-//! them with ALL_TG_PT set and a TransportID of format 00b. The admissions
+//! This fence is deliberately not an SPC reservation in the wire state:
+//! under a real all-registrants reservation any nexus may REGISTER itself
+//! in, and any registrant may RELEASE it, so it would fence nothing against
+//! an initiator that speaks PR; and every wire RESERVE of the admitted host
+//! would conflict with it. Here a wire registration never opens the medium,
+//! only an admission does, and the wire cannot admit. On top of the fence
+//! the wire-level persistent reservations work as SPC-4 says, and the
+//! admissions take part as registrations made on the hosts' behalf: READ
+//! KEYS lists their keys, READ FULL STATUS lists them with ALL_TG_PT set and
+//! a TransportID of format 00b, CLEAR removes them and PREEMPT removes
+//! those holding the preempted key (so the wire can take access away, never
+//! give it; the management admits again at its next apply). The admissions
 //! are persisted whether or not the wire state has APTPL.
 
 use std::fs;
@@ -99,12 +101,28 @@ fn exclusive_access(t: u8) -> bool {
 struct RegId {
     initiator: String,
     target: Option<String>,
+    /// `initiator` is an iSCSI name standing for all its ports: only ever
+    /// built for an admission, to address unit attentions to its nexuses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    by_name: bool,
 }
 
 impl RegId {
     fn matches(&self, n: &Nexus) -> bool {
-        self.initiator == n.initiator_port
-            && self.target.as_ref().map_or(true, |t| t == &n.target_port)
+        let initiator = if self.by_name {
+            port_name(&n.initiator_port).eq_ignore_ascii_case(&self.initiator)
+        } else {
+            self.initiator == n.initiator_port
+        };
+        initiator && self.target.as_ref().map_or(true, |t| t == &n.target_port)
+    }
+
+    fn of_name(name: &str) -> RegId {
+        RegId {
+            initiator: name.to_string(),
+            target: None,
+            by_name: true,
+        }
     }
 }
 
@@ -321,7 +339,7 @@ impl Reservations {
         let class = access_class(cdb);
         let st = self.state.lock();
         if !st.admits(nexus) {
-            return class != Access::Allowed || cdb.opcode() == op::PERSISTENT_RESERVE_OUT;
+            return class != Access::Allowed;
         }
         if class == Access::Allowed {
             return false;
@@ -487,6 +505,7 @@ impl Reservations {
                             id: RegId {
                                 initiator: nexus.initiator_port.clone(),
                                 target,
+                                by_name: false,
                             },
                             key: sa_key,
                         });
@@ -570,7 +589,17 @@ impl Reservations {
                         sense::UA_RESERVATIONS_PREEMPTED,
                     ));
                 }
+                // Admissions are registrations too, and CLEAR removes every
+                // one: the wire can take access away, never give it.
+                for a in &next.admitted {
+                    uas.push((
+                        RegId::of_name(&a.name),
+                        Some(nexus.clone()),
+                        sense::UA_RESERVATIONS_PREEMPTED,
+                    ));
+                }
                 next.registrations.clear();
+                next.admitted.clear();
                 next.reservation = None;
                 next.bump();
             }
@@ -724,9 +753,13 @@ fn preempt(
     uas: &mut Vec<(RegId, Option<Nexus>, Sense)>,
 ) -> Result<(), Failure> {
     let my_id = st.registrations[me].id.clone();
+    let my_name = port_name(&nexus.initiator_port).to_string();
+    // Admissions are preempted like registrations, except the preempting
+    // nexus's own (it does not remove its own registration either).
+    let other_admission = |a: &Admission| !a.name.eq_ignore_ascii_case(&my_name);
     let remove_key =
         |st: &mut PrState, uas: &mut Vec<(RegId, Option<Nexus>, Sense)>, key: u64| -> usize {
-            let before = st.registrations.len();
+            let before = st.registrations.len() + st.admitted.len();
             let mut removed = Vec::new();
             st.registrations.retain(|r| {
                 let gone = r.key == key && r.id != my_id;
@@ -735,10 +768,17 @@ fn preempt(
                 }
                 !gone
             });
+            st.admitted.retain(|a| {
+                let gone = a.key == key && other_admission(a);
+                if gone {
+                    removed.push(RegId::of_name(&a.name));
+                }
+                !gone
+            });
             for id in removed {
                 uas.push((id, None, sense::UA_REGISTRATIONS_PREEMPTED));
             }
-            before - st.registrations.len()
+            before - st.registrations.len() - st.admitted.len()
         };
     let res = st.reservation.clone();
     match res {
@@ -753,6 +793,16 @@ fn preempt(
                 .map(|r| r.id.clone())
                 .collect();
             st.registrations.retain(|r| r.id == my_id);
+            let others: Vec<RegId> = others
+                .into_iter()
+                .chain(
+                    st.admitted
+                        .iter()
+                        .filter(|a| other_admission(a))
+                        .map(|a| RegId::of_name(&a.name)),
+                )
+                .collect();
+            st.admitted.retain(|a| !other_admission(a));
             for id in others {
                 uas.push((id, None, sense::UA_REGISTRATIONS_PREEMPTED));
             }

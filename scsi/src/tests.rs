@@ -1369,12 +1369,14 @@ fn admission_covers_every_isid_and_revoke_fences_reads_and_writes() {
     let _ = exec(&f.lu, &a2, &[0, 0, 0, 0, 0, 0], &[]);
     write(&f.lu, &a2, 1, &vec![3; BS]);
     // Others may identify themselves and look at the keys, nothing more:
-    // no read, no write, no registering themselves in.
+    // no read, no write, and registering themselves in opens nothing.
     good(&exec(&f.lu, &b, &[0, 0, 0, 0, 0, 0], &[]));
     assert_eq!(keys(&f.lu, &b).1, vec![0xaa]);
     rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
     rc(&exec(&f.lu, &b, &read10(0, 1, 0), &[]));
-    rc(&prout(&f.lu, &b, 6, 0, 0, 0xbb, 0));
+    good(&prout(&f.lu, &b, 6, 0, 0, 0xbb, 0));
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    good(&prout(&f.lu, &b, 0, 0, 0xbb, 0, 0));
     assert_eq!(keys(&f.lu, &b).1, vec![0xaa]);
 
     assert!(f.lu.revoke(0xaa).unwrap());
@@ -1455,4 +1457,34 @@ fn admissions_show_in_full_status_and_survive_restart_without_aptpl() {
     assert!(lu.admitted().is_empty());
     // Still managed after the restart: nobody admitted, nobody writes.
     rc(&exec(&lu, &a, &write10(0, 1, 0), &vec![0; BS]));
+}
+
+#[test]
+fn wire_clear_and_preempt_only_take_admissions_away() {
+    let f = fixture();
+    let a = login(&f.lu, "a");
+    let b = login(&f.lu, "b");
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    f.lu.admit("iqn.2000-01.test:b", 0xbb).unwrap();
+    // a preempts b's admission by its key: b is out, a stays.
+    good(&prout(&f.lu, &a, 0, 0, 0, 0x1, 0));
+    let (g, _) = keys(&f.lu, &a);
+    good(&prout(&f.lu, &a, 4, 0, 0x1, 0xbb, 0));
+    let (g1, k) = keys(&f.lu, &a);
+    assert_eq!((g1, sorted(k)), (g.wrapping_add(1), vec![0x1, 0xaa]));
+    check(&exec(&f.lu, &b, &[0, 0, 0, 0, 0, 0], &[]), (6, 0x2a, 0x05));
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    write(&f.lu, &a, 0, &vec![1; BS]);
+    // CLEAR removes every registration, admissions included: nobody
+    // writes until the management admits again.
+    good(&prout(&f.lu, &a, 3, 0, 0x1, 0, 0));
+    assert!(keys(&f.lu, &a).1.is_empty());
+    rc(&exec(&f.lu, &a, &write10(0, 1, 0), &vec![0; BS]));
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    write(&f.lu, &a, 0, &vec![2; BS]);
+}
+
+fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort();
+    v
 }
