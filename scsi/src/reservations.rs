@@ -337,12 +337,12 @@ impl Reservations {
             return false;
         }
         let class = access_class(cdb);
-        let st = self.state.lock();
-        if !st.admits(nexus) {
-            return class != Access::Allowed;
-        }
         if class == Access::Allowed {
             return false;
+        }
+        let st = self.state.lock();
+        if !st.admits(nexus) {
+            return true;
         }
         let Some(res) = &st.reservation else {
             return false;
