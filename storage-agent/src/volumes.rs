@@ -6,7 +6,8 @@
 //! Pool layout, one directory per volume (`<pool>/<id>/`, 0700):
 //! - `spec.json` (0600: it holds the CHAP secret): the spec last applied;
 //! - `data`: the sparse data file the logical unit serves;
-//! - `pr.json`: persistent reservations with APTPL;
+//! - `pr.json`: persistent reservations with APTPL, and the admissions
+//!   that fence the volume to its allowed initiators (always kept);
 //! - `snapshots/<snapshot>.raw`: point-in-time copies.
 //!
 //! Work files start with `.` and are replaced by rename, so a crash leaves
