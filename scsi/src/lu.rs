@@ -216,6 +216,27 @@ impl LogicalUnit {
         self.ua.remove_nexus(nexus);
     }
 
+    /// Management (never the wire): admits every I_T nexus of the iSCSI
+    /// initiator `name`, whatever its ISID, listed under persistent
+    /// reservation key `key`; from the first admission on, names not
+    /// admitted get RESERVATION CONFLICT on reads, writes and PERSISTENT
+    /// RESERVE OUT. See the `reservations` module for the model.
+    pub fn admit(&self, name: &str, key: u64) -> Result<(), Error> {
+        self.pr.admit(name, key)
+    }
+
+    /// Management: fences the initiators admitted under `key`, as a PREEMPT
+    /// by the target would (their nexuses get REGISTRATIONS PREEMPTED).
+    /// Returns whether any was admitted under it.
+    pub fn revoke(&self, key: u64) -> Result<bool, Error> {
+        self.pr.revoke(key, &self.ua)
+    }
+
+    /// Management: the admitted initiator names with their keys.
+    pub fn admitted(&self) -> Vec<(String, u64)> {
+        self.pr.admitted()
+    }
+
     /// LOGICAL UNIT RESET (and TARGET/WARM RESET) task management: releases non-persistent state
     /// as SAM-5 says, queues the reset UA.
     ///

@@ -4,6 +4,39 @@
 //! The cloud fences failed hosts by preempting their registrations, so every
 //! state change is computed on a copy, persisted first when APTPL asks for it,
 //! and only then made visible.
+//!
+//! # Admissions: the target's own fence
+//!
+//! The storage node's management (never the wire) admits iSCSI initiator
+//! *names* with [`Reservations::admit`] and revokes them with
+//! [`Reservations::revoke`]. An admission covers every I_T nexus of that
+//! name, whatever its ISID and target port (as an iSCSI TransportID of
+//! format 00b names an initiator without its ISID): QEMU's initiator never
+//! registers itself and picks a new ISID per session, so the host cannot
+//! hold a registration of its own.
+//!
+//! Once a logical unit has seen one admission it is *managed*, and stays so:
+//! it then behaves as if the target held an Exclusive Access – All
+//! Registrants reservation (type 8) of which only admitted names are
+//! registrants. A nexus of a name not admitted gets RESERVATION CONFLICT for
+//! every command the conflict table lets only registrants run, reads
+//! included, so a fenced host cannot even read stale data. With no
+//! admission left the unit refuses everybody: a volume attached to nobody is
+//! written by nobody, until the next host is admitted.
+//!
+//! This fence is deliberately not an SPC reservation in the wire state:
+//! under a real all-registrants reservation any nexus may REGISTER itself
+//! in, and any registrant may RELEASE it, so it would fence nothing against
+//! an initiator that speaks PR; and every wire RESERVE of the admitted host
+//! would conflict with it. Here a wire registration never opens the medium,
+//! only an admission does, and the wire cannot admit. On top of the fence
+//! the wire-level persistent reservations work as SPC-4 says, and the
+//! admissions take part as registrations made on the hosts' behalf: READ
+//! KEYS lists their keys, READ FULL STATUS lists them with ALL_TG_PT set and
+//! a TransportID of format 00b, CLEAR removes them and PREEMPT removes
+//! those holding the preempted key (so the wire can take access away, never
+//! give it; the management admits again at its next apply). The admissions
+//! are persisted whether or not the wire state has APTPL.
 
 use std::fs;
 use std::io::Write;
@@ -68,12 +101,28 @@ fn exclusive_access(t: u8) -> bool {
 struct RegId {
     initiator: String,
     target: Option<String>,
+    /// `initiator` is an iSCSI name standing for all its ports: only ever
+    /// built for an admission, to address unit attentions to its nexuses.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    by_name: bool,
 }
 
 impl RegId {
     fn matches(&self, n: &Nexus) -> bool {
-        self.initiator == n.initiator_port
-            && self.target.as_ref().map_or(true, |t| t == &n.target_port)
+        let initiator = if self.by_name {
+            port_name(&n.initiator_port).eq_ignore_ascii_case(&self.initiator)
+        } else {
+            self.initiator == n.initiator_port
+        };
+        initiator && self.target.as_ref().map_or(true, |t| t == &n.target_port)
+    }
+
+    fn of_name(name: &str) -> RegId {
+        RegId {
+            initiator: name.to_string(),
+            target: None,
+            by_name: true,
+        }
     }
 }
 
@@ -90,15 +139,49 @@ struct Reservation {
     kind: u8,
 }
 
+/// An initiator name the management admitted, with the key it is listed under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Admission {
+    name: String,
+    key: u64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct PrState {
     generation: u32,
     aptpl: bool,
     registrations: Vec<Registration>,
     reservation: Option<Reservation>,
+    /// Set by the first admission and never cleared: from then on only
+    /// admitted names get at the medium.
+    #[serde(default)]
+    managed: bool,
+    #[serde(default)]
+    admitted: Vec<Admission>,
+}
+
+/// The iSCSI name of an initiator port `<name>,i,0x<isid>` (or the whole
+/// string when it has no ISID part; iSCSI names never contain a comma).
+fn port_name(initiator_port: &str) -> &str {
+    initiator_port
+        .split_once(",i,0x")
+        .map_or(initiator_port, |(n, _)| n)
 }
 
 impl PrState {
+    /// Whether the fence lets `n` through: not managed, or its name admitted.
+    /// iSCSI names compare case-insensitively (RFC 3722 folds them to lower case).
+    fn admits(&self, n: &Nexus) -> bool {
+        !self.managed || self.admission(n).is_some()
+    }
+
+    fn admission(&self, n: &Nexus) -> Option<&Admission> {
+        let name = port_name(&n.initiator_port);
+        self.admitted
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+    }
+
     fn find(&self, n: &Nexus) -> Option<usize> {
         self.registrations.iter().position(|r| r.id.matches(n))
     }
@@ -125,6 +208,11 @@ impl PrState {
                 .map_or(0, |r| r.key),
             _ => 0,
         }
+    }
+
+    /// Whether any command may conflict at all.
+    fn guards(&self) -> bool {
+        self.reservation.is_some() || self.managed
     }
 
     fn bump(&mut self) {
@@ -163,7 +251,8 @@ impl PrState {
 
 pub struct Reservations {
     state: Mutex<PrState>,
-    /// Lets the I/O path skip the lock when nothing is reserved.
+    /// Lets the I/O path skip the lock when nothing is reserved and no
+    /// fence is up.
     reserved: AtomicBool,
     path: Option<PathBuf>,
 }
@@ -216,9 +305,14 @@ impl Reservations {
                             path: p.clone(),
                             reason: e.to_string(),
                         })?;
-                    // Without APTPL the state did not survive the restart (SPC-4 5.13.5).
+                    // Without APTPL the wire state did not survive the restart
+                    // (SPC-4 5.13.5); the management's admissions always do.
                     if saved.aptpl {
                         state = saved;
+                    } else {
+                        state.generation = saved.generation;
+                        state.managed = saved.managed;
+                        state.admitted = saved.admitted;
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -231,7 +325,7 @@ impl Reservations {
             }
         }
         Ok(Reservations {
-            reserved: AtomicBool::new(state.reservation.is_some()),
+            reserved: AtomicBool::new(state.guards()),
             state: Mutex::new(state),
             path,
         })
@@ -247,6 +341,9 @@ impl Reservations {
             return false;
         }
         let st = self.state.lock();
+        if !st.admits(nexus) {
+            return true;
+        }
         let Some(res) = &st.reservation else {
             return false;
         };
@@ -267,10 +364,13 @@ impl Reservations {
         match cdb.service_action() {
             0x00 => {
                 d.extend_from_slice(&st.generation.to_be_bytes());
-                let len = (st.registrations.len() * 8) as u32;
+                let len = ((st.registrations.len() + st.admitted.len()) * 8) as u32;
                 d.extend_from_slice(&len.to_be_bytes());
                 for r in &st.registrations {
                     d.extend_from_slice(&r.key.to_be_bytes());
+                }
+                for a in &st.admitted {
+                    d.extend_from_slice(&a.key.to_be_bytes());
                 }
             }
             0x01 => {
@@ -316,6 +416,18 @@ impl Reservations {
                     // One target port per target here: relative port 1.
                     d.extend_from_slice(&[0, u8::from(r.id.target.is_some())]);
                     let tid = transport_id(&r.id.initiator);
+                    d.extend_from_slice(&(tid.len() as u32).to_be_bytes());
+                    d.extend_from_slice(&tid);
+                }
+                // Admissions: every port of the name, through every target
+                // port (ALL_TG_PT), holding no wire reservation.
+                for a in &st.admitted {
+                    d.extend_from_slice(&a.key.to_be_bytes());
+                    d.extend_from_slice(&[0, 0, 0, 0]);
+                    d.push(0x02);
+                    d.push(0);
+                    d.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+                    let tid = transport_id(&a.name);
                     d.extend_from_slice(&(tid.len() as u32).to_be_bytes());
                     d.extend_from_slice(&tid);
                 }
@@ -393,6 +505,7 @@ impl Reservations {
                             id: RegId {
                                 initiator: nexus.initiator_port.clone(),
                                 target,
+                                by_name: false,
                             },
                             key: sa_key,
                         });
@@ -476,7 +589,17 @@ impl Reservations {
                         sense::UA_RESERVATIONS_PREEMPTED,
                     ));
                 }
+                // Admissions are registrations too, and CLEAR removes every
+                // one: the wire can take access away, never give it.
+                for a in &next.admitted {
+                    uas.push((
+                        RegId::of_name(&a.name),
+                        Some(nexus.clone()),
+                        sense::UA_RESERVATIONS_PREEMPTED,
+                    ));
+                }
                 next.registrations.clear();
+                next.admitted.clear();
                 next.reservation = None;
                 next.bump();
             }
@@ -493,7 +616,9 @@ impl Reservations {
         }
 
         if next != *st {
-            if next.aptpl || st.aptpl {
+            // A managed unit is saved on every change: its file holds the
+            // admissions, which must not go back to an older generation.
+            if next.aptpl || st.aptpl || next.managed {
                 if let Some(p) = &self.path {
                     save(p, &next).map_err(|e| {
                         tracing::error!(path = %p.display(), error = %e, "persisting reservations failed");
@@ -502,14 +627,118 @@ impl Reservations {
                 }
             }
             *st = next;
-            self.reserved
-                .store(st.reservation.is_some(), Ordering::Release);
+            self.reserved.store(st.guards(), Ordering::Release);
         }
         drop(st);
         for (id, except, s) in uas {
             ua.establish_where(s, |n| id.matches(n) && except.as_ref() != Some(n));
         }
         Ok(Vec::new())
+    }
+
+    /// Management: lets every I_T nexus of the iSCSI initiator `name` (any
+    /// ISID, any target port) at the medium, listed under `key` (non-zero),
+    /// and makes the unit managed (see the module comment). Idempotent;
+    /// persisted before it takes effect.
+    pub fn admit(&self, name: &str, key: u64) -> Result<(), Error> {
+        let mut st = self.state.lock();
+        let mut next = st.clone();
+        next.managed = true;
+        match next
+            .admitted
+            .iter_mut()
+            .find(|a| a.name.eq_ignore_ascii_case(name))
+        {
+            Some(a) if a.key == key => {}
+            Some(a) => {
+                a.key = key;
+                next.bump();
+            }
+            None => {
+                next.admitted.push(Admission {
+                    name: name.to_string(),
+                    key,
+                });
+                next.bump();
+            }
+        }
+        self.commit(&mut st, next)
+    }
+
+    /// Management: removes the admissions listed under `key`, as a PREEMPT
+    /// by the target's own authority would, together with the wire
+    /// registrations of those initiators (releasing a reservation they
+    /// held). Their nexuses get REGISTRATIONS PREEMPTED and from then on
+    /// RESERVATION CONFLICT. Returns whether anything was admitted under `key`.
+    pub fn revoke(&self, key: u64, ua: &UnitAttentions) -> Result<bool, Error> {
+        let mut st = self.state.lock();
+        let mut next = st.clone();
+        let names: Vec<String> = next
+            .admitted
+            .iter()
+            .filter(|a| a.key == key)
+            .map(|a| a.name.clone())
+            .collect();
+        if names.is_empty() {
+            return Ok(false);
+        }
+        next.admitted.retain(|a| a.key != key);
+        let of_names = |initiator_port: &str| {
+            let n = port_name(initiator_port);
+            names.iter().any(|x| x.eq_ignore_ascii_case(n))
+        };
+        let mut uas = Vec::new();
+        // The target itself preempts: no nexus is exempt from the UAs.
+        let by = Nexus {
+            initiator_port: String::new(),
+            target_port: String::new(),
+        };
+        while let Some(i) = next
+            .registrations
+            .iter()
+            .position(|r| of_names(&r.id.initiator))
+        {
+            next.unregister(i, &mut uas, &by);
+        }
+        next.bump();
+        self.commit(&mut st, next)?;
+        drop(st);
+        ua.establish_where(sense::UA_REGISTRATIONS_PREEMPTED, |n| {
+            of_names(&n.initiator_port)
+        });
+        for (id, except, s) in uas {
+            ua.establish_where(s, |n| id.matches(n) && except.as_ref() != Some(n));
+        }
+        Ok(true)
+    }
+
+    /// Management: the admitted names and their keys.
+    pub fn admitted(&self) -> Vec<(String, u64)> {
+        self.state
+            .lock()
+            .admitted
+            .iter()
+            .map(|a| (a.name.clone(), a.key))
+            .collect()
+    }
+
+    fn commit(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, PrState>,
+        next: PrState,
+    ) -> Result<(), Error> {
+        if next == **st {
+            return Ok(());
+        }
+        if let Some(p) = &self.path {
+            save(p, &next).map_err(|e| Error::PrState {
+                path: p.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        **st = next;
+        self.reserved.store(st.guards(), Ordering::Release);
+        Ok(())
     }
 }
 
@@ -524,9 +753,13 @@ fn preempt(
     uas: &mut Vec<(RegId, Option<Nexus>, Sense)>,
 ) -> Result<(), Failure> {
     let my_id = st.registrations[me].id.clone();
+    let my_name = port_name(&nexus.initiator_port).to_string();
+    // Admissions are preempted like registrations, except the preempting
+    // nexus's own (it does not remove its own registration either).
+    let other_admission = |a: &Admission| !a.name.eq_ignore_ascii_case(&my_name);
     let remove_key =
         |st: &mut PrState, uas: &mut Vec<(RegId, Option<Nexus>, Sense)>, key: u64| -> usize {
-            let before = st.registrations.len();
+            let before = st.registrations.len() + st.admitted.len();
             let mut removed = Vec::new();
             st.registrations.retain(|r| {
                 let gone = r.key == key && r.id != my_id;
@@ -535,10 +768,17 @@ fn preempt(
                 }
                 !gone
             });
+            st.admitted.retain(|a| {
+                let gone = a.key == key && other_admission(a);
+                if gone {
+                    removed.push(RegId::of_name(&a.name));
+                }
+                !gone
+            });
             for id in removed {
                 uas.push((id, None, sense::UA_REGISTRATIONS_PREEMPTED));
             }
-            before - st.registrations.len()
+            before - st.registrations.len() - st.admitted.len()
         };
     let res = st.reservation.clone();
     match res {
@@ -553,6 +793,16 @@ fn preempt(
                 .map(|r| r.id.clone())
                 .collect();
             st.registrations.retain(|r| r.id == my_id);
+            let others: Vec<RegId> = others
+                .into_iter()
+                .chain(
+                    st.admitted
+                        .iter()
+                        .filter(|a| other_admission(a))
+                        .map(|a| RegId::of_name(&a.name)),
+                )
+                .collect();
+            st.admitted.retain(|a| !other_admission(a));
             for id in others {
                 uas.push((id, None, sense::UA_REGISTRATIONS_PREEMPTED));
             }

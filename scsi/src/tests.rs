@@ -1339,3 +1339,152 @@ fn fuzz_random_cdbs() {
         let _ = crate::lun_not_supported(&cdb, alloc);
     }
 }
+
+// ---- admissions: the target's own fence ----
+
+fn nx_isid(i: &str, isid: &str, port: &str) -> Nexus {
+    Nexus {
+        initiator_port: format!("iqn.2000-01.test:{i},i,0x{isid}"),
+        target_port: format!("iqn.2026-11.io.strato:vol,t,0x{port}"),
+    }
+}
+
+#[test]
+fn admission_covers_every_isid_and_revoke_fences_reads_and_writes() {
+    let f = fixture();
+    let a = login(&f.lu, "a");
+    let b = login(&f.lu, "b");
+    // Unmanaged: everybody writes, as before.
+    write(&f.lu, &b, 0, &vec![1; BS]);
+    let (g0, _) = keys(&f.lu, &a);
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    // Idempotent: the second admit changes nothing, not even the generation.
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    let (g1, k) = keys(&f.lu, &a);
+    assert_eq!((g1, k), (g0.wrapping_add(1), vec![0xaa]));
+    // The admitted name writes through any ISID and target port.
+    write(&f.lu, &a, 0, &vec![2; BS]);
+    let a2 = nx_isid("a", "23d000000007", "0002");
+    f.lu.nexus_added(&a2);
+    let _ = exec(&f.lu, &a2, &[0, 0, 0, 0, 0, 0], &[]);
+    write(&f.lu, &a2, 1, &vec![3; BS]);
+    // Others may identify themselves and look at the keys, nothing more:
+    // no read, no write, and registering themselves in opens nothing.
+    good(&exec(&f.lu, &b, &[0, 0, 0, 0, 0, 0], &[]));
+    assert_eq!(keys(&f.lu, &b).1, vec![0xaa]);
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    rc(&exec(&f.lu, &b, &read10(0, 1, 0), &[]));
+    good(&prout(&f.lu, &b, 6, 0, 0, 0xbb, 0));
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    good(&prout(&f.lu, &b, 0, 0, 0xbb, 0, 0));
+    assert_eq!(keys(&f.lu, &b).1, vec![0xaa]);
+
+    assert!(f.lu.revoke(0xaa).unwrap());
+    assert!(!f.lu.revoke(0xaa).unwrap());
+    // The preempted nexuses learn it once, then conflict.
+    check(&exec(&f.lu, &a, &[0, 0, 0, 0, 0, 0], &[]), (6, 0x2a, 0x05));
+    rc(&exec(&f.lu, &a, &write10(0, 1, 0), &vec![0; BS]));
+    rc(&exec(&f.lu, &a, &read10(0, 1, 0), &[]));
+    check(&exec(&f.lu, &a2, &[0, 0, 0, 0, 0, 0], &[]), (6, 0x2a, 0x05));
+    rc(&exec(&f.lu, &a2, &write10(0, 1, 0), &vec![0; BS]));
+    // Attached to nobody: nobody writes.
+    assert!(keys(&f.lu, &b).1.is_empty());
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    // The next host is admitted and writes.
+    f.lu.admit("iqn.2000-01.test:b", 0xbb).unwrap();
+    write(&f.lu, &b, 0, &vec![4; BS]);
+    assert_eq!(read(&f.lu, &b, 0, 1), vec![4; BS]);
+}
+
+#[test]
+fn wire_reservations_work_among_admitted_and_die_with_the_revoke() {
+    let f = fixture();
+    let a = login(&f.lu, "a");
+    let b = login(&f.lu, "b");
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    f.lu.admit("iqn.2000-01.test:b", 0xbb).unwrap();
+    // a registers and takes Write Exclusive over the wire, as before.
+    good(&prout(&f.lu, &a, 0, 0, 0, 0x1, 0));
+    good(&prout(&f.lu, &a, 1, 1, 0x1, 0, 0));
+    assert_eq!(reservation(&f.lu, &a), Some((0x1, 1)));
+    let mut k = keys(&f.lu, &a).1;
+    k.sort();
+    assert_eq!(k, vec![0x1, 0xaa, 0xbb]);
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    good(&exec(&f.lu, &b, &read10(0, 1, 0), &[]));
+    // Fencing a removes its wire registration and the reservation it held.
+    f.lu.revoke(0xaa).unwrap();
+    assert_eq!(reservation(&f.lu, &b), None);
+    assert_eq!(keys(&f.lu, &b).1, vec![0xbb]);
+    write(&f.lu, &b, 0, &vec![5; BS]);
+}
+
+#[test]
+fn admissions_show_in_full_status_and_survive_restart_without_aptpl() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let pr = dir.path().join("pr.json");
+    let a = nx("a");
+    {
+        let lu = LogicalUnit::open(&path, info(512), Some(pr.clone())).unwrap();
+        lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+        // A wire registration without APTPL: forgotten at restart.
+        good(&prout(&lu, &a, 0, 0, 0, 0x1, 0));
+        let d = prin(&lu, &a, 3);
+        // The wire registration first, then the admission.
+        let first = 24 + u32::from_be_bytes(d[28..32].try_into().unwrap()) as usize;
+        let e = &d[8 + first..];
+        assert_eq!(&e[0..8], &0xaau64.to_be_bytes());
+        assert_eq!(e[12], 0x02, "ALL_TG_PT, not a holder");
+        assert_eq!(e[24], 0x05, "TransportID format 00b");
+        let tid_len = u32::from_be_bytes(e[20..24].try_into().unwrap()) as usize;
+        assert_eq!(8 + first + 24 + tid_len, d.len());
+        assert!(e[28..].starts_with(b"iqn.2000-01.test:a\0"));
+    }
+    let lu = LogicalUnit::open(&path, info(512), Some(pr.clone())).unwrap();
+    assert_eq!(
+        lu.admitted(),
+        vec![("iqn.2000-01.test:a".to_string(), 0xaa)]
+    );
+    assert_eq!(keys(&lu, &a).1, vec![0xaa]);
+    rc(&exec(&lu, &nx("b"), &write10(0, 1, 0), &vec![0; BS]));
+    lu.revoke(0xaa).unwrap();
+    let lu = LogicalUnit::open(&path, info(512), Some(pr)).unwrap();
+    assert!(lu.admitted().is_empty());
+    // Still managed after the restart: nobody admitted, nobody writes.
+    rc(&exec(&lu, &a, &write10(0, 1, 0), &vec![0; BS]));
+}
+
+#[test]
+fn wire_clear_and_preempt_only_take_admissions_away() {
+    let f = fixture();
+    let a = login(&f.lu, "a");
+    let b = login(&f.lu, "b");
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    f.lu.admit("iqn.2000-01.test:b", 0xbb).unwrap();
+    // a preempts b's admission by its key: b is out, a stays.
+    good(&prout(&f.lu, &a, 0, 0, 0, 0x1, 0));
+    let (g, _) = keys(&f.lu, &a);
+    good(&prout(&f.lu, &a, 4, 0, 0x1, 0xbb, 0));
+    let (g1, k) = keys(&f.lu, &a);
+    assert_eq!((g1, sorted(k)), (g.wrapping_add(1), vec![0x1, 0xaa]));
+    check(&exec(&f.lu, &b, &[0, 0, 0, 0, 0, 0], &[]), (6, 0x2a, 0x05));
+    rc(&exec(&f.lu, &b, &write10(0, 1, 0), &vec![0; BS]));
+    write(&f.lu, &a, 0, &vec![1; BS]);
+    // CLEAR removes every registration, admissions included: nobody
+    // writes until the management admits again.
+    good(&prout(&f.lu, &a, 3, 0, 0x1, 0, 0));
+    assert!(keys(&f.lu, &a).1.is_empty());
+    rc(&exec(&f.lu, &a, &write10(0, 1, 0), &vec![0; BS]));
+    f.lu.admit("iqn.2000-01.test:a", 0xaa).unwrap();
+    write(&f.lu, &a, 0, &vec![2; BS]);
+}
+
+fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+    v.sort();
+    v
+}

@@ -10,6 +10,41 @@ use std::sync::{Arc, RwLock};
 use iscsi::{Auth, Registry, ScsiOutcome, Target, TmFunction, TmResponse};
 use scsi::{DataDirection, LogicalUnit};
 
+/// The persistent reservation key an initiator is admitted under on every
+/// volume: the first 8 bytes of SHA-256 of its IQN, so it is the same on
+/// every storage node and across restarts without being stored anywhere;
+/// never 0, which SPC reserves for "no key".
+pub fn initiator_key(iqn: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(iqn.as_bytes());
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d[..8]);
+    match u64::from_be_bytes(k) {
+        0 => 1,
+        k => k,
+    }
+}
+
+/// Brings the logical unit's admissions (its target-side fence, see the
+/// `scsi` crate) in line with `allowed`: admits each allowed initiator under
+/// [`initiator_key`], and revokes every other admission — including ones
+/// persisted before a restart, which no in-memory ACL remembers. Returns
+/// the names revoked. Call it with the new initiators admitted before the
+/// ACL lets them log in, and the revocations before their sessions close.
+pub fn fence(lu: &LogicalUnit, allowed: &[String]) -> Result<Vec<String>, scsi::Error> {
+    for i in allowed {
+        lu.admit(i, initiator_key(i))?;
+    }
+    let mut revoked = Vec::new();
+    for (name, key) in lu.admitted() {
+        if !allowed.iter().any(|a| a.eq_ignore_ascii_case(&name)) {
+            lu.revoke(key)?;
+            revoked.push(name);
+        }
+    }
+    Ok(revoked)
+}
+
 /// Who may log in to one target, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -231,5 +266,78 @@ impl Registry for Exports {
         read(&self.targets)
             .get(name)
             .map(|e| e.clone() as Arc<dyn Target>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "iqn.2026-11.io.strato:host-a";
+    const B: &str = "iqn.2026-11.io.strato:host-b";
+
+    fn lu(dir: &std::path::Path) -> LogicalUnit {
+        let data = dir.join("data");
+        std::fs::File::create(&data)
+            .and_then(|f| f.set_len(1 << 20))
+            .expect("data file");
+        LogicalUnit::open(
+            &data,
+            crate::volumes::device_info(api::ids::VolumeId::new()),
+            Some(dir.join("pr.json")),
+        )
+        .expect("open LU")
+    }
+
+    fn nexus(name: &str, isid: &str) -> scsi::Nexus {
+        scsi::Nexus {
+            initiator_port: format!("{name},i,0x{isid}"),
+            target_port: "iqn.2026-11.io.strato:vol-x,t,0x0001".into(),
+        }
+    }
+
+    fn write(lu: &LogicalUnit, n: &scsi::Nexus) -> u8 {
+        let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        // Twice: the first may only report the nexus's pending unit attention.
+        let _ = lu.execute(n, &cdb, &[0; 512], 0);
+        lu.execute(n, &cdb, &[0; 512], 0).status
+    }
+
+    #[test]
+    fn keys_are_stable_distinct_and_never_zero() {
+        assert_eq!(initiator_key(A), initiator_key(A));
+        assert_ne!(initiator_key(A), initiator_key(B));
+        assert_ne!(initiator_key(""), 0);
+    }
+
+    /// What the ACL cannot show: a nexus of a fenced host that is still
+    /// talking to the logical unit gets RESERVATION CONFLICT.
+    #[test]
+    fn fence_follows_the_allowed_list_and_outlives_the_process() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let l = lu(dir.path());
+        let a = nexus(A, "23d000000001");
+        let b = nexus(B, "23d000000002");
+        l.nexus_added(&a);
+        l.nexus_added(&b);
+        assert!(fence(&l, &[A.into(), B.into()]).expect("fence").is_empty());
+        assert_eq!(write(&l, &a), scsi::sense::status::GOOD);
+        assert_eq!(write(&l, &b), scsi::sense::status::GOOD);
+        // Same IQN, a new ISID (QEMU reconnecting): still admitted.
+        assert_eq!(
+            write(&l, &nexus(A, "23d000000009")),
+            scsi::sense::status::GOOD
+        );
+        assert_eq!(fence(&l, &[B.into()]).expect("fence"), vec![A.to_string()]);
+        assert_eq!(write(&l, &a), scsi::sense::status::RESERVATION_CONFLICT);
+        assert_eq!(write(&l, &b), scsi::sense::status::GOOD);
+        drop(l);
+        // A restart forgets no revocation, and a spec that names nobody
+        // leaves nobody writing.
+        let l = lu(dir.path());
+        assert_eq!(l.admitted(), vec![(B.to_string(), initiator_key(B))]);
+        assert_eq!(write(&l, &a), scsi::sense::status::RESERVATION_CONFLICT);
+        assert_eq!(fence(&l, &[]).expect("fence"), vec![B.to_string()]);
+        assert_eq!(write(&l, &b), scsi::sense::status::RESERVATION_CONFLICT);
     }
 }

@@ -6,7 +6,8 @@
 //! Pool layout, one directory per volume (`<pool>/<id>/`, 0700):
 //! - `spec.json` (0600: it holds the CHAP secret): the spec last applied;
 //! - `data`: the sparse data file the logical unit serves;
-//! - `pr.json`: persistent reservations with APTPL;
+//! - `pr.json`: persistent reservations with APTPL, and the admissions
+//!   that fence the volume to its allowed initiators (always kept);
 //! - `snapshots/<snapshot>.raw`: point-in-time copies.
 //!
 //! Work files start with `.` and are replaced by rename, so a crash leaves
@@ -450,6 +451,19 @@ impl Volumes {
         if realized.exported_as.as_deref() != Some(spec.iqn.as_str()) {
             self.unexport(realized).await;
         }
+        // The reservation-level fence moves with the ACL: admissions before
+        // the ACL lets a new host in (its first write must not conflict),
+        // revocations before its sessions are closed (a command racing the
+        // close gets RESERVATION CONFLICT, not the medium).
+        let (l, allowed) = (lu.clone(), spec.allowed_initiators.clone());
+        // A failure here (the state file cannot be written) still lets the
+        // ACL below take effect; the error then fails the apply, to be retried.
+        let fenced = blocking(move || Ok(crate::exports::fence(&l, &allowed)?)).await;
+        if let Ok(names) = &fenced {
+            if !names.is_empty() {
+                tracing::info!(volume = %spec.id, ?names, "initiator registrations preempted");
+            }
+        }
         let revoked = self.exports.upsert(&spec.iqn, &lu, access);
         realized.exported_as = Some(spec.iqn.clone());
         if !revoked.is_empty() {
@@ -460,6 +474,7 @@ impl Volumes {
                 .await;
             tracing::info!(volume = %spec.id, ?revoked, sessions = closed, "initiator access revoked");
         }
+        fenced?;
         self.converge_snapshots(spec, &dir, &data, &lu).await?;
         let current = lu.size_bytes();
         if spec.size_bytes > current {
