@@ -9,6 +9,9 @@
 ALTER TABLE hosts ADD COLUMN health TEXT NOT NULL DEFAULT 'up';
 ALTER TABLE hosts ADD COLUMN health_since BIGINT;
 ALTER TABLE hosts ADD COLUMN health_reason TEXT;
+-- When it was first found silent (kept through fencing, cleared when it is
+-- up again): what the mass-failure guard counts.
+ALTER TABLE hosts ADD COLUMN lost_at BIGINT;
 -- The provisioner's machine behind the host, when it has one: fencing
 -- powers it off through the provisioner's power driver.
 ALTER TABLE hosts ADD COLUMN machine_id TEXT;
@@ -26,6 +29,7 @@ ALTER TABLE instances ADD COLUMN relocation TEXT NOT NULL DEFAULT 'allow';
 -- The monitor looks for crashed instances every second: without this, a
 -- scan of every instance.
 CREATE INDEX instances_crashed ON instances(status) WHERE status = 'crashed';
+CREATE INDEX instances_crash_counted ON instances(running_since) WHERE crash_count > 0;
 
 -- What happened to a host or an instance, newest last: every step of
 -- detection, fencing, evacuation, restarts and moves.

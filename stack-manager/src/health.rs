@@ -86,7 +86,18 @@ pub struct HealthMonitor {
     passes: u64,
     totals: PassCounts,
     power: PowerFences,
+    /// When this monitor started (ms): for one heartbeat deadline after
+    /// it, no host is judged silent. Heartbeats from before a stack
+    /// manager's restart say nothing about the hosts now, and agents need
+    /// a heartbeat interval to reach the new process.
+    started_at: i64,
+    /// When waiting instances were last tried (ms).
+    pending_tried_at: i64,
 }
+
+/// Instances waiting for a host are tried this often (each try is a
+/// transaction per instance), and at once when a host comes up.
+const PENDING_RETRY_MS: i64 = 5_000;
 
 impl HealthMonitor {
     pub fn new(state: AppState) -> Self {
@@ -95,6 +106,8 @@ impl HealthMonitor {
             passes: 0,
             totals: PassCounts::default(),
             power: PowerFences::default(),
+            started_at: now_ms(),
+            pending_tried_at: i64::MIN,
         }
     }
 
@@ -104,7 +117,9 @@ impl HealthMonitor {
         let now = now_ms();
         let deadline = (self.state.config.hosts.down_after_secs as i64) * 1000;
         let hosts = store.health_hypervisors().await?;
-        let fresh = |h: &HealthRow| h.last_heartbeat_ms.is_some_and(|t| now - t <= deadline);
+        let warming_up = now - self.started_at < deadline;
+        let fresh =
+            |h: &HealthRow| warming_up || h.last_heartbeat_ms.is_some_and(|t| now - t <= deadline);
 
         let mut paused = store.evacuation_state().await?.paused;
         if !paused {
@@ -120,7 +135,15 @@ impl HealthMonitor {
                 tracing::warn!(host = %h.id, error = %e.message, "health step failed; retrying next pass");
             }
         }
-        for p in store.instances_to_place(None).await? {
+        let waiting_due =
+            n.recovered > 0 || now.saturating_sub(self.pending_tried_at) >= PENDING_RETRY_MS;
+        let waiting = if waiting_due {
+            self.pending_tried_at = now;
+            store.instances_to_place(None).await?
+        } else {
+            Vec::new()
+        };
+        for p in waiting {
             let id = p.id;
             if let Err(e) = self.relocate(p, None, "its host failed", &mut n).await {
                 n.errors += 1;
@@ -190,7 +213,9 @@ impl HealthMonitor {
                         ""
                     }
                 );
-                if self.fence_begin(h.id, &message).await? {
+                // Only if no heartbeat landed since this pass read the host.
+                let silent_before = now - (self.state.config.hosts.down_after_secs as i64) * 1000;
+                if fence_begin(&self.state, h.id, &message, Some(silent_before)).await? {
                     n.fencing_started += 1;
                 }
             }
@@ -227,7 +252,10 @@ impl HealthMonitor {
             .iter()
             .filter(|h| match h.health {
                 HostHealth::Up | HostHealth::Down => !fresh(h),
-                _ => h.since.is_some_and(|s| s >= since),
+                // When it was first found silent, not when it last moved:
+                // fencing what was suspected before a resume must not trip
+                // the guard again.
+                _ => h.lost_at.is_some_and(|s| s >= since),
             })
             .count() as u64;
         let total = hosts.len() as u64;
@@ -271,9 +299,6 @@ impl HealthMonitor {
     }
 
     /// Starts fencing `host`: see [`crate::store::Store::host_fence_begin`].
-    pub async fn fence_begin(&self, host: HostId, message: &str) -> ApiResult<bool> {
-        fence_begin(&self.state, host, message).await
-    }
 
     /// One look at a fencing host; whether it is now fenced.
     async fn fence_step(&self, h: &HealthRow, now: i64) -> ApiResult<bool> {
@@ -446,8 +471,17 @@ impl HealthMonitor {
 
 /// Starts fencing `host` and wakes the storage nodes that must revoke it;
 /// false when it was fencing or fenced already.
-pub async fn fence_begin(state: &AppState, host: HostId, message: &str) -> ApiResult<bool> {
-    let Some(nodes) = state.store.host_fence_begin(host, message).await? else {
+pub async fn fence_begin(
+    state: &AppState,
+    host: HostId,
+    message: &str,
+    silent_before: Option<i64>,
+) -> ApiResult<bool> {
+    let Some(nodes) = state
+        .store
+        .host_fence_begin(host, message, silent_before)
+        .await?
+    else {
         return Ok(false);
     };
     tracing::warn!(%host, "fencing: {message}");

@@ -216,7 +216,7 @@ async fn host_evacuate(
         )));
     }
     let message = format!("evacuation requested by {}", caller.user_name);
-    crate::health::fence_begin(&state, id, &message).await?;
+    crate::health::fence_begin(&state, id, &message, None).await?;
     let host = state
         .store
         .host_get(&caller, id, &|v| state.scheduler.current_health(v))

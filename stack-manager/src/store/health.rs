@@ -25,6 +25,8 @@ pub struct HealthRow {
     pub health: HostHealth,
     pub since: Option<i64>,
     pub reason: Option<String>,
+    /// When it was first found silent; `None` while it is up.
+    pub lost_at: Option<i64>,
     pub last_heartbeat_ms: Option<i64>,
     pub machine_id: Option<String>,
 }
@@ -119,7 +121,7 @@ impl Store {
     /// Every hypervisor with its health, for one monitor pass.
     pub async fn health_hypervisors(&self) -> ApiResult<Vec<HealthRow>> {
         sqlx::query(
-            "SELECT id, name, health, health_since, health_reason, last_heartbeat_at, machine_id \
+            "SELECT id, name, health, health_since, health_reason, lost_at, last_heartbeat_at, machine_id \
              FROM hosts WHERE kind = 'hypervisor' ORDER BY id",
         )
         .fetch_all(&self.db.pool)
@@ -132,6 +134,7 @@ impl Store {
                 health: r.parsed("health", HostHealth::parse)?,
                 since: r.opt_int("health_since")?,
                 reason: r.opt_text("health_reason")?,
+                lost_at: r.opt_int("lost_at")?,
                 last_heartbeat_ms: r.opt_int("last_heartbeat_at")?,
                 machine_id: r.opt_text("machine_id")?,
             })
@@ -193,14 +196,18 @@ impl Store {
     /// a new generation, whose spec no longer allows the host's initiator
     /// (see `volume_specs_where`). Returns the storage nodes to wake, or
     /// `None` when it was already fencing or fenced.
+    /// `silent_before`: only if its last heartbeat is older than that (the
+    /// monitor's judgement; `None` for an operator's evacuation).
     pub async fn host_fence_begin(
         &self,
         host: HostId,
         message: &str,
+        silent_before: Option<i64>,
     ) -> ApiResult<Option<Vec<HostId>>> {
         let mut tx = self.db.begin_write().await?;
         let from = [HostHealth::Up, HostHealth::Suspected, HostHealth::Down];
-        if !health_move(&mut tx, host, &from, HostHealth::Fencing, Some(message)).await? {
+        let fencing = HostHealth::Fencing;
+        if !health_move_if(&mut tx, host, &from, fencing, Some(message), silent_before).await? {
             return Ok(None);
         }
         let nodes = volumes_of_host_bump(&mut tx, host).await?;
@@ -295,6 +302,21 @@ impl Store {
         why: &str,
     ) -> ApiResult<Relocated> {
         let mut tx = self.db.begin_write().await?;
+        let group: Option<GroupId> = sqlx::query("SELECT group_id FROM instances WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|r| r.opt_id("group_id"))
+            .transpose()?
+            .flatten();
+        // Locks in the order a create takes them (group, then hosts), with
+        // the instance's own row between: a second monitor (another
+        // replica) or a delete racing this one waits here and then sees
+        // what this one did.
+        if let Some(group) = group {
+            lock_row(&mut tx, "anti_affinity_groups", &group.to_string()).await?;
+        }
+        lock_row(&mut tx, "instances", &id.to_string()).await?;
         let row = sqlx::query(
             "SELECT id, project_id, host_id, group_id, vcpus, ram_mib, disk_gib, desired FROM instances \
              WHERE id = $1 AND deleted_at IS NULL",
@@ -305,14 +327,15 @@ impl Store {
         let Some(row) = row else {
             return Ok(Relocated::default());
         };
-        if row.opt_id::<HostId>("host_id")? != from {
-            // Moved or deleted meanwhile: nothing to do.
+        if row.opt_id::<HostId>("host_id")? != from
+            || row.parsed("desired", DesiredState::parse)? == DesiredState::Deleted
+        {
+            // Moved, or being deleted, meanwhile: nothing to do here.
             return Ok(Relocated::default());
         }
         let project: ProjectId = row.id("project_id")?;
         let mut done = Relocated::default();
-        if let Some(group) = row.opt_id::<GroupId>("group_id")? {
-            lock_row(&mut tx, "anti_affinity_groups", &group.to_string()).await?;
+        if let Some(group) = group {
             let (hosts, racks) = super::instances::group_footprint_in(&mut tx, group, id).await?;
             demand.group_hosts = hosts;
             demand.group_racks = racks;
@@ -383,12 +406,20 @@ impl Store {
     pub async fn host_readmit(&self, caller: &Caller, host: HostId) -> ApiResult<()> {
         caller.require_admin()?;
         let mut tx = self.db.begin_write().await?;
-        let state = sqlx::query("SELECT health FROM hosts WHERE id = $1")
-            .bind(host.to_string())
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| ApiError::not_found("host", &host.to_string()))?;
+        let state =
+            sqlx::query("SELECT health, health_since, last_heartbeat_at FROM hosts WHERE id = $1")
+                .bind(host.to_string())
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| ApiError::not_found("host", &host.to_string()))?;
         let health = state.parsed("health", HostHealth::parse)?;
+        let since = state.opt_int("health_since")?.unwrap_or(0);
+        let heard = state.opt_int("last_heartbeat_at")?.unwrap_or(0);
+        if health == HostHealth::Fenced && heard <= since {
+            return Err(ApiError::conflict(format!(
+                "host {host} has not sent a heartbeat since it was fenced: start its agent (and power it on) first"
+            )));
+        }
         if health != HostHealth::Fenced {
             return Err(ApiError::conflict(format!(
                 "host {host} is {}: only a fenced host is re-admitted",
@@ -664,22 +695,43 @@ async fn health_move(
     to: HostHealth,
     reason: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
+    health_move_if(tx, host, from, to, reason, None).await
+}
+
+/// [`health_move`], and only if the host's last heartbeat is older than
+/// `silent_before` (ms) when given: a heartbeat that landed since the
+/// monitor read the host wins.
+async fn health_move_if(
+    tx: &mut WriteTx,
+    host: HostId,
+    from: &[HostHealth],
+    to: HostHealth,
+    reason: Option<&str>,
+    silent_before: Option<i64>,
+) -> Result<bool, sqlx::Error> {
     let states = from
         .iter()
         .map(|h| format!("'{}'", h.as_str()))
         .collect::<Vec<_>>()
         .join(", ");
-    let done = sqlx::query(&format!(
-        "UPDATE hosts SET health = $2, health_since = $3, health_reason = $4 \
-         WHERE id = $1 AND health IN ({states})"
-    ))
-    .bind(host.to_string())
-    .bind(to.as_str())
-    .bind(now_ms())
-    .bind(reason)
-    .execute(&mut ***tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
+    let silent = match silent_before {
+        Some(_) => " AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $5)",
+        None => "",
+    };
+    let sql = format!(
+        "UPDATE hosts SET health = $2, health_since = $3, health_reason = $4, \
+           lost_at = CASE WHEN $2 = 'up' THEN NULL WHEN lost_at IS NULL THEN $3 ELSE lost_at END \
+         WHERE id = $1 AND health IN ({states}){silent}"
+    );
+    let mut update = sqlx::query(&sql)
+        .bind(host.to_string())
+        .bind(to.as_str())
+        .bind(now_ms())
+        .bind(reason);
+    if let Some(t) = silent_before {
+        update = update.bind(t);
+    }
+    Ok(update.execute(&mut ***tx).await?.rows_affected() == 1)
 }
 
 /// Gives every volume attached to `host`'s instances a new generation;

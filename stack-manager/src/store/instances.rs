@@ -347,6 +347,8 @@ impl Store {
                 "instance {id} is being deleted"
             )));
         }
+        // Locks in the order relocation takes them: instance, then host.
+        host_takes_attachments(&mut tx, id).await?;
         let used: Vec<i64> = sqlx::query(
             "SELECT device_index FROM attachments WHERE instance_id = $1 ORDER BY device_index",
         )
@@ -412,6 +414,13 @@ impl Store {
     ) -> ApiResult<Changed<()>> {
         let instance = self.instance_get_for_write(caller, id).await?;
         let mut tx = self.db.begin_write().await?;
+        // The instance row first, then its host: relocation's order.
+        sqlx::query("UPDATE instances SET updated_at = $2 WHERE id = $1")
+            .bind(id.to_string())
+            .bind(now_ms())
+            .execute(&mut **tx)
+            .await?;
+        host_takes_attachments(&mut tx, id).await?;
         let done = sqlx::query("DELETE FROM attachments WHERE volume_id = $1 AND instance_id = $2")
             .bind(volume.to_string())
             .bind(id.to_string())
@@ -569,6 +578,36 @@ impl Store {
         .bind(host.to_string());
         let done = self.db.gated(update.execute(&self.db.pool)).await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// Attaching or detaching changes what the instance's host may reach, so
+/// it is refused while that host is being fenced or is fenced: the volumes
+/// fencing revokes are fixed when it begins (`Store::host_fence_begin`),
+/// and a share lock on the host row orders this against that start.
+async fn host_takes_attachments(tx: &mut crate::db::WriteTx, id: InstanceId) -> ApiResult<()> {
+    let host: Option<HostId> = sqlx::query("SELECT host_id FROM instances WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(&mut ***tx)
+        .await?
+        .map(|r| r.opt_id("host_id"))
+        .transpose()?
+        .flatten();
+    let Some(host) = host else {
+        return Ok(());
+    };
+    share_lock_row(tx, "hosts", &host.to_string()).await?;
+    let health: Option<String> = sqlx::query("SELECT health FROM hosts WHERE id = $1")
+        .bind(host.to_string())
+        .fetch_optional(&mut ***tx)
+        .await?
+        .map(|r| r.text("health"))
+        .transpose()?;
+    match health.as_deref() {
+        Some("fencing") | Some("fenced") => Err(ApiError::conflict(format!(
+            "the host of instance {id} is being fenced: its volumes change once it is re-created elsewhere"
+        ))),
+        _ => Ok(()),
     }
 }
 
