@@ -310,7 +310,10 @@ impl Config {
             )));
         }
         let m = &self.moves;
-        for (name, v) in [("band", m.band), ("auto_rebalance_band", m.auto_rebalance_band)] {
+        for (name, v) in [
+            ("band", m.band),
+            ("auto_rebalance_band", m.auto_rebalance_band),
+        ] {
             if !(v.is_finite() && v > 0.0 && v <= 1.0) {
                 return Err(ConfigError::Invalid(format!(
                     "moves.{name} must be in (0, 1], got {v}"

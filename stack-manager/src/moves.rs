@@ -220,7 +220,10 @@ impl Mover {
         {
             let (_, moves) = plan(&self.state, cfg.auto_rebalance_band).await?;
             if !moves.is_empty() {
-                tracing::info!(moves = moves.len(), "automatic rebalancing: hosts drifted outside the band");
+                tracing::info!(
+                    moves = moves.len(),
+                    "automatic rebalancing: hosts drifted outside the band"
+                );
                 self.state.moves.queue(moves);
             }
         }
@@ -228,7 +231,12 @@ impl Mover {
     }
 
     /// One look at a move under way.
-    async fn progress(&mut self, m: InFlight, cfg: &MovesConfig, n: &mut PassCounts) -> ApiResult<()> {
+    async fn progress(
+        &mut self,
+        m: InFlight,
+        cfg: &MovesConfig,
+        n: &mut PassCounts,
+    ) -> ApiResult<()> {
         let overdue = now_ms() - m.started_at > (cfg.stop_timeout_secs as i64) * 1000;
         if m.target_health != HostHealth::Up || m.target_admin_state != AdminState::Enabled {
             let why = format!(
@@ -246,10 +254,18 @@ impl Mover {
                 &m.target_credential,
             );
             if let Err(e) = agent.instance_list().await {
-                let why = format!("the agent of target host {} does not answer: {e}", m.target_name);
+                let why = format!(
+                    "the agent of target host {} does not answer: {e}",
+                    m.target_name
+                );
                 return self.abort(&m, &why, n).await;
             }
-            if let Some(done) = self.state.store.instance_move_commit(m.id, m.from, m.to).await? {
+            if let Some(done) = self
+                .state
+                .store
+                .instance_move_commit(m.id, m.from, m.to)
+                .await?
+            {
                 self.state.scheduler.apply(done.released.reversed());
                 for node in done.storage {
                     self.state.reconciler.notify(node);
@@ -276,7 +292,12 @@ impl Mover {
     }
 
     async fn abort(&mut self, m: &InFlight, why: &str, n: &mut PassCounts) -> ApiResult<()> {
-        if let Some(c) = self.state.store.instance_move_abort(m.id, m.to, why).await? {
+        if let Some(c) = self
+            .state
+            .store
+            .instance_move_abort(m.id, m.to, why)
+            .await?
+        {
             self.state.scheduler.apply(c.reversed());
             self.state.reconciler.notify(m.from);
             tracing::warn!(instance = %m.id, from = %m.from, to = %m.to, "move aborted: {why}");
@@ -331,7 +352,10 @@ impl Mover {
                     if p.steps[i] != Step::Queued {
                         continue;
                     }
-                    let deps = p.moves[i].depends_on.iter().map(|&d| p.steps.get(d).copied());
+                    let deps = p.moves[i]
+                        .depends_on
+                        .iter()
+                        .map(|&d| p.steps.get(d).copied());
                     let deps: Vec<_> = deps.collect();
                     if deps.iter().any(|d| *d == Some(Step::Failed)) {
                         p.steps[i] = Step::Failed;

@@ -340,27 +340,42 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
 }
 
 fn print_plan(ctx: &Ctx, plan: &RebalancePlan) -> Result<()> {
-    let names: HashMap<_, _> = plan.hosts.iter().map(|h| (h.host_id, h.name.clone())).collect();
+    let names: HashMap<_, _> = plan
+        .hosts
+        .iter()
+        .map(|h| (h.host_id, h.name.clone()))
+        .collect();
     let name = |id| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
     let moves: Vec<_> = plan.moves.iter().enumerate().collect();
-    ctx.out.list_with(&moves, &["#", "VM", "FROM", "TO", "WHY", "AFTER"], |(i, m)| {
-        vec![
-            i.to_string(),
-            m.instance_name.clone(),
-            name(m.from),
-            name(m.to),
-            format!("{:?}", m.reason).to_lowercase(),
-            m.depends_on
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-        ]
-    })?;
+    ctx.out.list_with(
+        &moves,
+        &["#", "VM", "FROM", "TO", "WHY", "AFTER"],
+        |(i, m)| {
+            vec![
+                i.to_string(),
+                m.instance_name.clone(),
+                name(m.from),
+                name(m.to),
+                format!("{:?}", m.reason).to_lowercase(),
+                m.depends_on
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        },
+    )?;
     let pct = |x: f64| format!("{:.0} %", x * 100.0);
     ctx.out.list_with(
         &plan.hosts,
-        &["HOST", "VCPU BEFORE", "RAM BEFORE", "VCPU AFTER", "RAM AFTER", "IN BAND"],
+        &[
+            "HOST",
+            "VCPU BEFORE",
+            "RAM BEFORE",
+            "VCPU AFTER",
+            "RAM AFTER",
+            "IN BAND",
+        ],
         |h| {
             vec![
                 h.name.clone(),
@@ -387,7 +402,11 @@ fn print_plan(ctx: &Ctx, plan: &RebalancePlan) -> Result<()> {
         pct(plan.band),
         pct(plan.mean_vcpu_share),
         pct(plan.mean_ram_share),
-        if plan.within_band { "every host ends within it" } else { "some hosts stay outside" },
+        if plan.within_band {
+            "every host ends within it"
+        } else {
+            "some hosts stay outside"
+        },
         if plan.queued {
             "queued (follow with `strato vm events VM` or `strato system tasks`)"
         } else {

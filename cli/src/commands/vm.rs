@@ -204,8 +204,11 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             if ctx.out.json {
                 return ctx.out.json(&i);
             }
-            ctx.out
-                .note(format!("vm {}: relocation {}", i.name, i.relocation.as_str()))
+            ctx.out.note(format!(
+                "vm {}: relocation {}",
+                i.name,
+                i.relocation.as_str()
+            ))
         }
         VmCmd::Events { vm } => {
             let id = resolve(&vm, c.instance_list()).await?;

@@ -30,10 +30,7 @@ use crate::store::instances::NewInstance;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/instances", get(list).post(create))
-        .route(
-            "/v1/instances/{id}",
-            get(show).patch(update).delete(delete),
-        )
+        .route("/v1/instances/{id}", get(show).patch(update).delete(delete))
         .route("/v1/instances/{id}/start", post(start))
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/reboot", post(reboot))

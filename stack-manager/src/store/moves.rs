@@ -289,7 +289,9 @@ impl Store {
             )));
         }
         if row.opt_text("move_target")?.is_some() {
-            return Ok(MoveStart::Skipped(format!("instance {id} is moving already")));
+            return Ok(MoveStart::Skipped(format!(
+                "instance {id} is moving already"
+            )));
         }
         if row.parsed("relocation", Relocation::parse)? == Relocation::Never {
             return Ok(MoveStart::Skipped(format!(
@@ -297,7 +299,9 @@ impl Store {
             )));
         }
         if row.parsed("desired", DesiredState::parse)? == DesiredState::Deleted {
-            return Ok(MoveStart::Skipped(format!("instance {id} is being deleted")));
+            return Ok(MoveStart::Skipped(format!(
+                "instance {id} is being deleted"
+            )));
         }
         let project: ProjectId = row.id("project_id")?;
         if let Some(group) = row.opt_id::<GroupId>("group_id")? {
@@ -475,9 +479,7 @@ impl Store {
 
     /// The hypervisors and live placed instances a rebalancing plan is
     /// made from: two statements however large the cloud.
-    pub async fn rebalance_inputs(
-        &self,
-    ) -> ApiResult<(Vec<BalanceHost>, Vec<BalanceInstance>)> {
+    pub async fn rebalance_inputs(&self) -> ApiResult<(Vec<BalanceHost>, Vec<BalanceInstance>)> {
         let hosts = sqlx::query(
             "SELECT id, name, rack_id, admin_state, health, last_heartbeat_at, cap_vcpus, cap_ram_mib \
              FROM hosts WHERE kind = 'hypervisor' ORDER BY name, id",
