@@ -357,7 +357,7 @@ impl Mover {
                         .iter()
                         .map(|&d| p.steps.get(d).copied());
                     let deps: Vec<_> = deps.collect();
-                    if deps.iter().any(|d| *d == Some(Step::Failed)) {
+                    if deps.contains(&Some(Step::Failed)) {
                         p.steps[i] = Step::Failed;
                     } else if deps.iter().all(|d| *d == Some(Step::Done) || d.is_none())
                         && (ready.len() as u64) < slots

@@ -391,7 +391,7 @@ impl Store {
             .bind(host.to_string())
             .fetch_optional(&mut **tx)
             .await?
-            .ok_or_else(|| ApiError::not_found("host", &host.to_string()))?;
+            .ok_or_else(|| ApiError::not_found("host", host.to_string()))?;
         let health = state.parsed("health", HostHealth::parse)?;
         if health != HostHealth::Fenced {
             return Err(ApiError::conflict(format!(
