@@ -480,6 +480,11 @@ impl Client {
             .post_empty(&format!("/v1/instances/{id}/{action}"))
             .await
     }
+    pub async fn instance_update(&self, id: InstanceId, body: &InstanceUpdate) -> Result<Instance> {
+        self.transport
+            .patch(&format!("/v1/instances/{id}"), body)
+            .await
+    }
     pub async fn instance_console(&self, id: InstanceId) -> Result<ConsoleLog> {
         self.transport
             .get(&format!("/v1/instances/{id}/console"))
@@ -566,6 +571,11 @@ impl Client {
         self.transport
             .post(&format!("/v1/hosts/{id}/readmit"), &serde_json::json!({}))
             .await
+    }
+    /// Plans a rebalancing of the hypervisors and, unless `dry_run`,
+    /// hands the moves to the mover.
+    pub async fn host_rebalance(&self, body: &RebalanceRequest) -> Result<RebalancePlan> {
+        self.transport.post("/v1/hosts/rebalance", body).await
     }
     pub async fn host_events(&self, id: HostId) -> Result<Vec<Event>> {
         self.transport

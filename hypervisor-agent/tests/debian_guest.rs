@@ -43,6 +43,7 @@ async fn cloud_init_in_a_debian_guest_applies_hostname_and_key() {
             user_data: None,
             anti_affinity_group: None,
             start: true,
+            relocation: Default::default(),
         })
         .await
         .expect("create");

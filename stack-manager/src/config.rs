@@ -33,6 +33,7 @@ pub struct Config {
     pub scheduler: SchedulerConfig,
     pub hosts: HostsConfig,
     pub health: HealthConfig,
+    pub moves: MovesConfig,
     /// `tracing` filter, e.g. `info` or `stack_manager=debug`. Overridden by
     /// `RUST_LOG`. Default `info`.
     pub log: String,
@@ -154,6 +155,52 @@ impl Default for HealthConfig {
     }
 }
 
+/// Planned moves of instances between healthy hosts: drains and
+/// rebalancing (see `crate::moves`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MovesConfig {
+    /// Moves under way at once, cloud-wide (each stops a VM on one host
+    /// and starts it on another). Default 4.
+    pub concurrency: u64,
+    /// Seconds the source host has to confirm it stopped a moving
+    /// instance; after that the move is aborted and the instance runs where
+    /// it was. Default 120.
+    pub stop_timeout_secs: u64,
+    /// Default half-width of the rebalancing band around the mean
+    /// utilization, as a share (0.10 = ±10 percentage points) when a
+    /// request names none. Default 0.10.
+    pub band: f64,
+    /// Rebalance on its own when a host drifts outside
+    /// `auto_rebalance_band` (checked every `interval_ms` while no move is
+    /// under way). Default false.
+    pub auto_rebalance: bool,
+    /// The band automatic rebalancing keeps: wider than `band`, so that
+    /// it only acts on real drift. Default 0.20.
+    pub auto_rebalance_band: f64,
+    /// How often the mover looks at moves under way, draining hosts and
+    /// queued plans, milliseconds (it is also woken by drains and plans).
+    /// 0 turns planned moves off. Default 1000.
+    pub interval_ms: u64,
+    /// Seconds a drain waits before trying again to move an instance
+    /// whose last move failed. Default 60.
+    pub retry_after_secs: u64,
+}
+
+impl Default for MovesConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            stop_timeout_secs: 120,
+            band: 0.10,
+            auto_rebalance: false,
+            auto_rebalance_band: 0.20,
+            interval_ms: 1000,
+            retry_after_secs: 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -166,6 +213,7 @@ impl Default for Config {
             scheduler: SchedulerConfig::default(),
             hosts: HostsConfig::default(),
             health: HealthConfig::default(),
+            moves: MovesConfig::default(),
             log: "info".into(),
         }
     }
@@ -260,6 +308,22 @@ impl Config {
                 "health.mass_failure_share must be in (0, 1], got {}",
                 h.mass_failure_share
             )));
+        }
+        let m = &self.moves;
+        for (name, v) in [
+            ("band", m.band),
+            ("auto_rebalance_band", m.auto_rebalance_band),
+        ] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(ConfigError::Invalid(format!(
+                    "moves.{name} must be in (0, 1], got {v}"
+                )));
+            }
+        }
+        if m.concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "moves.concurrency must be at least 1".into(),
+            ));
         }
         if h.crash_backoff_max_secs < h.crash_backoff_base_secs {
             return Err(ConfigError::Invalid(

@@ -13,6 +13,7 @@ pub mod http;
 pub mod internal;
 pub mod lifecycle;
 pub mod metrics;
+pub mod moves;
 pub mod openapi;
 pub mod power;
 pub mod reconciler;

@@ -143,6 +143,32 @@ impl Placer for Placement<'_> {
     }
 }
 
+/// A claim on one given host only (a planned move's target): what
+/// `Store::instance_move_start` asks for when the rebalancer chose it.
+pub struct Pinned<'a> {
+    scheduler: &'a Scheduler,
+    host: HostId,
+}
+
+impl Placer for Pinned<'_> {
+    async fn claim_instance(self, tx: &mut WriteTx, d: &InstanceDemand) -> ApiResult<Claim> {
+        let host = self.host;
+        if self.scheduler.still_allowed(host, d) {
+            if let Some(claim) = self.scheduler.try_claim(tx, host, d).await? {
+                return Ok(claim);
+            }
+        }
+        Err(ApiError::new(
+            api::ErrorCode::CapacityExhausted,
+            format!(
+                "host {host} cannot take {} vCPU / {} MiB RAM / {} GiB disk: it is full, not up, \
+                 not enabled, or holds a member of the anti-affinity group",
+                d.vcpus, d.ram_mib, d.disk_gib
+            ),
+        ))
+    }
+}
+
 impl VolumePlacer for &Scheduler {
     fn claim_volume(
         self,
@@ -384,6 +410,14 @@ impl Scheduler {
         Ranking {
             hosts,
             took: started.elapsed(),
+        }
+    }
+
+    /// A claim on `host` only.
+    pub fn pinned(&self, host: HostId) -> Pinned<'_> {
+        Pinned {
+            scheduler: self,
+            host,
         }
     }
 

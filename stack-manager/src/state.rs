@@ -24,6 +24,8 @@ pub struct AppState {
     pub scheduler: Arc<Scheduler>,
     /// Wakes host reconcilers (activators only; see `crate::reconciler`).
     pub reconciler: Reconciler,
+    /// Queues planned moves and wakes the mover (see `crate::moves`).
+    pub moves: crate::moves::Moves,
     /// Every background task's status, and the switch that stops them.
     pub tasks: Tasks,
     pub callers: Arc<crate::auth::CallerCache>,
@@ -63,6 +65,7 @@ impl AppState {
             audit,
             scheduler,
             reconciler: Reconciler::new(),
+            moves: crate::moves::Moves::default(),
             callers: Arc::default(),
             agent_http: api::client::Transport::http_client(),
         };
@@ -127,6 +130,20 @@ impl AppState {
             },
             Activator::new(),
             crate::health::HealthMonitor::new(self.clone()),
+        );
+        let moves = crate::moves::period(&self.config.moves);
+        self.tasks.start(
+            TaskSpec {
+                name: "mover".into(),
+                description: if moves.is_some() {
+                    "moves instances off draining hosts and runs rebalancing plans, a bounded number at a time".into()
+                } else {
+                    "planned moves (idle: moves.interval_ms = 0)".into()
+                },
+                period: moves,
+            },
+            self.moves.activator(),
+            crate::moves::Mover::new(self.clone()),
         );
         Ok(())
     }

@@ -677,6 +677,7 @@ fn project_writes(p: &Proj, scope: &str) -> Vec<Case> {
         case("POST /v1/volumes/{id}/snapshots", &[&p.free_volume])
             .body(json!({"name": "snap2"}))
             .ok(201),
+        case("PATCH /v1/instances/{id}", &[&p.instance]).body(json!({"relocation": "never"})),
         case("POST /v1/instances/{id}/stop", &[&p.instance]),
         case("POST /v1/instances/{id}/start", &[&p.instance]),
         case("POST /v1/instances/{id}/reboot", &[&p.instance]),
@@ -779,6 +780,7 @@ fn operator_cases(ids: &Ids, project: &str, user: &str) -> Vec<Case> {
         case("GET /v1/hosts/{id}", &[&ids.hypervisor]),
         case("PATCH /v1/hosts/{id}", &[&ids.spare_host]).body(json!({"admin_state": "draining"})),
         case("GET /v1/hosts/{id}/events", &[&ids.hypervisor]),
+        case("POST /v1/hosts/rebalance", &[]).body(json!({"dry_run": true})),
         // Only a fenced host is re-admitted: the admin is told so.
         case("POST /v1/hosts/{id}/readmit", &[&ids.hypervisor]).ok(409),
         case("POST /v1/hosts/{id}/evacuate", &[&ids.spare_host]).ok(202),

@@ -511,6 +511,29 @@ fn body_endpoints_for(
             json!({"volume": "data"}),
             &["volume"],
         ),
+        BodyEndpoint {
+            ok: 200,
+            malformed: vec![json!({"relocation": "sometimes"})],
+            ..ep(
+                "PATCH /v1/instances/{id}",
+                format!("/v1/instances/{vm}"),
+                json!({"relocation": "allow"}),
+                &[],
+            )
+        },
+        // (A dry run: the valid example moves nothing. An out-of-range
+        // band is a 400 `invalid_request` from the handler, not a
+        // malformed body, so the example carries none.)
+        BodyEndpoint {
+            ok: 200,
+            malformed: vec![json!({"band": "wide"})],
+            ..ep(
+                "POST /v1/hosts/rebalance",
+                "/v1/hosts/rebalance".into(),
+                json!({"dry_run": true}),
+                &[],
+            )
+        },
     ]
 }
 
@@ -545,6 +568,8 @@ fn positional(e: &BodyEndpoint) -> Vec<Value> {
         "PATCH /v1/hosts/{id}" => vec![json!(["disabled"])],
         "PUT /v1/projects/{project}/members/{user}" => vec![json!(["reader"])],
         "POST /v1/instances/{id}/attachments" => vec![json!(["data"])],
+        "PATCH /v1/instances/{id}" => vec![json!(["never"])],
+        "POST /v1/hosts/rebalance" => vec![json!([true])],
         other => panic!("no positional form for {other}"),
     }
 }
@@ -756,6 +781,11 @@ fn id_routes(w: &World) -> Vec<(&'static str, String, Option<Value>)> {
         "POST",
         "/v1/instances/{}/attachments".into(),
         Some(json!({"volume": "data"})),
+    ));
+    out.push((
+        "PATCH",
+        "/v1/instances/{}".into(),
+        Some(json!({"relocation": "allow"})),
     ));
     out.push((
         "POST",

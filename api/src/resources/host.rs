@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::ids::{EnrollmentTokenId, HostId, RackId};
+use crate::ids::{EnrollmentTokenId, HostId, InstanceId, RackId};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -167,6 +167,9 @@ pub struct Host {
     pub machine_id: Option<String>,
     pub capacity: Capacity,
     pub allocated: Allocated,
+    /// Live instances on it whose relocation policy is `never`: a drain
+    /// leaves them where they are (the tenant moves or deletes them).
+    pub pinned_instances: u64,
     pub last_heartbeat_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -202,6 +205,86 @@ pub struct Event {
     /// A stable name: `host.suspected`, `host.fenced`, `instance.evacuated`, ...
     pub event: String,
     pub message: String,
+}
+
+/// `POST /v1/hosts/rebalance`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RebalanceRequest {
+    /// Only plan: nothing moves.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Half-width of the band around the mean utilization, as a share
+    /// (0.1 = ±10 percentage points). Default: `moves.band` of the
+    /// configuration.
+    #[serde(default)]
+    pub band: Option<f64>,
+}
+
+/// Why a planned move is in the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// Off a draining host.
+    Drain,
+    /// Toward the band.
+    Balance,
+}
+
+/// One move of a rebalancing plan.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceMove {
+    pub instance_id: InstanceId,
+    pub instance_name: String,
+    pub from: HostId,
+    pub to: HostId,
+    pub reason: MoveReason,
+    /// Indices into `moves` of the moves that must complete before this
+    /// one starts.
+    pub depends_on: Vec<usize>,
+}
+
+/// One hypervisor before and after a plan: allocated share of its
+/// effective capacity (capacity × allocation ratio), per dimension.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceHost {
+    pub host_id: HostId,
+    pub name: String,
+    pub before_vcpu_share: f64,
+    pub before_ram_share: f64,
+    pub after_vcpu_share: f64,
+    pub after_ram_share: f64,
+    /// Within the band after the plan; `None`: not counted (not enabled,
+    /// not up, or no capacity).
+    pub within_band_after: Option<bool>,
+}
+
+/// An instance the plan had to move and could not.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RebalanceStuck {
+    pub instance_id: InstanceId,
+    pub instance_name: String,
+    /// `relocation_never` or `no_target`.
+    pub reason: String,
+}
+
+/// `POST /v1/hosts/rebalance`: the plan, and whether it was queued.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RebalancePlan {
+    pub moves: Vec<RebalanceMove>,
+    pub hosts: Vec<RebalanceHost>,
+    pub band: f64,
+    pub mean_vcpu_share: f64,
+    pub mean_ram_share: f64,
+    /// No plan that ends within the band has fewer moves.
+    pub lower_bound: u64,
+    /// Every counted host ends within the band.
+    pub within_band: bool,
+    pub stuck: Vec<RebalanceStuck>,
+    /// The moves were handed to the mover (false for a dry run).
+    pub queued: bool,
+    /// How long planning took, milliseconds.
+    pub plan_ms: f64,
 }
 
 /// `PATCH /v1/hosts/{id}`.

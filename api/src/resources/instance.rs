@@ -131,6 +131,47 @@ pub struct InstanceCreate {
     /// Start it (default) or only create it.
     #[serde(default = "default_true")]
     pub start: bool,
+    /// Whether drains and rebalancing may move it (default `allow`).
+    #[serde(default)]
+    pub relocation: Relocation,
+}
+
+/// Whether planned moves (drains, rebalancing) may move an instance. A
+/// move stops it on its host and starts it on another (same id, MACs,
+/// addresses and volumes), so a VM that must never be restarted by the
+/// operator's maintenance says `never`; a failed host's instances are
+/// re-created elsewhere regardless.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Relocation {
+    #[default]
+    Allow,
+    Never,
+}
+
+impl Relocation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relocation::Allow => "allow",
+            Relocation::Never => "never",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "allow" => Some(Relocation::Allow),
+            "never" => Some(Relocation::Never),
+            _ => None,
+        }
+    }
+}
+
+/// `PATCH /v1/instances/{id}`: what a tenant may change in place.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceUpdate {
+    #[serde(default)]
+    pub relocation: Option<Relocation>,
 }
 
 fn default_true() -> bool {
@@ -166,6 +207,11 @@ pub struct Instance {
     pub vcpus: u32,
     pub ram_mib: u64,
     pub disk_gib: u64,
+    /// Whether drains and rebalancing may move it.
+    pub relocation: Relocation,
+    /// The host it is being moved to, while a planned move is under way
+    /// (it is stopped on `host_id` meanwhile).
+    pub moving_to: Option<HostId>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -7,7 +7,7 @@ use anyhow::Result;
 use api::ids::RackId;
 use api::resources::{
     AdminState, EnrollmentTokenCreate, Event, Host, HostHealth, HostKind, HostUpdate, Rack,
-    RackCreate,
+    RackCreate, RebalancePlan, RebalanceRequest,
 };
 use api::Client;
 use chrono::Utc;
@@ -40,6 +40,18 @@ pub enum HostCmd {
     Drain {
         /// Host id or name.
         host: String,
+    },
+    /// Plan the fewest VM moves that bring every hypervisor's vCPU and RAM
+    /// allocation within a band of the mean, and run them (a few at a
+    /// time; each stops a VM and starts it on its new host).
+    Rebalance {
+        /// Only show the plan; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Half-width of the band as a share, e.g. 0.1 for ±10 points
+        /// (default: the stack manager's `moves.band`).
+        #[arg(long)]
+        band: Option<f64>,
     },
     /// Fence a hypervisor (revoke its volumes, power it off where it has a
     /// power driver) and re-create its VMs elsewhere with the same
@@ -243,6 +255,16 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                     ("agent url", h.agent_url.clone()),
                     ("allocated", allocation(&h)),
                     (
+                        "pinned vms",
+                        match (h.admin_state, h.pinned_instances) {
+                            (AdminState::Draining, n) if n > 0 => format!(
+                                "{n} (relocation never: the drain leaves them; {} vm(s) left in all)",
+                                h.allocated.instances
+                            ),
+                            (_, n) => n.to_string(),
+                        },
+                    ),
+                    (
                         "last heartbeat",
                         h.last_heartbeat_at.map_or_else(
                             || "never".into(),
@@ -256,6 +278,15 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
         HostCmd::Enable { host } => set_state(ctx, &c, &host, AdminState::Enabled).await,
         HostCmd::Disable { host } => set_state(ctx, &c, &host, AdminState::Disabled).await,
         HostCmd::Drain { host } => set_state(ctx, &c, &host, AdminState::Draining).await,
+        HostCmd::Rebalance { dry_run, band } => {
+            let plan = c
+                .host_rebalance(&RebalanceRequest { dry_run, band })
+                .await?;
+            if ctx.out.json {
+                return ctx.out.json(&plan);
+            }
+            print_plan(ctx, &plan)
+        }
         HostCmd::Evacuate { host } => {
             let id = resolve(&host, c.host_list()).await?;
             let e = c.host_evacuate(id).await?;
@@ -306,6 +337,82 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             ))
         }
     }
+}
+
+fn print_plan(ctx: &Ctx, plan: &RebalancePlan) -> Result<()> {
+    let names: HashMap<_, _> = plan
+        .hosts
+        .iter()
+        .map(|h| (h.host_id, h.name.clone()))
+        .collect();
+    let name = |id| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
+    let moves: Vec<_> = plan.moves.iter().enumerate().collect();
+    ctx.out.list_with(
+        &moves,
+        &["#", "VM", "FROM", "TO", "WHY", "AFTER"],
+        |(i, m)| {
+            vec![
+                i.to_string(),
+                m.instance_name.clone(),
+                name(m.from),
+                name(m.to),
+                format!("{:?}", m.reason).to_lowercase(),
+                m.depends_on
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        },
+    )?;
+    let pct = |x: f64| format!("{:.0} %", x * 100.0);
+    ctx.out.list_with(
+        &plan.hosts,
+        &[
+            "HOST",
+            "VCPU BEFORE",
+            "RAM BEFORE",
+            "VCPU AFTER",
+            "RAM AFTER",
+            "IN BAND",
+        ],
+        |h| {
+            vec![
+                h.name.clone(),
+                pct(h.before_vcpu_share),
+                pct(h.before_ram_share),
+                pct(h.after_vcpu_share),
+                pct(h.after_ram_share),
+                match h.within_band_after {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
+            ]
+        },
+    )?;
+    for s in &plan.stuck {
+        ctx.out
+            .note(format!("stays: {} ({})", s.instance_name, s.reason))?;
+    }
+    ctx.out.note(format!(
+        "{} move(s) (at least {} needed), band ±{} around {} vCPU / {} RAM: {}; {}",
+        plan.moves.len(),
+        plan.lower_bound,
+        pct(plan.band),
+        pct(plan.mean_vcpu_share),
+        pct(plan.mean_ram_share),
+        if plan.within_band {
+            "every host ends within it"
+        } else {
+            "some hosts stay outside"
+        },
+        if plan.queued {
+            "queued (follow with `strato vm events VM` or `strato system tasks`)"
+        } else {
+            "dry run: nothing moved"
+        }
+    ))
 }
 
 impl Row for Rack {

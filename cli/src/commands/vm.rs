@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use api::ids::{FlavorId, HostId, InstanceId};
-use api::resources::{Instance, InstanceCreate, InstanceStatus};
+use api::resources::{Instance, InstanceCreate, InstanceStatus, InstanceUpdate, Relocation};
 use api::{Client, ClientError, ErrorBody};
 use clap::{Args, Subcommand};
 use futures::StreamExt;
@@ -40,6 +40,14 @@ pub enum VmCmd {
     Reboot(ActionArgs),
     /// Delete a VM; its addresses are released and its volumes detached.
     Delete(ActionArgs),
+    /// Whether drains and rebalancing may move the VM (a move stops it and
+    /// starts it on another host with the same addresses and volumes).
+    SetRelocation {
+        /// VM id or name.
+        vm: String,
+        #[arg(value_enum)]
+        policy: RelocationArg,
+    },
     /// What happened to a VM: crashes and restarts, its host's failure,
     /// where it was re-created.
     Events {
@@ -83,9 +91,28 @@ pub struct CreateArgs {
     /// Only create it; start it later with `strato vm start`.
     #[arg(long)]
     pub no_start: bool,
+    /// Whether drains and rebalancing may move it (`never`: it stays on
+    /// its host through maintenance; a failed host's VMs move regardless).
+    #[arg(long, value_enum, default_value = "allow")]
+    pub relocation: RelocationArg,
     /// Wait until it is running (stopped with --no-start); at most 300 s.
     #[arg(long)]
     pub wait: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RelocationArg {
+    Allow,
+    Never,
+}
+
+impl From<RelocationArg> for Relocation {
+    fn from(r: RelocationArg) -> Self {
+        match r {
+            RelocationArg::Allow => Relocation::Allow,
+            RelocationArg::Never => Relocation::Never,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +194,21 @@ pub async fn run(ctx: &Ctx, cmd: VmCmd) -> Result<()> {
             } else {
                 ctx.out.note(format!("vm {} is being deleted", a.vm))
             }
+        }
+        VmCmd::SetRelocation { vm, policy } => {
+            let id = resolve(&vm, c.instance_list()).await?;
+            let body = InstanceUpdate {
+                relocation: Some(policy.into()),
+            };
+            let i = c.instance_update(id, &body).await?;
+            if ctx.out.json {
+                return ctx.out.json(&i);
+            }
+            ctx.out.note(format!(
+                "vm {}: relocation {}",
+                i.name,
+                i.relocation.as_str()
+            ))
         }
         VmCmd::Events { vm } => {
             let id = resolve(&vm, c.instance_list()).await?;
@@ -299,6 +341,7 @@ async fn create(ctx: &Ctx, c: &Client, a: CreateArgs) -> Result<()> {
         user_data,
         anti_affinity_group: a.group,
         start: !a.no_start,
+        relocation: a.relocation.into(),
     };
     let mut vm = c.instance_create(&body).await?;
     if a.wait {
@@ -418,7 +461,11 @@ async fn show(ctx: &Ctx, c: &Client, vm: &Instance) -> Result<()> {
         ("project", vm.project_id.to_string()),
         ("status", vm.status.as_str().to_string()),
         ("desired", vm.desired.as_str().to_string()),
+        ("relocation", vm.relocation.as_str().to_string()),
     ];
+    if let Some(to) = vm.moving_to {
+        fields.push(("moving to", to.to_string()));
+    }
     if let Some(r) = vm.status_reason.as_ref().filter(|r| !r.is_empty()) {
         fields.push(("reason", r.clone()));
     }

@@ -478,6 +478,7 @@ impl Api {
                 user_data,
                 anti_affinity_group: group.map(str::to_string),
                 start: true,
+                relocation: Default::default(),
             })
             .await
             .expect("create instance")

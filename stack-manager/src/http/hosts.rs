@@ -5,7 +5,8 @@
 use api::ids::{HostId, RackId};
 use api::resources::{
     AdminState, EnrollmentTokenCreate, EnrollmentTokenCreated, Evacuation, EvacuationState, Event,
-    Host, HostHealth, HostKind, HostUpdate, List, PageParams, Rack, RackCreate,
+    Host, HostHealth, HostKind, HostUpdate, List, MoveReason, PageParams, Rack, RackCreate,
+    RebalanceHost, RebalanceMove, RebalancePlan, RebalanceRequest, RebalanceStuck,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,6 +23,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/racks", get(rack_list).post(rack_create))
         .route("/v1/racks/{id}", get(rack_show).delete(rack_delete))
         .route("/v1/hosts", get(host_list))
+        .route("/v1/hosts/rebalance", post(host_rebalance))
         .route(
             "/v1/hosts/{id}",
             get(host_show).patch(host_update).delete(host_delete),
@@ -45,6 +47,7 @@ pub fn router() -> Router<AppState> {
         host_show,
         host_update,
         host_delete,
+        host_rebalance,
         host_evacuate,
         host_readmit,
         host_events,
@@ -66,7 +69,13 @@ pub fn router() -> Router<AppState> {
         EnrollmentTokenCreated,
         Evacuation,
         EvacuationState,
-        Event
+        Event,
+        RebalanceRequest,
+        RebalancePlan,
+        RebalanceMove,
+        RebalanceHost,
+        RebalanceStuck,
+        MoveReason
     ))
 )]
 pub struct Doc;
@@ -172,6 +181,9 @@ async fn host_update(
         .host_set_admin_state(&caller, id, body.admin_state)
         .await?;
     state.scheduler.set_admin_state(id, body.admin_state);
+    if body.admin_state == AdminState::Draining {
+        state.moves.notify();
+    }
     Ok(Json(
         state
             .store
@@ -190,6 +202,34 @@ async fn host_delete(
     state.store.host_delete(&caller, id).await?;
     state.scheduler.remove(id);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Plans the fewest moves that bring every enabled, up hypervisor's vCPU
+/// and RAM allocation within `band` of the cloud-wide mean (and empty the
+/// draining ones of their `allow` instances), honouring capacity and
+/// anti-affinity; unless `dry_run`, hands them to the mover, which runs a
+/// bounded number at a time in an order that is safe (`depends_on`).
+#[utoipa::path(post, path = "/v1/hosts/rebalance", tag = "hosts", request_body = RebalanceRequest,
+    responses((status = 200, body = RebalancePlan), (status = 400, body = api::ErrorBody),
+              (status = 403, body = api::ErrorBody)))]
+async fn host_rebalance(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<RebalanceRequest>,
+) -> ApiResult<Json<RebalancePlan>> {
+    caller.require_admin()?;
+    let band = body.band.unwrap_or(state.config.moves.band);
+    if !(band.is_finite() && band > 0.0 && band <= 1.0) {
+        return Err(ApiError::invalid(format!(
+            "band must be a share in (0, 1], got {band}"
+        )));
+    }
+    let (mut plan, moves) = crate::moves::plan(&state, band).await?;
+    if !body.dry_run && !moves.is_empty() {
+        state.moves.queue(moves);
+        plan.queued = true;
+    }
+    Ok(Json(plan))
 }
 
 /// Fences a hypervisor (if it is not fenced yet) and re-creates its

@@ -9,7 +9,7 @@
 use api::ids::{HostId, InstanceId, VolumeId};
 use api::resources::{
     Attachment, AttachmentCreate, ConsoleLog, DesiredState, Instance, InstanceCreate,
-    InstanceStatus, List, Nic, ProjectPage, ProjectScope,
+    InstanceStatus, InstanceUpdate, List, Nic, ProjectPage, ProjectScope, Relocation,
 };
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -30,7 +30,7 @@ use crate::store::instances::NewInstance;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/instances", get(list).post(create))
-        .route("/v1/instances/{id}", get(show).delete(delete))
+        .route("/v1/instances/{id}", get(show).patch(update).delete(delete))
         .route("/v1/instances/{id}/start", post(start))
         .route("/v1/instances/{id}/stop", post(stop))
         .route("/v1/instances/{id}/reboot", post(reboot))
@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
         list,
         create,
         show,
+        update,
         delete,
         start,
         stop,
@@ -63,6 +64,8 @@ pub fn router() -> Router<AppState> {
     components(schemas(
         Instance,
         InstanceCreate,
+        InstanceUpdate,
+        Relocation,
         InstanceStatus,
         DesiredState,
         Nic,
@@ -165,6 +168,7 @@ async fn create(
         networks: nets,
         user_data: body.user_data,
         start: body.start,
+        relocation: body.relocation,
     };
     let (instance, claim) = state
         .store
@@ -173,6 +177,26 @@ async fn create(
     state.scheduler.apply(claim);
     state.reconciler.notify(claim.host);
     Ok((StatusCode::CREATED, Json(instance)))
+}
+
+/// Changes what may change in place: today its relocation policy (whether
+/// drains and rebalancing may move it). A move already under way finishes.
+#[utoipa::path(patch, path = "/v1/instances/{id}", tag = "instances", params(("id" = InstanceId, Path)),
+    request_body = InstanceUpdate,
+    responses((status = 200, body = Instance), (status = 400, body = api::ErrorBody),
+              (status = 403, body = api::ErrorBody), (status = 404, body = api::ErrorBody)))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<InstanceId>,
+    ApiJson(body): ApiJson<InstanceUpdate>,
+) -> ApiResult<Json<Instance>> {
+    if let Some(r) = body.relocation {
+        state.store.instance_set_relocation(&caller, id, r).await?;
+    } else {
+        state.store.instance_get_for_write(&caller, id).await?;
+    }
+    Ok(Json(state.store.instance_get(&caller, id).await?))
 }
 
 /// A lifecycle action (`crate::lifecycle`), then the host's reconciler is woken.

@@ -904,8 +904,11 @@ fn pushable(
         id,
         hostname: r.text("name")?,
         generation: r.uint("generation")?,
+        // While a planned move is under way its source must stop it
+        // whatever the tenant wants: it runs nowhere until the move
+        // commits (then on the target) or aborts (then here again).
         power: match r.parsed("desired", DesiredState::parse)? {
-            DesiredState::Running => PowerState::Running,
+            DesiredState::Running if r.opt_text("move_target")?.is_none() => PowerState::Running,
             _ => PowerState::Stopped,
         },
         reboot_count: r.uint("reboot_count")?,

@@ -318,7 +318,7 @@ impl Store {
         }
         lock_row(&mut tx, "instances", &id.to_string()).await?;
         let row = sqlx::query(
-            "SELECT id, project_id, host_id, group_id, vcpus, ram_mib, disk_gib, desired FROM instances \
+            "SELECT id, project_id, host_id, group_id, vcpus, ram_mib, disk_gib, desired, move_target FROM instances \
              WHERE id = $1 AND deleted_at IS NULL",
         )
         .bind(id.to_string())
@@ -344,6 +344,10 @@ impl Store {
             host_release(&mut tx, old).await?;
             done.released = Some(old);
         }
+        // Its host failed in the middle of a planned move: that move is
+        // over, and its target's claim goes back (the scheduler's view
+        // catches up at its next refresh).
+        super::moves::move_forget(&mut tx, &row).await?;
         let now = now_ms();
         match placer.claim_instance(&mut tx, &demand).await {
             Ok(claim) => {
@@ -760,7 +764,7 @@ async fn volumes_of_host_bump(tx: &mut WriteTx, host: HostId) -> Result<Vec<Host
 }
 
 /// The same for one instance's volumes.
-async fn volumes_of_instance_bump(
+pub(super) async fn volumes_of_instance_bump(
     tx: &mut WriteTx,
     id: InstanceId,
 ) -> Result<Vec<HostId>, sqlx::Error> {

@@ -36,7 +36,9 @@ static HOST_PAGES: Keyset = Keyset {
 const HOST_COLUMNS: &str = "h.id, h.name, h.kind, h.rack_id, h.agent_url, h.admin_state, \
      h.cap_vcpus, h.cap_ram_mib, h.cap_disk_gib, h.cap_storage_total, h.cap_storage_free, \
      h.alloc_vcpus, h.alloc_ram_mib, h.alloc_disk_gib, h.alloc_storage, h.alloc_instances, h.alloc_volumes, \
-     h.health, h.health_since, h.health_reason, h.machine_id, h.last_heartbeat_at, h.created_at";
+     h.health, h.health_since, h.health_reason, h.machine_id, h.last_heartbeat_at, h.created_at, \
+     (SELECT COUNT(*) FROM instances pi WHERE pi.host_id = h.id AND pi.deleted_at IS NULL \
+        AND pi.relocation = 'never') AS pinned_instances";
 
 const RACK_SELECT: &str = "SELECT r.*, \
      (SELECT COUNT(*) FROM hosts h WHERE h.rack_id = r.id) AS host_count FROM racks r";
@@ -78,6 +80,7 @@ fn host_of_row(health_of: HealthOf<'_>, r: &AnyRow) -> Result<Host, sqlx::Error>
         machine_id: r.opt_text("machine_id")?,
         capacity: view.capacity,
         allocated: view.allocated,
+        pinned_instances: r.uint("pinned_instances")?,
         last_heartbeat_at: r.opt_time("last_heartbeat_at")?,
         created_at: r.time("created_at")?,
     })

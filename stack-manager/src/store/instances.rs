@@ -15,7 +15,7 @@ use api::ids::{GroupId, HostId, InstanceId, ProjectId, RackId, SubnetId, VolumeI
 use api::internal::{InstanceSpec, ObservedInstance};
 use api::resources::{
     Attachment, DesiredState, Flavor, Group, Image, Instance, InstanceStatus, Keypair, List,
-    Network, Nic, ProjectPage, VolumeStatus,
+    Network, Nic, ProjectPage, Relocation, VolumeStatus,
 };
 use sqlx::any::AnyRow;
 
@@ -137,6 +137,8 @@ fn instance_of_row(r: &AnyRow, nics: Vec<Nic>) -> ApiResult<Instance> {
         vcpus: r.uint("vcpus")? as u32,
         ram_mib: r.uint("ram_mib")?,
         disk_gib: r.uint("disk_gib")?,
+        relocation: r.parsed("relocation", Relocation::parse)?,
+        moving_to: r.opt_id("move_target")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
@@ -661,6 +663,11 @@ impl Store {
         if let Some(c) = claim {
             super::claims::host_release(&mut tx, c).await?;
         }
+        // Deleted in the middle of a move: the target's claim goes too.
+        // (The caller's scheduler view catches up at its next refresh.)
+        if let Some(c) = super::moves::move_target_claim(&r)? {
+            super::claims::host_release(&mut tx, c).await?;
+        }
         // Detached volumes become available; their storage ACL changes.
         let volumes: Vec<Option<String>> = sqlx::query(
             "SELECT v.id, v.host_id FROM attachments a JOIN volumes v ON v.id = a.volume_id WHERE a.instance_id = $1",
@@ -719,6 +726,7 @@ pub struct NewInstance {
     pub networks: Vec<Network>,
     pub user_data: Option<String>,
     pub start: bool,
+    pub relocation: Relocation,
 }
 
 impl Store {
@@ -750,6 +758,7 @@ impl Store {
             networks,
             user_data,
             start,
+            relocation,
         } = new;
         caller.check_write(project, "project", project)?;
         let id = InstanceId::new();
@@ -803,9 +812,14 @@ impl Store {
         } else {
             DesiredState::Stopped
         };
-        let instance_insert = "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, \
-             vcpus, ram_mib, disk_gib, user_data, desired, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14)";
+        // (The policy is one of two fixed words, written as a literal so
+        // the numbered parameters stay those of the address values below.)
+        let instance_insert = format!(
+            "INSERT INTO instances (id, project_id, name, flavor_id, image_id, keypair_id, group_id, host_id, \
+             vcpus, ram_mib, disk_gib, user_data, desired, status, created_at, updated_at, relocation) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'building', $14, $14, '{}')",
+            relocation.as_str()
+        );
         let usage_insert = "INSERT INTO usage_spans (id, project_id, kind, resource_id, flavor_id, gib, started_at, ended_at) \
              VALUES ($15, $2, 'instance', $1, $4, 0, $14, NULL)";
         let address_values = (0..picked.len())
@@ -871,6 +885,8 @@ impl Store {
             vcpus: flavor.vcpus,
             ram_mib: flavor.ram_mib,
             disk_gib: flavor.disk_gib,
+            relocation,
+            moving_to: None,
             created_at,
             updated_at: created_at,
         };
@@ -886,7 +902,7 @@ pub async fn group_footprint_in(
     except: InstanceId,
 ) -> ApiResult<Footprint> {
     let rows = sqlx::query(
-        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
+        "SELECT i.host_id, i.move_target, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
          WHERE i.group_id = $1 AND i.id <> $2 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
     )
     .bind(group.to_string())
@@ -897,6 +913,10 @@ pub async fn group_footprint_in(
     let mut racks = HashMap::new();
     for r in &rows {
         hosts.insert(r.id("host_id")?);
+        // A member being moved holds its target too (see `crate::moves`).
+        if let Some(target) = r.opt_id("move_target")? {
+            hosts.insert(target);
+        }
         if let Some(rack) = r.opt_id("rack_id")? {
             *racks.entry(rack).or_insert(0) += 1;
         }
@@ -909,7 +929,7 @@ pub type Footprint = (HashSet<HostId>, HashMap<RackId, u32>);
 
 async fn group_footprint(conn: &mut sqlx::AnyConnection, group: GroupId) -> ApiResult<Footprint> {
     let rows = sqlx::query(
-        "SELECT i.host_id, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
+        "SELECT i.host_id, i.move_target, h.rack_id FROM instances i LEFT JOIN hosts h ON h.id = i.host_id \
          WHERE i.group_id = $1 AND i.deleted_at IS NULL AND i.host_id IS NOT NULL",
     )
     .bind(group.to_string())
@@ -919,6 +939,10 @@ async fn group_footprint(conn: &mut sqlx::AnyConnection, group: GroupId) -> ApiR
     let mut racks = HashMap::new();
     for r in &rows {
         hosts.insert(r.id("host_id")?);
+        // A member being moved holds its target too (see `crate::moves`).
+        if let Some(target) = r.opt_id("move_target")? {
+            hosts.insert(target);
+        }
         if let Some(rack) = r.opt_id("rack_id")? {
             *racks.entry(rack).or_insert(0) += 1;
         }

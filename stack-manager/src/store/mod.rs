@@ -25,6 +25,7 @@ pub mod hosts;
 pub mod images;
 pub mod instances;
 pub mod keypairs;
+pub mod moves;
 pub mod networks;
 pub mod page;
 pub mod projects;

@@ -397,6 +397,7 @@ impl TestCloud {
             user_data: None,
             anti_affinity_group: None,
             start: true,
+            relocation: Relocation::Allow,
         }
     }
 }
