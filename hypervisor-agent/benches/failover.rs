@@ -82,6 +82,16 @@ async fn main() {
         .host_update(h1, &set(AdminState::Enabled))
         .await
         .expect("enable host 1");
+    // A false suspicion while the guests booted would make the figures
+    // meaningless (and is itself a defect): say so, with what to look at.
+    let before = fleet.admin.host_events(h0).await.expect("host events");
+    if !before.is_empty() {
+        panic!(
+            "host 0 was suspected before its power loss: {before:?}\nagent 0 log:\n{}\nstack manager log:\n{}",
+            fleet.agent_log(0),
+            fleet.stack_manager_log()
+        );
+    }
     eprintln!("{n} guests ready on host 0; host 0 loses power");
 
     fleet.kill_host(0);

@@ -219,9 +219,13 @@ async fn heartbeat_loop(
                     instances: instances_seen.clone(),
                     volumes: Vec::new(),
                 };
+                let sent = std::time::Instant::now();
                 match client.heartbeat(host, &hb).await {
                     Ok(ack) => every = Duration::from_secs(ack.heartbeat_interval_secs.max(1)),
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                }
+                if sent.elapsed() > every {
+                    tracing::warn!(took = ?sent.elapsed(), "the stack manager took longer than a heartbeat interval to answer a heartbeat");
                 }
             }
             None => tracing::warn!("no capacity reading yet; skipping a heartbeat"),
