@@ -48,10 +48,15 @@ fn running(domain: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_vms_are_reported_and_only_a_new_generation_restarts_them() {
-    let cloud = Cloud::start(AgentOptions {
-        virt_type: "qemu",
-        uplink: None,
-    })
+    // The agent alone is under test: the stack manager's restart policy
+    // (tests/healing.rs) would restart the VM behind this test's back.
+    let cloud = Cloud::start_with(
+        AgentOptions {
+            virt_type: "qemu",
+            uplink: None,
+        },
+        "[health]\nmonitor_interval_ms = 0\n",
+    )
     .await;
     let host = cloud.host_id.expect("enrolled");
     let (image_path, sha) = guest_image("tiny.raw");
@@ -93,9 +98,9 @@ async fn crashed_vms_are_reported_and_only_a_new_generation_restarts_them() {
     .await;
     let reason = o.reason.unwrap_or_default();
     assert!(reason.contains("QEMU exited"), "{reason}");
-    // The stack manager sees it (as `error` until its restart policy exists).
+    // The stack manager sees it.
     let i = cloud
-        .wait_status(vm.id, InstanceStatus::Error, Duration::from_secs(30))
+        .wait_status(vm.id, InstanceStatus::Crashed, Duration::from_secs(30))
         .await;
     assert_eq!(i.status_reason.as_deref(), Some(reason.as_str()));
     // Pushing the same spec again (what every resync does) restarts nothing.

@@ -232,6 +232,12 @@ impl std::ops::Deref for Cloud {
 impl Cloud {
     /// Starts a stack manager and one enrolled hypervisor agent.
     pub async fn start(opts: AgentOptions) -> Cloud {
+        Self::start_with(opts, "").await
+    }
+
+    /// [`start`](Self::start), with more TOML for the stack manager (whole
+    /// tables other than `[scheduler]` and `[hosts]`).
+    pub async fn start_with(opts: AgentOptions, extra_toml: &str) -> Cloud {
         require_libvirt();
         let dir = tempfile::tempdir().expect("temp dir");
         // QEMU runs as libvirt-qemu and must reach the agent's files.
@@ -239,8 +245,10 @@ impl Cloud {
         let sm = testkit::StackManager::start(
             &bin("stack-manager"),
             dir.path(),
-            "[scheduler]\ncpu_allocation_ratio = 32.0\ndisk_allocation_ratio = 8.0\n\
-             [hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 10\nresync_interval_secs = 5\n",
+            &format!(
+                "[scheduler]\ncpu_allocation_ratio = 32.0\ndisk_allocation_ratio = 8.0\n\
+                 [hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 10\nresync_interval_secs = 5\n{extra_toml}"
+            ),
         )
         .await;
         let (admin, public_url, internal_url) = (
