@@ -12,11 +12,11 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use api::ids::{HostId, InstanceId};
 use api::resources::*;
+use support::sim_agent::{sim_iqn, Beats};
 use support::{eventually, Backend, TestCloud};
 
 on_both_backends!(
@@ -25,43 +25,6 @@ on_both_backends!(
     mass_failure_pauses_evacuation_until_an_operator_decides,
     a_crashed_instance_is_restarted_in_place_with_backoff,
 );
-
-/// Heartbeats of simulated hosts, each in its own task, until stopped.
-#[derive(Default)]
-struct Beats {
-    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-}
-
-impl Beats {
-    fn start(&self, cloud: &TestCloud, key: &str) {
-        let fleet = cloud.fleet.clone();
-        let url = cloud.internal_url.clone();
-        let k = key.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let _ = fleet.heartbeat(&url, &k).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        if let Some(old) = self.tasks.lock().unwrap().insert(key.into(), task) {
-            old.abort();
-        }
-    }
-
-    fn stop(&self, key: &str) {
-        if let Some(t) = self.tasks.lock().unwrap().remove(key) {
-            t.abort();
-        }
-    }
-}
-
-impl Drop for Beats {
-    fn drop(&mut self) {
-        for (_, t) in self.tasks.lock().unwrap().drain() {
-            t.abort();
-        }
-    }
-}
 
 /// A cloud whose health monitor runs fast: suspected after 2 s of silence,
 /// fenced 1 s later.
@@ -85,10 +48,6 @@ async fn tenant(cloud: &TestCloud) -> api::Client {
     let c = cloud.user("alice", "acme", ProjectRole::Member).await;
     cloud.basics(&c).await;
     c
-}
-
-fn iqn(key: &str) -> String {
-    format!("iqn.2026-11.io.strato.sim:{key}")
 }
 
 fn key_of(cloud: &TestCloud, host: HostId) -> String {
@@ -129,10 +88,10 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
     let c = tenant(&cloud).await;
     for key in ["hv-1", "hv-2"] {
         cloud.hypervisor(key, 8, 16_384, None).await;
-        beats.start(&cloud, key);
+        cloud.beat(&beats, key);
     }
     cloud.storage("st-1", 100).await;
-    beats.start(&cloud, "st-1");
+    cloud.beat(&beats, "st-1");
 
     let vm = c.instance_create(&TestCloud::vm("db")).await.unwrap();
     let failed = vm.host_id.expect("placed");
@@ -168,7 +127,7 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
         let acl = cloud.fleet.with_host("st-1", |h| {
             h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
         })?;
-        (acl == vec![iqn(&failed_key)]).then_some(())
+        (acl == vec![sim_iqn(&failed_key)]).then_some(())
     })
     .await;
 
@@ -210,7 +169,7 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
         let acl = cloud.fleet.with_host("st-1", |h| {
             h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
         })?;
-        (acl == vec![iqn(other_key)]).then_some(())
+        (acl == vec![sim_iqn(other_key)]).then_some(())
     })
     .await;
     assert_eq!(
@@ -239,7 +198,7 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
     assert!(cloud
         .fleet
         .with_host(&failed_key, |h| h.instances.contains_key(&vm.id)));
-    beats.start(&cloud, &failed_key);
+    cloud.beat(&beats, &failed_key);
     eventually(20, || async {
         cloud
             .fleet
@@ -265,8 +224,8 @@ async fn a_host_back_within_the_grace_keeps_its_instances(backend: Backend) {
     let c = tenant(&cloud).await;
     let host = cloud.hypervisor("hv-1", 8, 16_384, None).await;
     cloud.hypervisor("hv-2", 8, 16_384, None).await;
-    beats.start(&cloud, "hv-1");
-    beats.start(&cloud, "hv-2");
+    cloud.beat(&beats, "hv-1");
+    cloud.beat(&beats, "hv-2");
     let mut spec = TestCloud::vm("web");
     spec.start = true;
     let vm = loop {
@@ -287,7 +246,7 @@ async fn a_host_back_within_the_grace_keeps_its_instances(backend: Backend) {
             .then_some(())
     })
     .await;
-    beats.start(&cloud, "hv-1");
+    cloud.beat(&beats, "hv-1");
     wait_health(&cloud, host, HostHealth::Up).await;
     let i = wait_status(&c, vm.id, InstanceStatus::Running).await;
     assert_eq!(i.host_id, Some(host), "nothing moved");
@@ -313,7 +272,7 @@ async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backe
     let mut hosts = Vec::new();
     for key in ["hv-1", "hv-2", "hv-3"] {
         hosts.push(cloud.hypervisor(key, 8, 16_384, None).await);
-        beats.start(&cloud, key);
+        cloud.beat(&beats, key);
     }
     let group = c
         .group_create(&GroupCreate { name: "ha".into() })
@@ -410,7 +369,7 @@ async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backe
     assert_eq!(pending.host_id, None);
     // ... and is placed as soon as capacity appears.
     let new = cloud.hypervisor("hv-4", 8, 16_384, None).await;
-    beats.start(&cloud, "hv-4");
+    cloud.beat(&beats, "hv-4");
     let placed = eventually(20, || async {
         let i = c.instance_get(members[1].id).await.ok()?;
         (i.host_id == Some(new) && i.status == InstanceStatus::Running).then_some(i)
@@ -432,7 +391,7 @@ async fn a_crashed_instance_is_restarted_in_place_with_backoff(backend: Backend)
     let beats = Beats::default();
     let c = tenant(&cloud).await;
     let host = cloud.hypervisor("hv-1", 8, 16_384, None).await;
-    beats.start(&cloud, "hv-1");
+    cloud.beat(&beats, "hv-1");
     let vm = c.instance_create(&TestCloud::vm("app")).await.unwrap();
     wait_status(&c, vm.id, InstanceStatus::Running).await;
 
@@ -568,7 +527,7 @@ async fn power_fencing_through_the_provisioner() {
     let silent = cloud.hypervisor_on("hv-dead-bmc", &dead).await;
     cloud.hypervisor("hv-spare", 8, 16_384, None).await;
     for key in ["hv-power", "hv-dead-bmc", "hv-spare"] {
-        beats.start(&cloud, key);
+        cloud.beat(&beats, key);
     }
     let mut on = HashMap::new();
     for host in [powered, silent] {

@@ -10,12 +10,12 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use api::ids::{HostId, InstanceId};
 use api::internal::PowerState;
 use api::resources::*;
+use support::sim_agent::{sim_iqn, Beats};
 use support::{eventually, Backend, TestCloud};
 
 on_both_backends!(
@@ -24,37 +24,6 @@ on_both_backends!(
     a_move_whose_target_agent_fails_is_aborted,
     a_move_whose_source_never_confirms_is_aborted,
 );
-
-/// Heartbeats of simulated hosts, each in its own task, until dropped.
-#[derive(Default)]
-struct Beats {
-    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
-}
-
-impl Beats {
-    fn start(&self, cloud: &TestCloud, key: &str) {
-        let fleet = cloud.fleet.clone();
-        let url = cloud.internal_url.clone();
-        let k = key.to_string();
-        let task = tokio::spawn(async move {
-            loop {
-                let _ = fleet.heartbeat(&url, &k).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        });
-        if let Some(old) = self.tasks.lock().unwrap().insert(key.into(), task) {
-            old.abort();
-        }
-    }
-}
-
-impl Drop for Beats {
-    fn drop(&mut self) {
-        for (_, t) in self.tasks.lock().unwrap().drain() {
-            t.abort();
-        }
-    }
-}
 
 async fn moving_cloud(
     backend: Backend,
@@ -79,12 +48,8 @@ async fn tenant(cloud: &TestCloud, instances: u64) -> api::Client {
 async fn hypervisor(cloud: &TestCloud, beats: &Beats, key: &str) -> HostId {
     // 4 vCPU (16 allocatable) and 4 GiB: eight `small` VMs fill it by RAM.
     let id = cloud.hypervisor(key, 4, 4096, None).await;
-    beats.start(cloud, key);
+    cloud.beat(&beats, key);
     id
-}
-
-fn iqn(key: &str) -> String {
-    format!("iqn.2026-11.io.strato.sim:{key}")
 }
 
 /// The simulated hosts whose agent holds a spec of `id`.
@@ -250,7 +215,7 @@ async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
     let c = tenant(&cloud, 10).await;
     let hv1 = hypervisor(&cloud, &beats, "hv-1").await;
     cloud.storage("st-1", 100).await;
-    beats.start(&cloud, "st-1");
+    cloud.beat(&beats, "st-1");
     let vms = create_vms(&c, "app", 3).await;
     let mut pinned = TestCloud::vm("pinned");
     pinned.relocation = Relocation::Never;
@@ -287,7 +252,7 @@ async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
         let acl = cloud.fleet.with_host("st-1", |h| {
             h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
         })?;
-        (acl == vec![iqn("hv-1")]).then_some(())
+        (acl == vec![sim_iqn("hv-1")]).then_some(())
     })
     .await;
     let hv2 = hypervisor(&cloud, &beats, "hv-2").await;
@@ -323,7 +288,7 @@ async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
         let acl = cloud.fleet.with_host("st-1", |h| {
             h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
         })?;
-        (acl == vec![iqn("hv-2")]).then_some(())
+        (acl == vec![sim_iqn("hv-2")]).then_some(())
     })
     .await;
     assert_eq!(

@@ -84,6 +84,19 @@ pub struct InstanceDemand {
     pub group_racks: HashMap<RackId, u32>,
 }
 
+impl InstanceDemand {
+    /// What an instance row (`vcpus`, `ram_mib`, `disk_gib`) needs, with no
+    /// group footprint yet: it is read under the group's lock.
+    pub fn of_row(r: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            vcpus: r.uint("vcpus")?,
+            ram_mib: r.uint("ram_mib")?,
+            disk_gib: r.uint("disk_gib")?,
+            ..Default::default()
+        })
+    }
+}
+
 /// How much of a host's capacity may be allocated.
 #[derive(Debug, Clone, Copy)]
 pub struct Ratios {

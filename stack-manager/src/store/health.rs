@@ -273,12 +273,7 @@ impl Store {
                     id: r.id("id")?,
                     desired: r.parsed("desired", DesiredState::parse)?,
                     group: r.opt_id("group_id")?,
-                    demand: InstanceDemand {
-                        vcpus: r.uint("vcpus")?,
-                        ram_mib: r.uint("ram_mib")?,
-                        disk_gib: r.uint("disk_gib")?,
-                        ..Default::default()
-                    },
+                    demand: InstanceDemand::of_row(r)?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

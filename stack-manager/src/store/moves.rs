@@ -162,12 +162,7 @@ impl Store {
                 id: r.id("id")?,
                 host: r.id("host_id")?,
                 group: r.opt_id("group_id")?,
-                demand: InstanceDemand {
-                    vcpus: r.uint("vcpus")?,
-                    ram_mib: r.uint("ram_mib")?,
-                    disk_gib: r.uint("disk_gib")?,
-                    ..Default::default()
-                },
+                demand: InstanceDemand::of_row(r)?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
@@ -229,16 +224,10 @@ impl Store {
         .bind(id.to_string())
         .fetch_optional(&self.db.pool)
         .await?;
-        row.map(|r| {
-            Ok(InstanceDemand {
-                vcpus: r.uint("vcpus")?,
-                ram_mib: r.uint("ram_mib")?,
-                disk_gib: r.uint("disk_gib")?,
-                ..Default::default()
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| e.into())
+        row.as_ref()
+            .map(InstanceDemand::of_row)
+            .transpose()
+            .map_err(|e: sqlx::Error| e.into())
     }
 
     /// Where a live instance is now, and whether it is moving; `None` when

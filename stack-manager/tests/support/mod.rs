@@ -154,6 +154,11 @@ impl TestCloud {
         .await
     }
 
+    /// Starts `key`'s heartbeats (see [`sim_agent::Beats`]).
+    pub fn beat(&self, beats: &sim_agent::Beats, key: &str) {
+        beats.start(&self.fleet, &self.internal_url, key);
+    }
+
     pub fn client(&self, token: &str) -> Client {
         Client::new(&self.url, token)
     }

@@ -156,8 +156,7 @@ impl SimFleet {
             kind,
             agent_url: self.agent_url(key),
             capacity,
-            initiator_iqn: (kind == HostKind::Hypervisor)
-                .then(|| format!("iqn.2026-11.io.strato.sim:{key}")),
+            initiator_iqn: (kind == HostKind::Hypervisor).then(|| sim_iqn(key)),
             iscsi_portal: (kind == HostKind::Storage).then(|| "127.0.0.1:3260".to_string()),
             machine_id,
         };
@@ -428,4 +427,50 @@ async fn volume_list(
     let mut hosts = f.lock().unwrap();
     let h = authorized(&mut hosts, &key, &headers)?;
     Ok(Json(h.volumes.values().map(observed_volume).collect()))
+}
+
+/// The initiator IQN a simulated hypervisor enrolls with.
+pub fn sim_iqn(key: &str) -> String {
+    format!("iqn.2026-11.io.strato.sim:{key}")
+}
+
+/// Heartbeats of simulated hosts through the real internal API, each in
+/// its own task, until stopped or dropped: what keeps them alive for the
+/// health monitor and the mover.
+#[derive(Default)]
+pub struct Beats {
+    tasks: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+impl Beats {
+    /// Starts (or restarts) `key`'s heartbeats into `internal_url`.
+    pub fn start(&self, fleet: &SimFleet, internal_url: &str, key: &str) {
+        let fleet = fleet.clone();
+        let url = internal_url.to_string();
+        let k = key.to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let _ = fleet.heartbeat(&url, &k).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        if let Some(old) = self.tasks.lock().unwrap().insert(key.into(), task) {
+            old.abort();
+        }
+    }
+
+    /// `key` falls silent (a power loss, a partition).
+    pub fn stop(&self, key: &str) {
+        if let Some(t) = self.tasks.lock().unwrap().remove(key) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.lock().unwrap().drain() {
+            t.abort();
+        }
+    }
 }
