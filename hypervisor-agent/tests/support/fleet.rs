@@ -235,27 +235,33 @@ impl FleetNet {
             &std::process::id().to_string(),
         ]);
         for i in 0..hosts {
-            let ns = format!("strato-fl{}-h{i}", net.tag);
-            ip(&["netns", "add", &ns]);
-            net.namespaces.push(ns.clone());
-            let (cable, inner) = (net.cable(i), format!("sfl{}n{i}", net.tag));
-            ip(&[
-                "link", "add", &cable, "type", "veth", "peer", "name", &inner, "netns", &ns,
-            ]);
-            ip(&["link", "set", "dev", &cable, "master", &net.bridge, "up"]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", net.host_address(i)),
-                "dev",
-                &inner,
-            ]);
-            ip(&["-n", &ns, "link", "set", "dev", &inner, "up"]);
-            ip(&["-n", &ns, "link", "set", "dev", "lo", "up"]);
+            net.add_host(i);
         }
         net
+    }
+
+    /// Host `i`'s namespace, with its address, and its cable into the bridge.
+    fn add_host(&mut self, i: usize) {
+        assert!(i < 10, "a fleet has at most 9 hypervisors");
+        let ns = format!("strato-fl{}-h{i}", self.tag);
+        ip(&["netns", "add", &ns]);
+        self.namespaces.push(ns.clone());
+        let (cable, inner) = (self.cable(i), format!("sfl{}n{i}", self.tag));
+        ip(&[
+            "link", "add", &cable, "type", "veth", "peer", "name", &inner, "netns", &ns,
+        ]);
+        ip(&["link", "set", "dev", &cable, "master", &self.bridge, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", self.host_address(i)),
+            "dev",
+            &inner,
+        ]);
+        ip(&["-n", &ns, "link", "set", "dev", &inner, "up"]);
+        ip(&["-n", &ns, "link", "set", "dev", "lo", "up"]);
     }
 
     fn gateway(&self) -> Ipv4Addr {
@@ -330,6 +336,22 @@ impl Fleet {
             fleet.add_host(i).await;
         }
         fleet
+    }
+
+    /// A new hypervisor joins the running fleet, as a rack added to a
+    /// cloud: its namespace and cable, its agent enrolled and heartbeating.
+    /// Returns its index.
+    pub async fn grow(&mut self) -> usize {
+        let i = self.hosts.len();
+        self.net.add_host(i);
+        self.api.logs.push(
+            self.dir
+                .path()
+                .join(format!("h{i}"))
+                .join("hypervisor-agent.log"),
+        );
+        self.add_host(i).await;
+        i
     }
 
     async fn add_host(&mut self, i: usize) {
