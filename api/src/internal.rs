@@ -166,6 +166,23 @@ pub enum ObservedInstanceState {
     /// it on its own: a spec with a higher generation (or reboot count)
     /// and power `running` does.
     Crashed,
+    /// The agent cannot tell: libvirt has not answered it for longer than
+    /// its `stale_reading_secs`; `reason` says since when and what was
+    /// seen last.
+    Unknown,
+}
+
+impl ObservedInstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Building => "building",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Error => "error",
+            Self::Crashed => "crashed",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

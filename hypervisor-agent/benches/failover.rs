@@ -99,32 +99,37 @@ async fn main() {
     let killed = chrono::Utc::now();
     let t = Instant::now();
     fleet.kill_host(0);
-    let mut running = Vec::new();
-    let mut ready = Vec::new();
-    let mut pending: Vec<_> = vms.iter().map(|v| v.id).collect();
+    // Every VM is polled in each round, so one guest's slow boot does not
+    // delay reading another's status.
+    let mut running: Vec<Option<f64>> = vec![None; n];
+    let mut ready: Vec<Option<f64>> = vec![None; n];
     let deadline = Instant::now() + Duration::from_secs(600);
-    while !pending.is_empty() {
+    while ready.iter().any(Option::is_none) {
         assert!(
             Instant::now() < deadline,
-            "not all VMs came back within 10 min"
+            "not all VMs came back within 10 min\nagent 1 log:\n{}\nstack manager log:\n{}",
+            fleet.agent_log(1),
+            fleet.stack_manager_log()
         );
-        let mut still = Vec::new();
-        for id in pending {
-            let i = fleet.admin.instance_get(id).await.expect("instance");
-            if i.host_id == Some(h1) && i.status == InstanceStatus::Running {
-                running.push(t.elapsed().as_secs_f64());
+        for (k, vm) in vms.iter().enumerate() {
+            if running[k].is_none() {
+                let i = fleet.admin.instance_get(vm.id).await.expect("instance");
+                if i.host_id == Some(h1) && i.status == InstanceStatus::Running {
+                    running[k] = Some(t.elapsed().as_secs_f64());
+                }
+            }
+            if running[k].is_some() && ready[k].is_none() {
                 // The console is read from host 1's agent, its new home.
-                fleet
-                    .wait_console(id, MARKER, 1, Duration::from_secs(300))
-                    .await;
-                ready.push(t.elapsed().as_secs_f64());
-            } else {
-                still.push(id);
+                let console = fleet.admin.instance_console(vm.id).await;
+                if console.is_ok_and(|c| c.data.contains(MARKER)) {
+                    ready[k] = Some(t.elapsed().as_secs_f64());
+                }
             }
         }
-        pending = still;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let running: Vec<f64> = running.into_iter().flatten().collect();
+    let ready: Vec<f64> = ready.into_iter().flatten().collect();
     let events = fleet.admin.host_events(h0).await.expect("host events");
     let mut placed = Vec::new();
     for vm in &vms {
@@ -148,6 +153,15 @@ async fn main() {
         secs(killed, last(&events, "host.fenced"))
     );
     println!("  all placed on host 1      {:>6.1} s", max(&placed));
-    println!("  all running on host 1     {:>6.1} s", max(&running));
-    println!("  all guests ready (boot)   {:>6.1} s", max(&ready));
+    let min = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::min);
+    println!(
+        "  running on host 1         {:>6.1} s first, {:>6.1} s all",
+        min(&running),
+        max(&running)
+    );
+    println!(
+        "  guests ready (boot)       {:>6.1} s first, {:>6.1} s all",
+        min(&ready),
+        max(&ready)
+    );
 }

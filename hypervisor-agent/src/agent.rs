@@ -4,12 +4,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
 
 use agent_support::enroll::{enroll_or_load, retry, Identity};
 use agent_support::fs::{fs_space, set_mode};
 use api::ids::HostId;
-use api::internal::{EnrollRequest, Heartbeat};
+use api::internal::{EnrollRequest, Heartbeat, ObservedInstance, ObservedInstanceState};
 use api::resources::{Capacity, HostKind};
 use api::InternalClient;
 
@@ -181,6 +183,89 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
+/// The newest reading of this host's instances, and when it was taken.
+#[derive(Clone)]
+struct Reading {
+    instances: Vec<ObservedInstance>,
+    at: Instant,
+}
+
+/// Reads the instances in a task of its own, every interval and as soon
+/// as one converged or failed: a heartbeat then reports the newest reading
+/// without waiting on libvirt. A libvirtd starved by busy guests (or
+/// queueing the agent's reads behind domain starts) answers in seconds;
+/// liveness must not stop for it, and a reading that took long is still
+/// used rather than thrown away. `report` is woken after a reading that
+/// a change asked for, so that it goes out at once.
+fn spawn_observer(
+    realizer: Arc<Realizer>,
+    every: Duration,
+    report: Arc<Notify>,
+) -> watch::Receiver<Option<Reading>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut asked = false;
+        loop {
+            let started = Instant::now();
+            let instances = realizer.observe_all().await;
+            let took = started.elapsed();
+            if took > every {
+                tracing::warn!(
+                    ?took,
+                    "reading the instances took longer than a heartbeat interval"
+                );
+            }
+            if tx
+                .send(Some(Reading {
+                    instances,
+                    at: Instant::now(),
+                }))
+                .is_err()
+            {
+                return;
+            }
+            if asked {
+                report.notify_one();
+            }
+            // Instances that converge together share one reading.
+            asked = tokio::select! {
+                _ = tokio::time::sleep(every) => false,
+                _ = realizer.changed.notified() => {
+                    tokio::time::sleep(CHANGE_PAUSE.min(every)).await;
+                    true
+                }
+            };
+        }
+    });
+    rx
+}
+
+/// How long a reading asked for by a change waits for other instances.
+const CHANGE_PAUSE: Duration = Duration::from_millis(200);
+
+/// What a heartbeat says of the instances: the newest reading, or, when
+/// libvirt has not answered for longer than `stale_after`, that their
+/// state is unknown (a frozen reading must not pass for the present).
+fn report_of(reading: &Reading, stale_after: Duration) -> Vec<ObservedInstance> {
+    let age = reading.at.elapsed();
+    if age <= stale_after {
+        return reading.instances.clone();
+    }
+    reading
+        .instances
+        .iter()
+        .map(|o| ObservedInstance {
+            state: ObservedInstanceState::Unknown,
+            reason: Some(format!(
+                "libvirt has not answered the agent for {} s (last seen {})",
+                age.as_secs(),
+                o.state.as_str()
+            )),
+            ..o.clone()
+        })
+        .collect()
+}
+
 async fn heartbeat_loop(
     cfg: Config,
     hv: Arc<Hypervisor>,
@@ -189,8 +274,13 @@ async fn heartbeat_loop(
     host: HostId,
 ) -> anyhow::Result<()> {
     let mut every = Duration::from_secs(cfg.heartbeat_interval_secs);
+    let report = Arc::new(Notify::new());
+    let mut readings = spawn_observer(realizer, every, report.clone());
+    // The first heartbeat carries a reading if one comes soon (adoption
+    // has just looked at every domain, so it should).
+    let _ = tokio::time::timeout(every, readings.wait_for(Option::is_some)).await;
+    let stale_after = Duration::from_secs(cfg.stale_reading_secs);
     let mut capacity_seen: Option<Capacity> = None;
-    let mut instances_seen = Vec::new();
     loop {
         // Liveness must not wait on a slow libvirt: a domain whose QEMU
         // takes seconds to die holds libvirt's locks, and a host whose
@@ -205,21 +295,19 @@ async fn heartbeat_loop(
                 "reading host capacity is slow; reporting the last reading"
             ),
         }
-        match tokio::time::timeout(budget, realizer.observe_all()).await {
-            Ok(seen) => instances_seen = seen,
-            Err(_) => tracing::warn!(
-                ?budget,
-                "observing instances is slow; reporting the last observation"
-            ),
-        }
+        let instances = readings
+            .borrow()
+            .as_ref()
+            .map(|r| report_of(r, stale_after))
+            .unwrap_or_default();
         match capacity_seen {
             Some(capacity) => {
                 let hb = Heartbeat {
                     capacity,
-                    instances: instances_seen.clone(),
+                    instances,
                     volumes: Vec::new(),
                 };
-                let sent = std::time::Instant::now();
+                let sent = Instant::now();
                 match client.heartbeat(host, &hb).await {
                     Ok(ack) => every = Duration::from_secs(ack.heartbeat_interval_secs.max(1)),
                     Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -230,6 +318,45 @@ async fn heartbeat_loop(
             }
             None => tracing::warn!("no capacity reading yet; skipping a heartbeat"),
         }
-        tokio::time::sleep(every).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = report.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::ids::InstanceId;
+
+    fn reading(age: Duration) -> Reading {
+        Reading {
+            instances: vec![ObservedInstance {
+                id: InstanceId::new(),
+                state: ObservedInstanceState::Running,
+                generation: 3,
+                reboot_count: 0,
+                reason: None,
+            }],
+            at: Instant::now().checked_sub(age).expect("a past instant"),
+        }
+    }
+
+    #[test]
+    fn a_frozen_reading_is_reported_unknown_with_its_age() {
+        let stale_after = Duration::from_secs(10);
+        let fresh = report_of(&reading(Duration::from_secs(2)), stale_after);
+        assert_eq!(fresh[0].state, ObservedInstanceState::Running);
+        assert_eq!(fresh[0].reason, None);
+
+        let frozen = report_of(&reading(Duration::from_secs(25)), stale_after);
+        assert_eq!(frozen[0].state, ObservedInstanceState::Unknown);
+        assert_eq!(frozen[0].generation, 3, "what was applied stays known");
+        let reason = frozen[0].reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("25 s") && reason.contains("running"),
+            "{reason}"
+        );
     }
 }

@@ -47,6 +47,10 @@ pub struct Config {
     pub repair_kvm_device: bool,
     /// Heartbeat interval until the stack manager names one. Default 2 s.
     pub heartbeat_interval_secs: u64,
+    /// A reading of the instances older than this (libvirt has not
+    /// answered since) is reported as `unknown` instead of as current.
+    /// Default 10 s.
+    pub stale_reading_secs: u64,
     /// How long a stop waits for the guest to power off after an ACPI
     /// shutdown before the domain is destroyed. Default 60 s.
     pub shutdown_timeout_secs: u64,
@@ -109,6 +113,7 @@ impl Default for Config {
             kvm_probe_timeout_secs: 10,
             repair_kvm_device: true,
             heartbeat_interval_secs: 2,
+            stale_reading_secs: 10,
             shutdown_timeout_secs: 60,
             uplink: None,
             bridge_netns: None,
@@ -154,6 +159,11 @@ impl Config {
         if self.heartbeat_interval_secs == 0 {
             return Err(ConfigError::Invalid(
                 "heartbeat_interval_secs must be > 0".into(),
+            ));
+        }
+        if self.stale_reading_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "stale_reading_secs must be > 0".into(),
             ));
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! tokio's blocking pool. The connection is reopened when libvirtd went
 //! away (a libvirtd restart must not need an agent restart).
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -87,16 +88,25 @@ impl OffReason {
 }
 
 fn run_of(d: &Domain) -> Result<DomainRun> {
-    // A panicked guest kept by `on_crash` is "active" to libvirt, but it
-    // runs nothing: it is reported as stopped, with the panic as reason.
+    Ok(libvirt_run_of(d)?)
+}
+
+fn libvirt_run_of(d: &Domain) -> std::result::Result<DomainRun, virt::error::Error> {
+    // One libvirt round trip: the state says whether it is active (shut
+    // off is the only inactive state), and a heartbeat reads it for every
+    // VM of the host. A panicked guest kept by `on_crash` is "active" to
+    // libvirt, but it runs nothing: it is reported as stopped, with the
+    // panic as reason.
     let (state, reason) = d.get_state()?;
-    if state == sys::VIR_DOMAIN_CRASHED {
-        return Ok(DomainRun::Off(OffReason::from_libvirt(state, reason)));
-    }
-    Ok(if d.is_active()? {
-        DomainRun::Running
-    } else {
-        DomainRun::Off(OffReason::from_libvirt(state, reason))
+    Ok(match state {
+        sys::VIR_DOMAIN_SHUTOFF | sys::VIR_DOMAIN_CRASHED => {
+            DomainRun::Off(OffReason::from_libvirt(state, reason))
+        }
+        // No state yet (a domain being set up): libvirt's own word.
+        sys::VIR_DOMAIN_NOSTATE if !d.is_active()? => {
+            DomainRun::Off(OffReason::from_libvirt(state, reason))
+        }
+        _ => DomainRun::Running,
     })
 }
 
@@ -188,6 +198,35 @@ impl Hypervisor {
                     name,
                     host,
                 });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// How each of `uuids` runs; a domain missing from the map does not
+    /// exist. The listing and the UUIDs cost one round trip, each of ours
+    /// one more: a heartbeat must stay cheap on a libvirtd that also serves
+    /// other agents' domains and is starved by busy guests.
+    pub async fn domain_runs(
+        self: &Arc<Self>,
+        uuids: HashSet<String>,
+    ) -> Result<HashMap<String, DomainRun>> {
+        self.with(move |c| {
+            let mut out = HashMap::with_capacity(uuids.len());
+            for d in c.list_all_domains(0)? {
+                let uuid = d.get_uuid_string()?;
+                if !uuids.contains(&uuid) {
+                    continue;
+                }
+                match libvirt_run_of(&d) {
+                    Ok(run) => {
+                        out.insert(uuid, run);
+                    }
+                    // Gone between the listing and the question.
+                    Err(e) if not_found(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
             Ok(out)
         })

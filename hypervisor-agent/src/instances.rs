@@ -127,6 +127,10 @@ pub struct Realizer {
     /// (see [`DomainIdentity`]): they keep their legacy identity until
     /// torn down.
     legacy: Mutex<HashSet<InstanceId>>,
+    /// Woken when an instance converged or failed, so the next heartbeat
+    /// goes out now: a re-created VM reads `running` as soon as it runs,
+    /// not a heartbeat interval later.
+    pub changed: Notify,
 }
 
 fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -209,6 +213,7 @@ impl Realizer {
             slots: Mutex::new(HashMap::new()),
             net: tokio::sync::Mutex::new(()),
             legacy: Mutex::new(HashSet::new()),
+            changed: Notify::new(),
         }))
     }
 
@@ -390,6 +395,7 @@ impl Realizer {
                                 s.error = None;
                             });
                             retry = RETRY_FIRST;
+                            self.changed.notify_one();
                             tracing::info!(instance = %spec.id, generation = spec.generation, "instance converged");
                         }
                         Err(e) => {
@@ -404,6 +410,7 @@ impl Realizer {
                             slot.set_status(|s| {
                                 s.error = Some((spec.generation, e.to_string(), transient))
                             });
+                            self.changed.notify_one();
                             if transient {
                                 wait_for = Some(retry);
                                 retry = (retry * 2).min(RETRY_MAX);
@@ -445,13 +452,10 @@ impl Realizer {
             .values()
             .cloned()
             .collect();
-        // One listing for every instance: a heartbeat must not cost a
-        // libvirt round trip per VM.
-        let domains: Result<HashMap<String, DomainRun>> = self
-            .hv
-            .strato_domains()
-            .await
-            .map(|ds| ds.into_iter().map(|d| (d.uuid, d.run)).collect());
+        // One listing for every instance, and one state query per VM of
+        // this host (not per domain of the machine).
+        let ours = slots.iter().map(|s| s.domain.uuid.clone()).collect();
+        let domains: Result<HashMap<String, DomainRun>> = self.hv.domain_runs(ours).await;
         slots
             .iter()
             .filter(|s| !s.deleting())

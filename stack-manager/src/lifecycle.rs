@@ -220,6 +220,7 @@ pub fn instance_status(o: &ObservedInstance, desired_reboot_count: u64) -> Insta
         ObservedInstanceState::Stopped => InstanceStatus::Stopped,
         ObservedInstanceState::Error => InstanceStatus::Error,
         ObservedInstanceState::Crashed => InstanceStatus::Crashed,
+        ObservedInstanceState::Unknown => InstanceStatus::Unknown,
     }
 }
 
