@@ -559,10 +559,11 @@ impl Client {
         self.transport.delete(&format!("/v1/hosts/{id}")).await
     }
     /// Fences the host (if it is not yet) and re-creates its instances
-    /// elsewhere, whatever the mass-failure guard says.
-    pub async fn host_evacuate(&self, id: HostId) -> Result<Evacuation> {
+    /// elsewhere, whatever the mass-failure guard says; see
+    /// [`EvacuateRequest::confirm_fenced`].
+    pub async fn host_evacuate(&self, id: HostId, body: &EvacuateRequest) -> Result<Evacuation> {
         self.transport
-            .post(&format!("/v1/hosts/{id}/evacuate"), &serde_json::json!({}))
+            .post(&format!("/v1/hosts/{id}/evacuate"), body)
             .await
     }
     /// Takes a fenced host back: its storage targets accept it again and

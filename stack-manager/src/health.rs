@@ -219,11 +219,9 @@ impl HealthMonitor {
                     n.fencing_started += 1;
                 }
             }
-            HostHealth::Fencing => {
-                if self.fence_step(h, now).await? {
-                    n.fenced += 1;
-                    self.evacuate(h, n).await?;
-                }
+            HostHealth::Fencing if self.fence_step(h, now).await? => {
+                n.fenced += 1;
+                self.evacuate(h, n).await?;
             }
             HostHealth::Fenced => self.evacuate(h, n).await?,
             _ => {}
@@ -297,8 +295,6 @@ impl HealthMonitor {
         }
         Ok(moved)
     }
-
-    /// Starts fencing `host`: see [`crate::store::Store::host_fence_begin`].
 
     /// One look at a fencing host; whether it is now fenced.
     async fn fence_step(&self, h: &HealthRow, now: i64) -> ApiResult<bool> {

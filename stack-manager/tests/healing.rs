@@ -22,6 +22,7 @@ use support::{eventually, Backend, TestCloud};
 on_both_backends!(
     a_failed_host_s_instances_move_with_their_addresses_and_volumes,
     a_host_back_within_the_grace_keeps_its_instances,
+    a_host_whose_storage_node_died_too_is_evacuated_on_the_operator_s_word,
     mass_failure_pauses_evacuation_until_an_operator_decides,
     a_crashed_instance_is_restarted_in_place_with_backoff,
 );
@@ -261,6 +262,120 @@ async fn a_host_back_within_the_grace_keeps_its_instances(backend: Backend) {
     assert_eq!(names, ["host.suspected", "host.recovered"]);
 }
 
+/// A rack that loses power takes a hypervisor and the storage node of its
+/// volumes: storage fencing can never be confirmed, and the instance
+/// stays, `unknown`, until an operator who has checked the host is off
+/// says so.
+async fn a_host_whose_storage_node_died_too_is_evacuated_on_the_operator_s_word(backend: Backend) {
+    let cloud = healing_cloud(backend, |c| {
+        c.health.fence_timeout_secs = 1;
+        c.health.mass_failure_share = 1.0;
+    })
+    .await;
+    let beats = Beats::default();
+    let c = tenant(&cloud).await;
+    let dead = cloud.hypervisor("hv-1", 8, 16_384, None).await;
+    let spare = cloud.hypervisor("hv-2", 8, 16_384, None).await;
+    cloud.storage("st-1", 100).await;
+    for key in ["hv-1", "hv-2", "st-1"] {
+        cloud.beat(&beats, key);
+    }
+    cloud
+        .admin
+        .host_update(
+            spare,
+            &HostUpdate {
+                admin_state: AdminState::Disabled,
+            },
+        )
+        .await
+        .unwrap();
+    let vm = c.instance_create(&TestCloud::vm("db")).await.unwrap();
+    assert_eq!(vm.host_id, Some(dead));
+    cloud
+        .admin
+        .host_update(
+            spare,
+            &HostUpdate {
+                admin_state: AdminState::Enabled,
+            },
+        )
+        .await
+        .unwrap();
+    let vol = c
+        .volume_create(&VolumeCreate {
+            name: "data".into(),
+            size_gib: 1,
+            source: VolumeSource::Empty,
+        })
+        .await
+        .unwrap();
+    eventually(10, || async {
+        (c.volume_get(vol.id).await.ok()?.status == VolumeStatus::Available).then_some(())
+    })
+    .await;
+    c.attachment_create(vm.id, "data").await.unwrap();
+    let running = wait_status(&c, vm.id, InstanceStatus::Running).await;
+
+    beats.stop("hv-1");
+    beats.stop("st-1");
+    cloud.fleet.with_host("st-1", |h| h.failing = true);
+    let stuck = eventually(30, || async {
+        let h = cloud.admin.host_get(dead).await.ok()?;
+        h.health_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("fencing unconfirmed") && r.contains("st-1"))
+            .then_some(h)
+    })
+    .await;
+    assert_eq!(stuck.health, HostHealth::Fencing);
+    // Without the operator's word, an evacuation waits like the monitor.
+    let e = cloud
+        .admin
+        .host_evacuate(dead, &EvacuateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(e.health, HostHealth::Fencing);
+    let i = c.instance_get(vm.id).await.unwrap();
+    assert_eq!(i.host_id, Some(dead), "nothing moves before fencing");
+    assert_eq!(i.status, InstanceStatus::Unknown);
+
+    let confirm = EvacuateRequest {
+        confirm_fenced: true,
+    };
+    let e = cloud.admin.host_evacuate(dead, &confirm).await.unwrap();
+    assert_eq!(e.health, HostHealth::Fenced);
+    let moved = eventually(20, || async {
+        let i = c.instance_get(vm.id).await.ok()?;
+        (i.host_id == Some(spare) && i.status == InstanceStatus::Running).then_some(i)
+    })
+    .await;
+    assert_eq!(moved.nics, running.nics, "same MACs and addresses");
+    let spec = cloud
+        .fleet
+        .with_host("hv-2", |h| h.instances.get(&vm.id).cloned())
+        .expect("pushed to the spare host");
+    assert_eq!(spec.volumes.len(), 1, "the volume followed");
+    let events = cloud.admin.host_events(dead).await.unwrap();
+    let fenced = events
+        .iter()
+        .find(|e| e.event == "host.fenced")
+        .expect("a host.fenced event");
+    assert!(fenced.message.contains("on the word of"), "{fenced:?}");
+
+    // The storage node returns: it applies the revocation it missed, and
+    // its volume lets in only the new host.
+    cloud.fleet.with_host("st-1", |h| h.failing = false);
+    cloud.beat(&beats, "st-1");
+    eventually(20, || async {
+        let acl = cloud.fleet.with_host("st-1", |h| {
+            h.volumes.get(&vol.id).map(|v| v.allowed_initiators.clone())
+        })?;
+        (acl == vec![sim_iqn("hv-2")]).then_some(())
+    })
+    .await;
+}
+
 async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backend) {
     let cloud = healing_cloud(backend, |c| {
         c.health.mass_failure_share = 0.3;
@@ -338,7 +453,11 @@ async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backe
 
     // The operator evacuates one host: it is fenced and its member moves
     // to hv-3 (the only host without a member).
-    let e = cloud.admin.host_evacuate(a).await.unwrap();
+    let e = cloud
+        .admin
+        .host_evacuate(a, &EvacuateRequest::default())
+        .await
+        .unwrap();
     assert_eq!(e.instances, 1);
     wait_health(&cloud, a, HostHealth::Fenced).await;
     let first = eventually(20, || async {
@@ -586,6 +705,42 @@ async fn power_fencing_through_the_provisioner() {
         event_names(&events).contains(&"host.fence_unconfirmed"),
         "{events:?}"
     );
+
+    // The operator's word: refused for a host that heartbeats (its VMs
+    // would run twice), taken for the silent one, whose VM then moves.
+    let confirm = EvacuateRequest {
+        confirm_fenced: true,
+    };
+    let spare = cloud.fleet.with_host("hv-spare", |h| h.host_id).unwrap();
+    let refused = cloud
+        .admin
+        .host_evacuate(spare, &confirm)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(409), "{refused}");
+    assert!(refused.to_string().contains("heartbeated"), "{refused}");
+    assert_eq!(
+        cloud.admin.host_get(spare).await.unwrap().health,
+        HostHealth::Up,
+        "a refused confirmation changes nothing"
+    );
+    let e = cloud.admin.host_evacuate(silent, &confirm).await.unwrap();
+    assert_eq!(e.health, HostHealth::Fenced);
+    let fenced = cloud.admin.host_get(silent).await.unwrap();
+    assert!(
+        fenced
+            .health_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("on the word of")),
+        "{:?}",
+        fenced.health_reason
+    );
+    let moved = eventually(20, || async {
+        let i = c.instance_get(on[&silent].id).await.ok()?;
+        (i.host_id == Some(spare) && i.status == InstanceStatus::Running).then_some(i)
+    })
+    .await;
+    assert_eq!(moved.nics, stuck.nics, "same MACs and addresses");
 }
 
 const PROVISIONER_TOKEN: &str = "healing-test-provisioner-token";

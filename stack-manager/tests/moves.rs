@@ -48,7 +48,7 @@ async fn tenant(cloud: &TestCloud, instances: u64) -> api::Client {
 async fn hypervisor(cloud: &TestCloud, beats: &Beats, key: &str) -> HostId {
     // 4 vCPU (16 allocatable) and 4 GiB: eight `small` VMs fill it by RAM.
     let id = cloud.hypervisor(key, 4, 4096, None).await;
-    cloud.beat(&beats, key);
+    cloud.beat(beats, key);
     id
 }
 

@@ -174,6 +174,21 @@ pub struct Host {
     pub created_at: DateTime<Utc>,
 }
 
+/// `POST /v1/hosts/{id}/evacuate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvacuateRequest {
+    /// The operator's word that the host is off (powered down or unplugged
+    /// by hand): fencing counts as confirmed now, without waiting for its
+    /// power driver or its storage nodes, so that a host whose BMC or
+    /// storage node is gone too can still be evacuated. Refused while the
+    /// host heartbeats. If the host is in fact alive, its VMs run twice:
+    /// the event names who confirmed. Revocations not yet applied by a
+    /// storage node are applied when it returns.
+    #[serde(default)]
+    pub confirm_fenced: bool,
+}
+
 /// `POST /v1/hosts/{id}/evacuate`: what was started.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Evacuation {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use api::ids::RackId;
 use api::resources::{
-    AdminState, EnrollmentTokenCreate, Event, Host, HostHealth, HostKind, HostUpdate, Rack,
-    RackCreate, RebalancePlan, RebalanceRequest,
+    AdminState, EnrollmentTokenCreate, EvacuateRequest, Event, Host, HostHealth, HostKind,
+    HostUpdate, Rack, RackCreate, RebalancePlan, RebalanceRequest,
 };
 use api::Client;
 use chrono::Utc;
@@ -60,6 +60,13 @@ pub enum HostCmd {
     Evacuate {
         /// Host id or name.
         host: String,
+        /// You have made sure the host is off (powered down or unplugged
+        /// by hand): fencing counts as confirmed now, without its power
+        /// driver or storage nodes (for a host whose BMC or storage node
+        /// is gone too). Refused while the host heartbeats. If it is in
+        /// fact running, its VMs run twice.
+        #[arg(long)]
+        confirm_fenced: bool,
     },
     /// Take a fenced host back once its VMs moved: its volumes accept it
     /// again and it gets new work.
@@ -287,14 +294,25 @@ pub async fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             }
             print_plan(ctx, &plan)
         }
-        HostCmd::Evacuate { host } => {
+        HostCmd::Evacuate {
+            host,
+            confirm_fenced,
+        } => {
             let id = resolve(&host, c.host_list()).await?;
-            let e = c.host_evacuate(id).await?;
+            let e = c
+                .host_evacuate(id, &EvacuateRequest { confirm_fenced })
+                .await?;
             if ctx.out.json {
                 return ctx.out.json(&e);
             }
+            let when = if e.health == HostHealth::Fenced {
+                "now"
+            } else {
+                "once fencing is confirmed"
+            };
             ctx.out.note(format!(
-                "host {host}: {}; its {} VM(s) are re-created elsewhere once fencing is confirmed                  (follow with `strato host events {host}`)",
+                "host {host}: {}; its {} VM(s) are re-created elsewhere {when} \
+                 (follow with `strato host events {host}`)",
                 e.health.as_str(),
                 e.instances
             ))

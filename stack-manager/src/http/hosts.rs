@@ -4,9 +4,10 @@
 
 use api::ids::{HostId, RackId};
 use api::resources::{
-    AdminState, EnrollmentTokenCreate, EnrollmentTokenCreated, Evacuation, EvacuationState, Event,
-    Host, HostHealth, HostKind, HostUpdate, List, MoveReason, PageParams, Rack, RackCreate,
-    RebalanceHost, RebalanceMove, RebalancePlan, RebalanceRequest, RebalanceStuck,
+    AdminState, EnrollmentTokenCreate, EnrollmentTokenCreated, EvacuateRequest, Evacuation,
+    EvacuationState, Event, Host, HostHealth, HostKind, HostUpdate, List, MoveReason, PageParams,
+    Rack, RackCreate, RebalanceHost, RebalanceMove, RebalancePlan, RebalanceRequest,
+    RebalanceStuck,
 };
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -67,6 +68,7 @@ pub fn router() -> Router<AppState> {
         api::resources::Allocated,
         EnrollmentTokenCreate,
         EnrollmentTokenCreated,
+        EvacuateRequest,
         Evacuation,
         EvacuationState,
         Event,
@@ -234,33 +236,71 @@ async fn host_rebalance(
 
 /// Fences a hypervisor (if it is not fenced yet) and re-creates its
 /// instances elsewhere once fencing is confirmed, whatever the
-/// mass-failure guard says: the operator decided. For planned maintenance
-/// of a healthy host, drain it instead (its instances are stopped and moved
-/// one by one, never fenced).
+/// mass-failure guard says: the operator decided. With `confirm_fenced`,
+/// the operator's word that the host is off confirms fencing at once (a
+/// host whose BMC or storage node died with it would otherwise wait
+/// forever); only a silent host takes that word. For planned maintenance
+/// of a healthy host, drain it instead (its instances are stopped and
+/// moved one by one, never fenced).
 #[utoipa::path(post, path = "/v1/hosts/{id}/evacuate", tag = "hosts", params(("id" = HostId, Path)),
+    request_body = EvacuateRequest,
     responses((status = 202, body = Evacuation), (status = 404, body = api::ErrorBody),
               (status = 409, body = api::ErrorBody)))]
 async fn host_evacuate(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<HostId>,
+    ApiJson(body): ApiJson<EvacuateRequest>,
 ) -> ApiResult<(StatusCode, Json<Evacuation>)> {
-    let host = state
-        .store
-        .host_get(&caller, id, &|v| state.scheduler.current_health(v))
-        .await?;
+    let health = |v: &_| state.scheduler.current_health(v);
+    let host = state.store.host_get(&caller, id, &health).await?;
     if host.kind != HostKind::Hypervisor {
         return Err(ApiError::conflict(format!(
             "host {} is a storage node: only hypervisors are evacuated",
             host.name
         )));
     }
+    // A heartbeat within the detection deadline means it is running:
+    // taking the operator's word then would run its VMs twice.
+    let silent_before = crate::db::now_ms() - (state.config.hosts.down_after_secs as i64) * 1000;
+    let heard_lately = |h: &Host| {
+        h.last_heartbeat_at
+            .is_some_and(|t| t.timestamp_millis() >= silent_before)
+    };
+    if body.confirm_fenced && heard_lately(&host) {
+        return Err(ApiError::conflict(format!(
+            "host {} heartbeated within the last {} s: it is running, so fencing cannot be \
+             confirmed on an operator's word; power it off first, or evacuate without \
+             confirm_fenced to fence it through its power driver and storage",
+            host.name, state.config.hosts.down_after_secs
+        )));
+    }
     let message = format!("evacuation requested by {}", caller.user_name);
     crate::health::fence_begin(&state, id, &message, None).await?;
-    let host = state
-        .store
-        .host_get(&caller, id, &|v| state.scheduler.current_health(v))
-        .await?;
+    if body.confirm_fenced {
+        let message = format!(
+            "fenced on the word of {}, who confirmed that the host is off; revocations its \
+             storage nodes have not applied yet are applied when they return",
+            caller.user_name
+        );
+        if state
+            .store
+            .host_fence_confirm(id, &message, silent_before)
+            .await?
+        {
+            tracing::warn!(host = %id, "{message}");
+            state.scheduler.set_health(id, HostHealth::Fenced);
+        }
+    }
+    let host = state.store.host_get(&caller, id, &health).await?;
+    if body.confirm_fenced && !matches!(host.health, HostHealth::Fenced) {
+        // A heartbeat landed between the check above and the move.
+        return Err(ApiError::conflict(format!(
+            "host {} is {}, not fenced: it heartbeated meanwhile",
+            host.name,
+            host.health.as_str()
+        )));
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(Evacuation {

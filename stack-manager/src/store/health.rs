@@ -224,6 +224,28 @@ impl Store {
         Ok(Some(nodes))
     }
 
+    /// Fencing confirmed on an operator's word (see
+    /// [`api::resources::EvacuateRequest::confirm_fenced`]): a `fencing`
+    /// host moves to `fenced` if it has been silent since `silent_before`.
+    /// False when it was not fencing or it heartbeated since.
+    pub async fn host_fence_confirm(
+        &self,
+        host: HostId,
+        message: &str,
+        silent_before: i64,
+    ) -> ApiResult<bool> {
+        let mut tx = self.db.begin_write().await?;
+        let (from, to) = ([HostHealth::Fencing], HostHealth::Fenced);
+        let moved =
+            health_move_if(&mut tx, host, &from, to, Some(message), Some(silent_before)).await?;
+        if moved {
+            let id = host.to_string();
+            event_write(&mut tx, "host", &id, None, "host.fenced", message).await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
     /// The volumes of `host`'s instances whose storage node has not yet
     /// applied the spec that revokes the host: empty once storage fencing
     /// is confirmed.
@@ -410,7 +432,7 @@ impl Store {
                 .bind(host.to_string())
                 .fetch_optional(&mut **tx)
                 .await?
-                .ok_or_else(|| ApiError::not_found("host", &host.to_string()))?;
+                .ok_or_else(|| ApiError::not_found("host", host.to_string()))?;
         let health = state.parsed("health", HostHealth::parse)?;
         let since = state.opt_int("health_since")?.unwrap_or(0);
         let heard = state.opt_int("last_heartbeat_at")?.unwrap_or(0);
