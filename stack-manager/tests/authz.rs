@@ -783,7 +783,9 @@ fn operator_cases(ids: &Ids, project: &str, user: &str) -> Vec<Case> {
         case("POST /v1/hosts/rebalance", &[]).body(json!({"dry_run": true})),
         // Only a fenced host is re-admitted: the admin is told so.
         case("POST /v1/hosts/{id}/readmit", &[&ids.hypervisor]).ok(409),
-        case("POST /v1/hosts/{id}/evacuate", &[&ids.spare_host]).ok(202),
+        case("POST /v1/hosts/{id}/evacuate", &[&ids.spare_host])
+            .body(json!({"confirm_fenced": false}))
+            .ok(202),
         case("DELETE /v1/hosts/{id}", &[&ids.spare_host]).ok(204),
         case("GET /v1/system/evacuation", &[]),
         case("POST /v1/system/evacuation/resume", &[]),

@@ -534,6 +534,18 @@ fn body_endpoints_for(
                 &[],
             )
         },
+        // (The host heartbeats, so the operator's word that it is off is
+        // refused with 409 before anything is fenced: the body was read
+        // and judged, and nothing moves.)
+        BodyEndpoint {
+            ok: 409,
+            ..ep(
+                "POST /v1/hosts/{id}/evacuate",
+                format!("/v1/hosts/{host}/evacuate"),
+                json!({"confirm_fenced": true}),
+                &[],
+            )
+        },
     ]
 }
 
@@ -570,6 +582,7 @@ fn positional(e: &BodyEndpoint) -> Vec<Value> {
         "POST /v1/instances/{id}/attachments" => vec![json!(["data"])],
         "PATCH /v1/instances/{id}" => vec![json!(["never"])],
         "POST /v1/hosts/rebalance" => vec![json!([true])],
+        "POST /v1/hosts/{id}/evacuate" => vec![json!([true])],
         other => panic!("no positional form for {other}"),
     }
 }
