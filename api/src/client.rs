@@ -615,6 +615,14 @@ impl Client {
     pub async fn system_tasks(&self) -> Result<Vec<TaskStatus>> {
         self.transport.get_all("/v1/system/tasks").await
     }
+    /// The stack-manager replicas of the last day and their leases (admin).
+    pub async fn system_replicas(&self) -> Result<Vec<Replica>> {
+        Ok(self
+            .transport
+            .get::<List<Replica>>("/v1/system/replicas")
+            .await?
+            .items)
+    }
     pub async fn usage(&self, q: &UsageQuery) -> Result<UsageReport> {
         let mut path = format!("/v1/usage?start={}", encode(&q.start.to_rfc3339()));
         if let Some(end) = q.end {

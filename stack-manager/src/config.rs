@@ -34,6 +34,7 @@ pub struct Config {
     pub hosts: HostsConfig,
     pub health: HealthConfig,
     pub moves: MovesConfig,
+    pub replicas: ReplicasConfig,
     /// `tracing` filter, e.g. `info` or `stack_manager=debug`. Overridden by
     /// `RUST_LOG`. Default `info`.
     pub log: String,
@@ -187,6 +188,34 @@ pub struct MovesConfig {
     pub retry_after_secs: u64,
 }
 
+/// Several replicas on one PostgreSQL: the leases their singleton tasks
+/// (health monitor, mover, planner statistics) run under (see
+/// `crate::lease`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicasConfig {
+    /// How long a lease lasts without renewal, milliseconds: a replica that
+    /// dies holding one is replaced within this and one activation of the
+    /// task (a second for the health monitor). Default 3000.
+    pub lease_ttl_ms: u64,
+    /// How often a replica renews its leases and its membership,
+    /// milliseconds; well under `lease_ttl_ms`. Default 1000.
+    pub renew_interval_ms: u64,
+    /// This replica's name in `strato system replicas`. Default
+    /// `<hostname>:<pid>`.
+    pub name: Option<String>,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            lease_ttl_ms: 3000,
+            renew_interval_ms: 1000,
+            name: None,
+        }
+    }
+}
+
 impl Default for MovesConfig {
     fn default() -> Self {
         Self {
@@ -214,6 +243,7 @@ impl Default for Config {
             hosts: HostsConfig::default(),
             health: HealthConfig::default(),
             moves: MovesConfig::default(),
+            replicas: ReplicasConfig::default(),
             log: "info".into(),
         }
     }
@@ -324,6 +354,14 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "moves.concurrency must be at least 1".into(),
             ));
+        }
+        let r = &self.replicas;
+        if r.renew_interval_ms == 0 || r.renew_interval_ms.saturating_mul(2) > r.lease_ttl_ms {
+            return Err(ConfigError::Invalid(format!(
+                "replicas.renew_interval_ms must be at least 1 and at most half of \
+                 replicas.lease_ttl_ms (a lease must survive one late renewal), got {} and {}",
+                r.renew_interval_ms, r.lease_ttl_ms
+            )));
         }
         if h.crash_backoff_max_secs < h.crash_backoff_base_secs {
             return Err(ConfigError::Invalid(

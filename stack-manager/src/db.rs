@@ -27,6 +27,9 @@ pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
     write_gate: Option<Arc<Mutex<()>>>,
+    /// SQLite: the lock that keeps a second stack manager off the file,
+    /// held while any clone lives.
+    _sole_replica: Option<Arc<std::fs::File>>,
 }
 
 /// A write transaction, holding the SQLite write gate while it lives.
@@ -96,6 +99,19 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "another stack manager serves the SQLite database {path}: SQLite serves one replica; \
+         stop the other one, or run several replicas on PostgreSQL (database_url = \"postgres://...\")"
+    )]
+    SqliteInUse { path: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    StaleLease(#[from] crate::lease::StaleLease),
 }
 
 /// SQLite writes one transaction at a time and every connection is a
@@ -116,6 +132,7 @@ impl Db {
         } else {
             return Err(DbError::UnsupportedUrl(url.to_string()));
         };
+        let mut sole_replica = None;
         let pool = match backend {
             Backend::Sqlite => {
                 // Any does not expose SQLite's options, so they go in the URL.
@@ -131,6 +148,7 @@ impl Db {
                         })?;
                     }
                 }
+                sole_replica = Some(Arc::new(lock_sole_replica(path)?));
                 let full = if url.contains('?') {
                     url.to_string()
                 } else {
@@ -175,13 +193,20 @@ impl Db {
             pool,
             backend,
             write_gate: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            _sole_replica: sole_replica,
         })
     }
 
     /// Runs one write statement (no transaction needed) under the SQLite
     /// gate: `db.gated(query.execute(&db.pool)).await`. Three round trips
     /// fewer than BEGIN/statement/COMMIT on the hot paths that use it.
+    /// Not for the writes of a leased task: a statement outside a
+    /// transaction cannot check its fence (see `crate::lease`).
     pub async fn gated<F: std::future::Future>(&self, write: F) -> F::Output {
+        debug_assert!(
+            crate::lease::current_fence().is_none(),
+            "a leased task's writes go through begin_write, which checks its fence"
+        );
         let _gate = match &self.write_gate {
             Some(g) => Some(g.lock().await),
             None => None,
@@ -189,18 +214,49 @@ impl Db {
         write.await
     }
 
-    /// Begins a write transaction (see the module comment on the SQLite gate).
-    pub async fn begin_write(&self) -> Result<WriteTx, sqlx::Error> {
+    /// Begins a write transaction (see the module comment on the SQLite
+    /// gate). Inside a leased task's run, the transaction first checks
+    /// that the lease is still this replica's (`crate::lease`): a replica
+    /// that lost it while paused gets `DbError::StaleLease` and writes
+    /// nothing.
+    pub async fn begin_write(&self) -> Result<WriteTx, DbError> {
         let gate = match &self.write_gate {
             Some(g) => Some(g.clone().lock_owned().await),
             None => None,
         };
         let tx = self.pool.begin().await?;
-        Ok(WriteTx {
+        let mut tx = WriteTx {
             tx: Some(tx),
             gate,
             backend: self.backend,
-        })
+        };
+        if let Some(fence) = crate::lease::current_fence() {
+            crate::lease::check(&mut tx, &fence).await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// Locks `<db>.lock` next to a SQLite database for as long as the process
+/// lives (the kernel drops the lock of a killed process, so a restart after
+/// `kill -9` is never refused).
+fn lock_sole_replica(db_path: &str) -> Result<std::fs::File, DbError> {
+    let path = format!("{db_path}.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DbError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DbError::SqliteInUse {
+            path: db_path.to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(DbError::Lock { path, source }),
     }
 }
 

@@ -74,6 +74,22 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::db::DbError> for ApiError {
+    fn from(e: crate::db::DbError) -> Self {
+        match e {
+            crate::db::DbError::Sqlx(e) => e.into(),
+            // Logged where it was refused; a leased task's run ends here.
+            crate::db::DbError::StaleLease(e) => {
+                ApiError::new(ErrorCode::Unavailable, e.to_string())
+            }
+            other => {
+                tracing::error!(error = %other, "database error");
+                ApiError::internal("internal database error; see the stack manager's log")
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if crate::db::is_unique_violation(&e) {

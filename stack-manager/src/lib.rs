@@ -11,6 +11,7 @@ pub mod error;
 pub mod health;
 pub mod http;
 pub mod internal;
+pub mod lease;
 pub mod lifecycle;
 pub mod metrics;
 pub mod moves;

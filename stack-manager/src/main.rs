@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use clap::{Parser, Subcommand};
 use stack_manager::config::Config;
 use stack_manager::state::AppState;
@@ -105,7 +107,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             init_tracing("warn");
             let token_file = config.state_dir.join("admin.token");
             let state = AppState::start(config).await?;
-            match stack_manager::server::init(&state, &admin, &project).await {
+            let init = stack_manager::server::init(&state, &admin, &project).await;
+            // Its leases go at once: a replica started next takes them now.
+            state.stop().await;
+            match init {
                 Ok(b) => {
                     write_secret(&token_file, &b.token)?;
                     if json {
@@ -150,7 +155,13 @@ fn write_secret(path: &std::path::Path, secret: &str) -> anyhow::Result<()> {
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
     opts.mode(0o600);
-    let mut f = opts.open(path)?;
+    // On PostgreSQL nothing else creates the state directory.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     writeln!(f, "{secret}")?;
     Ok(())
 }

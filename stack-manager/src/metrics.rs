@@ -23,6 +23,8 @@ pub struct Metrics {
     pub evacuation_paused: prometheus::IntGauge,
     /// Per background task (`crate::tasks`), labelled by its name.
     pub tasks: crate::tasks::TaskMetrics,
+    /// Per lease (`crate::lease`), labelled by its name.
+    pub leases: crate::lease::LeaseMetrics,
 }
 
 impl Metrics {
@@ -103,6 +105,48 @@ impl Metrics {
             )
             .expect("static metric definition"),
         };
+        let leases = crate::lease::LeaseMetrics {
+            held: IntGaugeVec::new(
+                Opts::new(
+                    "strato_lease_held",
+                    "1 while this replica holds the lease (its task runs here)",
+                ),
+                &["lease"],
+            )
+            .expect("static metric definition"),
+            token: IntGaugeVec::new(
+                Opts::new(
+                    "strato_lease_token",
+                    "The fencing token of the lease as this replica last held it",
+                ),
+                &["lease"],
+            )
+            .expect("static metric definition"),
+            acquired: IntCounterVec::new(
+                Opts::new(
+                    "strato_lease_acquisitions_total",
+                    "Times this replica took a lease over (a handover to it)",
+                ),
+                &["lease"],
+            )
+            .expect("static metric definition"),
+            lost: IntCounterVec::new(
+                Opts::new(
+                    "strato_lease_losses_total",
+                    "Times this replica found a lease it held taken over by another",
+                ),
+                &["lease"],
+            )
+            .expect("static metric definition"),
+            refused_writes: IntCounterVec::new(
+                Opts::new(
+                    "strato_lease_refused_writes_total",
+                    "Writes of a leased task refused because its fencing token was stale",
+                ),
+                &["lease"],
+            )
+            .expect("static metric definition"),
+        };
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_seconds.clone()),
@@ -113,6 +157,11 @@ impl Metrics {
             Box::new(tasks.errors.clone()),
             Box::new(tasks.last_duration_seconds.clone()),
             Box::new(tasks.last_run_timestamp_seconds.clone()),
+            Box::new(leases.held.clone()),
+            Box::new(leases.token.clone()),
+            Box::new(leases.acquired.clone()),
+            Box::new(leases.lost.clone()),
+            Box::new(leases.refused_writes.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
@@ -124,6 +173,7 @@ impl Metrics {
             hosts,
             evacuation_paused,
             tasks,
+            leases,
         }
     }
 

@@ -24,7 +24,11 @@ pub async fn start(state: AppState) -> anyhow::Result<Running> {
     let internal_addr = internal.local_addr()?;
     let public_app = crate::http::router(state.clone());
     let internal_app = crate::internal::router(state.clone());
-    let tasks = state.tasks.clone();
+    state.leases.set_urls(
+        format!("http://{public_addr}"),
+        format!("http://{internal_addr}"),
+    );
+    let stopping = state.clone();
     let handle = tokio::spawn(async move {
         let a = axum::serve(public, public_app).with_graceful_shutdown(shutdown_signal());
         let b = axum::serve(internal, internal_app).with_graceful_shutdown(shutdown_signal());
@@ -32,7 +36,7 @@ pub async fn start(state: AppState) -> anyhow::Result<Running> {
             tracing::error!(error = %e, "server stopped");
         }
         // Nothing is served any more: nothing the tasks do can be seen.
-        tasks.shutdown();
+        stopping.stop().await;
     });
     tracing::info!(%public_addr, %internal_addr, backend = ?state.db.backend, "stack manager listening");
     Ok(Running {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::db::Db;
+use crate::lease::{Keeper, Leased, Leases};
 use crate::metrics::Metrics;
 use crate::reconciler::Reconciler;
 use crate::scheduler::{RefreshTask, Scheduler};
@@ -28,6 +29,9 @@ pub struct AppState {
     pub moves: crate::moves::Moves,
     /// Every background task's status, and the switch that stops them.
     pub tasks: Tasks,
+    /// This replica's identity and the leases its singleton tasks run
+    /// under (see `crate::lease`).
+    pub leases: Leases,
     pub callers: Arc<crate::auth::CallerCache>,
     /// One connection pool for every push to every agent: a client per
     /// reconciler pass meant a new TCP connection per pass.
@@ -56,7 +60,9 @@ impl AppState {
         );
         let (audit, audit_writer) = AuditLog::new(db.clone());
         let config = Arc::new(config);
+        let leases = Leases::new(db.clone(), &config.replicas, metrics.leases.clone());
         let state = Self {
+            leases,
             store: Store::new(db.clone()),
             db,
             tasks: Tasks::new(metrics.tasks.clone()),
@@ -73,7 +79,32 @@ impl AppState {
         Ok(state)
     }
 
+    /// Stops every task and releases this replica's leases, so that
+    /// another replica takes them over at once rather than after their TTL.
+    pub async fn stop(&self) {
+        self.tasks.shutdown();
+        self.leases.release().await;
+    }
+
+    /// Every replica runs its own audit writer (it writes what this
+    /// replica's requests queued), scheduler view and host reconcilers
+    /// (pushes are idempotent); the cloud-wide tasks run under leases.
     async fn start_tasks(&self, audit_writer: crate::audit::AuditWriter) -> anyhow::Result<()> {
+        let renew = Duration::from_millis(self.config.replicas.renew_interval_ms);
+        let keeper = Activator::new();
+        keeper.activate();
+        self.tasks.start(
+            TaskSpec {
+                name: "leases".into(),
+                description: format!(
+                    "renews this replica's leases and its membership every {} ms",
+                    renew.as_millis()
+                ),
+                period: Some(renew),
+            },
+            keeper,
+            Keeper(self.leases.clone()),
+        );
         self.tasks.start(
             TaskSpec {
                 name: "audit-writer".into(),
@@ -102,7 +133,11 @@ impl AppState {
                 period,
             },
             statistics,
-            PlannerStatistics::new(self.db.clone()),
+            Leased::new(
+                self.leases.clone(),
+                crate::lease::PLANNER_STATISTICS,
+                PlannerStatistics::new(self.db.clone()),
+            ),
         );
         self.tasks.start(
             TaskSpec {
@@ -129,7 +164,11 @@ impl AppState {
                 period: health,
             },
             Activator::new(),
-            crate::health::HealthMonitor::new(self.clone()),
+            Leased::new(
+                self.leases.clone(),
+                crate::lease::HEALTH_MONITOR,
+                crate::health::HealthMonitor::new(self.clone()),
+            ),
         );
         let moves = crate::moves::period(&self.config.moves);
         self.tasks.start(
@@ -143,7 +182,11 @@ impl AppState {
                 period: moves,
             },
             self.moves.activator(),
-            crate::moves::Mover::new(self.clone()),
+            Leased::new(
+                self.leases.clone(),
+                crate::lease::MOVER,
+                crate::moves::Mover::new(self.clone()),
+            ),
         );
         Ok(())
     }

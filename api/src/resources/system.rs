@@ -49,3 +49,39 @@ pub struct TaskStatus {
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
+
+/// A lease a replica holds: one of the cloud-wide background tasks runs on
+/// it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaLease {
+    /// The task's lease: `health-monitor`, `mover`, `planner-statistics`.
+    pub name: String,
+    /// The fencing token: grows by one at every change of holder.
+    pub token: i64,
+    /// Since when this replica holds it.
+    pub since: DateTime<Utc>,
+    /// When it lapses unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `GET /v1/system/replicas`: a stack-manager process serving this
+/// cloud's database, as it last reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Replica {
+    /// New at every start of the process.
+    pub id: String,
+    /// `<hostname>:<pid>` unless configured (`replicas.name`).
+    pub name: String,
+    pub public_url: String,
+    pub internal_url: String,
+    pub started_at: DateTime<Utc>,
+    pub last_heartbeat_at: DateTime<Utc>,
+    /// Set when it stopped cleanly.
+    pub stopped_at: Option<DateTime<Utc>>,
+    /// Heartbeating (within three lease TTLs) and not stopped.
+    pub alive: bool,
+    /// The replica that answered this request.
+    pub this: bool,
+    /// The leases it holds now.
+    pub leases: Vec<ReplicaLease>,
+}

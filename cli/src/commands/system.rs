@@ -1,7 +1,7 @@
 //! `strato system`: the stack manager's own workings (admin).
 
 use anyhow::Result;
-use api::resources::{TaskState, TaskStatus};
+use api::resources::{Replica, TaskState, TaskStatus};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 
@@ -13,6 +13,10 @@ pub enum SystemCmd {
     /// Background tasks (reconcilers, scheduler refresh, audit writer, …):
     /// their runs, failures and last error.
     Tasks,
+    /// The stack-manager replicas serving the database (the last day's),
+    /// whether each is alive, and the leases (health monitor, mover, …)
+    /// each holds.
+    Replicas,
     /// Whether automatic evacuation runs, or the mass-failure guard paused it.
     Evacuation {
         #[command(subcommand)]
@@ -62,6 +66,44 @@ fn row(t: &TaskStatus, now: DateTime<Utc>) -> Vec<String> {
     ]
 }
 
+const REPLICA_HEADERS: &[&str] = &["NAME", "STATE", "STARTED", "HEARD", "LEASES", "URL"];
+
+fn replica_row(r: &Replica, now: DateTime<Utc>) -> Vec<String> {
+    let state = match (r.alive, r.stopped_at) {
+        (true, _) => "alive",
+        (false, Some(_)) => "stopped",
+        (false, None) => "silent",
+    };
+    let leases: Vec<String> = r
+        .leases
+        .iter()
+        .map(|l| {
+            format!(
+                "{} (token {}, {})",
+                l.name,
+                l.token,
+                fmt::ago(&l.since, now)
+            )
+        })
+        .collect();
+    vec![
+        if r.this {
+            format!("{} (this one)", r.name)
+        } else {
+            r.name.clone()
+        },
+        state.into(),
+        fmt::ago(&r.started_at, now),
+        fmt::ago(&r.last_heartbeat_at, now),
+        if leases.is_empty() {
+            "-".into()
+        } else {
+            leases.join(", ")
+        },
+        r.public_url.clone(),
+    ]
+}
+
 pub async fn run(ctx: &Ctx, cmd: SystemCmd) -> Result<()> {
     let c = ctx.client()?;
     match cmd {
@@ -69,6 +111,12 @@ pub async fn run(ctx: &Ctx, cmd: SystemCmd) -> Result<()> {
             let tasks = c.system_tasks().await?;
             let now = Utc::now();
             ctx.out.list_with(&tasks, HEADERS, |t| row(t, now))
+        }
+        SystemCmd::Replicas => {
+            let replicas = c.system_replicas().await?;
+            let now = Utc::now();
+            ctx.out
+                .list_with(&replicas, REPLICA_HEADERS, |r| replica_row(r, now))
         }
         SystemCmd::Evacuation { action } => {
             let state = match action.unwrap_or(EvacuationCmd::Show) {
@@ -96,6 +144,51 @@ pub async fn run(ctx: &Ctx, cmd: SystemCmd) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_row_names_its_leases_and_whether_it_answered() {
+        let now = Utc::now();
+        let r = Replica {
+            id: "r1".into(),
+            name: "sm-a".into(),
+            public_url: "http://127.0.0.1:7100".into(),
+            internal_url: "http://127.0.0.1:7101".into(),
+            started_at: now - chrono::Duration::seconds(120),
+            last_heartbeat_at: now,
+            stopped_at: None,
+            alive: true,
+            this: true,
+            leases: vec![api::resources::ReplicaLease {
+                name: "health-monitor".into(),
+                token: 2,
+                since: now - chrono::Duration::seconds(60),
+                expires_at: now,
+            }],
+        };
+        assert_eq!(
+            replica_row(&r, now),
+            [
+                "sm-a (this one)",
+                "alive",
+                "2m ago",
+                "0s ago",
+                "health-monitor (token 2, 60s ago)",
+                "http://127.0.0.1:7100"
+            ]
+        );
+        let gone = Replica {
+            alive: false,
+            this: false,
+            stopped_at: Some(now),
+            leases: vec![],
+            ..r
+        };
+        let row = replica_row(&gone, now);
+        assert_eq!(
+            (row[0].as_str(), row[1].as_str(), row[4].as_str()),
+            ("sm-a", "stopped", "-")
+        );
+    }
 
     #[test]
     fn a_task_row_shows_its_last_run_and_error() {

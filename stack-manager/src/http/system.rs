@@ -1,8 +1,11 @@
 //! `GET /v1/system/tasks`: the stack manager's background tasks and how
-//! their runs went, for operators (`crate::tasks`).
+//! their runs went, for operators (`crate::tasks`); `GET
+//! /v1/system/replicas`: the replicas serving the database and the leases
+//! each holds (`crate::lease`).
 
 use api::resources::{
-    List, PageParams, TaskActivation, TaskState, TaskStatus, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
+    List, PageParams, Replica, ReplicaLease, TaskActivation, TaskState, TaskStatus,
+    PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
 };
 use axum::extract::State;
 use axum::routing::get;
@@ -16,13 +19,15 @@ use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/system/tasks", get(tasks))
+    Router::new()
+        .route("/v1/system/tasks", get(tasks))
+        .route("/v1/system/replicas", get(replicas))
 }
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(tasks),
-    components(schemas(TaskStatus, TaskState, TaskActivation))
+    paths(tasks, replicas),
+    components(schemas(TaskStatus, TaskState, TaskActivation, Replica, ReplicaLease))
 )]
 pub struct Doc;
 
@@ -90,6 +95,20 @@ async fn tasks(
     Ok(Json(List {
         items,
         next_page_token,
+    }))
+}
+
+/// The replicas heard from in the last day, newest first: one page (a
+/// cloud runs a handful; a restart is a new replica).
+#[utoipa::path(get, path = "/v1/system/replicas", tag = "system",
+    responses((status = 200, body = List<Replica>,
+               description = "Every replica heard from in the last day: alive or not, and the leases it holds"),
+              (status = 403, body = api::ErrorBody)))]
+async fn replicas(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<List<Replica>>> {
+    caller.require_admin()?;
+    Ok(Json(List {
+        items: state.leases.replicas().await?,
+        next_page_token: None,
     }))
 }
 

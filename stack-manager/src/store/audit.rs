@@ -49,7 +49,7 @@ const ROWS_PER_INSERT: usize = 64;
 impl Store {
     /// Writes a batch as a few multi-row INSERTs in one transaction: each
     /// statement is a round trip (and, on SQLite, a thread hand-off).
-    pub async fn audit_write(&self, batch: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    pub async fn audit_write(&self, batch: &[AuditEntry]) -> Result<(), crate::db::DbError> {
         let mut tx = self.db.begin_write().await?;
         for chunk in batch.chunks(ROWS_PER_INSERT) {
             let values: Vec<String> = (0..chunk.len())
@@ -76,7 +76,7 @@ impl Store {
             }
             q.execute(&mut **tx).await?;
         }
-        tx.commit().await
+        Ok(tx.commit().await?)
     }
 
     /// One page of the records at or after `q.since`, newest first.

@@ -557,9 +557,11 @@ impl Store {
              WHERE crash_count > 0 AND status = 'running' AND running_since IS NOT NULL AND running_since < $1",
         )
         .bind(now_ms() - after_ms);
-        // SQLite has one writer: every write outside a transaction takes
-        // the write gate too.
-        let done = self.db.gated(update.execute(&self.db.pool)).await?;
+        // A transaction, not a gated statement: it is the health monitor's
+        // write, so it checks the monitor's lease first.
+        let mut tx = self.db.begin_write().await?;
+        let done = update.execute(&mut **tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected())
     }
 

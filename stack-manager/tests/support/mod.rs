@@ -57,7 +57,7 @@ pub struct TestCloud {
 
 /// A fresh, empty PostgreSQL database for one test. The suite needs
 /// PostgreSQL: without it this fails loudly rather than skipping.
-async fn fresh_postgres() -> String {
+pub async fn fresh_postgres() -> String {
     let base = std::env::var("STRATO_TEST_POSTGRES_URL").unwrap_or_else(|_| {
         panic!(
             "STRATO_TEST_POSTGRES_URL is not set. The PostgreSQL half of the suite needs a server: \
@@ -150,6 +150,10 @@ impl TestCloud {
             // The mover looks for moves every second: its statements
             // would land in a count too.
             c.moves.interval_ms = 0;
+            // So would the lease keeper's renewals (it has no lease to
+            // renew here, but its membership row).
+            c.replicas.lease_ttl_ms = 7_200_000;
+            c.replicas.renew_interval_ms = 3_600_000;
         })
         .await
     }
