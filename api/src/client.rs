@@ -59,7 +59,10 @@ pub struct Transport {
     /// them off after 60 s. Built on first use, since most transports (one
     /// per reconciler pass) never open a stream.
     stream_http: std::sync::OnceLock<reqwest::Client>,
-    base: String,
+    /// Every replica of the server, as given (`http://a:7101,http://b:7101`).
+    bases: std::sync::Arc<[String]>,
+    /// The one that answered last: tried first.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     token: Option<String>,
 }
 
@@ -76,6 +79,10 @@ impl Transport {
     pub fn http_client() -> reqwest::Client {
         reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(60))
+            // A replica whose machine is gone answers nothing: without a
+            // bound the kernel's SYN retries take minutes before the next
+            // replica is tried.
+            .connect_timeout(std::time::Duration::from_secs(5))
             .pool_max_idle_per_host(64)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new())
@@ -84,17 +91,40 @@ impl Transport {
     /// A transport on an existing client, so that callers that make one
     /// per request (the stack manager's reconcilers, one per pass) share
     /// its connection pool instead of opening a connection each time.
+    ///
+    /// `base_url` may name several replicas of the server, separated by
+    /// commas: a call goes to the one that answered last, and moves on to
+    /// the next when it cannot connect (nothing was sent, so any call may
+    /// move) or, for a GET, PUT, PATCH or DELETE, when it times out (those
+    /// are idempotent in this API; a POST that timed out may have been
+    /// done, so it is not sent twice).
     pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<String>) -> Self {
+        let mut bases: Vec<String> = base_url
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            bases.push(String::new());
+        }
         Self {
             http,
             stream_http: std::sync::OnceLock::new(),
-            base: base_url.trim_end_matches('/').to_string(),
+            bases: bases.into(),
+            current: Default::default(),
             token,
         }
     }
 
+    /// The replica calls go to first: the one that answered last.
     pub fn base_url(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
+        &self.bases[i]
+    }
+
+    /// Every replica, in the order given.
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
     }
 
     /// The bearer token sent with every call, for clients that speak to the
@@ -115,13 +145,43 @@ impl Transport {
         })
     }
 
-    fn request(&self, method: reqwest::Method, path: &str) -> (String, reqwest::RequestBuilder) {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+    /// Sends `method path` (with what `build` adds: a body) to the replica
+    /// that answered last, then to each other one in turn while the error
+    /// allows it (see [`with_http`](Self::with_http)). Returns the URL that
+    /// answered and its response.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        build: impl Fn(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<(String, reqwest::Response)> {
+        use std::sync::atomic::Ordering;
+        let n = self.bases.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let idempotent = method != reqwest::Method::POST;
+        let mut k = 0;
+        loop {
+            let i = (first + k) % n;
+            let url = format!("{}{}", self.bases[i], path);
+            let mut req = self.http.request(method.clone(), &url);
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            match Self::send(url.clone(), build(req)).await {
+                Err(ClientError::Transport { source, .. })
+                    if k + 1 < n
+                        && (source.is_connect() || (idempotent && source.is_timeout())) =>
+                {
+                    k += 1;
+                }
+                other => {
+                    if other.is_ok() && i != first {
+                        self.current.store(i, Ordering::Relaxed);
+                    }
+                    return other.map(|resp| (url, resp));
+                }
+            }
         }
-        (url, req)
     }
 
     async fn send(url: String, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
@@ -153,8 +213,7 @@ impl Transport {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let (url, req) = self.request(reqwest::Method::GET, path);
-        let resp = Self::send(url.clone(), req).await?;
+        let (url, resp) = self.call(reqwest::Method::GET, path, |r| r).await?;
         Self::json(url, resp).await
     }
 
@@ -178,7 +237,7 @@ impl Transport {
     /// deadline (only connecting is bounded). Error statuses are turned into
     /// [`ClientError`]s as for every other call.
     pub async fn get_stream(&self, path: &str) -> Result<reqwest::Response> {
-        let url = format!("{}{}", self.base, path);
+        let url = format!("{}{}", self.base_url(), path);
         let mut req = self.stream_client().get(&url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -187,8 +246,7 @@ impl Transport {
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let (url, req) = self.request(reqwest::Method::GET, path);
-        let resp = Self::send(url.clone(), req).await?;
+        let (url, resp) = self.call(reqwest::Method::GET, path, |r| r).await?;
         resp.text()
             .await
             .map_err(|source| ClientError::Decode { url, source })
@@ -200,8 +258,7 @@ impl Transport {
         path: &str,
         body: &B,
     ) -> Result<T> {
-        let (url, req) = self.request(method, path);
-        let resp = Self::send(url.clone(), req.json(body)).await?;
+        let (url, resp) = self.call(method, path, |r| r.json(body)).await?;
         Self::json(url, resp).await
     }
 
@@ -231,14 +288,14 @@ impl Transport {
 
     /// POST with no body and a JSON answer (actions such as `start`).
     pub async fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        let (url, req) = self.request(reqwest::Method::POST, path);
-        let resp = Self::send(url.clone(), req).await?;
+        let (url, resp) = self.call(reqwest::Method::POST, path, |r| r).await?;
         Self::json(url, resp).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<()> {
-        let (url, req) = self.request(reqwest::Method::DELETE, path);
-        Self::send(url, req).await.map(|_| ())
+        self.call(reqwest::Method::DELETE, path, |r| r)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -777,5 +834,75 @@ impl ProvisionerClient {
         self.transport
             .post_empty(&format!("/v1/machines/{id}/fence"))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on loopback that answers every request with `body` and
+    /// counts the requests.
+    async fn answering(
+        body: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0u8; 8192];
+                let _ = conn.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+        });
+        (url, hits)
+    }
+
+    /// A loopback address nothing listens on: connecting is refused.
+    fn refusing() -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        drop(l);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_call_moves_to_the_next_replica_when_one_refuses_and_stays_there() {
+        let dead = refusing();
+        let (live, hits) = answering(r#"{"ok":true}"#).await;
+        let t = Transport::new(&format!("{dead}, {live}/"), None);
+        assert_eq!(t.base_urls(), [dead.clone(), live.clone()]);
+        assert_eq!(t.base_url(), dead);
+        let v: serde_json::Value = t.get("/v1/x").await.expect("the live replica answers");
+        assert_eq!(v["ok"], true);
+        assert_eq!(
+            t.base_url(),
+            live,
+            "the one that answered is tried first next time"
+        );
+        // A POST moves on too when the connection is refused: nothing was sent.
+        let t2 = Transport::new(&format!("{dead},{live}"), None);
+        let v: serde_json::Value = t2.post("/v1/y", &serde_json::json!({})).await.unwrap();
+        assert_eq!(v["ok"], true);
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn when_every_replica_refuses_the_error_names_the_last_one_tried() {
+        let (a, b) = (refusing(), refusing());
+        let t = Transport::new(&format!("{a},{b}"), None);
+        match t.get::<serde_json::Value>("/v1/x").await {
+            Err(ClientError::Transport { url, .. }) => assert_eq!(url, format!("{b}/v1/x")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.base_url(), a, "nothing answered: the order is kept");
     }
 }

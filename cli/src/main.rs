@@ -43,7 +43,8 @@ pub struct Cli {
 #[derive(Debug, Clone, Default, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct Globals {
-    /// Stack manager API URL, e.g. http://127.0.0.1:7100.
+    /// Stack manager API URL, e.g. http://127.0.0.1:7100; several replicas
+    /// separated by commas (a call that cannot reach one goes to the next).
     #[arg(long, global = true, env = "STRATO_URL", value_name = "URL")]
     pub url: Option<String>,
     /// API token (strato_...).

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// The stack manager's internal API. Default `http://127.0.0.1:7101`.
+    /// The stack manager's internal API. Several replicas are separated by
+    /// commas (`http://10.0.0.2:7101,http://10.0.0.3:7101`): a call that
+    /// cannot reach one goes to the next. Default `http://127.0.0.1:7101`.
     pub stack_manager_url: String,
     /// One-time enrollment token (`strato host enroll-token`). Needed only on
     /// the first start; afterwards the per-host credential in `state_dir`

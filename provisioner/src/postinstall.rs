@@ -44,7 +44,8 @@ const AGENT_UNIT: &str = include_str!("../../templates/install/strato-agent.serv
 #[serde(deny_unknown_fields, default)]
 pub struct PostInstallConfig {
     /// The stack manager's public API, where one-time enrollment tokens are
-    /// minted and hosts are watched. Default `http://127.0.0.1:7100`.
+    /// minted and hosts are watched; several replicas separated by commas.
+    /// Default `http://127.0.0.1:7100`.
     pub stack_manager_url: String,
     /// The stack manager's internal (agent) API as installed machines reach
     /// it; goes into every agent's config. Default `http://127.0.0.1:7101`

@@ -5,8 +5,9 @@
 //!   of them at a time; `kill -9` of the holder hands every lease to the
 //!   survivor within a TTL and an activation; a holder stopped with SIGSTOP
 //!   past its TTL loses its leases and, woken, says so and takes none back
-//!   while the other renews; killing every replica and starting one again
-//!   converges.
+//!   while the other renews; a storage agent given both replicas' URLs
+//!   keeps heartbeating through the one left; killing every replica and
+//!   starting one again converges.
 //! - The fencing token itself, in process: a run that was paused while its
 //!   lease changed hands has its write refused, and nothing of it lands.
 //! - On SQLite, a second replica is refused with a clear message, and a
@@ -20,13 +21,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::resources::{ProjectCreate, Replica};
+use api::resources::{EnrollmentTokenCreate, HostKind, ProjectCreate, Replica};
 use api::Client;
 use stack_manager::config::ReplicasConfig;
 use stack_manager::db::Db;
 use stack_manager::lease::{Leased, Leases, HEALTH_MONITOR, MOVER, PLANNER_STATISTICS};
 use stack_manager::tasks::{BackgroundTask, Outcome, TaskError};
-use testkit::{free_port, wait_async};
+use testkit::{free_port, wait_async, workspace_bin, StorageAgent};
 
 const LEASES: [&str; 3] = [HEALTH_MONITOR, MOVER, PLANNER_STATISTICS];
 /// SQLite has no planner statistics to gather: that task never runs there.
@@ -103,14 +104,20 @@ fn config(dir: &Path, name: &str, database_url: &str) -> PathBuf {
     path
 }
 
-fn listen_url(config: &Path) -> String {
+/// The `http://` URL of `key` (`listen`, `internal_listen`) in `config`.
+fn url_of(config: &Path, key: &str) -> String {
     let text = std::fs::read_to_string(config).expect("config");
+    let prefix = format!("{key} = \"");
     let listen = text
         .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|l| l.strip_suffix('"'))
         .expect("listen line");
     format!("http://{listen}")
+}
+
+fn listen_url(config: &Path) -> String {
+    url_of(config, "listen")
 }
 
 /// `stack-manager init` against `config`: the admin token.
@@ -249,6 +256,29 @@ async fn replicas_on_postgres_share_the_api_and_hand_leases_over() {
     let seen = b.client.project_get("acme").await.expect("read on sm-b");
     assert_eq!(seen.description, "made on sm-a");
 
+    // An agent that knows both replicas' internal APIs.
+    let enroll = a
+        .client
+        .enrollment_token_create(&EnrollmentTokenCreate {
+            kind: HostKind::Storage,
+            rack: None,
+            expires_in_secs: 600,
+        })
+        .await
+        .expect("enrollment token")
+        .secret;
+    let agent = StorageAgent::start(
+        &workspace_bin(env!("CARGO_BIN_EXE_stack-manager"), "storage-agent"),
+        &dir.path().join("storage"),
+        &format!(
+            "{},{}",
+            url_of(&ca, "internal_listen"),
+            url_of(&cb, "internal_listen")
+        ),
+        &enroll,
+    );
+    let storage = agent.enrolled(&a.client).await;
+
     // The health monitor's holder is paused past its TTL: the other takes
     // every lease.
     let (paused, other) = if h.iter().any(|x| x.0 == HEALTH_MONITOR && x.1 == "sm-a") {
@@ -301,6 +331,19 @@ async fn replicas_on_postgres_share_the_api_and_hand_leases_over() {
         took < Duration::from_secs(10),
         "handover took {took:?} with a 3 s TTL"
     );
+    // The agent heartbeats through the replica that is left, whichever it
+    // used before.
+    let since = chrono::Utc::now();
+    wait_async(
+        "the storage agent's heartbeats to reach the replica left",
+        Duration::from_secs(20),
+        || async {
+            let h = paused.client.host_get(storage).await.ok()?;
+            (h.last_heartbeat_at? > since + chrono::Duration::seconds(2)).then_some(())
+        },
+    )
+    .await;
+    drop(agent);
 
     // The only replica killed and started again: once the dead one's
     // leases expire it holds them all, and serves what was made before.
