@@ -25,12 +25,11 @@
 //!    is going on and a host drifted outside `moves.auto_rebalance_band`.
 //!
 //! At most `moves.concurrency` moves are under way at once, counted in the
-//! database (cloud-wide). Queued plans live in this replica's memory: a
-//! restart drops what of a plan had not started (moves under way are in
-//! the database and finish or abort); plan again.
+//! database (cloud-wide). Queued plans are in the database too
+//! (`planned_moves`): a plan accepted by any replica runs on the one
+//! holding the mover's lease, and survives a restart.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use api::ids::{GroupId, HostId, InstanceId, RackId};
@@ -45,7 +44,7 @@ use crate::config::MovesConfig;
 use crate::db::now_ms;
 use crate::error::ApiResult;
 use crate::state::AppState;
-use crate::store::moves::{InFlight, MoveKind, MoveStart};
+use crate::store::moves::{InFlight, MoveKind, MoveStart, Step};
 use crate::tasks::{Activator, BackgroundTask, Outcome, TaskError};
 
 /// The mover's period, or `None` when planned moves are turned off.
@@ -53,94 +52,25 @@ pub fn period(cfg: &MovesConfig) -> Option<Duration> {
     (cfg.interval_ms > 0).then(|| Duration::from_millis(cfg.interval_ms))
 }
 
-/// One move of a queued plan.
-#[derive(Debug, Clone)]
-pub struct PlannedMove {
-    pub instance: InstanceId,
-    pub from: HostId,
-    pub to: HostId,
-    pub depends_on: Vec<usize>,
-}
+pub use crate::store::moves::PlannedMove;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Step {
-    Queued,
-    Running,
-    Done,
-    Failed,
-}
-
-struct QueuedPlan {
-    moves: Vec<PlannedMove>,
-    steps: Vec<Step>,
-}
-
-impl QueuedPlan {
-    fn finished(&self) -> bool {
-        self.steps
-            .iter()
-            .all(|s| matches!(s, Step::Done | Step::Failed))
-    }
-}
-
-/// The handle request handlers queue plans and wake the mover through.
+/// The handle request handlers wake the mover through (a host started
+/// draining, a plan was queued). Plans themselves are in the database
+/// (`planned_moves`): the mover runs on whichever replica holds its lease.
 #[derive(Clone, Default)]
 pub struct Moves {
-    inner: Arc<Shared>,
-}
-
-#[derive(Default)]
-struct Shared {
     activator: Activator,
-    plans: Mutex<Vec<QueuedPlan>>,
 }
 
 impl Moves {
     pub fn activator(&self) -> Activator {
-        self.inner.activator.clone()
+        self.activator.clone()
     }
 
-    /// Wakes the mover (a host started draining).
+    /// Wakes the mover, if it runs on this replica (elsewhere its period
+    /// finds the work).
     pub fn notify(&self) {
-        self.inner.activator.activate();
-    }
-
-    /// Queues a plan's moves and wakes the mover.
-    pub fn queue(&self, moves: Vec<PlannedMove>) {
-        if moves.is_empty() {
-            return;
-        }
-        let steps = vec![Step::Queued; moves.len()];
-        self.plans().push(QueuedPlan { moves, steps });
-        self.notify();
-    }
-
-    /// Planned moves not yet completed, in every queued plan.
-    pub fn pending(&self) -> usize {
-        self.plans()
-            .iter()
-            .map(|p| {
-                p.steps
-                    .iter()
-                    .filter(|s| matches!(s, Step::Queued | Step::Running))
-                    .count()
-            })
-            .sum()
-    }
-
-    fn plans(&self) -> std::sync::MutexGuard<'_, Vec<QueuedPlan>> {
-        self.inner.plans.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records how a planned move of `instance` ended (if one is running).
-    fn finish(&self, instance: InstanceId, done: bool) {
-        for p in self.plans().iter_mut() {
-            for (m, s) in p.moves.iter().zip(p.steps.iter_mut()) {
-                if m.instance == instance && *s == Step::Running {
-                    *s = if done { Step::Done } else { Step::Failed };
-                }
-            }
-        }
+        self.activator.activate();
     }
 }
 
@@ -215,7 +145,7 @@ impl Mover {
         }
         if cfg.auto_rebalance
             && slots == cfg.concurrency
-            && self.state.moves.pending() == 0
+            && self.state.store.planned_moves_pending().await? == 0
             && n.started == 0
         {
             let (_, moves) = plan(&self.state, cfg.auto_rebalance_band).await?;
@@ -224,7 +154,7 @@ impl Mover {
                     moves = moves.len(),
                     "automatic rebalancing: hosts drifted outside the band"
                 );
-                self.state.moves.queue(moves);
+                self.state.store.planned_moves_queue(&moves).await?;
             }
         }
         Ok(n)
@@ -273,7 +203,7 @@ impl Mover {
                 self.state.reconciler.notify(m.to);
                 // Its domain on the source is not ours any more.
                 self.state.reconciler.notify_orphans(m.from);
-                self.state.moves.finish(m.id, true);
+                self.state.store.planned_move_finish(m.id, true).await?;
                 n.moved += 1;
                 tracing::info!(instance = %m.id, from = %m.from, to = %m.to, "moved");
             }
@@ -304,18 +234,20 @@ impl Mover {
             n.aborted += 1;
         }
         self.failed_at.insert(m.id, Instant::now());
-        self.state.moves.finish(m.id, false);
+        self.state.store.planned_move_finish(m.id, false).await?;
         Ok(())
     }
 
     /// Running planned moves that are no longer under way without this
-    /// pass seeing them end (another replica, a delete, an evacuation):
-    /// done if the instance is on the target, failed otherwise.
+    /// pass seeing them end (another replica, a delete, an evacuation, a
+    /// crash between marking it running and starting it): done if the
+    /// instance is on the target, failed otherwise.
     async fn settle_vanished(&self, moving: &HashSet<InstanceId>) -> ApiResult<()> {
         let running: Vec<(InstanceId, HostId)> = self
             .state
-            .moves
-            .plans()
+            .store
+            .planned_moves_open()
+            .await?
             .iter()
             .flat_map(|p| {
                 p.moves
@@ -331,48 +263,56 @@ impl Mover {
                 continue;
             }
             let place = self.state.store.instance_place(id).await?;
+            let store = &self.state.store;
             match place {
                 Some((_, Some(_))) => {}
-                Some((host, None)) => self.state.moves.finish(id, host == Some(to)),
-                None => self.state.moves.finish(id, false),
+                Some((host, None)) => store.planned_move_finish(id, host == Some(to)).await?,
+                None => store.planned_move_finish(id, false).await?,
             }
         }
         Ok(())
     }
 
     /// Starts the queued planned moves whose dependencies completed, up to
-    /// `slots`; returns the slots left.
+    /// `slots`; returns the slots left. A move is marked running before it
+    /// starts: one cut short in between is settled as failed by the next
+    /// pass (`settle_vanished`).
     async fn start_planned(&mut self, mut slots: u64, n: &mut PassCounts) -> ApiResult<u64> {
         let mut ready = Vec::new();
-        {
-            let mut plans = self.state.moves.plans();
-            plans.retain(|p| !p.finished());
-            for p in plans.iter_mut() {
-                for i in 0..p.moves.len() {
-                    if p.steps[i] != Step::Queued {
-                        continue;
-                    }
-                    let deps = p.moves[i]
-                        .depends_on
-                        .iter()
-                        .map(|&d| p.steps.get(d).copied());
-                    let deps: Vec<_> = deps.collect();
-                    if deps.contains(&Some(Step::Failed)) {
-                        p.steps[i] = Step::Failed;
-                    } else if deps.iter().all(|d| *d == Some(Step::Done) || d.is_none())
-                        && (ready.len() as u64) < slots
-                    {
-                        p.steps[i] = Step::Running;
-                        ready.push(p.moves[i].clone());
-                    }
+        for mut p in self.state.store.planned_moves_open().await? {
+            let mut changed = Vec::new();
+            for i in 0..p.moves.len() {
+                if p.steps[i] != Step::Queued {
+                    continue;
                 }
+                let deps: Vec<_> = p.moves[i]
+                    .depends_on
+                    .iter()
+                    .map(|&d| p.steps.get(d).copied())
+                    .collect();
+                if deps.contains(&Some(Step::Failed)) {
+                    p.steps[i] = Step::Failed;
+                    changed.push((i, Step::Failed));
+                } else if deps.iter().all(|d| *d == Some(Step::Done) || d.is_none())
+                    && (ready.len() as u64) < slots
+                {
+                    p.steps[i] = Step::Running;
+                    changed.push((i, Step::Running));
+                    ready.push(p.moves[i].clone());
+                }
+            }
+            if !changed.is_empty() {
+                self.state.store.planned_moves_set(&p.id, &changed).await?;
             }
         }
         for m in ready {
             let demand = match self.state.store.instance_demand(m.instance).await? {
                 Some(d) => d,
                 None => {
-                    self.state.moves.finish(m.instance, false);
+                    self.state
+                        .store
+                        .planned_move_finish(m.instance, false)
+                        .await?;
                     continue;
                 }
             };
@@ -384,7 +324,10 @@ impl Mover {
             {
                 slots = slots.saturating_sub(1);
             } else {
-                self.state.moves.finish(m.instance, false);
+                self.state
+                    .store
+                    .planned_move_finish(m.instance, false)
+                    .await?;
             }
         }
         Ok(slots)
@@ -445,7 +388,12 @@ impl BackgroundTask for Mover {
             "moved_total": t.moved,
             "aborted_total": t.aborted,
             "no_target_total": t.no_target,
-            "planned_pending": self.state.moves.pending(),
+            "planned_pending": self
+                .state
+                .store
+                .planned_moves_pending()
+                .await
+                .map_err(|e| format!("mover: {}", e.message))?,
         })))
     }
 }

@@ -4,7 +4,9 @@
 //! host only, `never` instances untouched), a drain (an attached volume's
 //! ACL follows its instance; `never` instances stay and are counted), and
 //! moves that fail — the target's agent fails, the source never confirms
-//! the stop — are aborted with the instance running where it was.
+//! the stop — are aborted with the instance running where it was; and,
+//! with two replicas on PostgreSQL, a plan accepted by the one that does
+//! not hold the mover's lease runs on the one that does.
 
 #[macro_use]
 mod support;
@@ -24,6 +26,61 @@ on_both_backends!(
     a_move_whose_target_agent_fails_is_aborted,
     a_move_whose_source_never_confirms_is_aborted,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_plan_accepted_by_a_replica_without_the_mover_runs_on_the_one_with_it() {
+    let cloud = moving_cloud(Backend::Postgres, |_| {}).await;
+    // This replica takes the mover's lease at its first pass; the second
+    // one, started after, stands by.
+    eventually(15, || async {
+        let rs = cloud.admin.system_replicas().await.ok()?;
+        rs.iter()
+            .any(|r| r.this && r.leases.iter().any(|l| l.name == "mover"))
+            .then_some(())
+    })
+    .await;
+    let (url, second, _dir) = cloud.second_replica().await;
+    let admin_b = api::Client::new(&url, &cloud.admin_token);
+    eventually(15, || async {
+        let t = second.tasks.status("mover")?;
+        (t.runs > 0 && t.details["standby"] == true).then_some(())
+    })
+    .await;
+
+    let beats = Beats::default();
+    let c = tenant(&cloud, 10).await;
+    hypervisor(&cloud, &beats, "hv-1").await;
+    hypervisor(&cloud, &beats, "hv-2").await;
+    let vms = create_vms(&c, "web", 6).await;
+    for v in &vms {
+        running_on(&c, v.id, v.host_id.unwrap()).await;
+    }
+    let hv3 = hypervisor(&cloud, &beats, "hv-3").await;
+    let plan = admin_b
+        .host_rebalance(&RebalanceRequest {
+            dry_run: false,
+            band: Some(0.1),
+        })
+        .await
+        .expect("the plan, through the replica without the mover");
+    assert!(plan.queued && !plan.moves.is_empty(), "{plan:#?}");
+    for m in &plan.moves {
+        assert_eq!(m.to, hv3);
+        running_on(&c, m.instance_id, hv3).await;
+    }
+    // Its moves ran on the mover's holder; the plan is forgotten once done.
+    let mover = cloud.state.tasks.status("mover").expect("mover");
+    assert!(
+        mover.details["moved_total"].as_u64().unwrap_or(0) >= plan.moves.len() as u64,
+        "{mover:?}"
+    );
+    eventually(10, || async {
+        let t = cloud.state.tasks.status("mover")?;
+        (t.details["planned_pending"] == 0).then_some(())
+    })
+    .await;
+    second.stop().await;
+}
 
 async fn moving_cloud(
     backend: Backend,

@@ -228,7 +228,8 @@ async fn host_rebalance(
     }
     let (mut plan, moves) = crate::moves::plan(&state, band).await?;
     if !body.dry_run && !moves.is_empty() {
-        state.moves.queue(moves);
+        state.store.planned_moves_queue(&moves).await?;
+        state.moves.notify();
         plan.queued = true;
     }
     Ok(Json(plan))

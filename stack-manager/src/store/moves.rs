@@ -30,6 +30,58 @@ use super::Store;
 use crate::db::{lock_row, now_ms, RowExt, WriteTx};
 use crate::error::{ApiError, ApiResult};
 
+/// One move of a queued rebalancing plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMove {
+    pub instance: InstanceId,
+    pub from: HostId,
+    pub to: HostId,
+    /// Indexes of the moves of the same plan that must be done first.
+    pub depends_on: Vec<usize>,
+}
+
+/// Where a planned move is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Queued => "queued",
+            Step::Running => "running",
+            Step::Done => "done",
+            Step::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, sqlx::Error> {
+        Ok(match s {
+            "queued" => Step::Queued,
+            "running" => Step::Running,
+            "done" => Step::Done,
+            "failed" => Step::Failed,
+            other => {
+                return Err(sqlx::Error::Decode(
+                    format!("unknown planned move step `{other}`").into(),
+                ))
+            }
+        })
+    }
+}
+
+/// A queued plan as stored: its moves and where each is, by index.
+#[derive(Debug, Clone)]
+pub struct QueuedPlan {
+    pub id: String,
+    pub moves: Vec<PlannedMove>,
+    pub steps: Vec<Step>,
+}
+
 /// The claim an instance being moved holds on its target.
 pub fn move_target_claim(r: &AnyRow) -> Result<Option<Claim>, sqlx::Error> {
     Ok(r.opt_id::<HostId>("move_target")?.map(|host| Claim {
@@ -542,4 +594,122 @@ pub async fn move_forget(tx: &mut WriteTx, r: &AnyRow) -> Result<Option<Claim>, 
     .execute(&mut ***tx)
     .await?;
     Ok(Some(c))
+}
+
+impl Store {
+    /// Queues a plan's moves, in one transaction.
+    pub async fn planned_moves_queue(&self, moves: &[PlannedMove]) -> ApiResult<()> {
+        let plan = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
+        let mut tx = self.db.begin_write().await?;
+        for (seq, m) in moves.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO planned_moves \
+                 (plan_id, seq, instance_id, from_host, to_host, depends_on, step, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7)",
+            )
+            .bind(&plan)
+            .bind(seq as i64)
+            .bind(m.instance.to_string())
+            .bind(m.from.to_string())
+            .bind(m.to.to_string())
+            .bind(serde_json::to_string(&m.depends_on).unwrap_or_else(|_| "[]".into()))
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every plan with a move still queued or running, oldest first.
+    pub async fn planned_moves_open(&self) -> ApiResult<Vec<QueuedPlan>> {
+        let rows = sqlx::query(
+            "SELECT plan_id, seq, instance_id, from_host, to_host, depends_on, step \
+             FROM planned_moves WHERE plan_id IN \
+               (SELECT plan_id FROM planned_moves WHERE step IN ('queued', 'running')) \
+             ORDER BY created_at, plan_id, seq",
+        )
+        .fetch_all(&self.db.pool)
+        .await?;
+        let mut plans: Vec<QueuedPlan> = Vec::new();
+        for r in rows {
+            let id = r.text("plan_id")?;
+            let depends_on: Vec<usize> = serde_json::from_str(&r.text("depends_on")?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+            let m = PlannedMove {
+                instance: r.id("instance_id")?,
+                from: r.id("from_host")?,
+                to: r.id("to_host")?,
+                depends_on,
+            };
+            let step = Step::parse(&r.text("step")?)?;
+            match plans.last_mut().filter(|p| p.id == id) {
+                Some(p) => {
+                    p.moves.push(m);
+                    p.steps.push(step);
+                }
+                None => plans.push(QueuedPlan {
+                    id,
+                    moves: vec![m],
+                    steps: vec![step],
+                }),
+            }
+        }
+        Ok(plans)
+    }
+
+    /// Moves of queued plans not yet done or failed.
+    pub async fn planned_moves_pending(&self) -> ApiResult<u64> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) AS n FROM planned_moves WHERE step IN ('queued', 'running')",
+        )
+        .fetch_one(&self.db.pool)
+        .await?
+        .uint("n")?)
+    }
+
+    /// Sets the steps of some moves of one plan, in one transaction, and
+    /// forgets the plans whose every move ended.
+    pub async fn planned_moves_set(&self, plan: &str, steps: &[(usize, Step)]) -> ApiResult<()> {
+        let mut tx = self.db.begin_write().await?;
+        for (seq, step) in steps {
+            sqlx::query("UPDATE planned_moves SET step = $3 WHERE plan_id = $1 AND seq = $2")
+                .bind(plan)
+                .bind(*seq as i64)
+                .bind(step.as_str())
+                .execute(&mut **tx)
+                .await?;
+        }
+        forget_finished_plans(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records how the running planned move of `instance` ended, if it has
+    /// one.
+    pub async fn planned_move_finish(&self, instance: InstanceId, done: bool) -> ApiResult<()> {
+        let mut tx = self.db.begin_write().await?;
+        sqlx::query(
+            "UPDATE planned_moves SET step = $2 WHERE instance_id = $1 AND step = 'running'",
+        )
+        .bind(instance.to_string())
+        .bind(if done { Step::Done } else { Step::Failed }.as_str())
+        .execute(&mut **tx)
+        .await?;
+        forget_finished_plans(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Deletes the plans none of whose moves is queued or running any more.
+async fn forget_finished_plans(tx: &mut WriteTx) -> ApiResult<()> {
+    sqlx::query(
+        "DELETE FROM planned_moves WHERE plan_id NOT IN \
+           (SELECT plan_id FROM planned_moves WHERE step IN ('queued', 'running'))",
+    )
+    .execute(&mut ***tx)
+    .await?;
+    Ok(())
 }

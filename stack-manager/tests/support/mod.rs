@@ -128,6 +128,24 @@ impl TestCloud {
         }
     }
 
+    /// Another replica on this cloud's database (PostgreSQL), serving on
+    /// loopback with the same config: its public API URL and its state.
+    pub async fn second_replica(&self) -> (String, AppState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = (*self.state.config).clone();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.internal_listen = "127.0.0.1:0".parse().unwrap();
+        config.state_dir = dir.path().to_path_buf();
+        config.database_url = Some(self.state.config.database_url());
+        let state = AppState::start(config)
+            .await
+            .expect("second replica starts");
+        let running = stack_manager::server::start(state.clone())
+            .await
+            .expect("listen");
+        (format!("http://{}", running.public), state, dir)
+    }
+
     /// A cloud where nothing runs behind a measurement's back: simulated
     /// hosts heartbeat only at enrollment (and when told to), and no resync
     /// pass comes.
