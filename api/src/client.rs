@@ -672,6 +672,10 @@ impl Client {
     pub async fn system_tasks(&self) -> Result<Vec<TaskStatus>> {
         self.transport.get_all("/v1/system/tasks").await
     }
+    /// The consistency checker's report (admin): read-only.
+    pub async fn system_check(&self) -> Result<ConsistencyReport> {
+        self.transport.get("/v1/system/check").await
+    }
     /// The stack-manager replicas of the last day and their leases (admin).
     pub async fn system_replicas(&self) -> Result<Vec<Replica>> {
         Ok(self

@@ -408,4 +408,5 @@ async fn growth_rebalances_and_drain_empties_a_host() {
         draining.elapsed(),
         t0.elapsed()
     );
+    fleet.assert_consistent().await;
 }

@@ -356,4 +356,5 @@ async fn partition_power_loss_and_crash() {
         "QEMU runs again"
     );
     eprintln!("done in {:?}", t0.elapsed());
+    fleet.assert_consistent().await;
 }

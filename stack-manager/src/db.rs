@@ -197,6 +197,32 @@ impl Db {
         })
     }
 
+    /// Opens an existing database to read only: no migrations, no lock
+    /// (a SQLite file served by a running stack manager can be read
+    /// beside it), one connection. For `stack-manager check`.
+    pub async fn connect_read_only(url: &str) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let base = url.split('?').next().unwrap_or(url);
+            (Backend::Sqlite, format!("{base}?mode=ro"))
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(DbError::UnsupportedUrl(url.to_string()));
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await?;
+        Ok(Self {
+            pool,
+            backend,
+            write_gate: None,
+            _sole_replica: None,
+        })
+    }
+
     /// Runs one write statement (no transaction needed) under the SQLite
     /// gate: `db.gated(query.execute(&db.pool)).await`. Three round trips
     /// fewer than BEGIN/statement/COMMIT on the hot paths that use it.

@@ -44,6 +44,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute every derived figure (quota usage, host allocations) from
+    /// the rows themselves and check the relations that must hold
+    /// (addresses and attachments of live instances). Read-only, safe
+    /// beside running replicas. Exits 1 when it finds drift.
+    Check {
+        #[arg(long, env = "STRATO_STACK_MANAGER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides `state_dir` of the config.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the OpenAPI 3 document.
     Openapi,
     /// Print the default configuration as TOML.
@@ -134,6 +148,48 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Check {
+            config,
+            state_dir,
+            json,
+        } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(dir) = state_dir {
+                config.state_dir = dir;
+            }
+            init_tracing("warn");
+            let db = stack_manager::db::Db::connect_read_only(&config.database_url()).await?;
+            let report = stack_manager::store::Store::new(db)
+                .consistency_check()
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for c in &report.checks {
+                    println!(
+                        "{:<18} {:>8} rows  {:>4} drift  {}",
+                        c.name, c.rows, c.drift, c.description
+                    );
+                }
+                for d in &report.drift {
+                    println!("drift: {}", d.message);
+                }
+                println!(
+                    "{}",
+                    if report.consistent {
+                        "consistent: no drift"
+                    } else {
+                        "INCONSISTENT: see the drift above"
+                    }
+                );
+            }
+            Ok(if report.consistent {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Openapi => {
             print!("{}", stack_manager::openapi::document_json());

@@ -796,6 +796,7 @@ fn operator_cases(ids: &Ids, project: &str, user: &str) -> Vec<Case> {
         case("GET /v1/usage", &[]).query("start=2020-01-01T00:00:00Z"),
         case("GET /v1/system/tasks", &[]),
         case("GET /v1/system/replicas", &[]),
+        case("GET /v1/system/check", &[]),
         case("POST /v1/flavors", &[])
             .body(json!({"name": "big", "vcpus": 8, "ram_mib": 16384, "disk_gib": 100}))
             .ok(201),

@@ -217,6 +217,7 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
     assert_eq!(up.health, HostHealth::Up);
     // Re-admitting twice is refused: it is up.
     assert!(cloud.admin.host_readmit(failed).await.is_err());
+    cloud.assert_consistent().await;
 }
 
 async fn a_host_back_within_the_grace_keeps_its_instances(backend: Backend) {
@@ -260,6 +261,7 @@ async fn a_host_back_within_the_grace_keeps_its_instances(backend: Backend) {
         .map(|e| e.event)
         .collect();
     assert_eq!(names, ["host.suspected", "host.recovered"]);
+    cloud.assert_consistent().await;
 }
 
 /// A rack that loses power takes a hypervisor and the storage node of its
@@ -374,6 +376,7 @@ async fn a_host_whose_storage_node_died_too_is_evacuated_on_the_operator_s_word(
         (acl == vec![sim_iqn("hv-2")]).then_some(())
     })
     .await;
+    cloud.assert_consistent().await;
 }
 
 async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backend) {
@@ -497,6 +500,7 @@ async fn mass_failure_pauses_evacuation_until_an_operator_decides(backend: Backe
     assert_eq!(placed.nics, members[1].nics);
     // A fenced host whose instances moved can be deleted.
     cloud.admin.host_delete(a).await.unwrap();
+    cloud.assert_consistent().await;
 }
 
 async fn a_crashed_instance_is_restarted_in_place_with_backoff(backend: Backend) {
@@ -600,6 +604,7 @@ async fn a_crashed_instance_is_restarted_in_place_with_backoff(backend: Backend)
         .filter(|e| e.event == "instance.restarted")
         .count();
     assert_eq!(restarts, 5, "{events:?}");
+    cloud.assert_consistent().await;
 }
 
 /// Power fencing through the real provisioner binary: a host whose machine

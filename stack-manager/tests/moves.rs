@@ -79,6 +79,7 @@ async fn postgres_a_plan_accepted_by_a_replica_without_the_mover_runs_on_the_one
         (t.details["planned_pending"] == 0).then_some(())
     })
     .await;
+    cloud.assert_consistent().await;
     second.stop().await;
 }
 
@@ -264,6 +265,7 @@ async fn rebalancing_moves_instances_onto_a_new_host(backend: Backend) {
         .unwrap();
     assert!(again.moves.is_empty(), "{again:#?}");
     assert!(again.within_band);
+    cloud.assert_consistent().await;
 }
 
 async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
@@ -379,6 +381,7 @@ async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
         Some(hv1),
         "an enabled, emptier host takes work again"
     );
+    cloud.assert_consistent().await;
 }
 
 async fn a_move_whose_target_agent_fails_is_aborted(backend: Backend) {
@@ -426,6 +429,7 @@ async fn a_move_whose_target_agent_fails_is_aborted(backend: Backend) {
         "the target's claim was released"
     );
     assert_eq!(target.allocated.vcpus, 0);
+    cloud.assert_consistent().await;
 }
 
 async fn a_move_whose_source_never_confirms_is_aborted(backend: Backend) {
@@ -486,4 +490,5 @@ async fn a_move_whose_source_never_confirms_is_aborted(backend: Backend) {
         (power_on(&cloud, "hv-1", vm.id) == Some(PowerState::Running)).then_some(())
     })
     .await;
+    cloud.assert_consistent().await;
 }

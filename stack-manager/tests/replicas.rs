@@ -357,6 +357,8 @@ async fn replicas_on_postgres_share_the_api_and_hand_leases_over() {
         .project_get("acme")
         .await
         .expect("read after the restart");
+    let report = again.client.system_check().await.expect("check");
+    assert!(report.consistent, "drift after the kills: {report:#?}");
 }
 
 /// A leased run that waits for a signal before it writes: a replica

@@ -85,3 +85,43 @@ pub struct Replica {
     /// The leases it holds now.
     pub leases: Vec<ReplicaLease>,
 }
+
+/// One derived figure that does not match what the rows it is derived
+/// from add up to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Drift {
+    /// The check that found it: `quota_usage`, `host_allocations`,
+    /// `addresses`, `attachments`.
+    pub check: String,
+    /// What it is about: a project, a host, an address, a volume.
+    pub subject: String,
+    /// The figure (`used_vcpus`, `alloc_instances`, …) or the relation.
+    pub field: String,
+    /// What the database records, where it is a number.
+    pub recorded: Option<i64>,
+    /// What the rows add up to, where it is a number.
+    pub actual: Option<i64>,
+    pub message: String,
+}
+
+/// One check the consistency checker ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConsistencyCheck {
+    pub name: String,
+    pub description: String,
+    /// Rows it looked at.
+    pub rows: u64,
+    /// Drift it found.
+    pub drift: u64,
+}
+
+/// `GET /v1/system/check` (and `stack-manager check`): every derived
+/// figure recomputed from the rows themselves, read-only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConsistencyReport {
+    pub checked_at: DateTime<Utc>,
+    /// No drift anywhere.
+    pub consistent: bool,
+    pub checks: Vec<ConsistencyCheck>,
+    pub drift: Vec<Drift>,
+}

@@ -17,6 +17,10 @@ pub enum SystemCmd {
     /// whether each is alive, and the leases (health monitor, mover, …)
     /// each holds.
     Replicas,
+    /// Recompute every derived figure (quota usage, host allocations) from
+    /// the rows themselves and check that addresses and attachments belong
+    /// to live instances; read-only. Exits non-zero on drift.
+    Check,
     /// Whether automatic evacuation runs, or the mass-failure guard paused it.
     Evacuation {
         #[command(subcommand)]
@@ -66,6 +70,8 @@ fn row(t: &TaskStatus, now: DateTime<Utc>) -> Vec<String> {
     ]
 }
 
+const CHECK_HEADERS: &[&str] = &["CHECK", "ROWS", "DRIFT", "WHAT"];
+
 const REPLICA_HEADERS: &[&str] = &["NAME", "STATE", "STARTED", "HEARD", "LEASES", "URL"];
 
 fn replica_row(r: &Replica, now: DateTime<Utc>) -> Vec<String> {
@@ -111,6 +117,27 @@ pub async fn run(ctx: &Ctx, cmd: SystemCmd) -> Result<()> {
             let tasks = c.system_tasks().await?;
             let now = Utc::now();
             ctx.out.list_with(&tasks, HEADERS, |t| row(t, now))
+        }
+        SystemCmd::Check => {
+            let report = c.system_check().await?;
+            ctx.out.list_with(&report.checks, CHECK_HEADERS, |k| {
+                vec![
+                    k.name.clone(),
+                    k.rows.to_string(),
+                    k.drift.to_string(),
+                    k.description.clone(),
+                ]
+            })?;
+            for d in &report.drift {
+                eprintln!("drift: {}", d.message);
+            }
+            if !report.consistent {
+                anyhow::bail!(
+                    "the database is inconsistent: {} drift(s) found",
+                    report.drift.len()
+                );
+            }
+            Ok(())
         }
         SystemCmd::Replicas => {
             let replicas = c.system_replicas().await?;

@@ -365,6 +365,17 @@ impl Cloud {
 }
 
 impl Api {
+    /// Runs the stack manager's consistency checker and fails on any
+    /// drift: what the failure tests end with.
+    pub async fn assert_consistent(&self) {
+        let report = self.admin.system_check().await.expect("consistency check");
+        assert!(
+            report.consistent,
+            "the consistency checker found drift: {:#?}",
+            report.drift
+        );
+    }
+
     pub fn new(admin: Client, logs: Vec<PathBuf>) -> Self {
         Self {
             admin,

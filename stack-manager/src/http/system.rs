@@ -4,8 +4,8 @@
 //! each holds (`crate::lease`).
 
 use api::resources::{
-    List, PageParams, Replica, ReplicaLease, TaskActivation, TaskState, TaskStatus,
-    PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
+    ConsistencyCheck, ConsistencyReport, Drift, List, PageParams, Replica, ReplicaLease,
+    TaskActivation, TaskState, TaskStatus, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX,
 };
 use axum::extract::State;
 use axum::routing::get;
@@ -22,12 +22,22 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/system/tasks", get(tasks))
         .route("/v1/system/replicas", get(replicas))
+        .route("/v1/system/check", get(check))
 }
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(tasks, replicas),
-    components(schemas(TaskStatus, TaskState, TaskActivation, Replica, ReplicaLease))
+    paths(tasks, replicas, check),
+    components(schemas(
+        TaskStatus,
+        TaskState,
+        TaskActivation,
+        Replica,
+        ReplicaLease,
+        ConsistencyReport,
+        ConsistencyCheck,
+        Drift
+    ))
 )]
 pub struct Doc;
 
@@ -110,6 +120,21 @@ async fn replicas(State(state): State<AppState>, caller: Caller) -> ApiResult<Js
         items: state.leases.replicas().await?,
         next_page_token: None,
     }))
+}
+
+/// Every derived figure (quota usage, host allocations) recomputed from
+/// the rows themselves, and the relations that must hold (addresses and
+/// attachments of live instances): read-only, safe on a live cloud.
+#[utoipa::path(get, path = "/v1/system/check", tag = "system",
+    responses((status = 200, body = ConsistencyReport,
+               description = "What each check looked at and every drift it found; `consistent` is false when there is any"),
+              (status = 403, body = api::ErrorBody)))]
+async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<ConsistencyReport>> {
+    caller.require_admin()?;
+    Ok(Json(state.store.consistency_check().await?))
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 pub mod agents;
 pub mod audit;
 pub mod bootstrap;
+pub mod check;
 pub mod claims;
 pub mod flavors;
 pub mod groups;

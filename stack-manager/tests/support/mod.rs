@@ -128,6 +128,17 @@ impl TestCloud {
         }
     }
 
+    /// Runs the consistency checker (`GET /v1/system/check`) and fails on
+    /// any drift: what the crash and failure tests end with.
+    pub async fn assert_consistent(&self) {
+        let report = self.admin.system_check().await.expect("consistency check");
+        assert!(
+            report.consistent,
+            "the consistency checker found drift: {:#?}",
+            report.drift
+        );
+    }
+
     /// Another replica on this cloud's database (PostgreSQL), serving on
     /// loopback with the same config: its public API URL and its state.
     pub async fn second_replica(&self) -> (String, AppState, tempfile::TempDir) {
