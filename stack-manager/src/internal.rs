@@ -170,7 +170,7 @@ async fn enroll(
             || validate_enroll(&req),
         )
         .await?;
-    state.scheduler.upsert(view);
+    state.scheduler.enrolled(view);
     tracing::info!(%host, name = %req.name, kind = req.kind.as_str(), "host enrolled");
     Ok((
         StatusCode::CREATED,

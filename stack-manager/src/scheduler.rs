@@ -32,7 +32,12 @@ impl HostView {
     /// that an `up` host whose heartbeat is overdue reads `suspected` (a
     /// storage node: `down`) at once, before the monitor's next pass.
     pub fn health(&self, now_ms: i64, down_after_secs: u64) -> HostHealth {
-        let fresh = matches!(self.last_heartbeat_ms,
+        self.health_by(now_ms, down_after_secs, self.last_heartbeat_ms)
+    }
+
+    /// [`health`](Self::health) as if its last heartbeat were `heartbeat`.
+    fn health_by(&self, now_ms: i64, down_after_secs: u64, heartbeat: Option<i64>) -> HostHealth {
+        let fresh = matches!(heartbeat,
             Some(t) if now_ms - t <= (down_after_secs as i64) * 1000);
         match (self.kind, self.health) {
             (HostKind::Storage, _) if fresh => HostHealth::Up,
@@ -58,7 +63,9 @@ pub struct Ranking {
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: HostId,
-    /// `i64::MIN` when the host never sent a heartbeat.
+    /// The heartbeat it counts as alive by: its last one, plus the refresh
+    /// period when that one reached another replica (see
+    /// `Hosts::heard_here`). `i64::MIN` when it never sent one.
     last_heartbeat_ms: i64,
     cpu_cap: f64,
     ram_cap: f64,
@@ -77,9 +84,25 @@ struct Hosts {
     views: HashMap<HostId, HostView>,
     slots: Vec<Slot>,
     slot_of: HashMap<HostId, usize>,
+    /// The last heartbeat each host sent to this replica. A view whose
+    /// heartbeat is that one is exact; one whose heartbeat reached another
+    /// replica was read at a refresh and may be a refresh period old.
+    heard_here: HashMap<HostId, i64>,
+    /// The refresh period, ms: what a heartbeat heard elsewhere is allowed.
+    slack_ms: i64,
 }
 
 impl Hosts {
+    /// The heartbeat time `h` counts as alive by (see [`Slot`]).
+    fn liveness_ms(&self, h: &HostView) -> Option<i64> {
+        let t = h.last_heartbeat_ms?;
+        Some(if self.heard_here.get(&h.id) == Some(&t) {
+            t
+        } else {
+            t.saturating_add(self.slack_ms)
+        })
+    }
+
     /// Brings the slot of `id` in line with its view (adds, updates or
     /// removes it).
     fn sync(&mut self, id: HostId, cfg: &SchedulerConfig) {
@@ -91,7 +114,7 @@ impl Hosts {
                 && h.health == HostHealth::Up)
                 .then(|| Slot {
                     id,
-                    last_heartbeat_ms: h.last_heartbeat_ms.unwrap_or(i64::MIN),
+                    last_heartbeat_ms: self.liveness_ms(h).unwrap_or(i64::MIN),
                     cpu_cap: h.capacity.vcpus as f64 * cfg.cpu_allocation_ratio,
                     ram_cap: h.capacity.ram_mib as f64 * cfg.ram_allocation_ratio,
                     disk_cap: h.capacity.disk_gib as f64 * cfg.disk_allocation_ratio,
@@ -190,8 +213,12 @@ impl Scheduler {
         hosts_config: HostsConfig,
         placement_seconds: prometheus::HistogramVec,
     ) -> Result<Self, sqlx::Error> {
+        let slack_ms = RefreshTask::period(&hosts_config).as_millis() as i64;
         let s = Self {
-            hosts: RwLock::new(Hosts::default()),
+            hosts: RwLock::new(Hosts {
+                slack_ms,
+                ..Hosts::default()
+            }),
             config,
             hosts_config,
             placement_seconds,
@@ -204,10 +231,16 @@ impl Scheduler {
     /// that several stack managers converge on each other's heartbeats).
     pub async fn refresh(&self, db: &Db) -> Result<(), sqlx::Error> {
         let views = claims::host_views(db).await?;
+        let (heard_here, slack_ms) = {
+            let old = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+            (old.heard_here.clone(), old.slack_ms)
+        };
         let mut hosts = Hosts {
             views: HashMap::with_capacity(views.len()),
             slots: Vec::with_capacity(views.len()),
             slot_of: HashMap::with_capacity(views.len()),
+            heard_here,
+            slack_ms,
         };
         for h in views {
             let id = h.id;
@@ -233,6 +266,18 @@ impl Scheduler {
             .observe(took.as_secs_f64());
     }
 
+    /// A host that enrolled through this replica: its enrollment counts as
+    /// a heartbeat heard here.
+    pub fn enrolled(&self, h: HostView) {
+        let id = h.id;
+        let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = h.last_heartbeat_ms {
+            hosts.heard_here.insert(id, t);
+        }
+        hosts.views.insert(id, h);
+        hosts.sync(id, &self.config);
+    }
+
     pub fn upsert(&self, h: HostView) {
         let id = h.id;
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
@@ -243,14 +288,18 @@ impl Scheduler {
     pub fn remove(&self, id: HostId) {
         let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
         hosts.views.remove(&id);
+        hosts.heard_here.remove(&id);
         hosts.sync(id, &self.config);
     }
 
     pub fn heartbeat(&self, id: HostId, capacity: Capacity, at_ms: i64) {
-        self.update(id, |h| {
+        let mut hosts = self.hosts.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = hosts.views.get_mut(&id) {
             h.capacity = capacity;
             h.last_heartbeat_ms = Some(at_ms);
-        });
+            hosts.heard_here.insert(id, at_ms);
+            hosts.sync(id, &self.config);
+        }
     }
 
     pub fn set_admin_state(&self, id: HostId, state: AdminState) {
@@ -271,17 +320,28 @@ impl Scheduler {
             .cloned()
     }
 
-    /// A host's health from this view when it has the host (heartbeats
-    /// land here first), else from `row`, as read from the database.
+    /// A host's health as the API reports it, from `row` as read from the
+    /// database in the same request: every heartbeat and every move of the
+    /// health monitor is written there before anything else sees it, so
+    /// the row is never older than this replica's view, and on a replica
+    /// that neither receives the host's heartbeats nor runs the monitor it
+    /// is newer by up to a refresh period.
     pub fn current_health(&self, row: &HostView) -> HostHealth {
-        match self.get(row.id) {
-            Some(v) => self.health(&v),
-            None => self.health(row),
-        }
+        row.health(now_ms(), self.hosts_config.down_after_secs)
     }
 
+    /// `h`'s health in this view. A replica that does not receive a
+    /// host's heartbeats itself (another replica does) sees them only at
+    /// its refreshes: such a heartbeat counts as a refresh period younger,
+    /// or every host would look down to it just before each refresh.
+    /// Detection itself reads the database (`crate::health`), not this view.
     pub fn health(&self, h: &HostView) -> HostHealth {
-        h.health(now_ms(), self.hosts_config.down_after_secs)
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        Self::health_in(&hosts, h, now_ms(), self.hosts_config.down_after_secs)
+    }
+
+    fn health_in(hosts: &Hosts, h: &HostView, now: i64, down_after_secs: u64) -> HostHealth {
+        h.health_by(now, down_after_secs, hosts.liveness_ms(h))
     }
 
     /// Applies a committed claim (or its reversal) to the memory view.
@@ -309,17 +369,14 @@ impl Scheduler {
     pub fn export_host_gauges(&self, gauge: &prometheus::IntGaugeVec) {
         let now = now_ms();
         let mut counts: HashMap<(HostKind, HostHealth), i64> = HashMap::new();
-        for h in self
-            .hosts
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .views
-            .values()
-        {
+        let down_after = self.hosts_config.down_after_secs;
+        let hosts = self.hosts.read().unwrap_or_else(|e| e.into_inner());
+        for h in hosts.views.values() {
             *counts
-                .entry((h.kind, h.health(now, self.hosts_config.down_after_secs)))
+                .entry((h.kind, Self::health_in(&hosts, h, now, down_after)))
                 .or_default() += 1;
         }
+        drop(hosts);
         for kind in [HostKind::Hypervisor, HostKind::Storage] {
             for health in [
                 HostHealth::Up,
@@ -390,7 +447,8 @@ impl Scheduler {
             .filter(|h| {
                 h.kind == HostKind::Storage
                     && h.admin_state == AdminState::Enabled
-                    && h.health(now, self.hosts_config.down_after_secs) == HostHealth::Up
+                    && Self::health_in(&hosts, h, now, self.hosts_config.down_after_secs)
+                        == HostHealth::Up
             })
             .filter_map(|h| {
                 let cap = h.capacity.storage_bytes_total as f64 * ratio;
@@ -650,9 +708,12 @@ pub struct RefreshTask {
 }
 
 impl RefreshTask {
-    /// Five heartbeats: a host's view is never older than that.
+    /// Five heartbeats, or half the detection deadline if that is
+    /// shorter: a host's view is never older than that (see
+    /// `Scheduler::health`).
     pub fn period(hosts: &HostsConfig) -> std::time::Duration {
-        std::time::Duration::from_secs(hosts.heartbeat_interval_secs.max(1) * 5)
+        let beats = hosts.heartbeat_interval_secs.max(1) * 5;
+        std::time::Duration::from_secs(beats.min((hosts.down_after_secs / 2).max(1)))
     }
 }
 

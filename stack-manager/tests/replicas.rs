@@ -21,12 +21,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::resources::{EnrollmentTokenCreate, HostKind, ProjectCreate, Replica};
+use api::resources::{
+    EnrollmentTokenCreate, GroupCreate, HostHealth, HostKind, Instance, InstanceStatus,
+    ProjectCreate, ProjectRole, Replica, VolumeCreate, VolumeSource, VolumeStatus,
+};
 use api::Client;
+use api::ErrorCode;
 use stack_manager::config::ReplicasConfig;
 use stack_manager::db::Db;
 use stack_manager::lease::{Leased, Leases, HEALTH_MONITOR, MOVER, PLANNER_STATISTICS};
 use stack_manager::tasks::{BackgroundTask, Outcome, TaskError};
+use support::sim_agent::Beats;
+use support::{Backend, TestCloud};
 use testkit::{free_port, wait_async, workspace_bin, StorageAgent};
 
 const LEASES: [&str; 3] = [HEALTH_MONITOR, MOVER, PLANNER_STATISTICS];
@@ -87,6 +93,11 @@ fn bin() -> &'static Path {
 
 /// Writes `dir/<name>.toml` for a replica on `database_url`.
 fn config(dir: &Path, name: &str, database_url: &str) -> PathBuf {
+    config_with(dir, name, database_url, "")
+}
+
+/// [`config`] with `extra` TOML tables after its own.
+fn config_with(dir: &Path, name: &str, database_url: &str, extra: &str) -> PathBuf {
     let state = dir.join(name);
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(
@@ -94,7 +105,7 @@ fn config(dir: &Path, name: &str, database_url: &str) -> PathBuf {
         format!(
             "listen = \"127.0.0.1:{}\"\ninternal_listen = \"127.0.0.1:{}\"\n\
              state_dir = \"{}\"\ndatabase_url = \"{database_url}\"\nlog = \"info\"\n\
-             [replicas]\nname = \"{name}\"\n",
+             [replicas]\nname = \"{name}\"\n{extra}",
             free_port(),
             free_port(),
             state.display()
@@ -507,4 +518,439 @@ async fn sqlite_serves_one_replica_and_a_killed_one_starts_again() {
     first.kill();
     let again = serve(dir.path(), "sm", &cfg, &token).await;
     held_by(&again, "sm", &SQLITE_LEASES, Duration::from_secs(15)).await;
+}
+
+/// What one storm of creates ended with.
+struct Storm {
+    created: Vec<Instance>,
+    /// Refused with an API error (code), never a 5xx.
+    refused: Vec<ErrorCode>,
+    /// Cut off by the kill: the instance may or may not exist.
+    lost: usize,
+}
+
+/// `n` creates at once, alternately through "A,B" and "B,A"; every tenth
+/// one in the anti-affinity group. After the `kill_after`-th answer,
+/// `kill` runs (a kill -9 in the middle of the storm).
+async fn storm(
+    clients: &[Client; 2],
+    prefix: &str,
+    n: usize,
+    kill_after: Option<(usize, &mut Process)>,
+) -> Storm {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let c = clients[i % 2].clone();
+        let mut vm = TestCloud::vm(&format!("{prefix}-{i}"));
+        if i % 10 == 0 {
+            vm.anti_affinity_group = Some("spread".into());
+        }
+        set.spawn(async move { c.instance_create(&vm).await });
+    }
+    let (mut created, mut refused, mut lost) = (Vec::new(), Vec::new(), 0);
+    let mut kill_after = kill_after;
+    let mut answers = 0;
+    while let Some(r) = set.join_next().await {
+        answers += 1;
+        match r.expect("create task") {
+            Ok(i) => created.push(i),
+            Err(e) => match (e.status(), e.code()) {
+                (Some(s), Some(code)) if s < 500 => refused.push(code),
+                (Some(s), _) => panic!("a create got {s}: {e}"),
+                (None, _) => lost += 1,
+            },
+        }
+        if let Some((k, p)) = kill_after.as_mut() {
+            if answers == *k {
+                p.kill();
+                kill_after = None;
+            }
+        }
+    }
+    Storm {
+        created,
+        refused,
+        lost,
+    }
+}
+
+/// Waits until no instance is pending or building, and returns them all.
+async fn settled(c: &Client) -> Vec<Instance> {
+    wait_async(
+        "every instance running or in error",
+        Duration::from_secs(90),
+        || async {
+            let all = c.instance_list().await.ok()?;
+            all.iter()
+                .all(|i| matches!(i.status, InstanceStatus::Running | InstanceStatus::Error))
+                .then_some(all)
+        },
+    )
+    .await
+}
+
+/// No host over its capacity, no address given twice, no two members of
+/// the group on one host, and the checker finds no drift.
+async fn invariants(admin: &Client, all: &[Instance], slots: usize) {
+    let running: Vec<&Instance> = all
+        .iter()
+        .filter(|i| i.status == InstanceStatus::Running)
+        .collect();
+    assert!(
+        running.len() <= slots,
+        "{} running on {slots} slots",
+        running.len()
+    );
+    for h in admin.host_list().await.expect("hosts") {
+        assert!(
+            h.allocated.ram_mib <= h.capacity.ram_mib && h.allocated.instances <= 8,
+            "overcommitted: {h:#?}"
+        );
+    }
+    let mut addresses = std::collections::HashSet::new();
+    for i in all {
+        for nic in &i.nics {
+            assert!(addresses.insert(nic.address), "{} given twice", nic.address);
+        }
+    }
+    let mut group_hosts = std::collections::HashSet::new();
+    for i in all.iter().filter(|i| i.anti_affinity_group_id.is_some()) {
+        if let Some(h) = i.host_id {
+            assert!(group_hosts.insert(h), "two members of the group on {h}");
+        }
+    }
+    for i in all.iter().filter(|i| i.status == InstanceStatus::Error) {
+        assert!(
+            i.status_reason.is_some(),
+            "an error without a reason: {i:#?}"
+        );
+    }
+    let report = admin.system_check().await.expect("check");
+    assert!(report.consistent, "drift: {report:#?}");
+}
+
+async fn delete_all(c: &Client) {
+    for i in c.instance_list().await.expect("list") {
+        c.instance_delete(i.id).await.expect("delete");
+    }
+    wait_async("every instance gone", Duration::from_secs(60), || async {
+        c.instance_list().await.ok()?.is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn creates_through_two_replicas_never_overcommit_and_a_kill_mid_storm_leaves_nothing_half_made(
+) {
+    // Replica A in process, with the simulated hosts; B a real process on
+    // the same PostgreSQL. Self-healing is off on both (the simulated
+    // hosts do not heartbeat); resyncs every 2 s, so that what one replica
+    // wrote before dying is pushed by the other.
+    let cloud = TestCloud::start_with(Backend::Postgres, |c| {
+        c.hosts.resync_interval_secs = 2;
+    })
+    .await;
+    cloud.project("acme").await;
+    cloud.quota_for("acme", 1000).await;
+    let alice = cloud.user("alice", "acme", ProjectRole::Member).await;
+    cloud.basics(&alice).await;
+    alice
+        .group_create(&GroupCreate {
+            name: "spread".into(),
+        })
+        .await
+        .expect("group");
+    // Six hosts of eight `small` VMs each (RAM bound).
+    const HOSTS: usize = 6;
+    const SLOTS: usize = HOSTS * 8;
+    for h in 0..HOSTS {
+        cloud.hypervisor(&format!("hv-{h}"), 4, 4096, None).await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = cloud.state.config.database_url();
+    let extra = "[hosts]\nresync_interval_secs = 2\n[health]\nmonitor_interval_ms = 0\n";
+    let start_b = |name: &'static str| {
+        let cfg = config_with(dir.path(), name, &url, extra);
+        let token = cloud.admin_token.clone();
+        let dir = dir.path().to_path_buf();
+        async move {
+            let b = serve(&dir, name, &cfg, &token).await;
+            (b, listen_url(&cfg))
+        }
+    };
+    let token = alice.transport.token().expect("token").to_string();
+    let clients = |b_url: &str| {
+        [
+            Client::new(&format!("{},{b_url}", cloud.url), &token)
+                .with_project(Some("acme".into())),
+            Client::new(&format!("{b_url},{}", cloud.url), &token)
+                .with_project(Some("acme".into())),
+        ]
+    };
+
+    // 200 creates at once through both: exactly the slots there are fill,
+    // the rest are refused for capacity, nothing is overcommitted.
+    let (b, b_url) = start_b("sm-b").await;
+    let started = Instant::now();
+    let s = storm(&clients(&b_url), "a", 200, None).await;
+    println!(
+        "200 creates through two replicas: {} placed, {} refused, in {:.2} s",
+        s.created.len(),
+        s.refused.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(s.lost, 0);
+    assert_eq!(s.created.len(), SLOTS, "every slot filled once");
+    assert!(
+        s.refused.iter().all(|c| *c == ErrorCode::CapacityExhausted),
+        "{:?}",
+        s.refused
+    );
+    let all = settled(&alice).await;
+    assert_eq!(all.len(), SLOTS);
+    invariants(&cloud.admin, &all, SLOTS).await;
+    delete_all(&alice).await;
+    drop(b);
+
+    // kill -9 of B at points of the storm chosen by seed: whatever B had
+    // committed is finished by A, whatever it had not left nothing.
+    for (seed, kill_after) in [(1u32, 23usize), (2, 71)] {
+        let (mut b, b_url) = start_b(if seed == 1 { "sm-b1" } else { "sm-b2" }).await;
+        let s = storm(
+            &clients(&b_url),
+            &format!("k{seed}"),
+            200,
+            Some((kill_after, &mut b)),
+        )
+        .await;
+        let all = settled(&alice).await;
+        println!(
+            "seed {seed}: kill -9 after {kill_after} answers: {} created, {} refused, {} cut off; {} instances after",
+            s.created.len(),
+            s.refused.len(),
+            s.lost,
+            all.len()
+        );
+        for c in &s.created {
+            assert!(
+                all.iter().any(|i| i.id == c.id),
+                "an acknowledged create vanished: {c:#?}"
+            );
+        }
+        assert!(all.len() <= s.created.len() + s.lost);
+        invariants(&cloud.admin, &all, SLOTS).await;
+        delete_all(&alice).await;
+    }
+}
+
+/// Who holds `lease`, by replica name, as `asked` reports.
+async fn holder_of(asked: &Client, lease: &str) -> Option<String> {
+    let rs = asked.system_replicas().await.ok()?;
+    rs.into_iter()
+        .find(|r| r.alive && r.leases.iter().any(|l| l.name == lease))
+        .map(|r| r.name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_health_monitor_s_holder_mid_evacuation_re_creates_nothing_twice() {
+    // A in process holds the simulated hosts (their heartbeats go to it)
+    // and runs no health monitor; B and C are real processes that do, one
+    // at a time.
+    let cloud = TestCloud::start_with(Backend::Postgres, |c| {
+        c.hosts.heartbeat_interval_secs = 1;
+        c.hosts.down_after_secs = 2;
+        c.hosts.resync_interval_secs = 2;
+    })
+    .await;
+    let beats = Beats::default();
+    cloud.project("acme").await;
+    let alice = cloud.user("alice", "acme", ProjectRole::Member).await;
+    cloud.basics(&alice).await;
+    for key in ["hv-1", "hv-2", "hv-3"] {
+        cloud.hypervisor(key, 8, 16_384, None).await;
+        cloud.beat(&beats, key);
+    }
+    cloud.storage("st-1", 100).await;
+    cloud.beat(&beats, "st-1");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = cloud.state.config.database_url();
+    let extra =
+        "[hosts]\nheartbeat_interval_secs = 1\ndown_after_secs = 2\nresync_interval_secs = 2\n\
+                 [health]\nmonitor_interval_ms = 200\nsuspect_grace_secs = 1\n";
+    let mut replicas = Vec::new();
+    for name in ["sm-b", "sm-c"] {
+        let cfg = config_with(dir.path(), name, &url, extra);
+        replicas.push(serve(dir.path(), name, &cfg, &cloud.admin_token).await);
+    }
+    let holder = wait_async("a health monitor holder", Duration::from_secs(15), || {
+        holder_of(&cloud.admin, HEALTH_MONITOR)
+    })
+    .await;
+    assert_ne!(holder, "", "{holder}");
+
+    let mut vms = Vec::new();
+    for i in 0..6 {
+        vms.push(
+            alice
+                .instance_create(&TestCloud::vm(&format!("vm-{i}")))
+                .await
+                .expect("create"),
+        );
+    }
+    let victim = vms[0].host_id.expect("placed");
+    let victim_key = cloud
+        .fleet
+        .hosts
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, h)| h.host_id == Some(victim))
+        .map(|(k, _)| k.clone())
+        .expect("sim host");
+    let on_victim: Vec<_> = vms
+        .iter()
+        .filter(|v| v.host_id == Some(victim))
+        .map(|v| v.id)
+        .collect();
+    wait_async("every VM running", Duration::from_secs(30), || async {
+        let all = alice.instance_list().await.ok()?;
+        all.iter()
+            .all(|i| i.status == InstanceStatus::Running)
+            .then_some(())
+    })
+    .await;
+
+    // A volume on the victim's first VM: fencing must be confirmed by
+    // its storage node.
+    let volume = alice
+        .volume_create(&VolumeCreate {
+            name: "data".into(),
+            size_gib: 1,
+            source: VolumeSource::Empty,
+        })
+        .await
+        .expect("volume");
+    wait_async("the volume", Duration::from_secs(15), || async {
+        (alice.volume_get(volume.id).await.ok()?.status == VolumeStatus::Available).then_some(())
+    })
+    .await;
+    alice
+        .attachment_create(vms[0].id, "data")
+        .await
+        .expect("attach");
+    wait_async("the volume in use", Duration::from_secs(15), || async {
+        (alice.volume_get(volume.id).await.ok()?.status == VolumeStatus::InUse).then_some(())
+    })
+    .await;
+
+    // Power loss of the victim while its storage node does not answer:
+    // fencing starts and cannot be confirmed, so nothing moves yet. The
+    // health monitor's holder is killed in that state.
+    cloud.fleet.with_host("st-1", |h| h.failing = true);
+    beats.stop(&victim_key);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = cloud.admin.host_get(victim).await.expect("victim");
+        if h.health == HostHealth::Fencing {
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = replicas
+                .iter()
+                .map(|r| format!("--- {} log:\n{}", r.name, r.log()))
+                .collect();
+            panic!(
+                "victim: {:?} {:?}\n{}",
+                h.health,
+                h.health_reason,
+                logs.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let holder = holder_of(&cloud.admin, HEALTH_MONITOR)
+        .await
+        .expect("a holder while fencing");
+    let killed_at = Instant::now();
+    for r in replicas.iter_mut().filter(|r| r.name == holder) {
+        r.kill();
+    }
+    for id in &on_victim {
+        let i = alice.instance_get(*id).await.expect("vm");
+        assert_eq!(
+            i.host_id,
+            Some(victim),
+            "nothing moves before fencing is confirmed"
+        );
+    }
+    let survivor = if holder == "sm-b" { "sm-c" } else { "sm-b" };
+    wait_async(
+        "the survivor to take the health monitor",
+        Duration::from_secs(20),
+        || async { (holder_of(&cloud.admin, HEALTH_MONITOR).await? == survivor).then_some(()) },
+    )
+    .await;
+    let took_over = killed_at.elapsed();
+    // The storage node answers again: the survivor confirms the fencing
+    // its predecessor began and re-creates the VMs.
+    cloud.fleet.with_host("st-1", |h| h.failing = false);
+
+    // The survivor finishes the evacuation: each of the victim's VMs runs
+    // on one other host, re-created once.
+    for id in &on_victim {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let i = alice.instance_get(*id).await.expect("vm");
+            if i.status == InstanceStatus::Running && i.host_id != Some(victim) {
+                break;
+            }
+            if Instant::now() > deadline {
+                let h = cloud.admin.host_get(victim).await.expect("victim");
+                let logs: Vec<String> = replicas
+                    .iter()
+                    .map(|r| format!("--- {} log:\n{}", r.name, r.log()))
+                    .collect();
+                panic!(
+                    "{id} did not run elsewhere: {i:#?}\nvictim: {:?} {:?}\nevents: {:#?}\n{}",
+                    h.health,
+                    h.health_reason,
+                    cloud.admin.host_events(victim).await,
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let finished = killed_at.elapsed();
+    println!(
+        "{holder} killed while fencing {victim_key}: {survivor} held the health monitor after \
+         {:.2} s, all {} of its VMs ran elsewhere {:.2} s after the kill",
+        took_over.as_secs_f64(),
+        on_victim.len(),
+        finished.as_secs_f64()
+    );
+    assert_eq!(
+        cloud.admin.host_get(victim).await.expect("victim").health,
+        HostHealth::Fenced
+    );
+    for id in &on_victim {
+        let events = alice.instance_events(*id).await.expect("events");
+        let relocated = events
+            .iter()
+            .filter(|e| e.event == "instance.relocated")
+            .count();
+        assert_eq!(relocated, 1, "re-created once: {events:#?}");
+        let live_holders: Vec<String> = cloud
+            .fleet
+            .hosts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, h)| **k != victim_key && h.instances.contains_key(id))
+            .map(|(k, _)| k.clone())
+            .collect();
+        assert_eq!(live_holders.len(), 1, "{id} on {live_holders:?}");
+    }
+    let report = cloud.admin.system_check().await.expect("check");
+    assert!(report.consistent, "drift: {report:#?}");
 }

@@ -24,7 +24,8 @@ async fn tasks_are_listed_and_count_their_runs(backend: Backend) {
     }
     assert_eq!(
         find(&tasks, "scheduler-refresh").and_then(|t| t.period_secs),
-        Some(10.0)
+        Some(5.0),
+        "five heartbeats (10 s) or half the detection deadline (5 s)"
     );
     match backend {
         // The first round runs at start.
