@@ -10,7 +10,9 @@
 //! `STRATO_TEST_POSTGRES_URL`, which `scripts/test.sh` sets up),
 //! `BENCH_PROJECTS` (50; each gets one network with a subnet just big
 //! enough for its share, so `BENCH_PROJECTS=1` puts every instance on one
-//! /18).
+//! /18), `BENCH_REPLICAS` (`1`; `1,2` also runs PostgreSQL with a second
+//! stack-manager replica on the same database, the creates alternating
+//! between the two, to compare creates/s and placement p99 with one).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -22,9 +24,11 @@ use futures::stream::{self, StreamExt};
 use support::{env_num, percentile, Backend, TestCloud};
 
 /// `histogram_quantile` over the scheduler's placement histogram, as
-/// Prometheus would compute it from `/metrics`.
+/// Prometheus would compute it from `/metrics` (of every replica: the
+/// buckets of the same bound add up).
 fn placement_quantile(metrics: &str, q: f64) -> f64 {
-    let mut buckets: Vec<(f64, f64)> = metrics
+    let mut summed: Vec<(f64, f64)> = Vec::new();
+    for (le, count) in metrics
         .lines()
         .filter(|l| {
             l.starts_with("strato_scheduler_placement_duration_seconds_bucket")
@@ -41,7 +45,13 @@ fn placement_quantile(metrics: &str, q: f64) -> f64 {
             let count: f64 = l.rsplit(' ').next()?.parse().ok()?;
             Some((le, count))
         })
-        .collect();
+    {
+        match summed.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count,
+            None => summed.push((le, count)),
+        }
+    }
+    let mut buckets = summed;
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
     let target = q * total;
@@ -65,6 +75,7 @@ fn placement_quantile(metrics: &str, q: f64) -> f64 {
 
 async fn run(
     backend: Backend,
+    replicas: usize,
     hosts: usize,
     instances: usize,
     concurrency: usize,
@@ -80,8 +91,8 @@ async fn run(
         .max(2);
     let prefix = 32 - host_bits;
     println!(
-        "\n== {backend:?}: {hosts} hosts, {instances} instances, concurrency {concurrency}, \
-         {projects} projects on a /{prefix} each"
+        "\n== {backend:?}, {replicas} replica(s): {hosts} hosts, {instances} instances, \
+         concurrency {concurrency}, {projects} projects on a /{prefix} each"
     );
     let cloud = TestCloud::start_with(backend, |c| {
         // Simulated hosts heartbeat once, at enrollment.
@@ -128,11 +139,29 @@ async fn run(
         TestCloud::network(&client, "share", &format!("10.64.0.0/{prefix}")).await;
         clients.push(client);
     }
+    // A second replica on the same database, started once the hosts are
+    // in (it loads them at start); every other create goes through it.
+    let second = if replicas > 1 {
+        Some(cloud.second_replica().await)
+    } else {
+        None
+    };
+    let clients: Vec<[api::Client; 2]> = clients
+        .into_iter()
+        .map(|c| {
+            let token = c.transport.token().unwrap_or_default().to_string();
+            let other = match &second {
+                Some((url, _, _)) => api::Client::new(url, &token).with_project(c.project.clone()),
+                None => c.clone(),
+            };
+            [c, other]
+        })
+        .collect();
 
     let t = Instant::now();
     let mut latencies: Vec<f64> = stream::iter(0..instances)
         .map(|i| {
-            let client = &clients[i % projects];
+            let client = &clients[i % projects][(i / projects) % 2];
             async move {
                 let started = Instant::now();
                 let mut vm = TestCloud::vm(&format!("vm-{i}"));
@@ -146,12 +175,15 @@ async fn run(
         .await;
     let secs = t.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
-    let metrics = reqwest::get(format!("{}/metrics", cloud.url))
+    let mut metrics = reqwest::get(format!("{}/metrics", cloud.url))
         .await
         .expect("metrics")
         .text()
         .await
         .expect("metrics body");
+    if let Some((_, state, _)) = &second {
+        metrics.push_str(&state.metrics.render());
+    }
     println!(
         "created {instances} instances in {secs:.1} s: {:.0} creates/s sustained",
         instances as f64 / secs
@@ -184,6 +216,11 @@ fn main() {
     let concurrency = env_num("BENCH_CONCURRENCY", 32);
     let projects = env_num("BENCH_PROJECTS", 50);
     let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let replicas: Vec<usize> = std::env::var("BENCH_REPLICAS")
+        .unwrap_or_else(|_| "1".into())
+        .split(',')
+        .map(|r| r.trim().parse().expect("BENCH_REPLICAS: numbers, e.g. 1,2"))
+        .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     for b in backends.split(',') {
         let backend = match b.trim() {
@@ -191,6 +228,12 @@ fn main() {
             "postgres" => Backend::Postgres,
             other => panic!("unknown backend `{other}` in BENCH_BACKENDS"),
         };
-        rt.block_on(run(backend, hosts, instances, concurrency, projects));
+        for &r in &replicas {
+            // SQLite serves one replica.
+            if r > 1 && backend == Backend::Sqlite {
+                continue;
+            }
+            rt.block_on(run(backend, r, hosts, instances, concurrency, projects));
+        }
     }
 }
