@@ -8,6 +8,9 @@
 //! `BENCH_KILLS` (10) kills, each of the replica holding every lease; a
 //! new standby is started before each kill.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -38,22 +41,6 @@ impl Drop for Replica {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-async fn fresh_database() -> String {
-    use sqlx::Connection;
-    let base = std::env::var("STRATO_TEST_POSTGRES_URL")
-        .expect("STRATO_TEST_POSTGRES_URL (bash scripts/test.sh sets one up)");
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .expect("connect to PostgreSQL");
-    let name = format!("strato_t_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (prefix, _) = base.rsplit_once('/').expect("URL with a path");
-    format!("{prefix}/{name}")
 }
 
 fn config(dir: &Path, name: &str, url: &str) -> (PathBuf, String) {
@@ -116,7 +103,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn run(kills: usize) {
-    let url = fresh_database().await;
+    let url = support::fresh_postgres().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let (cfg, _) = config(dir.path(), "init", &url);
     let init = Command::new(binary())

@@ -82,6 +82,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config at `path` (defaults without one), its `state_dir` replaced
+/// by `state_dir` when given.
+fn load_with_state_dir(
+    path: Option<&std::path::Path>,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = state_dir {
+        config.state_dir = dir;
+    }
+    Ok(config)
+}
+
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
@@ -114,10 +127,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             project,
             json,
         } => {
-            let mut config = Config::load(config.as_deref())?;
-            if let Some(dir) = state_dir {
-                config.state_dir = dir;
-            }
+            let config = load_with_state_dir(config.as_deref(), state_dir)?;
             init_tracing("warn");
             let token_file = config.state_dir.join("admin.token");
             let state = AppState::start(config).await?;
@@ -154,10 +164,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             state_dir,
             json,
         } => {
-            let mut config = Config::load(config.as_deref())?;
-            if let Some(dir) = state_dir {
-                config.state_dir = dir;
-            }
+            let config = load_with_state_dir(config.as_deref(), state_dir)?;
             init_tracing("warn");
             let db = stack_manager::db::Db::connect_read_only(&config.database_url()).await?;
             let report = stack_manager::store::Store::new(db)

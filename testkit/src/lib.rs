@@ -61,6 +61,17 @@ where
     }
 }
 
+/// Runs the stack manager's consistency checker (`GET /v1/system/check`)
+/// as `admin` and fails on any drift: what failure tests end with.
+pub async fn assert_consistent(admin: &Client) {
+    let report = admin.system_check().await.expect("consistency check");
+    assert!(
+        report.consistent,
+        "the consistency checker found drift: {:#?}",
+        report.drift
+    );
+}
+
 /// `stack-manager init` in `state_dir`: the first admin's token.
 pub fn init_stack_manager(binary: &Path, state_dir: &Path) -> String {
     let init = Command::new(binary)

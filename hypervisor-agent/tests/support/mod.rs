@@ -368,12 +368,7 @@ impl Api {
     /// Runs the stack manager's consistency checker and fails on any
     /// drift: what the failure tests end with.
     pub async fn assert_consistent(&self) {
-        let report = self.admin.system_check().await.expect("consistency check");
-        assert!(
-            report.consistent,
-            "the consistency checker found drift: {:#?}",
-            report.drift
-        );
+        testkit::assert_consistent(&self.admin).await;
     }
 
     pub fn new(admin: Client, logs: Vec<PathBuf>) -> Self {

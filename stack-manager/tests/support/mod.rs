@@ -131,12 +131,7 @@ impl TestCloud {
     /// Runs the consistency checker (`GET /v1/system/check`) and fails on
     /// any drift: what the crash and failure tests end with.
     pub async fn assert_consistent(&self) {
-        let report = self.admin.system_check().await.expect("consistency check");
-        assert!(
-            report.consistent,
-            "the consistency checker found drift: {:#?}",
-            report.drift
-        );
+        testkit::assert_consistent(&self.admin).await;
     }
 
     /// Another replica on this cloud's database (PostgreSQL), serving on
