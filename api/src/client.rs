@@ -97,7 +97,8 @@ impl Transport {
     /// the next when it cannot connect (nothing was sent, so any call may
     /// move) or, for a GET, PUT, PATCH or DELETE, when it times out (those
     /// are idempotent in this API; a POST that timed out may have been
-    /// done, so it is not sent twice).
+    /// done, so it is not sent twice, but the next call starts at the next
+    /// replica).
     pub fn with_http(http: reqwest::Client, base_url: &str, token: Option<String>) -> Self {
         let mut bases: Vec<String> = base_url
             .split(',')
@@ -173,6 +174,16 @@ impl Transport {
                         && (source.is_connect() || (idempotent && source.is_timeout())) =>
                 {
                     k += 1;
+                }
+                Err(e @ ClientError::Transport { .. }) => {
+                    // Not sent again (a POST that timed out may have been
+                    // done), but the next call starts at the next replica:
+                    // a hung one (paused, its backlog still accepting) must
+                    // not take every later call, heartbeats included.
+                    if n > 1 {
+                        self.current.store((i + 1) % n, Ordering::Relaxed);
+                    }
+                    return Err(e);
                 }
                 other => {
                     if other.is_ok() && i != first {
@@ -900,6 +911,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_post_that_times_out_is_not_sent_again_but_the_next_call_goes_elsewhere() {
+        // A replica that accepts connections and never answers (paused).
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let hung_url = format!("http://{}", hung.local_addr().unwrap());
+        let (live, hits) = answering(r#"{"ok":true}"#).await;
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let t = Transport::with_http(http, &format!("{hung_url},{live}"), None);
+        let r: Result<serde_json::Value> = t.post("/v1/heartbeat", &serde_json::json!({})).await;
+        assert!(matches!(r, Err(ClientError::Transport { .. })), "{r:?}");
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "not sent twice"
+        );
+        assert_eq!(
+            t.base_url(),
+            live,
+            "the next call starts at the next replica"
+        );
+        let v: serde_json::Value = t
+            .post("/v1/heartbeat", &serde_json::json!({}))
+            .await
+            .unwrap();
+        assert_eq!(v["ok"], true);
+        drop(hung);
+    }
+
+    #[tokio::test]
     async fn when_every_replica_refuses_the_error_names_the_last_one_tried() {
         let (a, b) = (refusing(), refusing());
         let t = Transport::new(&format!("{a},{b}"), None);
@@ -907,6 +949,10 @@ mod tests {
             Err(ClientError::Transport { url, .. }) => assert_eq!(url, format!("{b}/v1/x")),
             other => panic!("{other:?}"),
         }
-        assert_eq!(t.base_url(), a, "nothing answered: the order is kept");
+        assert_eq!(
+            t.base_url(),
+            a,
+            "nothing answered: the next call starts after the last tried"
+        );
     }
 }

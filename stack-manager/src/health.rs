@@ -86,6 +86,10 @@ pub struct HealthMonitor {
     passes: u64,
     totals: PassCounts,
     power: PowerFences,
+    /// The lease token of the last pass: power-off results from before a
+    /// change of holder are forgotten (the other holder may have moved the
+    /// host on meanwhile).
+    lease_token: Option<i64>,
     /// When this monitor started (ms): for one heartbeat deadline after
     /// it, no host is judged silent. Heartbeats from before a stack
     /// manager's restart say nothing about the hosts now, and agents need
@@ -106,12 +110,18 @@ impl HealthMonitor {
             passes: 0,
             totals: PassCounts::default(),
             power: PowerFences::default(),
+            lease_token: None,
             started_at: now_ms(),
             pending_tried_at: i64::MIN,
         }
     }
 
     async fn pass(&mut self) -> ApiResult<PassCounts> {
+        let token = crate::lease::current_fence().map(|f| f.token);
+        if token != self.lease_token {
+            self.power = PowerFences::default();
+            self.lease_token = token;
+        }
         let mut n = PassCounts::default();
         let store = &self.state.store;
         let now = now_ms();
