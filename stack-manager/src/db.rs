@@ -121,17 +121,24 @@ const SQLITE_MAX_CONNECTIONS: u32 = 4;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+impl Backend {
+    /// The backend a database URL names.
+    fn of_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(DbError::UnsupportedUrl(url.to_string()))
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating if needed) the database and runs migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(DbError::UnsupportedUrl(url.to_string()));
-        };
+        let backend = Backend::of_url(url)?;
         let mut sole_replica = None;
         let pool = match backend {
             Backend::Sqlite => {
@@ -202,13 +209,10 @@ impl Db {
     /// beside it), one connection. For `stack-manager check`.
     pub async fn connect_read_only(url: &str) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if url.starts_with("sqlite:") {
-            let base = url.split('?').next().unwrap_or(url);
-            (Backend::Sqlite, format!("{base}?mode=ro"))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            (Backend::Postgres, url.to_string())
-        } else {
-            return Err(DbError::UnsupportedUrl(url.to_string()));
+        let backend = Backend::of_url(url)?;
+        let url = match backend {
+            Backend::Sqlite => format!("{}?mode=ro", url.split('?').next().unwrap_or(url)),
+            Backend::Postgres => url.to_string(),
         };
         let pool = AnyPoolOptions::new()
             .max_connections(1)

@@ -67,18 +67,7 @@ async fn drift_made_by_hand_is_found_and_named(backend: Backend) {
                 .expect("vm"),
         );
     }
-    let volume = alice
-        .volume_create(&VolumeCreate {
-            name: "data".into(),
-            size_gib: 2,
-            source: VolumeSource::Empty,
-        })
-        .await
-        .expect("volume");
-    eventually(15, || async {
-        (alice.volume_get(volume.id).await.ok()?.status == VolumeStatus::Available).then_some(())
-    })
-    .await;
+    let volume = TestCloud::available_volume(&alice, "data", 2).await;
     eventually(15, || async {
         let all = alice.instance_list().await.ok()?;
         all.iter()

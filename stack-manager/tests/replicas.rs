@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use api::resources::{
     EnrollmentTokenCreate, GroupCreate, HostHealth, HostKind, Instance, InstanceStatus,
-    ProjectCreate, ProjectRole, Replica, VolumeCreate, VolumeSource, VolumeStatus,
+    ProjectCreate, ProjectRole, Replica, VolumeStatus,
 };
 use api::Client;
 use api::ErrorCode;
@@ -822,18 +822,7 @@ async fn killing_the_health_monitor_s_holder_mid_evacuation_re_creates_nothing_t
 
     // A volume on the victim's first VM: fencing must be confirmed by
     // its storage node.
-    let volume = alice
-        .volume_create(&VolumeCreate {
-            name: "data".into(),
-            size_gib: 1,
-            source: VolumeSource::Empty,
-        })
-        .await
-        .expect("volume");
-    wait_async("the volume", Duration::from_secs(15), || async {
-        (alice.volume_get(volume.id).await.ok()?.status == VolumeStatus::Available).then_some(())
-    })
-    .await;
+    let volume = TestCloud::available_volume(&alice, "data", 1).await;
     alice
         .attachment_create(vms[0].id, "data")
         .await

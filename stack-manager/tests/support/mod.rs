@@ -128,6 +128,23 @@ impl TestCloud {
         }
     }
 
+    /// A new empty volume of `client`'s project, once it is available.
+    pub async fn available_volume(client: &Client, name: &str, size_gib: u64) -> Volume {
+        let v = client
+            .volume_create(&VolumeCreate {
+                name: name.into(),
+                size_gib,
+                source: VolumeSource::Empty,
+            })
+            .await
+            .expect("volume");
+        eventually(15, || async {
+            (client.volume_get(v.id).await.ok()?.status == VolumeStatus::Available).then_some(())
+        })
+        .await;
+        v
+    }
+
     /// Runs the consistency checker (`GET /v1/system/check`) and fails on
     /// any drift: what the crash and failure tests end with.
     pub async fn assert_consistent(&self) {
