@@ -150,7 +150,7 @@ peer_versions() {
     printf '  %-22s %s\n' kernel "$(uname -r)"
     printf '  %-22s %s\n' rustc "$(rustc --version 2>/dev/null | cut -d' ' -f2)"
     for p in qemu-system-x86 libvirt-daemon postgresql-15 libiscsi-bin tgt dnsmasq-base \
-        isc-dhcp-client isc-dhcp-relay tftp-hpa atftp ipxe-qemu openssh-client frr nats-server; do
+        isc-dhcp-client isc-dhcp-relay tftp-hpa atftp ipxe-qemu openssh-client frr nats-server libfaketime; do
         v="$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)"
         [ -n "$v" ] && printf '  %-22s %s\n' "$p" "$v"
     done

@@ -18,8 +18,9 @@ ensure_bmc_emulators
 # libiscsi's initiators judge the iSCSI target; tgt is the benchmark's peer.
 # The provisioner's boot services are judged by real DHCP/TFTP clients and
 # relays (dnsmasq is the benchmarks' peer; only its binary, no service);
-# an operator logs in to a deployed machine with ssh.
-apt_install python3 libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl openssh-client
+# an operator logs in to a deployed machine with ssh. faketime runs a
+# stack-manager replica whose clock is wrong.
+apt_install python3 libiscsi-bin tgt isc-dhcp-client isc-dhcp-relay tftp-hpa atftp dnsmasq-base curl openssh-client faketime
 cd "$STRATO_ROOT"
 
 logs="$(mktemp -d)"

@@ -244,6 +244,22 @@ impl Db {
         write.await
     }
 
+    /// One write statement as [`gated`](Self::gated) runs it, or, inside a
+    /// leased run (a host reconciler's, under its replica's membership), in
+    /// a transaction that checks the run's fence first.
+    pub async fn write_one<'q>(
+        &self,
+        write: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<sqlx::any::AnyQueryResult, DbError> {
+        if crate::lease::current_fence().is_some() {
+            let mut tx = self.begin_write().await?;
+            let done = write.execute(&mut **tx).await?;
+            tx.commit().await?;
+            return Ok(done);
+        }
+        Ok(self.gated(write.execute(&self.pool)).await?)
+    }
+
     /// Begins a write transaction (see the module comment on the SQLite
     /// gate). Inside a leased task's run, the transaction first checks
     /// that the lease is still this replica's (`crate::lease`): a replica
@@ -371,9 +387,53 @@ async fn row_lock(
     Ok(row.is_some())
 }
 
-/// Milliseconds since the Unix epoch: how every time is stored.
+/// Milliseconds since the Unix epoch, on the database's clock: how every
+/// time is stored. Replicas on machines whose clocks disagree write
+/// timestamps that other replicas judge (a heartbeat's age decides whether
+/// a host is fenced), so each corrects its own clock by the offset
+/// [`sync_clock`] last measured. A process serves one database, so the
+/// offset is the process's (tests that run several clouds in one process
+/// run them on one machine, where it is ~0 for all).
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+        + CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// A measurement is kept only from a round trip this short: its error is
+/// at most half of it.
+const CLOCK_SYNC_MAX_RTT: Duration = Duration::from_millis(200);
+
+/// Measures how far this machine's clock is from PostgreSQL's and corrects
+/// [`now_ms`] by it (SQLite: the database's clock is this one). Returns the
+/// offset in milliseconds.
+pub async fn sync_clock(db: &Db) -> Result<i64, sqlx::Error> {
+    if db.backend == Backend::Sqlite {
+        return Ok(0);
+    }
+    let local = || chrono::Utc::now().timestamp_millis();
+    let sent = std::time::Instant::now();
+    let before = local();
+    let theirs: i64 =
+        sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+            .fetch_one(&db.pool)
+            .await?;
+    let after = local();
+    let offset = theirs - (before + after) / 2;
+    let previous = CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if sent.elapsed() <= CLOCK_SYNC_MAX_RTT {
+        CLOCK_OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
+        if (offset - previous).abs() > 1000 {
+            tracing::warn!(
+                offset_ms = offset,
+                "this machine's clock differs from the database's by over a second; \
+                 the stack manager keeps time by the database's"
+            );
+        }
+        return Ok(offset);
+    }
+    Ok(previous)
 }
 
 pub fn from_ms(ms: i64) -> chrono::DateTime<chrono::Utc> {

@@ -27,14 +27,24 @@
 //!   holder sees it, and nothing of the old holder lands after it.
 //! - **Membership.** Each replica keeps a row in `replicas` (a heartbeat
 //!   with its renewals): what `GET /v1/system/replicas` lists, with the
-//!   leases each holds.
+//!   leases each holds. It also holds a lease of its own, `member/<id>`,
+//!   renewed with the others: the replicas whose membership lease is live
+//!   share the per-host reconcilers among them ([`Leases::owns`], by
+//!   rendezvous hashing, so a replica that dies or joins moves only its
+//!   own share), and a reconciler's writes are fenced by its replica's
+//!   membership token. A membership that lapsed (a pause past the TTL)
+//!   comes back with a new token: what the paused replica was doing when
+//!   it stopped cannot land after another took its hosts.
 //!
 //! SQLite serves one replica (a second one is refused when it opens the
 //! file, see `Db::connect`): the leases are then always this replica's,
 //! and the check in each write is a read under the write gate.
 //!
 //! Times on PostgreSQL are the database's clock, so replicas on machines
-//! whose clocks disagree still agree on when a lease expired.
+//! whose clocks disagree still agree on when a lease expired; the `leases`
+//! task also measures this replica's offset from that clock every renewal
+//! (`crate::db::sync_clock`), so every timestamp the replica writes (a
+//! heartbeat's, which another replica's health monitor judges) is on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,6 +62,8 @@ use crate::tasks::{BackgroundTask, Outcome, TaskError};
 pub const HEALTH_MONITOR: &str = "health-monitor";
 pub const MOVER: &str = "mover";
 pub const PLANNER_STATISTICS: &str = "planner-statistics";
+/// The prefix of each replica's membership lease, `member/<replica id>`.
+pub const MEMBER_PREFIX: &str = "member/";
 
 /// The authority a leased run acts on: checked by every write transaction
 /// begun inside the run.
@@ -73,6 +85,11 @@ impl Fence {
 
 tokio::task_local! {
     static FENCE: Fence;
+}
+
+/// Runs `f` under `fence`: every write transaction it begins checks it.
+pub async fn fenced<F: std::future::Future>(fence: Fence, f: F) -> F::Output {
+    FENCE.scope(fence, f).await
 }
 
 /// The fence of the leased run being polled, if any.
@@ -118,6 +135,11 @@ struct Inner {
     started_at: i64,
     urls: Mutex<(String, String)>,
     held: Mutex<HashMap<&'static str, Held>>,
+    /// This replica's membership lease, `member/<id>`.
+    member: &'static str,
+    /// The replicas whose membership is live, as of the last renewal,
+    /// sorted: who shares the host reconcilers.
+    members: Mutex<Arc<[Arc<str>]>>,
     metrics: LeaseMetrics,
 }
 
@@ -150,10 +172,16 @@ impl Leases {
             .name
             .clone()
             .unwrap_or_else(|| format!("{host}:{}", std::process::id()));
+        let id = uuid::Uuid::new_v4().to_string();
+        // Lease names are `&'static str` (constants, and labels of
+        // metrics); this one is made once per replica's start.
+        let member: &'static str = Box::leak(format!("{MEMBER_PREFIX}{id}").into_boxed_str());
         Self {
             inner: Arc::new(Inner {
                 db,
-                id: uuid::Uuid::new_v4().to_string().into(),
+                id: id.into(),
+                member,
+                members: Mutex::new(Arc::from(Vec::new())),
                 name,
                 ttl: Duration::from_millis(cfg.lease_ttl_ms.max(1)),
                 started_at: now_ms(),
@@ -207,6 +235,9 @@ impl Leases {
 
     /// One statement: takes `lease` if it is free or expired, renews it if
     /// this replica holds it. Returns the token, or `None` (held elsewhere).
+    /// A lease this replica let expire is taken anew, with a new token,
+    /// even if nobody took it meanwhile: whatever it was doing under the
+    /// old token was done without authority for a while.
     async fn take_or_renew(&self, lease: &'static str) -> Result<Option<i64>, sqlx::Error> {
         let db = &self.inner.db;
         let started = Instant::now();
@@ -216,8 +247,10 @@ impl Leases {
             "INSERT INTO leases (name, holder, token, acquired_at, expires_at) \
              VALUES ($1, $2, 1, $3, $4) \
              ON CONFLICT (name) DO UPDATE SET \
-               token = CASE WHEN leases.holder = $2 THEN leases.token ELSE leases.token + 1 END, \
-               acquired_at = CASE WHEN leases.holder = $2 THEN leases.acquired_at ELSE $3 END, \
+               token = CASE WHEN leases.holder = $2 AND leases.expires_at >= $3 \
+                            THEN leases.token ELSE leases.token + 1 END, \
+               acquired_at = CASE WHEN leases.holder = $2 AND leases.expires_at >= $3 \
+                                  THEN leases.acquired_at ELSE $3 END, \
                holder = $2, expires_at = $4 \
              WHERE leases.holder = $2 OR leases.expires_at < $3 \
              RETURNING token",
@@ -270,18 +303,89 @@ impl Leases {
         Ok(token)
     }
 
-    /// Renews every lease this replica holds and its membership row.
-    async fn renew(&self) -> Result<serde_json::Value, sqlx::Error> {
-        let names: Vec<&'static str> = self.held().keys().copied().collect();
+    /// Renews every lease this replica holds, its membership lease and
+    /// row, and reads who the live members are. Returns what it kept and
+    /// whether the members changed.
+    async fn renew(&self) -> Result<(serde_json::Value, bool), sqlx::Error> {
+        crate::db::sync_clock(&self.inner.db).await?;
+        let member = self.inner.member;
+        let mut names: Vec<&'static str> = self.held().keys().copied().collect();
+        if !names.contains(&member) {
+            names.push(member);
+        }
         let mut kept = Vec::new();
         for lease in names {
-            if self.take_or_renew(lease).await?.is_some() {
+            if self.take_or_renew(lease).await?.is_some() && lease != member {
                 kept.push(lease);
             }
         }
         self.heartbeat(None).await?;
+        let changed = self.refresh_members().await?;
         kept.sort_unstable();
-        Ok(json!({ "held": kept }))
+        let members = self.members().len();
+        Ok((json!({ "held": kept, "members": members }), changed))
+    }
+
+    /// Takes this replica's membership (and its place among the members)
+    /// before it starts the work members share.
+    pub async fn join(&self) -> Result<(), sqlx::Error> {
+        self.renew().await.map(drop)
+    }
+
+    /// Reads the live members; whether they changed.
+    async fn refresh_members(&self) -> Result<bool, sqlx::Error> {
+        let db = &self.inner.db;
+        let now = db_now(db).await?;
+        let mut live: Vec<Arc<str>> = sqlx::query(
+            "SELECT holder FROM leases WHERE name LIKE 'member/%' AND expires_at >= $1",
+        )
+        .bind(now)
+        .fetch_all(&db.pool)
+        .await?
+        .iter()
+        .map(|r| r.text("holder").map(Arc::from))
+        .collect::<Result<_, _>>()?;
+        live.sort_unstable();
+        let mut members = self.inner.members.lock().unwrap_or_else(|e| e.into_inner());
+        if **members == *live {
+            return Ok(false);
+        }
+        tracing::info!(
+            replica = %self.inner.id,
+            members = live.len(),
+            "the replicas sharing host reconcilers changed"
+        );
+        *members = live.into();
+        Ok(true)
+    }
+
+    fn members(&self) -> Arc<[Arc<str>]> {
+        self.inner
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether this replica reconciles `host`: the live member whose
+    /// rendezvous weight for it is highest. Before the first membership is
+    /// read (or if none is live), every replica does, which is safe
+    /// (pushes are idempotent), only wasteful.
+    pub fn owns(&self, host: &str) -> bool {
+        let members = self.members();
+        match members
+            .iter()
+            .max_by_key(|m| (rendezvous_weight(host, m), *m))
+        {
+            Some(owner) => **owner == *self.inner.id,
+            None => true,
+        }
+    }
+
+    /// The fence a host reconciler's run goes under: this replica's
+    /// membership, renewed if this replica let it lapse.
+    pub async fn member_fence(&self) -> Result<Option<Fence>, sqlx::Error> {
+        self.hold(self.inner.member).await
     }
 
     async fn heartbeat(&self, stopped_at: Option<i64>) -> Result<(), sqlx::Error> {
@@ -350,6 +454,10 @@ impl Leases {
             let heartbeat_at = r.int("heartbeat_at")?;
             let mut held = Vec::new();
             for l in &leases {
+                // Membership is what `alive` says; the list is of tasks.
+                if l.text("name")?.starts_with(MEMBER_PREFIX) {
+                    continue;
+                }
                 if l.text("holder")? == id && l.int("expires_at")? >= now {
                     held.push(ReplicaLease {
                         name: l.text("name")?,
@@ -377,15 +485,19 @@ impl Leases {
 }
 
 /// Checks `fence` inside `tx`, before its first write: the lease row must
-/// still name this holder and token. On PostgreSQL the row is read `FOR
-/// SHARE`, so a takeover (an `UPDATE` of the row) waits until `tx` ends.
+/// still name this holder and token, and not have expired (a membership
+/// lease is never taken over, only let lapse, and others act on its
+/// lapse). On PostgreSQL the row is read `FOR SHARE`, so a takeover (an
+/// `UPDATE` of the row) waits until `tx` ends.
 pub(crate) async fn check(
     tx: &mut crate::db::WriteTx,
     fence: &Fence,
 ) -> Result<(), crate::db::DbError> {
     let sql = match tx.backend {
-        Backend::Postgres => "SELECT holder, token FROM leases WHERE name = $1 FOR SHARE",
-        Backend::Sqlite => "SELECT holder, token FROM leases WHERE name = $1",
+        Backend::Postgres => {
+            "SELECT holder, token, expires_at FROM leases WHERE name = $1 FOR SHARE"
+        }
+        Backend::Sqlite => "SELECT holder, token, expires_at FROM leases WHERE name = $1",
     };
     let row = sqlx::query(sql)
         .bind(fence.lease)
@@ -394,10 +506,16 @@ pub(crate) async fn check(
     let now = match row {
         Some(r) => {
             let (holder, token) = (r.text("holder")?, r.int("token")?);
-            if holder == *fence.holder && token == fence.token {
+            let expires_at = r.int("expires_at")?;
+            let live = expires_at >= now_ms();
+            if holder == *fence.holder && token == fence.token && live {
                 return Ok(());
             }
-            format!("token {token} of replica {holder}")
+            if live {
+                format!("token {token} of replica {holder}")
+            } else {
+                format!("token {token} of replica {holder}, expired")
+            }
         }
         None => "released".into(),
     };
@@ -450,11 +568,74 @@ impl<B: BackgroundTask> BackgroundTask for Leased<B> {
     }
 }
 
-/// The `leases` task: renews this replica's leases and membership.
-pub struct Keeper(pub Leases);
+/// The `leases` task: renews this replica's leases and membership, and
+/// wakes `members_changed` when the replicas sharing host reconcilers
+/// change.
+pub struct Keeper {
+    pub leases: Leases,
+    pub members_changed: crate::tasks::Activator,
+}
 
 impl BackgroundTask for Keeper {
     async fn activate(&mut self) -> Result<Outcome, TaskError> {
-        Ok(Outcome::ran(self.0.renew().await?))
+        let (details, changed) = self.leases.renew().await?;
+        if changed {
+            self.members_changed.activate();
+        }
+        Ok(Outcome::ran(details))
+    }
+}
+
+/// A host's rendezvous weight for a replica: FNV-1a over both ids. Every
+/// replica must compute the same weights, whatever its build, so this is
+/// a fixed function rather than the standard library's hasher (whose
+/// algorithm may change between Rust releases).
+fn rendezvous_weight(host: &str, replica: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host.bytes().chain([0]).chain(replica.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV's low bits mix poorly for inputs that differ only at the end:
+    // one more avalanche round (splitmix64's finalizer).
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rendezvous_weight;
+
+    /// Hosts spread evenly over replicas, and a replica leaving moves only
+    /// its own hosts.
+    #[test]
+    fn rendezvous_spreads_and_moves_only_the_lost_share() {
+        let replicas: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let owner = |host: &str, among: &[String]| {
+            among
+                .iter()
+                .max_by_key(|r| rendezvous_weight(host, r))
+                .cloned()
+                .unwrap()
+        };
+        let hosts: Vec<String> = (0..3000)
+            .map(|_| uuid::Uuid::new_v4().to_string())
+            .collect();
+        let mut counts = [0usize; 3];
+        for h in &hosts {
+            let o = owner(h, &replicas);
+            counts[replicas.iter().position(|r| *r == o).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 850 && c < 1150), "{counts:?}");
+        let left = &replicas[..2];
+        for h in &hosts {
+            let before = owner(h, &replicas);
+            if before != replicas[2] {
+                assert_eq!(owner(h, left), before, "a host of a live replica moved");
+            }
+        }
     }
 }

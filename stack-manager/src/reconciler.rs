@@ -17,6 +17,19 @@
 //!
 //! Orphans: what an agent reports but the database does not place on that
 //! host (deleted meanwhile, or moved) is deleted on the agent.
+//!
+//! Several replicas: each host is reconciled by one of the live replicas,
+//! the one [`Leases::owns`] names (rendezvous hashing over the membership
+//! leases), so the pushes scale with replicas and a dead replica's hosts
+//! move to the others within a TTL and a renewal. A replica whose request
+//! changed another replica's host wakes it there through PostgreSQL
+//! (`NOTIFY strato_reconcile`, see [`Forwarder`] and [`Listener`]). A wake
+//! can be lost around a change of members (sent to a replica that just
+//! died, or judged by views that disagree for a renewal), so each replica
+//! also sweeps the hosts it owns with pending work whenever the members
+//! change and every `resync_interval_secs` ([`Sweep`]). A reconciler's
+//! run is fenced by its replica's membership: a replica paused past its
+//! TTL, whose hosts another took, writes nothing of the run it was in.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,10 +40,15 @@ use api::resources::{HostHealth, HostKind, InstanceStatus};
 use api::AgentClient;
 use serde_json::json;
 
+use crate::db::Backend;
 use crate::desired;
 use crate::error::ApiResult;
+use crate::lease::Leases;
 use crate::state::AppState;
 use crate::tasks::{Activator, BackgroundTask, Outcome, TaskError, TaskSpec};
+
+/// The PostgreSQL channel replicas wake each other's reconcilers on.
+const CHANNEL: &str = "strato_reconcile";
 
 /// The handle everyone wakes host reconcilers through. It holds only
 /// activators: the reconcilers themselves are background tasks
@@ -50,35 +68,63 @@ struct Shared {
     starter: Activator,
     /// Hosts whose last report named something not placed there.
     orphans: Mutex<HashSet<HostId>>,
-}
-
-impl Default for Reconciler {
-    fn default() -> Self {
-        Self::new()
-    }
+    /// Who owns which host (see `crate::lease`).
+    leases: Leases,
+    /// Wakes for hosts another replica owns, and whether each found
+    /// orphans, for the [`Forwarder`].
+    forward: Mutex<Vec<(HostId, bool)>>,
+    forwarder: Activator,
+    /// Wakes the [`Sweep`].
+    sweep: Activator,
 }
 
 impl Reconciler {
-    pub fn new() -> Self {
+    pub fn new(leases: Leases) -> Self {
         Self {
             inner: Arc::new(Shared {
                 workers: Mutex::new(HashMap::new()),
                 unstarted: Mutex::new(Vec::new()),
                 starter: Activator::new(),
                 orphans: Mutex::new(HashSet::new()),
+                leases,
+                forward: Mutex::new(Vec::new()),
+                forwarder: Activator::new(),
+                sweep: Activator::new(),
             }),
         }
+    }
+
+    /// What the `leases` task wakes when the members change.
+    pub fn sweep_activator(&self) -> Activator {
+        self.inner.sweep.clone()
     }
 
     /// The host reported something the database does not place there: the
     /// next pass lists the agent and deletes what is not ours.
     pub fn notify_orphans(&self, host: HostId) {
+        if !self.inner.leases.owns(&host.to_string()) {
+            self.forward(host, true);
+            return;
+        }
+        self.mark_orphans(host);
+        self.notify_local(host);
+    }
+
+    fn mark_orphans(&self, host: HostId) {
         self.inner
             .orphans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(host);
-        self.notify(host);
+    }
+
+    fn forward(&self, host: HostId, orphans: bool) {
+        self.inner
+            .forward
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((host, orphans));
+        self.inner.forwarder.activate();
     }
 
     fn take_orphan_flag(&self, host: HostId) -> bool {
@@ -97,8 +143,17 @@ impl Reconciler {
             .remove(&host);
     }
 
-    /// Wakes (starting if needed) the reconciler of `host`.
+    /// Wakes the reconciler of `host`, on whichever replica owns it.
     pub fn notify(&self, host: HostId) {
+        if self.inner.leases.owns(&host.to_string()) {
+            self.notify_local(host);
+        } else {
+            self.forward(host, false);
+        }
+    }
+
+    /// Wakes (starting if needed) this replica's reconciler of `host`.
+    fn notify_local(&self, host: HostId) {
         let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(a) = workers.get(&host) {
             a.activate();
@@ -119,10 +174,66 @@ impl Reconciler {
 }
 
 /// Starts the host reconcilers: the `reconcilers` task, which starts one
-/// reconciler per host as hosts get work, and wakes every host that has
-/// unconverged work now.
-pub async fn start(state: &AppState) -> ApiResult<()> {
+/// reconciler per host as hosts get work; on PostgreSQL the listener for
+/// other replicas' wakes, then this replica's membership, then the
+/// forwarder; and the sweep, which wakes every host this replica owns that
+/// has unconverged work now.
+pub async fn start(state: &AppState) -> anyhow::Result<()> {
     let reconciler = &state.reconciler;
+    // Listening before joining: a wake sent once others count this replica
+    // in must find it listening.
+    let listener = match state.db.backend {
+        Backend::Postgres => {
+            let mut l = sqlx::postgres::PgListener::connect(&state.config.database_url()).await?;
+            l.listen(CHANNEL).await?;
+            Some(l)
+        }
+        Backend::Sqlite => None,
+    };
+    state.leases.join().await?;
+    if let Some(listener) = listener {
+        state.tasks.start(
+            TaskSpec {
+                name: "reconciler-listener".into(),
+                description:
+                    "wakes this replica's host reconcilers when another replica changed their hosts"
+                        .into(),
+                // After a lost connection, listen again a second later.
+                period: Some(Duration::from_secs(1)),
+            },
+            Activator::new(),
+            Listener {
+                state: state.clone(),
+                listener,
+                received: 0,
+            },
+        );
+    }
+    state.tasks.start(
+        TaskSpec {
+            name: "reconciler-forwarder".into(),
+            description: "wakes the reconcilers of hosts another replica owns, there".into(),
+            period: None,
+        },
+        reconciler.inner.forwarder.clone(),
+        Forwarder {
+            state: state.clone(),
+            sent: 0,
+        },
+    );
+    let resync = Duration::from_secs(state.config.hosts.resync_interval_secs.max(1));
+    reconciler.inner.sweep.activate();
+    state.tasks.start(
+        TaskSpec {
+            name: "reconciler-sweep".into(),
+            description: "wakes the hosts this replica reconciles that have pending work, when the replicas change and periodically".into(),
+            period: Some(resync),
+        },
+        reconciler.inner.sweep.clone(),
+        Sweep {
+            state: state.clone(),
+        },
+    );
     state.tasks.start(
         TaskSpec {
             name: "reconcilers".into(),
@@ -135,10 +246,130 @@ pub async fn start(state: &AppState) -> ApiResult<()> {
             started: 0,
         },
     );
-    for h in state.store.hosts_with_pending_work().await? {
-        reconciler.notify(h);
-    }
     Ok(())
+}
+
+/// Wakes the hosts this replica owns that have pending work: at start,
+/// when the members change (hosts a dead replica owned), and every resync
+/// interval (a wake lost in between).
+struct Sweep {
+    state: AppState,
+}
+
+impl BackgroundTask for Sweep {
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        let pending = self.state.store.hosts_with_pending_work().await?;
+        let mut woken = 0;
+        for &h in &pending {
+            if self.state.leases.owns(&h.to_string()) {
+                self.state.reconciler.notify_local(h);
+                woken += 1;
+            }
+        }
+        Ok(Outcome::ran(json!({
+            "pending_hosts": pending.len(),
+            "woken_here": woken,
+        })))
+    }
+}
+
+/// A NOTIFY payload stays far below PostgreSQL's 8000-byte limit.
+const PAYLOAD_BYTES: usize = 4000;
+
+/// Sends the wakes for hosts other replicas own (`NOTIFY`, which
+/// PostgreSQL delivers to every listening replica; the owner acts on it).
+/// A payload is host ids separated by commas, an id prefixed with `o:`
+/// when its report named orphans.
+struct Forwarder {
+    state: AppState,
+    sent: u64,
+}
+
+impl BackgroundTask for Forwarder {
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        let shared = &self.state.reconciler.inner;
+        let mut wakes =
+            std::mem::take(&mut *shared.forward.lock().unwrap_or_else(|e| e.into_inner()));
+        wakes.sort_unstable();
+        wakes.dedup();
+        if self.state.db.backend == Backend::Sqlite {
+            // The only replica: nobody else to wake.
+            for (h, orphans) in wakes {
+                if orphans {
+                    self.state.reconciler.mark_orphans(h);
+                }
+                self.state.reconciler.notify_local(h);
+            }
+            return Ok(Outcome::ran(json!({ "sent_total": self.sent })));
+        }
+        let mut payloads = vec![String::new()];
+        for (h, orphans) in &wakes {
+            let last = payloads.last_mut().expect("one payload at least");
+            if last.len() > PAYLOAD_BYTES {
+                payloads.push(String::new());
+            }
+            let last = payloads.last_mut().expect("one payload at least");
+            if !last.is_empty() {
+                last.push(',');
+            }
+            if *orphans {
+                last.push_str("o:");
+            }
+            last.push_str(&h.to_string());
+        }
+        for p in payloads.into_iter().filter(|p| !p.is_empty()) {
+            let notify = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(p);
+            if let Err(e) = notify.fetch_optional(&self.state.db.pool).await {
+                // The hosts' work is in the database: their owner's sweep
+                // finds it.
+                return Err(format!("waking other replicas' reconcilers: {e}").into());
+            }
+        }
+        self.sent += wakes.len() as u64;
+        Ok(Outcome::ran(json!({ "sent_total": self.sent })))
+    }
+}
+
+/// Receives other replicas' wakes and wakes the reconcilers of the hosts
+/// named: the sender judged this replica their owner; if this replica
+/// disagrees (the members just changed), the reconciler finds out and
+/// stops, and the owner's sweep finds the work.
+struct Listener {
+    state: AppState,
+    listener: sqlx::postgres::PgListener,
+    received: u64,
+}
+
+impl BackgroundTask for Listener {
+    /// Runs until the connection fails (sqlx reconnects on the next run;
+    /// what was sent meanwhile is found by the sweep).
+    async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        loop {
+            let n = self.listener.recv().await.map_err(|e| {
+                TaskError::from(format!(
+                    "listening for other replicas' wakes (received {}): {e}",
+                    self.received
+                ))
+            })?;
+            for id in n.payload().split(',') {
+                let (orphans, id) = match id.strip_prefix("o:") {
+                    Some(rest) => (true, rest),
+                    None => (false, id),
+                };
+                let Ok(host) = id.parse::<HostId>() else {
+                    tracing::warn!(payload = id, "a wake for no host id on {CHANNEL}");
+                    continue;
+                };
+                self.received += 1;
+                if orphans {
+                    self.state.reconciler.mark_orphans(host);
+                }
+                self.state.reconciler.notify_local(host);
+            }
+        }
+    }
 }
 
 /// Starts the reconciler of each newly notified host. Reconcilers start
@@ -223,6 +454,29 @@ impl BackgroundTask for HostReconciler {
     /// its agent is unreachable or behind, up to the longest backoff; a
     /// failed pass ends the run after its backoff.
     async fn activate(&mut self) -> Result<Outcome, TaskError> {
+        if !self.state.leases.owns(&self.host.to_string()) {
+            // Another replica owns the host now (one joined): it runs
+            // there. Woken here again, a new reconciler starts.
+            self.state.reconciler.forget(self.host);
+            return Ok(Outcome::retire(json!({
+                "host": self.host,
+                "owner": "another replica",
+            })));
+        }
+        let Some(fence) = self.state.leases.member_fence().await? else {
+            tokio::time::sleep(self.backoff).await;
+            return Err(format!(
+                "reconciling host {}: this replica's membership lease is not live",
+                self.host
+            )
+            .into());
+        };
+        crate::lease::fenced(fence, self.passes_until_settled()).await
+    }
+}
+
+impl HostReconciler {
+    async fn passes_until_settled(&mut self) -> Result<Outcome, TaskError> {
         loop {
             self.passes += 1;
             match sync_host(&self.state, self.host).await {

@@ -62,7 +62,7 @@ impl AppState {
         let config = Arc::new(config);
         let leases = Leases::new(db.clone(), &config.replicas, metrics.leases.clone());
         let state = Self {
-            leases,
+            leases: leases.clone(),
             store: Store::new(db.clone()),
             db,
             tasks: Tasks::new(metrics.tasks.clone()),
@@ -70,7 +70,7 @@ impl AppState {
             metrics,
             audit,
             scheduler,
-            reconciler: Reconciler::new(),
+            reconciler: Reconciler::new(leases.clone()),
             moves: crate::moves::Moves::default(),
             callers: Arc::default(),
             agent_http: api::client::Transport::http_client(),
@@ -87,24 +87,10 @@ impl AppState {
     }
 
     /// Every replica runs its own audit writer (it writes what this
-    /// replica's requests queued), scheduler view and host reconcilers
-    /// (pushes are idempotent); the cloud-wide tasks run under leases.
+    /// replica's requests queued) and scheduler view; the host reconcilers
+    /// are shared among the live replicas (each host's on one, fenced by
+    /// its membership); the cloud-wide tasks run under leases.
     async fn start_tasks(&self, audit_writer: crate::audit::AuditWriter) -> anyhow::Result<()> {
-        let renew = Duration::from_millis(self.config.replicas.renew_interval_ms);
-        let keeper = Activator::new();
-        keeper.activate();
-        self.tasks.start(
-            TaskSpec {
-                name: "leases".into(),
-                description: format!(
-                    "renews this replica's leases and its membership every {} ms",
-                    renew.as_millis()
-                ),
-                period: Some(renew),
-            },
-            keeper,
-            Keeper(self.leases.clone()),
-        );
         self.tasks.start(
             TaskSpec {
                 name: "audit-writer".into(),
@@ -151,7 +137,24 @@ impl AppState {
                 db: self.db.clone(),
             },
         );
+        // Joins the members first (see `crate::reconciler`).
         crate::reconciler::start(self).await?;
+        let renew = Duration::from_millis(self.config.replicas.renew_interval_ms);
+        self.tasks.start(
+            TaskSpec {
+                name: "leases".into(),
+                description: format!(
+                    "renews this replica's leases and its membership every {} ms",
+                    renew.as_millis()
+                ),
+                period: Some(renew),
+            },
+            Activator::new(),
+            Keeper {
+                leases: self.leases.clone(),
+                members_changed: self.reconciler.sweep_activator(),
+            },
+        );
         let health = crate::health::period(&self.config.health);
         self.tasks.start(
             TaskSpec {

@@ -8,6 +8,13 @@
 //!   while the other renews; a storage agent given both replicas' URLs
 //!   keeps heartbeating through the one left; killing every replica and
 //!   starting one again converges.
+//! - Host reconcilers are shared: with two replicas each host's pushes
+//!   come from one of them, a create through one replica on a host the
+//!   other owns is woken there at once (PostgreSQL NOTIFY; no resync), and
+//!   `kill -9` of one moves its hosts to the other within a TTL and a
+//!   renewal. That replica runs with its clock 30 s behind (libfaketime):
+//!   it keeps the database's time, so the heartbeats it stamps do not make
+//!   the other replica's health monitor fence every host.
 //! - The fencing token itself, in process: a run that was paused while its
 //!   lease changed hands has its write refused, and nothing of it lands.
 //! - On SQLite, a second replica is refused with a clear message, and a
@@ -17,6 +24,7 @@
 #[macro_use]
 mod support;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -148,9 +156,21 @@ fn init(config: &Path) -> String {
 }
 
 async fn serve(dir: &Path, name: &str, config: &Path, token: &str) -> Process {
+    serve_under(dir, name, config, token, Command::new(bin())).await
+}
+
+/// [`serve`], started by `command` (the binary, or a wrapper such as
+/// `faketime` with the binary as its argument).
+async fn serve_under(
+    dir: &Path,
+    name: &str,
+    config: &Path,
+    token: &str,
+    mut command: Command,
+) -> Process {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).expect("log");
-    let child = Command::new(bin())
+    let child = command
         .args(["serve", "--config"])
         .arg(config)
         .stdout(out.try_clone().expect("log fd"))
@@ -644,10 +664,12 @@ async fn creates_through_two_replicas_never_overcommit_and_a_kill_mid_storm_leav
 ) {
     // Replica A in process, with the simulated hosts; B a real process on
     // the same PostgreSQL. Self-healing is off on both (the simulated
-    // hosts do not heartbeat); resyncs every 2 s, so that what one replica
-    // wrote before dying is pushed by the other.
+    // hosts do not heartbeat, so they never count as down either); resyncs
+    // every 2 s, so that what one replica wrote before dying is pushed by
+    // the other.
     let cloud = TestCloud::start_with(Backend::Postgres, |c| {
         c.hosts.resync_interval_secs = 2;
+        c.hosts.down_after_secs = 86_400;
     })
     .await;
     cloud.project("acme").await;
@@ -668,7 +690,8 @@ async fn creates_through_two_replicas_never_overcommit_and_a_kill_mid_storm_leav
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let url = cloud.state.config.database_url();
-    let extra = "[hosts]\nresync_interval_secs = 2\n[health]\nmonitor_interval_ms = 0\n";
+    let extra = "[hosts]\nresync_interval_secs = 2\ndown_after_secs = 86400\n\
+                 [health]\nmonitor_interval_ms = 0\n";
     let start_b = |name: &'static str| {
         let cfg = config_with(dir.path(), name, &url, extra);
         let token = cloud.admin_token.clone();
@@ -942,4 +965,227 @@ async fn killing_the_health_monitor_s_holder_mid_evacuation_re_creates_nothing_t
     }
     let report = cloud.admin.system_check().await.expect("check");
     assert!(report.consistent, "drift: {report:#?}");
+}
+
+/// The runs of each host reconciler `tasks` lists, by host id.
+fn reconciler_runs(tasks: &[api::resources::TaskStatus]) -> HashMap<String, u64> {
+    tasks
+        .iter()
+        .filter_map(|t| Some((t.name.strip_prefix("reconciler/")?.to_string(), t.runs)))
+        .collect()
+}
+
+/// The hosts whose reconciler ran between two listings of one replica's
+/// tasks (a reconciler that retired, its host owned elsewhere, is gone
+/// from the second).
+fn ran_between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashSet<String> {
+    after
+        .iter()
+        .filter(|(h, runs)| before.get(*h).is_none_or(|b| *runs > b))
+        .map(|(h, _)| h.clone())
+        .collect()
+}
+
+/// How many replicas share the host reconcilers, as a replica's `leases`
+/// task last read them.
+fn members_seen(tasks: &[api::resources::TaskStatus]) -> Option<u64> {
+    tasks.iter().find(|t| t.name == "leases")?.details["members"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
+    // A in process, B a real process whose clock is 30 s behind (libfaketime).
+    // The simulated hosts heartbeat into B first (A if B is gone), and A's
+    // health monitor judges those heartbeats with a 3 s deadline: on
+    // B's own clock they would all look 30 s old, and every host would be
+    // fenced. Resync once an hour: a push that lands within seconds was
+    // woken, here or through the other replica.
+    let cloud = TestCloud::start_with(Backend::Postgres, |c| {
+        c.hosts.resync_interval_secs = 3600;
+        c.hosts.down_after_secs = 3;
+        c.hosts.heartbeat_interval_secs = 1;
+        c.health.monitor_interval_ms = 200;
+        c.health.suspect_grace_secs = 1;
+    })
+    .await;
+    cloud.project("acme").await;
+    cloud.quota_for("acme", 1000).await;
+    let alice = cloud.user("alice", "acme", ProjectRole::Member).await;
+    cloud.basics(&alice).await;
+    // A holds the health monitor's lease before B starts (B has none to
+    // take: its monitor is off).
+    wait_async(
+        "A to hold the health monitor",
+        Duration::from_secs(15),
+        || async { holder_of(&cloud.admin, HEALTH_MONITOR).await.map(drop) },
+    )
+    .await;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = cloud.state.config.database_url();
+    let cfg = config_with(
+        dir.path(),
+        "sm-b",
+        &url,
+        "[hosts]\nresync_interval_secs = 3600\ndown_after_secs = 3\nheartbeat_interval_secs = 1\n\
+         [health]\nmonitor_interval_ms = 0\n",
+    );
+    // libfaketime preloaded into the binary itself (the `faketime` command
+    // would run it as a child, which kill -9 would not reach).
+    const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: apt-get install faketime (scripts/test.sh does)"
+    );
+    let mut faked = Command::new(bin());
+    faked
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", "-30s")
+        // Tokio's timers keep the real monotonic clock.
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let mut b = serve_under(dir.path(), "sm-b", &cfg, &cloud.admin_token, faked).await;
+    let b_internal = url_of(&cfg, "internal_listen");
+
+    // Sixteen hosts, heartbeating from now on.
+    const HOSTS: usize = 16;
+    let beats = Beats::default();
+    let mut hosts = Vec::new();
+    for h in 0..HOSTS {
+        let key = format!("hv-{h}");
+        hosts.push(cloud.hypervisor(&key, 4, 4096, None).await.to_string());
+        beats.start(
+            &cloud.fleet,
+            &format!("{b_internal},{}", cloud.internal_url),
+            &key,
+        );
+    }
+    let both_members = |n: u64| {
+        let b = b.client.clone();
+        let a = cloud.state.tasks.clone();
+        async move {
+            let (a_tasks, _) = a.statuses(None, usize::MAX);
+            let b_tasks = b.system_tasks().await.ok()?;
+            (members_seen(&a_tasks) == Some(n) && members_seen(&b_tasks) == Some(n)).then_some(())
+        }
+    };
+    wait_async(
+        "both replicas to count two members",
+        Duration::from_secs(15),
+        || both_members(2),
+    )
+    .await;
+
+    // 32 creates through A only: each host's pushes come from one replica,
+    // both replicas reconcile some, and B's hosts were woken through
+    // PostgreSQL (there is no resync for an hour).
+    let a_before = reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0);
+    let b_before = reconciler_runs(&b.client.system_tasks().await.expect("B's tasks"));
+    let started = Instant::now();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..32 {
+        let c = alice.clone();
+        set.spawn(async move { c.instance_create(&TestCloud::vm(&format!("s-{i}"))).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("create task").expect("create");
+    }
+    let running = |n: usize| {
+        let alice = alice.clone();
+        async move {
+            let all = alice.instance_list().await.ok()?;
+            (all.len() == n && all.iter().all(|i| i.status == InstanceStatus::Running))
+                .then_some(all)
+        }
+    };
+    let all = wait_async("32 instances running", Duration::from_secs(30), || {
+        running(32)
+    })
+    .await;
+    println!(
+        "32 creates through one replica running on hosts shared by two in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let a_ran = ran_between(
+        &a_before,
+        &reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0),
+    );
+    let b_ran = ran_between(
+        &b_before,
+        &reconciler_runs(&b.client.system_tasks().await.expect("B's tasks")),
+    );
+    let used: HashSet<String> = all
+        .iter()
+        .filter_map(|i| i.host_id.map(|h| h.to_string()))
+        .collect();
+    println!(
+        "hosts reconciled: {} by A, {} by B, of {} with instances",
+        a_ran.len(),
+        b_ran.len(),
+        used.len()
+    );
+    assert!(
+        a_ran.is_disjoint(&b_ran),
+        "a host reconciled by both: {a_ran:?} {b_ran:?}"
+    );
+    assert!(
+        used.iter().all(|h| a_ran.contains(h) || b_ran.contains(h)),
+        "a used host reconciled by neither"
+    );
+    assert!(
+        !a_ran.is_empty() && !b_ran.is_empty(),
+        "one replica reconciled every host: A {a_ran:?}, B {b_ran:?}"
+    );
+    // No host was ever suspected on the skewed replica's heartbeats.
+    for h in cloud.admin.host_list().await.expect("hosts") {
+        assert_eq!(
+            h.health,
+            HostHealth::Up,
+            "{} judged on a wrong clock: {h:#?}",
+            h.name
+        );
+    }
+
+    // kill -9 of B: its hosts move to A within a TTL and a renewal; a
+    // create on one of them and every delete converge.
+    let killed = Instant::now();
+    b.kill();
+    let a_tasks = cloud.state.tasks.clone();
+    wait_async("A to count itself alone", Duration::from_secs(15), || {
+        let a_tasks = a_tasks.clone();
+        async move { (members_seen(&a_tasks.statuses(None, usize::MAX).0) == Some(1)).then_some(()) }
+    })
+    .await;
+    println!(
+        "B's hosts moved to A {:.2} s after kill -9 (lease_ttl_ms 3000)",
+        killed.elapsed().as_secs_f64()
+    );
+    let a_before = reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0);
+    for i in 0..16 {
+        alice
+            .instance_create(&TestCloud::vm(&format!("t-{i}")))
+            .await
+            .expect("create after the kill");
+    }
+    wait_async("48 instances running", Duration::from_secs(30), || {
+        running(48)
+    })
+    .await;
+    let a_ran = ran_between(
+        &a_before,
+        &reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0),
+    );
+    assert!(
+        b_ran.iter().any(|h| a_ran.contains(h)),
+        "no host of B's was reconciled by A after the kill: {a_ran:?}"
+    );
+    delete_all(&alice).await;
+    for h in cloud.admin.host_list().await.expect("hosts") {
+        assert_eq!(h.health, HostHealth::Up, "{}: {h:#?}", h.name);
+    }
+    let log = b.log();
+    assert!(
+        log.contains("clock differs from the database's"),
+        "B did not notice its clock was 30 s off:\n{log}"
+    );
+    cloud.assert_consistent().await;
 }

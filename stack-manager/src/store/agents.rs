@@ -726,7 +726,7 @@ impl Store {
             .bind(o.generation as i64)
             .bind(i64::from(o.lun))
             .bind(host.to_string());
-            self.db.gated(update.execute(&self.db.pool)).await?;
+            self.db.write_one(update).await?;
         }
         self.snapshot_observe(o).await?;
         Ok(o.generation < generation)

@@ -551,11 +551,7 @@ impl Store {
                     .bind(o.reason.clone())
                     .bind(o.generation.min(spec.generation) as i64);
             }
-            applied += self
-                .db
-                .gated(update.execute(&self.db.pool))
-                .await?
-                .rows_affected();
+            applied += self.db.write_one(update).await?.rows_affected();
         }
         Ok(applied)
     }
