@@ -279,10 +279,24 @@ impl Mover {
     /// pass (`settle_vanished`).
     async fn start_planned(&mut self, mut slots: u64, n: &mut PassCounts) -> ApiResult<u64> {
         let mut ready = Vec::new();
-        for mut p in self.state.store.planned_moves_open().await? {
+        let open = self.state.store.planned_moves_open().await?;
+        // One running planned move an instance at most (two plans may both
+        // move it): how a move's end is recorded, by instance, stays
+        // unambiguous. The other waits, queued.
+        let mut running: HashSet<InstanceId> = open
+            .iter()
+            .flat_map(|p| {
+                p.moves
+                    .iter()
+                    .zip(&p.steps)
+                    .filter(|(_, s)| **s == Step::Running)
+                    .map(|(m, _)| m.instance)
+            })
+            .collect();
+        for mut p in open {
             let mut changed = Vec::new();
             for i in 0..p.moves.len() {
-                if p.steps[i] != Step::Queued {
+                if p.steps[i] != Step::Queued || running.contains(&p.moves[i].instance) {
                     continue;
                 }
                 let deps: Vec<_> = p.moves[i]
@@ -298,6 +312,7 @@ impl Mover {
                 {
                     p.steps[i] = Step::Running;
                     changed.push((i, Step::Running));
+                    running.insert(p.moves[i].instance);
                     ready.push(p.moves[i].clone());
                 }
             }
