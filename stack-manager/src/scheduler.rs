@@ -147,6 +147,8 @@ pub struct Scheduler {
     config: SchedulerConfig,
     hosts_config: HostsConfig,
     placement_seconds: prometheus::HistogramVec,
+    /// Which hosts this replica reconciles (see [`Scheduler::prefer`]).
+    preferred: std::sync::OnceLock<Box<dyn Fn(HostId) -> bool + Send + Sync>>,
 }
 
 /// A ranking and the scheduler that claims from it: what
@@ -222,9 +224,20 @@ impl Scheduler {
             config,
             hosts_config,
             placement_seconds,
+            preferred: std::sync::OnceLock::new(),
         };
         s.refresh(db).await?;
         Ok(s)
+    }
+
+    /// Claims try the ranked hosts `mine` says yes to first. With several
+    /// replicas, every scheduler ranks the same emptiest hosts, and two
+    /// creates at once on two replicas went for the same one: the loser's
+    /// conditional claim failed and it tried the next. Trying first the
+    /// hosts this replica reconciles (a disjoint share per replica) keeps
+    /// the replicas apart; every candidate is among the best few anyway.
+    pub fn prefer(&self, mine: impl Fn(HostId) -> bool + Send + Sync + 'static) {
+        let _ = self.preferred.set(Box::new(mine));
     }
 
     /// Reloads every host from the database (start-up, and periodically so
@@ -512,7 +525,12 @@ impl Scheduler {
         let mut tried = HashSet::new();
         for round in 0..2 {
             let candidates = if round == 0 {
-                ranked.clone()
+                let mut first = ranked.clone();
+                if let Some(mine) = self.preferred.get() {
+                    // Stable: best first within each share.
+                    first.sort_by_key(|h| !mine(*h));
+                }
+                first
             } else {
                 self.rank_hypervisors(d)
             };
