@@ -72,6 +72,9 @@ pub struct Fence {
     pub lease: &'static str,
     pub holder: Arc<str>,
     pub token: i64,
+    /// A membership fence's transactions are cut off by PostgreSQL when
+    /// idle this long (see [`check`]).
+    max_idle_ms: i64,
     /// Counts the writes it refused.
     refused: prometheus::IntCounter,
 }
@@ -225,6 +228,7 @@ impl Leases {
             lease,
             holder: self.inner.id.clone(),
             token,
+            max_idle_ms: (self.inner.ttl.as_millis() as i64 / 3).max(1),
             refused: self
                 .inner
                 .metrics
@@ -313,14 +317,21 @@ impl Leases {
         if !names.contains(&member) {
             names.push(member);
         }
+        let member_before = self.held().get(member).map(|h| h.token);
         let mut kept = Vec::new();
+        let mut member_now = None;
         for lease in names {
-            if self.take_or_renew(lease).await?.is_some() && lease != member {
+            let token = self.take_or_renew(lease).await?;
+            if lease == member {
+                member_now = token;
+            } else if token.is_some() {
                 kept.push(lease);
             }
         }
         self.heartbeat(None).await?;
-        let changed = self.refresh_members().await?;
+        // A membership that lapsed and came back may find the same members,
+        // but its hosts went to others meanwhile and come back now.
+        let changed = self.refresh_members().await? || member_before != member_now;
         kept.sort_unstable();
         let members = self.members().len();
         Ok((json!({ "held": kept, "members": members }), changed))
@@ -329,6 +340,13 @@ impl Leases {
     /// Takes this replica's membership (and its place among the members)
     /// before it starts the work members share.
     pub async fn join(&self) -> Result<(), sqlx::Error> {
+        // Each start leaves a membership row: those of replicas gone for an
+        // hour are forgotten here.
+        let db = &self.inner.db;
+        let forget =
+            sqlx::query("DELETE FROM leases WHERE name LIKE 'member/%' AND expires_at < $1")
+                .bind(db_now(db).await? - 3_600_000);
+        db.gated(forget.execute(&db.pool)).await?;
         self.renew().await.map(drop)
     }
 
@@ -419,8 +437,14 @@ impl Leases {
     pub async fn release(&self) {
         self.held().clear();
         let db = &self.inner.db;
-        let release =
-            sqlx::query("UPDATE leases SET expires_at = 0 WHERE holder = $1").bind(&*self.inner.id);
+        let release = sqlx::query(
+            "UPDATE leases SET expires_at = 0 WHERE holder = $1 AND name NOT LIKE 'member/%'",
+        )
+        .bind(&*self.inner.id);
+        let leave = sqlx::query("DELETE FROM leases WHERE name = $1").bind(self.inner.member);
+        if let Err(e) = db.gated(leave.execute(&db.pool)).await {
+            tracing::warn!(error = %e, "could not leave the members; the membership expires on its own");
+        }
         if let Err(e) = db.gated(release.execute(&db.pool)).await {
             tracing::warn!(error = %e, "could not release this replica's leases; they expire on their own");
         }
@@ -487,22 +511,38 @@ impl Leases {
 /// Checks `fence` inside `tx`, before its first write: the lease row must
 /// still name this holder and token, and not have expired (a membership
 /// lease is never taken over, only let lapse, and others act on its
-/// lapse). On PostgreSQL the row is read `FOR SHARE`, so a takeover (an
-/// `UPDATE` of the row) waits until `tx` ends.
+/// lapse).
+///
+/// On PostgreSQL a task lease's row is read `FOR SHARE`, so a takeover (an
+/// `UPDATE` of the row) waits until `tx` ends. A membership lease is never
+/// taken over, and its renewal must not queue behind the many short
+/// reconciler transactions that check it (share locks let newcomers pass a
+/// waiting update), so it is read `FOR KEY SHARE`, which a renewal does
+/// not wait for; instead PostgreSQL ends the transaction if it idles for a
+/// third of the TTL (a replica paused between its check and its commit),
+/// so nothing checked under a live membership commits long after it
+/// lapsed.
 pub(crate) async fn check(
     tx: &mut crate::db::WriteTx,
     fence: &Fence,
 ) -> Result<(), crate::db::DbError> {
-    let sql = match tx.backend {
-        Backend::Postgres => {
+    let membership = fence.lease.starts_with(MEMBER_PREFIX);
+    let sql = match (tx.backend, membership) {
+        (Backend::Postgres, false) => {
             "SELECT holder, token, expires_at FROM leases WHERE name = $1 FOR SHARE"
         }
-        Backend::Sqlite => "SELECT holder, token, expires_at FROM leases WHERE name = $1",
+        (Backend::Postgres, true) => {
+            "SELECT holder, token, expires_at, \
+                    set_config('idle_in_transaction_session_timeout', $2, true) AS idle \
+             FROM leases WHERE name = $1 FOR KEY SHARE"
+        }
+        (Backend::Sqlite, _) => "SELECT holder, token, expires_at FROM leases WHERE name = $1",
     };
-    let row = sqlx::query(sql)
-        .bind(fence.lease)
-        .fetch_optional(&mut ***tx)
-        .await?;
+    let mut query = sqlx::query(sql).bind(fence.lease);
+    if membership && tx.backend == Backend::Postgres {
+        query = query.bind(format!("{}ms", fence.max_idle_ms));
+    }
+    let row = query.fetch_optional(&mut ***tx).await?;
     let now = match row {
         Some(r) => {
             let (holder, token) = (r.text("holder")?, r.int("token")?);

@@ -192,6 +192,8 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
     };
     state.leases.join().await?;
     if let Some(listener) = listener {
+        let listening = Activator::new();
+        listening.activate();
         state.tasks.start(
             TaskSpec {
                 name: "reconciler-listener".into(),
@@ -201,10 +203,10 @@ pub async fn start(state: &AppState) -> anyhow::Result<()> {
                 // After a lost connection, listen again a second later.
                 period: Some(Duration::from_secs(1)),
             },
-            Activator::new(),
+            listening,
             Listener {
                 state: state.clone(),
-                listener,
+                listener: Some(listener),
                 received: 0,
             },
         );
@@ -322,8 +324,13 @@ impl BackgroundTask for Forwarder {
                 .bind(CHANNEL)
                 .bind(p);
             if let Err(e) = notify.fetch_optional(&self.state.db.pool).await {
-                // The hosts' work is in the database: their owner's sweep
-                // finds it.
+                // Sent again at the next activation (the owner's sweep
+                // would find the work too, later).
+                shared
+                    .forward
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(wakes);
                 return Err(format!("waking other replicas' reconcilers: {e}").into());
             }
         }
@@ -332,27 +339,60 @@ impl BackgroundTask for Forwarder {
     }
 }
 
-/// Receives other replicas' wakes and wakes the reconcilers of the hosts
-/// named: the sender judged this replica their owner; if this replica
-/// disagrees (the members just changed), the reconciler finds out and
-/// stops, and the owner's sweep finds the work.
+/// Receives the wakes replicas send (every listening replica gets each,
+/// the sender too) and wakes the reconcilers of the hosts this replica
+/// owns among those named. Where views of the members disagree for a
+/// renewal, the sweep that follows a change of members finds the work.
 struct Listener {
     state: AppState,
-    listener: sqlx::postgres::PgListener,
+    /// `None` after the connection failed, until it is made again.
+    listener: Option<sqlx::postgres::PgListener>,
     received: u64,
 }
 
+impl Listener {
+    /// Listens again on a new connection (one that failed with an error
+    /// may be kept by sqlx in a broken state) and sweeps: wakes sent while
+    /// nobody listened are lost.
+    async fn relisten(&mut self) -> Result<&mut sqlx::postgres::PgListener, TaskError> {
+        if self.listener.is_none() {
+            let mut l = sqlx::postgres::PgListener::connect(&self.state.config.database_url())
+                .await
+                .map_err(|e| format!("connecting to listen for other replicas' wakes: {e}"))?;
+            l.listen(CHANNEL)
+                .await
+                .map_err(|e| format!("listening for other replicas' wakes: {e}"))?;
+            self.state.reconciler.inner.sweep.activate();
+            self.listener = Some(l);
+        }
+        Ok(self.listener.as_mut().expect("just made"))
+    }
+}
+
 impl BackgroundTask for Listener {
-    /// Runs until the connection fails (sqlx reconnects on the next run;
-    /// what was sent meanwhile is found by the sweep).
+    /// Runs until the connection fails; the next run (a second later)
+    /// listens on a new one.
     async fn activate(&mut self) -> Result<Outcome, TaskError> {
         loop {
-            let n = self.listener.recv().await.map_err(|e| {
-                TaskError::from(format!(
-                    "listening for other replicas' wakes (received {}): {e}",
-                    self.received
-                ))
-            })?;
+            let listener = self.relisten().await?;
+            let n = match listener.try_recv().await {
+                Ok(Some(n)) => n,
+                Ok(None) => {
+                    // sqlx reconnected on its own: what was sent in
+                    // between is lost, the sweep finds its work.
+                    tracing::info!("listening again for other replicas' wakes");
+                    self.state.reconciler.inner.sweep.activate();
+                    continue;
+                }
+                Err(e) => {
+                    self.listener = None;
+                    return Err(format!(
+                        "listening for other replicas' wakes (received {}): {e}",
+                        self.received
+                    )
+                    .into());
+                }
+            };
             for id in n.payload().split(',') {
                 let (orphans, id) = match id.strip_prefix("o:") {
                     Some(rest) => (true, rest),
@@ -363,6 +403,9 @@ impl BackgroundTask for Listener {
                     continue;
                 };
                 self.received += 1;
+                if !self.state.leases.owns(&host.to_string()) {
+                    continue;
+                }
                 if orphans {
                     self.state.reconciler.mark_orphans(host);
                 }
@@ -458,6 +501,10 @@ impl BackgroundTask for HostReconciler {
             // Another replica owns the host now (one joined): it runs
             // there. Woken here again, a new reconciler starts.
             self.state.reconciler.forget(self.host);
+            // A wake that came between the check and `forget` went to this
+            // retiring task: hand it on (to a new one here, if the members
+            // changed back, or to the owner).
+            self.state.reconciler.notify(self.host);
             return Ok(Outcome::retire(json!({
                 "host": self.host,
                 "owner": "another replica",

@@ -230,12 +230,13 @@ impl Scheduler {
         Ok(s)
     }
 
-    /// Claims try the ranked hosts `mine` says yes to first. With several
-    /// replicas, every scheduler ranks the same emptiest hosts, and two
-    /// creates at once on two replicas went for the same one: the loser's
-    /// conditional claim failed and it tried the next. Trying first the
-    /// hosts this replica reconciles (a disjoint share per replica) keeps
-    /// the replicas apart; every candidate is among the best few anyway.
+    /// Among hosts that tie for best, claims try those `mine` says yes to
+    /// first. With several replicas, every scheduler ranks the same
+    /// emptiest hosts, and two creates at once on two replicas went for
+    /// the same one: the loser's conditional claim failed and it tried the
+    /// next. Trying first the hosts this replica reconciles (a disjoint
+    /// share per replica) keeps the replicas apart; only among ties, so
+    /// placement is as good as before.
     pub fn prefer(&self, mine: impl Fn(HostId) -> bool + Send + Sync + 'static) {
         let _ = self.preferred.set(Box::new(mine));
     }
@@ -446,7 +447,12 @@ impl Scheduler {
             }
             scored.push(weight, h.id);
         }
-        top(scored.into_vec())
+        let mut ranked = top(scored.into_vec());
+        if let Some(mine) = self.preferred.get() {
+            // Stable: the ties' shuffled order within each share.
+            ranked.ties.sort_by_key(|h| !mine(*h));
+        }
+        ranked.hosts()
     }
 
     /// Ranks storage nodes by free allocatable bytes.
@@ -469,7 +475,7 @@ impl Scheduler {
                 (after <= cap).then_some((cap - after, h.id))
             })
             .collect();
-        top(scored)
+        top(scored).hosts()
     }
 
     /// Ranks hosts for an instance. Done before the write transaction
@@ -525,12 +531,7 @@ impl Scheduler {
         let mut tried = HashSet::new();
         for round in 0..2 {
             let candidates = if round == 0 {
-                let mut first = ranked.clone();
-                if let Some(mine) = self.preferred.get() {
-                    // Stable: best first within each share.
-                    first.sort_by_key(|h| !mine(*h));
-                }
-                first
+                ranked.clone()
             } else {
                 self.rank_hypervisors(d)
             };
@@ -701,7 +702,20 @@ const TIE_POOL: usize = 256;
 /// Near-ties are shuffled: concurrent requests would otherwise all pick the
 /// same emptiest host and queue on its row lock (PostgreSQL) or fail their
 /// claims one after another (several stack managers).
-fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
+/// The best candidates: those that tie for best (shuffled), then the rest.
+struct Top {
+    ties: Vec<HostId>,
+    rest: Vec<HostId>,
+}
+
+impl Top {
+    fn hosts(mut self) -> Vec<HostId> {
+        self.ties.append(&mut self.rest);
+        self.ties
+    }
+}
+
+fn top(mut scored: Vec<(f64, HostId)>) -> Top {
     use rand::seq::SliceRandom;
     let by_weight_desc =
         |a: &(f64, HostId), b: &(f64, HostId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -710,12 +724,15 @@ fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
         scored.truncate(TIE_POOL);
     }
     scored.sort_by(by_weight_desc);
-    if let Some(best) = scored.first().map(|s| s.0) {
-        let ties = scored.iter().take_while(|s| s.0 >= best - TIE).count();
-        scored[..ties].shuffle(&mut rand::thread_rng());
-    }
+    let ties = match scored.first().map(|s| s.0) {
+        Some(best) => scored.iter().take_while(|s| s.0 >= best - TIE).count(),
+        None => 0,
+    };
+    scored[..ties].shuffle(&mut rand::thread_rng());
     scored.truncate(CANDIDATES);
-    scored.into_iter().map(|(_, id)| id).collect()
+    let mut hosts: Vec<HostId> = scored.into_iter().map(|(_, id)| id).collect();
+    let rest = hosts.split_off(ties.min(hosts.len()));
+    Top { ties: hosts, rest }
 }
 
 /// The periodic refresh as a background task: several stack managers
@@ -762,12 +779,12 @@ mod tests {
         let mut scored = vec![(0.9, a)];
         scored.extend(others.iter().map(|h| (0.5, *h)));
         for _ in 0..20 {
-            let ranked = top(scored.clone());
+            let ranked = top(scored.clone()).hosts();
             assert_eq!(ranked[0], a);
             assert_eq!(ranked.len(), CANDIDATES);
         }
         let tied: Vec<(f64, HostId)> = others.iter().map(|h| (0.5, *h)).collect();
-        let firsts: HashSet<HostId> = (0..50).map(|_| top(tied.clone())[0]).collect();
+        let firsts: HashSet<HostId> = (0..50).map(|_| top(tied.clone()).hosts()[0]).collect();
         assert!(firsts.len() > 1, "ties are shuffled");
     }
 }

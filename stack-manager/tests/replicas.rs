@@ -981,7 +981,7 @@ fn reconciler_runs(tasks: &[api::resources::TaskStatus]) -> HashMap<String, u64>
 fn ran_between(before: &HashMap<String, u64>, after: &HashMap<String, u64>) -> HashSet<String> {
     after
         .iter()
-        .filter(|(h, runs)| before.get(*h).is_none_or(|b| *runs > b))
+        .filter(|(h, runs)| **runs > 0 && before.get(*h).is_none_or(|b| *runs > b))
         .map(|(h, _)| h.clone())
         .collect()
 }
@@ -996,13 +996,13 @@ fn members_seen(tasks: &[api::resources::TaskStatus]) -> Option<u64> {
 async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
     // A in process, B a real process whose clock is 30 s behind (libfaketime).
     // The simulated hosts heartbeat into B first (A if B is gone), and A's
-    // health monitor judges those heartbeats with a 3 s deadline: on
+    // health monitor judges those heartbeats with a 5 s deadline: on
     // B's own clock they would all look 30 s old, and every host would be
     // fenced. Resync once an hour: a push that lands within seconds was
     // woken, here or through the other replica.
     let cloud = TestCloud::start_with(Backend::Postgres, |c| {
         c.hosts.resync_interval_secs = 3600;
-        c.hosts.down_after_secs = 3;
+        c.hosts.down_after_secs = 5;
         c.hosts.heartbeat_interval_secs = 1;
         c.health.monitor_interval_ms = 200;
         c.health.suspect_grace_secs = 1;
@@ -1027,7 +1027,7 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
         dir.path(),
         "sm-b",
         &url,
-        "[hosts]\nresync_interval_secs = 3600\ndown_after_secs = 3\nheartbeat_interval_secs = 1\n\
+        "[hosts]\nresync_interval_secs = 3600\ndown_after_secs = 5\nheartbeat_interval_secs = 1\n\
          [health]\nmonitor_interval_ms = 0\n",
     );
     // libfaketime preloaded into the binary itself (the `faketime` command
@@ -1074,16 +1074,43 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
         || both_members(2),
     )
     .await;
+    // B's scheduler learns of the hosts enrolled through A at its refresh:
+    // two of its runs, so that one began after the last enrollment.
+    let refreshes = |tasks: &[api::resources::TaskStatus]| {
+        tasks
+            .iter()
+            .find(|t| t.name == "scheduler-refresh")
+            .map(|t| t.runs)
+    };
+    let seen = refreshes(&b.client.system_tasks().await.expect("B's tasks")).unwrap_or(0);
+    wait_async(
+        "B's scheduler to refresh",
+        Duration::from_secs(30),
+        || async {
+            let now = refreshes(&b.client.system_tasks().await.ok()?)?;
+            (now >= seen + 2).then_some(())
+        },
+    )
+    .await;
 
-    // 32 creates through A only: each host's pushes come from one replica,
-    // both replicas reconcile some, and B's hosts were woken through
-    // PostgreSQL (there is no resync for an hour).
+    // 32 creates, every other one through each replica: each host's pushes
+    // come from one replica, and both replicas reconcile some (each
+    // scheduler tries the hosts it reconciles first among equals).
     let a_before = reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0);
     let b_before = reconciler_runs(&b.client.system_tasks().await.expect("B's tasks"));
+    let alice_on_b = Client::new(
+        &listen_url(&cfg),
+        alice.transport.token().expect("alice's token"),
+    )
+    .with_project(Some("acme".into()));
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for i in 0..32 {
-        let c = alice.clone();
+        let c = if i % 2 == 0 {
+            alice.clone()
+        } else {
+            alice_on_b.clone()
+        };
         set.spawn(async move { c.instance_create(&TestCloud::vm(&format!("s-{i}"))).await });
     }
     while let Some(r) = set.join_next().await {
@@ -1102,7 +1129,7 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
     })
     .await;
     println!(
-        "32 creates through one replica running on hosts shared by two in {:.2} s",
+        "32 creates through two replicas running on hosts shared by them in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     let a_ran = ran_between(
@@ -1135,6 +1162,39 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
         !a_ran.is_empty() && !b_ran.is_empty(),
         "one replica reconciled every host: A {a_ran:?}, B {b_ran:?}"
     );
+    // Deletes through A of every instance on B's hosts: B's reconcilers
+    // were woken through PostgreSQL (no resync for an hour) and pushed
+    // them.
+    let b_before = reconciler_runs(&b.client.system_tasks().await.expect("B's tasks"));
+    let on_b: Vec<&Instance> = all
+        .iter()
+        .filter(|i| i.host_id.is_some_and(|h| b_ran.contains(&h.to_string())))
+        .collect();
+    let started = Instant::now();
+    for i in &on_b {
+        alice.instance_delete(i.id).await.expect("delete through A");
+    }
+    let left = 32 - on_b.len();
+    wait_async(
+        "the deletes on B's hosts done",
+        Duration::from_secs(30),
+        || async { (alice.instance_list().await.ok()?.len() == left).then_some(()) },
+    )
+    .await;
+    println!(
+        "{} deletes through A on B's hosts done by B in {:.2} s",
+        on_b.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let b_pushed = ran_between(
+        &b_before,
+        &reconciler_runs(&b.client.system_tasks().await.expect("B's tasks")),
+    );
+    assert!(
+        on_b.iter()
+            .all(|i| b_pushed.contains(&i.host_id.expect("placed").to_string())),
+        "B did not reconcile its hosts' deletes: {b_pushed:?}"
+    );
     // No host was ever suspected on the skewed replica's heartbeats.
     for h in cloud.admin.host_list().await.expect("hosts") {
         assert_eq!(
@@ -1166,8 +1226,8 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
             .await
             .expect("create after the kill");
     }
-    wait_async("48 instances running", Duration::from_secs(30), || {
-        running(48)
+    wait_async("every instance running", Duration::from_secs(30), || {
+        running(left + 16)
     })
     .await;
     let a_ran = ran_between(
