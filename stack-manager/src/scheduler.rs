@@ -147,8 +147,6 @@ pub struct Scheduler {
     config: SchedulerConfig,
     hosts_config: HostsConfig,
     placement_seconds: prometheus::HistogramVec,
-    /// Which hosts this replica reconciles (see [`Scheduler::prefer`]).
-    preferred: std::sync::OnceLock<Box<dyn Fn(HostId) -> bool + Send + Sync>>,
 }
 
 /// A ranking and the scheduler that claims from it: what
@@ -224,21 +222,9 @@ impl Scheduler {
             config,
             hosts_config,
             placement_seconds,
-            preferred: std::sync::OnceLock::new(),
         };
         s.refresh(db).await?;
         Ok(s)
-    }
-
-    /// Among hosts that tie for best, claims try those `mine` says yes to
-    /// first. With several replicas, every scheduler ranks the same
-    /// emptiest hosts, and two creates at once on two replicas went for
-    /// the same one: the loser's conditional claim failed and it tried the
-    /// next. Trying first the hosts this replica reconciles (a disjoint
-    /// share per replica) keeps the replicas apart; only among ties, so
-    /// placement is as good as before.
-    pub fn prefer(&self, mine: impl Fn(HostId) -> bool + Send + Sync + 'static) {
-        let _ = self.preferred.set(Box::new(mine));
     }
 
     /// Reloads every host from the database (start-up, and periodically so
@@ -447,12 +433,7 @@ impl Scheduler {
             }
             scored.push(weight, h.id);
         }
-        let mut ranked = top(scored.into_vec());
-        if let Some(mine) = self.preferred.get() {
-            // Stable: the ties' shuffled order within each share.
-            ranked.ties.sort_by_key(|h| !mine(*h));
-        }
-        ranked.hosts()
+        top(scored.into_vec())
     }
 
     /// Ranks storage nodes by free allocatable bytes.
@@ -475,7 +456,7 @@ impl Scheduler {
                 (after <= cap).then_some((cap - after, h.id))
             })
             .collect();
-        top(scored).hosts()
+        top(scored)
     }
 
     /// Ranks hosts for an instance. Done before the write transaction
@@ -702,20 +683,7 @@ const TIE_POOL: usize = 256;
 /// Near-ties are shuffled: concurrent requests would otherwise all pick the
 /// same emptiest host and queue on its row lock (PostgreSQL) or fail their
 /// claims one after another (several stack managers).
-/// The best candidates: those that tie for best (shuffled), then the rest.
-struct Top {
-    ties: Vec<HostId>,
-    rest: Vec<HostId>,
-}
-
-impl Top {
-    fn hosts(mut self) -> Vec<HostId> {
-        self.ties.append(&mut self.rest);
-        self.ties
-    }
-}
-
-fn top(mut scored: Vec<(f64, HostId)>) -> Top {
+fn top(mut scored: Vec<(f64, HostId)>) -> Vec<HostId> {
     use rand::seq::SliceRandom;
     let by_weight_desc =
         |a: &(f64, HostId), b: &(f64, HostId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
@@ -724,15 +692,12 @@ fn top(mut scored: Vec<(f64, HostId)>) -> Top {
         scored.truncate(TIE_POOL);
     }
     scored.sort_by(by_weight_desc);
-    let ties = match scored.first().map(|s| s.0) {
-        Some(best) => scored.iter().take_while(|s| s.0 >= best - TIE).count(),
-        None => 0,
-    };
-    scored[..ties].shuffle(&mut rand::thread_rng());
+    if let Some(best) = scored.first().map(|s| s.0) {
+        let ties = scored.iter().take_while(|s| s.0 >= best - TIE).count();
+        scored[..ties].shuffle(&mut rand::thread_rng());
+    }
     scored.truncate(CANDIDATES);
-    let mut hosts: Vec<HostId> = scored.into_iter().map(|(_, id)| id).collect();
-    let rest = hosts.split_off(ties.min(hosts.len()));
-    Top { ties: hosts, rest }
+    scored.into_iter().map(|(_, id)| id).collect()
 }
 
 /// The periodic refresh as a background task: several stack managers
@@ -779,12 +744,12 @@ mod tests {
         let mut scored = vec![(0.9, a)];
         scored.extend(others.iter().map(|h| (0.5, *h)));
         for _ in 0..20 {
-            let ranked = top(scored.clone()).hosts();
+            let ranked = top(scored.clone());
             assert_eq!(ranked[0], a);
             assert_eq!(ranked.len(), CANDIDATES);
         }
         let tied: Vec<(f64, HostId)> = others.iter().map(|h| (0.5, *h)).collect();
-        let firsts: HashSet<HostId> = (0..50).map(|_| top(tied.clone()).hosts()[0]).collect();
+        let firsts: HashSet<HostId> = (0..50).map(|_| top(tied.clone())[0]).collect();
         assert!(firsts.len() > 1, "ties are shuffled");
     }
 }

@@ -61,8 +61,6 @@ impl AppState {
         let (audit, audit_writer) = AuditLog::new(db.clone());
         let config = Arc::new(config);
         let leases = Leases::new(db.clone(), &config.replicas, metrics.leases.clone());
-        let mine = leases.clone();
-        scheduler.prefer(move |h| mine.owns(&h.to_string()));
         let state = Self {
             leases: leases.clone(),
             store: Store::new(db.clone()),

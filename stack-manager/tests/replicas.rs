@@ -1094,8 +1094,8 @@ async fn host_reconcilers_are_shared_by_the_replicas_and_move_when_one_dies() {
     .await;
 
     // 32 creates, every other one through each replica: each host's pushes
-    // come from one replica, and both replicas reconcile some (each
-    // scheduler tries the hosts it reconciles first among equals).
+    // come from one replica, whichever took the create, and both replicas
+    // reconcile some.
     let a_before = reconciler_runs(&cloud.state.tasks.statuses(None, usize::MAX).0);
     let b_before = reconciler_runs(&b.client.system_tasks().await.expect("B's tasks"));
     let alice_on_b = Client::new(
