@@ -1,7 +1,9 @@
 //! Lease handover: from `kill -9` of the replica holding the cloud-wide
 //! tasks' leases to each lease held (its task running) on the other
 //! replica, with default settings (`replicas.lease_ttl_ms` 3000, renewals
-//! every second), on PostgreSQL.
+//! every second), on PostgreSQL; and to the other replica counting itself
+//! alone among the members, so that it reconciles every host (the dead
+//! one's share of the host reconcilers moved).
 //!
 //! `cargo bench -p stack-manager --bench handover` — needs
 //! `STRATO_TEST_POSTGRES_URL` (`scripts/test.sh` sets one up).
@@ -18,6 +20,8 @@ use std::time::{Duration, Instant};
 use api::Client;
 
 const LEASES: [&str; 3] = ["health-monitor", "mover", "planner-statistics"];
+/// What the last column times: the dead replica's hosts reconciled here.
+const HOSTS: &str = "host reconcilers";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -125,7 +129,7 @@ async fn run(kills: usize) {
     let mut n = 0;
     let mut holder = start(dir.path(), &format!("sm-{n}"), &url, &token).await;
     n += 1;
-    let mut per_lease: Vec<Vec<f64>> = vec![Vec::new(); LEASES.len()];
+    let mut per_lease: Vec<Vec<f64>> = vec![Vec::new(); LEASES.len() + 1];
     for _ in 0..kills {
         let standby = start(dir.path(), &format!("sm-{n}"), &url, &token).await;
         n += 1;
@@ -141,8 +145,15 @@ async fn run(kills: usize) {
         tokio::time::sleep(Duration::from_millis(137 * (n as u64 % 7))).await;
         let killed = Instant::now();
         drop(holder);
-        let mut done = [None; LEASES.len()];
+        let mut done = [None; LEASES.len() + 1];
         while done.iter().any(Option::is_none) {
+            let tasks = standby.client.system_tasks().await.unwrap_or_default();
+            let alone = tasks
+                .iter()
+                .any(|t| t.name == "leases" && t.details["members"] == 1);
+            if alone {
+                done[LEASES.len()].get_or_insert(killed.elapsed().as_secs_f64());
+            }
             for (lease, who) in holders(&standby).await {
                 if who == standby.name {
                     if let Some(i) = LEASES.iter().position(|l| *l == lease) {
@@ -159,7 +170,7 @@ async fn run(kills: usize) {
         holder = standby;
     }
     println!("lease handover after kill -9 of the holder, {kills} kills, default settings:");
-    for (lease, mut t) in LEASES.iter().zip(per_lease) {
+    for (lease, mut t) in LEASES.iter().chain([&HOSTS]).zip(per_lease) {
         t.sort_by(f64::total_cmp);
         println!(
             "  {lease:<20} p50 {:.2} s, p90 {:.2} s, max {:.2} s",
