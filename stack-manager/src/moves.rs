@@ -243,21 +243,9 @@ impl Mover {
     /// crash between marking it running and starting it): done if the
     /// instance is on the target, failed otherwise.
     async fn settle_vanished(&self, moving: &HashSet<InstanceId>) -> ApiResult<()> {
-        let running: Vec<(InstanceId, HostId)> = self
-            .state
-            .store
-            .planned_moves_open()
-            .await?
-            .iter()
-            .flat_map(|p| {
-                p.moves
-                    .iter()
-                    .zip(&p.steps)
-                    .filter(|(_, s)| **s == Step::Running)
-                    .map(|(m, _)| (m.instance, m.to))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let open = self.state.store.planned_moves_open().await?;
+        let running: Vec<(InstanceId, HostId)> =
+            running_moves(&open).map(|m| (m.instance, m.to)).collect();
         for (id, to) in running {
             if moving.contains(&id) {
                 continue;
@@ -283,16 +271,7 @@ impl Mover {
         // One running planned move an instance at most (two plans may both
         // move it): how a move's end is recorded, by instance, stays
         // unambiguous. The other waits, queued.
-        let mut running: HashSet<InstanceId> = open
-            .iter()
-            .flat_map(|p| {
-                p.moves
-                    .iter()
-                    .zip(&p.steps)
-                    .filter(|(_, s)| **s == Step::Running)
-                    .map(|(m, _)| m.instance)
-            })
-            .collect();
+        let mut running: HashSet<InstanceId> = running_moves(&open).map(|m| m.instance).collect();
         for mut p in open {
             let mut changed = Vec::new();
             for i in 0..p.moves.len() {
@@ -544,4 +523,15 @@ pub async fn plan(state: &AppState, band: f64) -> ApiResult<(RebalancePlan, Vec<
         plan_ms,
     };
     Ok((report, planned))
+}
+
+/// The moves of `plans` marked running.
+fn running_moves(plans: &[crate::store::moves::QueuedPlan]) -> impl Iterator<Item = &PlannedMove> {
+    plans.iter().flat_map(|p| {
+        p.moves
+            .iter()
+            .zip(&p.steps)
+            .filter(|(_, s)| **s == Step::Running)
+            .map(|(m, _)| m)
+    })
 }
