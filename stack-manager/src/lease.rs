@@ -73,7 +73,7 @@ pub struct Fence {
     pub holder: Arc<str>,
     pub token: i64,
     /// A membership fence's transactions are cut off by PostgreSQL when
-    /// idle this long (see [`check`]).
+    /// idle this long: the TTL less a renewal interval (see [`check`]).
     max_idle_ms: i64,
     /// Counts the writes it refused.
     refused: prometheus::IntCounter,
@@ -138,6 +138,8 @@ struct Inner {
     started_at: i64,
     urls: Mutex<(String, String)>,
     held: Mutex<HashMap<&'static str, Held>>,
+    /// How long a membership-fenced transaction may idle (see [`check`]).
+    max_idle_ms: i64,
     /// This replica's membership lease, `member/<id>`.
     member: &'static str,
     /// The replicas whose membership is live, as of the last renewal,
@@ -187,6 +189,11 @@ impl Leases {
                 members: Mutex::new(Arc::from(Vec::new())),
                 name,
                 ttl: Duration::from_millis(cfg.lease_ttl_ms.max(1)),
+                // A membership checked live stays so at least a TTL less a
+                // renewal interval: a transaction idle longer may outlive it.
+                max_idle_ms: (cfg.lease_ttl_ms.saturating_sub(cfg.renew_interval_ms) as i64)
+                    .max(cfg.lease_ttl_ms as i64 / 3)
+                    .max(1),
                 started_at: now_ms(),
                 urls: Mutex::new((String::new(), String::new())),
                 held: Mutex::new(HashMap::new()),
@@ -228,7 +235,7 @@ impl Leases {
             lease,
             holder: self.inner.id.clone(),
             token,
-            max_idle_ms: (self.inner.ttl.as_millis() as i64 / 3).max(1),
+            max_idle_ms: self.inner.max_idle_ms,
             refused: self
                 .inner
                 .metrics
@@ -518,10 +525,10 @@ impl Leases {
 /// taken over, and its renewal must not queue behind the many short
 /// reconciler transactions that check it (share locks let newcomers pass a
 /// waiting update), so it is read `FOR KEY SHARE`, which a renewal does
-/// not wait for; instead PostgreSQL ends the transaction if it idles for a
-/// third of the TTL (a replica paused between its check and its commit),
-/// so nothing checked under a live membership commits long after it
-/// lapsed.
+/// not wait for; instead PostgreSQL ends the transaction if it idles for
+/// the TTL less a renewal interval (a replica paused between its check and
+/// its commit), so nothing checked under a live membership commits long
+/// after it lapsed.
 pub(crate) async fn check(
     tx: &mut crate::db::WriteTx,
     fence: &Fence,
