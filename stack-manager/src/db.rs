@@ -405,6 +405,21 @@ static CLOCK_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Atomic
 /// at most half of it.
 const CLOCK_SYNC_MAX_RTT: Duration = Duration::from_millis(200);
 
+/// The database's clock, milliseconds: PostgreSQL's own, or this
+/// process's for SQLite (the only replica).
+pub async fn database_clock(db: &Db) -> Result<i64, sqlx::Error> {
+    match db.backend {
+        Backend::Sqlite => Ok(now_ms()),
+        Backend::Postgres => {
+            sqlx::query_scalar(
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+            )
+            .fetch_one(&db.pool)
+            .await
+        }
+    }
+}
+
 /// Measures how far this machine's clock is from PostgreSQL's and corrects
 /// [`now_ms`] by it (SQLite: the database's clock is this one). Returns the
 /// offset in milliseconds.
@@ -415,10 +430,7 @@ pub async fn sync_clock(db: &Db) -> Result<i64, sqlx::Error> {
     let local = || chrono::Utc::now().timestamp_millis();
     let sent = std::time::Instant::now();
     let before = local();
-    let theirs: i64 =
-        sqlx::query_scalar("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
-            .fetch_one(&db.pool)
-            .await?;
+    let theirs = database_clock(db).await?;
     let after = local();
     let offset = theirs - (before + after) / 2;
     let previous = CLOCK_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed);

@@ -154,20 +154,6 @@ pub struct Leases {
     inner: Arc<Inner>,
 }
 
-/// The database's clock, milliseconds.
-async fn db_now(db: &Db) -> Result<i64, sqlx::Error> {
-    match db.backend {
-        Backend::Sqlite => Ok(now_ms()),
-        Backend::Postgres => {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-            )
-            .fetch_one(&db.pool)
-            .await
-        }
-    }
-}
-
 impl Leases {
     pub fn new(db: Db, cfg: &ReplicasConfig, metrics: LeaseMetrics) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -252,7 +238,7 @@ impl Leases {
     async fn take_or_renew(&self, lease: &'static str) -> Result<Option<i64>, sqlx::Error> {
         let db = &self.inner.db;
         let started = Instant::now();
-        let now = db_now(db).await?;
+        let now = crate::db::database_clock(db).await?;
         let expires = now + self.inner.ttl.as_millis() as i64;
         let insert = sqlx::query(
             "INSERT INTO leases (name, holder, token, acquired_at, expires_at) \
@@ -352,7 +338,7 @@ impl Leases {
         let db = &self.inner.db;
         let forget =
             sqlx::query("DELETE FROM leases WHERE name LIKE 'member/%' AND expires_at < $1")
-                .bind(db_now(db).await? - 3_600_000);
+                .bind(crate::db::database_clock(db).await? - 3_600_000);
         db.gated(forget.execute(&db.pool)).await?;
         self.renew().await.map(drop)
     }
@@ -360,7 +346,7 @@ impl Leases {
     /// Reads the live members; whether they changed.
     async fn refresh_members(&self) -> Result<bool, sqlx::Error> {
         let db = &self.inner.db;
-        let now = db_now(db).await?;
+        let now = crate::db::database_clock(db).await?;
         let mut live: Vec<Arc<str>> = sqlx::query(
             "SELECT holder FROM leases WHERE name LIKE 'member/%' AND expires_at >= $1",
         )
@@ -415,7 +401,7 @@ impl Leases {
 
     async fn heartbeat(&self, stopped_at: Option<i64>) -> Result<(), sqlx::Error> {
         let db = &self.inner.db;
-        let now = db_now(db).await?;
+        let now = crate::db::database_clock(db).await?;
         let (public, internal) = self
             .inner
             .urls
@@ -464,7 +450,7 @@ impl Leases {
     /// ones of the last day, with the leases each holds, newest first.
     pub async fn replicas(&self) -> Result<Vec<Replica>, sqlx::Error> {
         let db = &self.inner.db;
-        let now = db_now(db).await?;
+        let now = crate::db::database_clock(db).await?;
         let rows = sqlx::query(
             "SELECT id, name, public_url, internal_url, started_at, heartbeat_at, stopped_at \
              FROM replicas WHERE heartbeat_at >= $1 ORDER BY started_at DESC, id",

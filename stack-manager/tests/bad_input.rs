@@ -262,18 +262,7 @@ async fn world(backend: Backend) -> World {
         .instance_create(&TestCloud::vm("vm"))
         .await
         .expect("vm");
-    let volume = alice
-        .volume_create(&VolumeCreate {
-            name: "data".into(),
-            size_gib: 2,
-            source: VolumeSource::Empty,
-        })
-        .await
-        .expect("volume");
-    eventually(15, || async {
-        (alice.volume_get(volume.id).await.ok()?.status == VolumeStatus::Available).then_some(())
-    })
-    .await;
+    let volume = TestCloud::available_volume(&alice, "data", 2).await;
     eventually(15, || async {
         (alice.instance_get(vm.id).await.ok()?.status == InstanceStatus::Running).then_some(())
     })
