@@ -1,4 +1,6 @@
-//! The sparse backing file: positional I/O, hole punching and extent queries.
+//! The medium a logical unit serves: positional I/O, hole punching and
+//! extent queries. [`FileMedium`] is a sparse file; the storage agent wraps
+//! it to replicate every change to other nodes before a command completes.
 
 use std::fs::File;
 use std::io;
@@ -7,6 +9,55 @@ use std::os::unix::io::AsRawFd;
 
 /// Reads exactly `buf.len()` bytes at `offset`; bytes past end of file read as
 /// zero, because a shrinking race with resize must not turn into a medium error.
+/// Everything a logical unit does to its data. Mutations return only once
+/// they hold wherever the implementation keeps copies; `sync` makes every
+/// completed mutation durable in all of them.
+pub trait Medium: Send + Sync {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()>;
+    fn write_pattern(&self, pattern: &[u8], offset: u64, len: u64) -> io::Result<()>;
+    fn sync(&self) -> io::Result<()>;
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    fn size_bytes(&self) -> io::Result<u64>;
+    /// Whether `offset` is in allocated data and where that state ends.
+    fn extent_at(&self, offset: u64, end: u64) -> io::Result<(bool, u64)>;
+}
+
+/// A sparse file as the medium.
+pub struct FileMedium(pub File);
+
+impl Medium for FileMedium {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        read_at(&self.0, buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        write_at(&self.0, buf, offset)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        punch_hole(&self.0, offset, len)
+    }
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        zero_range(&self.0, offset, len)
+    }
+    fn write_pattern(&self, pattern: &[u8], offset: u64, len: u64) -> io::Result<()> {
+        write_pattern(&self.0, pattern, offset, len)
+    }
+    fn sync(&self) -> io::Result<()> {
+        sync(&self.0)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn size_bytes(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+    fn extent_at(&self, offset: u64, end: u64) -> io::Result<(bool, u64)> {
+        extent_at(&self.0, offset, end)
+    }
+}
+
 pub fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     let mut done = 0usize;
     while done < buf.len() {

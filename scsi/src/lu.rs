@@ -1,12 +1,13 @@
 //! The logical unit: state, command dispatch and the management entry points.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-use crate::backing;
+use crate::backing::{FileMedium, Medium};
 use crate::cdb::{op, Cdb, CmdResult, Failure};
 use crate::mode::ModeState;
 use crate::reservations::Reservations;
@@ -25,7 +26,7 @@ pub(crate) const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
 pub(crate) const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 255;
 
 pub struct LogicalUnit {
-    pub(crate) file: File,
+    pub(crate) medium: Arc<dyn Medium>,
     pub(crate) info: DeviceInfo,
     pub(crate) block_shift: u32,
     /// Device size in bytes, always a multiple of the block size.
@@ -51,12 +52,24 @@ impl LogicalUnit {
         info: DeviceInfo,
         pr_state: Option<PathBuf>,
     ) -> Result<LogicalUnit, Error> {
+        if info.block_size != 512 && info.block_size != 4096 {
+            return Err(Error::BlockSize(info.block_size));
+        }
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Self::with_medium(Arc::new(FileMedium(file)), info, pr_state)
+    }
+
+    /// Serves `medium` (a replicated one, say) instead of a plain file.
+    pub fn with_medium(
+        medium: Arc<dyn Medium>,
+        info: DeviceInfo,
+        pr_state: Option<PathBuf>,
+    ) -> Result<LogicalUnit, Error> {
         let block_size = info.block_size;
         if block_size != 512 && block_size != 4096 {
             return Err(Error::BlockSize(block_size));
         }
-        let file = OpenOptions::new().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
+        let len = medium.size_bytes()?;
         let size = len - len % u64::from(block_size);
         if size == 0 {
             return Err(Error::Size {
@@ -66,7 +79,7 @@ impl LogicalUnit {
         }
         let pr = Reservations::open(pr_state)?;
         Ok(LogicalUnit {
-            file,
+            medium,
             block_shift: block_size.trailing_zeros(),
             info,
             size: AtomicU64::new(size),
@@ -260,7 +273,7 @@ impl LogicalUnit {
         }
         {
             let _gate = self.write_gate.write();
-            self.file.set_len(size_bytes)?;
+            self.medium.set_len(size_bytes)?;
             self.size.store(size_bytes, Ordering::Release);
         }
         self.ua.establish_all(sense::UA_CAPACITY_CHANGED);
@@ -271,13 +284,13 @@ impl LogicalUnit {
     /// the file for a point-in-time snapshot while holding it. Reads may continue.
     pub fn quiesce(&self) -> Result<QuiesceGuard<'_>, Error> {
         let gate = self.write_gate.write();
-        backing::sync(&self.file)?;
+        self.medium.sync()?;
         Ok(QuiesceGuard { _gate: gate })
     }
 
     /// fdatasync of the backing file.
     pub fn sync(&self) -> Result<(), Error> {
-        backing::sync(&self.file)?;
+        self.medium.sync()?;
         Ok(())
     }
 
@@ -285,7 +298,7 @@ impl LogicalUnit {
     /// when the initiator turned the write cache off.
     pub(crate) fn persist(&self, fua: bool) -> Result<(), Sense> {
         if fua || !self.mode.write_cache_enabled() {
-            backing::sync(&self.file).map_err(|e| sense::from_io(&e, true))?;
+            self.medium.sync().map_err(|e| sense::from_io(&e, true))?;
         }
         Ok(())
     }

@@ -4,7 +4,6 @@
 //! space for blocks the guest has written and reads of unmapped blocks return
 //! zeros (LBPRZ=1).
 
-use crate::backing;
 use crate::cdb::{at, be16_at, be32_at, be64_at, op, Cdb, CmdResult};
 use crate::lu::{LogicalUnit, MAX_UNMAP_BLOCKS, MAX_UNMAP_DESCRIPTORS};
 use crate::sense::{self, Sense};
@@ -64,12 +63,9 @@ impl LogicalUnit {
             if lba + blocks > self.blocks() {
                 return Err(sense::LBA_OUT_OF_RANGE.into());
             }
-            backing::punch_hole(
-                &self.file,
-                lba << self.block_shift,
-                blocks << self.block_shift,
-            )
-            .map_err(|e| sense::from_io(&e, true))?;
+            self.medium
+                .punch_hole(lba << self.block_shift, blocks << self.block_shift)
+                .map_err(|e| sense::from_io(&e, true))?;
         }
         Ok(Vec::new())
     }
@@ -114,13 +110,13 @@ impl LogicalUnit {
             let _gate = self.write_gate.read();
             self.check_range(lba, blocks)?;
             let r = if zero && unmap {
-                backing::punch_hole(&self.file, offset, len)
+                self.medium.punch_hole(offset, len)
             } else if zero {
                 // Without UNMAP the blocks must stay mapped: zero them in place.
-                backing::zero_range(&self.file, offset, len)
+                self.medium.zero_range(offset, len)
             } else {
                 // Non-zero data cannot be represented by a hole, even if UNMAP was asked.
-                backing::write_pattern(&self.file, block, offset, len)
+                self.medium.write_pattern(block, offset, len)
             };
             r.map_err(|e| sense::from_io(&e, true))?;
         }
@@ -147,8 +143,10 @@ impl LogicalUnit {
         let mut steps = 0;
         while pos < end && out.len() < 8 + max_desc * LBA_STATUS_DESCRIPTOR && steps < 4096 {
             steps += 1;
-            let (mapped, next) =
-                backing::extent_at(&self.file, pos, end).map_err(|e| sense::from_io(&e, false))?;
+            let (mapped, next) = self
+                .medium
+                .extent_at(pos, end)
+                .map_err(|e| sense::from_io(&e, false))?;
             // A block is mapped if any byte of it is, so data runs round up and holes
             // round down to block boundaries.
             let (mapped, next) = if mapped {

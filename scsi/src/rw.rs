@@ -1,6 +1,5 @@
 //! READ, WRITE, WRITE AND VERIFY, VERIFY and COMPARE AND WRITE.
 
-use crate::backing;
 use crate::cdb::{op, Cdb, CmdResult};
 use crate::lu::{LogicalUnit, MAX_COMPARE_AND_WRITE_BLOCKS};
 use crate::sense::{self, Sense};
@@ -78,7 +77,8 @@ impl LogicalUnit {
         // A transport that will truncate anyway lets us read less.
         let len = len.min(allocation as usize);
         let mut data = vec![0u8; len];
-        backing::read_at(&self.file, &mut data, a.lba << self.block_shift)
+        self.medium
+            .read_at(&mut data, a.lba << self.block_shift)
             .map_err(|e| sense::from_io(&e, false))?;
         Ok(data)
     }
@@ -94,7 +94,8 @@ impl LogicalUnit {
         let have = data_out.len() >> self.block_shift << self.block_shift;
         let n = wanted.min(have);
         if n > 0 {
-            backing::write_at(&self.file, &data_out[..n], a.lba << self.block_shift)
+            self.medium
+                .write_at(&data_out[..n], a.lba << self.block_shift)
                 .map_err(|e| sense::from_io(&e, true))?;
         }
         Ok(())
@@ -137,7 +138,8 @@ impl LogicalUnit {
         let bs = self.block_size() as usize;
         let len = (a.blocks << self.block_shift) as usize;
         let mut medium = vec![0u8; len];
-        backing::read_at(&self.file, &mut medium, a.lba << self.block_shift)
+        self.medium
+            .read_at(&mut medium, a.lba << self.block_shift)
             .map_err(|e| sense::from_io(&e, false))?;
         let mismatch = if bytchk == 0b01 {
             let n = len.min(data_out.len());
@@ -184,11 +186,15 @@ impl LogicalUnit {
         self.check_range(lba, u64::from(blocks))?;
         let mut medium = vec![0u8; half];
         let offset = lba << self.block_shift;
-        backing::read_at(&self.file, &mut medium, offset).map_err(|e| sense::from_io(&e, false))?;
+        self.medium
+            .read_at(&mut medium, offset)
+            .map_err(|e| sense::from_io(&e, false))?;
         if let Some(at) = first_difference(&medium, expected) {
             return Err(sense::MISCOMPARE_DURING_VERIFY.with_info(at as u64).into());
         }
-        backing::write_at(&self.file, new, offset).map_err(|e| sense::from_io(&e, true))?;
+        self.medium
+            .write_at(new, offset)
+            .map_err(|e| sense::from_io(&e, true))?;
         self.persist(flags & 0x08 != 0)?;
         Ok(Vec::new())
     }

@@ -1,7 +1,6 @@
 //! Commands with little state: REQUEST SENSE, START STOP UNIT, PREVENT ALLOW
 //! MEDIUM REMOVAL and SYNCHRONIZE CACHE.
 
-use crate::backing;
 use crate::cdb::{op, Cdb, CmdResult};
 use crate::lu::LogicalUnit;
 use crate::sense::{self, Sense};
@@ -49,7 +48,7 @@ impl LogicalUnit {
         };
         // Zero blocks means "to the end of the medium"; only the start must be valid.
         self.check_range(lba, blocks)?;
-        backing::sync(&self.file).map_err(|e| sense::from_io(&e, true))?;
+        self.medium.sync().map_err(|e| sense::from_io(&e, true))?;
         Ok(Vec::new())
     }
 }
