@@ -222,6 +222,82 @@ pub struct VolumeSpec {
     pub allowed_initiators: Vec<String>,
     /// Snapshots that should exist.
     pub snapshots: Vec<SnapshotId>,
+    /// This node's part in a replicated volume; none for a single copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
+}
+
+/// One copy of a replicated volume, as the stack manager wants it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationSpec {
+    /// Raised whenever the primary or the set of copies changes. A replica
+    /// refuses changes from any primary of an older epoch: that is how a
+    /// deposed primary is fenced.
+    pub epoch: u64,
+    pub role: ReplicaRole,
+    /// Shared by the volume's copies; the primary presents it to replicas.
+    pub key: String,
+    /// On the primary: the replicas it keeps equal to itself. Empty on a replica.
+    pub peers: Vec<ReplicaPeer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaRole {
+    /// Serves initiators and streams every change to its peers.
+    Primary,
+    /// Applies the primary's changes; serves no initiator.
+    Replica,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaPeer {
+    pub host: HostId,
+    /// `address:port` of the peer's replication listener.
+    pub address: String,
+    pub state: PeerState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerState {
+    /// No write is acknowledged before this peer holds it; while it is
+    /// unreachable, writes wait (for the stack manager to decide).
+    InSync,
+    /// Writes are acknowledged without it. The primary records the regions
+    /// it misses and sends them when it is back (resync).
+    OutOfSync,
+}
+
+/// What the primary observes of one peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedPeer {
+    pub host: HostId,
+    pub state: ObservedPeerState,
+    /// Bytes of regions the peer still misses.
+    pub behind_bytes: u64,
+    /// Bytes sent to bring it back since this agent started.
+    pub resynced_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ObservedPeerState {
+    /// Connected and holding every acknowledged change.
+    InSync,
+    /// Connected, catching up on the regions it missed.
+    Resyncing,
+    /// Not connected.
+    Unreachable,
+    /// It refused this primary: a newer epoch exists elsewhere.
+    Fenced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ObservedReplication {
+    pub epoch: u64,
+    pub role: ReplicaRole,
+    pub peers: Vec<ObservedPeer>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -245,6 +321,8 @@ pub struct ObservedVolume {
     /// LUN 0 for a controller device (tgt) export data on LUN 1.
     #[serde(default)]
     pub lun: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ObservedReplication>,
 }
 
 /// `GET /internal/v1/hosts/{id}/desired`.

@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod internal;
 pub mod provision;
+pub mod replication;
 pub mod resources;
 
 pub use client::{AgentClient, Client, ClientError, InternalClient, ProvisionerClient};

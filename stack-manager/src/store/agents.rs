@@ -518,6 +518,7 @@ impl Store {
                 chap_secret: r.text("chap_secret")?,
                 allowed_initiators: r.opt_text("initiator")?.into_iter().collect(),
                 snapshots: snapshots.remove(&id).unwrap_or_default(),
+                replication: None,
             });
         }
         Ok(specs)

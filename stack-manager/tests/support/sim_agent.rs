@@ -250,6 +250,7 @@ fn observed_volume(s: &VolumeSpec) -> ObservedVolume {
         snapshots: s.snapshots.clone(),
         reason: None,
         lun: 0,
+        replication: None,
     }
 }
 
