@@ -15,6 +15,7 @@ use api::InternalClient;
 
 use crate::config::Config;
 use crate::exports::Exports;
+use crate::replication::ReplicaRegistry;
 use crate::server::{router, ServerState};
 use crate::volumes::Volumes;
 
@@ -76,7 +77,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.max_image_bytes,
         &cfg.image_roots,
     )?;
-    let volumes = Volumes::new(cfg.pool_dir(), images, exports, target)?;
+    let replicas = Arc::new(ReplicaRegistry::default());
+    let replication = std::net::TcpListener::bind(cfg.replication_listen)?;
+    tracing::info!(listen = %replication.local_addr()?, "replication listening");
+    {
+        let replicas = replicas.clone();
+        std::thread::Builder::new()
+            .name("replication".into())
+            .spawn(move || replicas.serve(replication))?;
+    }
+    let volumes = Volumes::new(
+        cfg.pool_dir(),
+        images,
+        exports,
+        target,
+        replicas,
+        cfg.resync_bytes_per_sec,
+    )?;
     let persisted = volumes.resume().await;
     tracing::info!(volumes = persisted.len(), "serving persisted volumes");
 

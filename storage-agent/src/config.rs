@@ -61,6 +61,12 @@ pub struct Config {
     /// Directories images given as local paths must lie in. Default
     /// `["/var/lib/strato/images", "/var/cache/strato/images"]`.
     pub image_roots: Vec<PathBuf>,
+    /// Where replicas of replicated volumes take their primaries' changes.
+    /// Default `0.0.0.0:3262`.
+    pub replication_listen: SocketAddr,
+    /// Bound on the bytes per second a primary sends to bring one returning
+    /// replica back in sync. Default 100 MiB/s.
+    pub resync_bytes_per_sec: u64,
     /// `tracing` filter; `RUST_LOG` overrides it. Default `info`.
     pub log: String,
 }
@@ -89,6 +95,8 @@ impl Default for Config {
                 PathBuf::from("/var/lib/strato/images"),
                 PathBuf::from("/var/cache/strato/images"),
             ],
+            replication_listen: SocketAddr::from(([0, 0, 0, 0], 3262)),
+            resync_bytes_per_sec: 100 << 20,
             log: "info".into(),
         }
     }

@@ -10,5 +10,7 @@ pub mod config;
 pub mod error;
 pub mod exports;
 pub mod pool;
+pub mod regions;
+pub mod replication;
 pub mod server;
 pub mod volumes;

@@ -22,12 +22,16 @@ use std::time::Duration;
 use agent_support::fs::{read_json, write_private_json};
 use agent_support::images::ImageCache;
 use api::ids::{SnapshotId, VolumeId};
-use api::internal::{ObservedVolume, ObservedVolumeState, VolumeSourceSpec, VolumeSpec};
+use api::internal::{
+    ObservedReplication, ObservedVolume, ObservedVolumeState, ReplicaRole, VolumeSourceSpec,
+    VolumeSpec,
+};
 use scsi::{DeviceInfo, LogicalUnit};
 
 use crate::error::{Result, VolumeError};
 use crate::exports::{Access, Exports};
 use crate::pool;
+use crate::replication::{PrimaryConfig, ReplicaCopy, ReplicaRegistry, Replicated};
 
 const BLOCK: u64 = 512;
 
@@ -55,12 +59,26 @@ struct Slot {
     /// Persisted but not in the stack manager's desired state: kept,
     /// unexported, and left alone until a spec or a delete arrives.
     parked: AtomicBool,
+    /// This copy's part in a replicated volume, for observation.
+    part: Mutex<Part>,
+}
+
+#[derive(Clone, Default)]
+enum Part {
+    #[default]
+    Single,
+    Primary(Arc<Replicated>),
+    Replica(Arc<ReplicaCopy>),
 }
 
 #[derive(Default)]
 struct Realized {
     lu: Option<Arc<LogicalUnit>>,
     exported_as: Option<String>,
+    /// The replicating medium under `lu`, when this copy is a primary.
+    primary: Option<Arc<Replicated>>,
+    /// When this copy is a replica (then there is no `lu`).
+    replica: Option<Arc<ReplicaCopy>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -73,6 +91,8 @@ pub struct Volumes {
     exports: Arc<Exports>,
     target: Arc<iscsi::Server>,
     slots: Mutex<HashMap<VolumeId, Arc<Slot>>>,
+    replicas: Arc<ReplicaRegistry>,
+    resync_bytes_per_sec: u64,
     /// Generation each volume had when deleted: a late PUT of it (a retry,
     /// a stale push) must not bring the volume back.
     deleted: Mutex<HashMap<VolumeId, u64>>,
@@ -170,6 +190,8 @@ impl Volumes {
         images: ImageCache,
         exports: Arc<Exports>,
         target: Arc<iscsi::Server>,
+        replicas: Arc<ReplicaRegistry>,
+        resync_bytes_per_sec: u64,
     ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(&pool).map_err(VolumeError::io(&pool))?;
         agent_support::fs::set_mode(&pool, 0o700)?;
@@ -179,6 +201,8 @@ impl Volumes {
             exports,
             target,
             slots: Mutex::new(HashMap::new()),
+            replicas,
+            resync_bytes_per_sec,
             deleted: Mutex::new(HashMap::new()),
         }))
     }
@@ -199,6 +223,7 @@ impl Volumes {
             failures: AtomicU32::new(0),
             retry_pending: AtomicBool::new(false),
             parked: AtomicBool::new(false),
+            part: Mutex::new(Part::Single),
         })
     }
 
@@ -212,6 +237,19 @@ impl Volumes {
             snapshots: s.snapshots,
             reason: s.reason,
             lun: 0,
+            replication: match lock(&slot.part).clone() {
+                Part::Single => None,
+                Part::Primary(p) => Some(ObservedReplication {
+                    epoch: p.epoch(),
+                    role: ReplicaRole::Primary,
+                    peers: p.observe(),
+                }),
+                Part::Replica(c) => Some(ObservedReplication {
+                    epoch: c.epoch(),
+                    role: ReplicaRole::Replica,
+                    peers: Vec::new(),
+                }),
+            },
         }
     }
 
@@ -380,7 +418,11 @@ impl Volumes {
         match self.apply(&slot, &spec, &mut realized).await {
             Ok(()) => {
                 slot.failures.store(0, Ordering::Relaxed);
-                let size = realized.lu.as_ref().map(|l| l.size_bytes()).unwrap_or(0);
+                let size = match (&realized.lu, spec.replication.as_ref()) {
+                    (Some(l), _) => l.size_bytes(),
+                    (None, Some(_)) => spec.size_bytes,
+                    (None, None) => 0,
+                };
                 *lock(&slot.status) = Status {
                     state: ObservedVolumeState::Available,
                     generation: spec.generation,
@@ -433,13 +475,59 @@ impl Volumes {
         if !exists {
             self.create_data(spec, &dir, &data).await?;
         }
+        if let Some(r) = spec
+            .replication
+            .as_ref()
+            .filter(|r| r.role == ReplicaRole::Replica)
+        {
+            return self.apply_replica(slot, spec, r, realized).await;
+        }
+        if let Some(copy) = realized.replica.take() {
+            // Promoted: no older primary's change may land from now on.
+            self.replicas.remove(spec.id);
+            drop(copy);
+        }
+        let replicated = spec.replication.as_ref().map(|r| PrimaryConfig {
+            epoch: r.epoch,
+            key: r.key.clone(),
+            peers: r.peers.clone(),
+            resync_bytes_per_sec: self.resync_bytes_per_sec,
+        });
+        if realized.lu.is_some() && realized.primary.is_some() != replicated.is_some() {
+            // Replication turned on or off: the unit is reopened on the
+            // other kind of medium.
+            self.unexport(realized).await;
+            realized.lu = None;
+            if let Some(p) = realized.primary.take() {
+                p.close();
+            }
+        }
+        if let (Some(p), Some(config)) = (&realized.primary, replicated.clone()) {
+            let p = p.clone();
+            blocking(move || p.configure(config).map_err(VolumeError::io("replication"))).await?;
+        }
         let lu = match &realized.lu {
             Some(lu) => lu.clone(),
             None => {
                 let (d, pr, info) = (data.clone(), dir.join("pr.json"), device_info(spec.id));
-                let lu = blocking(move || Ok(LogicalUnit::open(&d, info, Some(pr))?)).await?;
+                let (id, dir2) = (spec.id, dir.clone());
+                let (lu, primary) = blocking(move || match replicated {
+                    Some(config) => {
+                        let medium =
+                            Replicated::open(id, &d, &dir2, config).map_err(VolumeError::io(&d))?;
+                        let lu = LogicalUnit::with_medium(medium.clone(), info, Some(pr))?;
+                        Ok((lu, Some(medium)))
+                    }
+                    None => Ok((LogicalUnit::open(&d, info, Some(pr))?, None)),
+                })
+                .await?;
                 let lu = Arc::new(lu);
                 realized.lu = Some(lu.clone());
+                *lock(&slot.part) = match &primary {
+                    Some(p) => Part::Primary(p.clone()),
+                    None => Part::Single,
+                };
+                realized.primary = primary;
                 lu
             }
         };
@@ -487,6 +575,50 @@ impl Volumes {
                 spec.size_bytes
             )));
         }
+        Ok(())
+    }
+
+    /// A replica serves no initiator: it is unexported and applies what its
+    /// primary streams; it grows with its spec.
+    async fn apply_replica(
+        &self,
+        slot: &Slot,
+        spec: &VolumeSpec,
+        r: &api::internal::ReplicationSpec,
+        realized: &mut Realized,
+    ) -> Result<()> {
+        if let Some(p) = realized.primary.take() {
+            // Demoted: a newer primary exists; nothing waiting here may
+            // complete, and the sessions it holds can then be closed.
+            p.close();
+        }
+        self.unexport(realized).await;
+        realized.lu = None;
+        let data = slot.dir.join("data");
+        let (d, size) = (data.clone(), spec.size_bytes);
+        blocking(move || {
+            let len = std::fs::metadata(&d).map_err(VolumeError::io(&d))?.len();
+            if size > len {
+                pool::resize_synced(&d, size).map_err(VolumeError::io(&d))?;
+            }
+            Ok(())
+        })
+        .await?;
+        match &realized.replica {
+            Some(copy) => copy
+                .configure(r.epoch, &r.key)
+                .map_err(VolumeError::io(&slot.dir))?,
+            None => {
+                let (id, dir, epoch, key) = (spec.id, slot.dir.clone(), r.epoch, r.key.clone());
+                let copy = blocking(move || {
+                    ReplicaCopy::open(id, &data, &dir, epoch, &key).map_err(VolumeError::io(&dir))
+                })
+                .await?;
+                self.replicas.insert(copy.clone());
+                realized.replica = Some(copy);
+            }
+        }
+        *lock(&slot.part) = Part::Replica(realized.replica.clone().expect("set above"));
         Ok(())
     }
 
@@ -667,6 +799,13 @@ impl Volumes {
         };
         self.unexport(&mut realized).await;
         realized.lu = None;
+        if let Some(p) = realized.primary.take() {
+            p.close();
+        }
+        if realized.replica.take().is_some() {
+            self.replicas.remove(id);
+        }
+        *lock(&slot.part) = Part::Single;
         if let Some(tomb) = tombstone {
             let pool_dir = self.pool.clone();
             blocking(move || {

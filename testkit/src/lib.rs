@@ -204,6 +204,8 @@ pub struct StorageAgent {
     pub state: PathBuf,
     pub portal: String,
     pub agent_url: String,
+    /// `address:port` of its replication listener.
+    pub replication: String,
 }
 
 impl StorageAgent {
@@ -211,7 +213,7 @@ impl StorageAgent {
     /// starts it; [`StorageAgent::enrolled`] waits for its first heartbeat.
     pub fn start(binary: &Path, dir: &Path, internal_url: &str, token: &str) -> StorageAgent {
         std::fs::create_dir_all(dir).expect("storage agent dir");
-        let (api, iscsi) = (free_port(), free_port());
+        let (api, iscsi, replication) = (free_port(), free_port(), free_port());
         let name = format!("storage-{iscsi}");
         let state = dir.join("state");
         let config = dir.join("storage-agent.toml");
@@ -220,6 +222,7 @@ impl StorageAgent {
             format!(
                 "stack_manager_url = \"{internal_url}\"\nenrollment_token = \"{token}\"\nname = \"{name}\"\n\
                  listen = \"127.0.0.1:{api}\"\nstate_dir = \"{}\"\niscsi_listen = \"127.0.0.1:{iscsi}\"\n\
+                 replication_listen = \"127.0.0.1:{replication}\"\n\
                  reserved_bytes = 0\nheartbeat_interval_secs = 1\nlog = \"info,storage_agent=debug,iscsi=debug\"\n",
                 state.display(),
             ),
@@ -234,6 +237,7 @@ impl StorageAgent {
             state,
             portal: format!("127.0.0.1:{iscsi}"),
             agent_url: format!("http://127.0.0.1:{api}"),
+            replication: format!("127.0.0.1:{replication}"),
         };
         agent.restart();
         agent

@@ -163,6 +163,7 @@ pub fn volume_spec(size_bytes: u64) -> VolumeSpec {
         chap_secret: CHAP_SECRET.into(),
         allowed_initiators: vec![INITIATOR.into(), INITIATOR_2.into()],
         snapshots: Vec::new(),
+        replication: None,
     }
 }
 

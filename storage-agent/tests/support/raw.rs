@@ -170,6 +170,18 @@ impl Session {
         }
     }
 
+    /// How long a command may go unanswered before it counts as lost.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .expect("set a read timeout");
+    }
+
+    /// SYNCHRONIZE CACHE (10) of the whole unit.
+    pub fn synchronize_cache(&mut self) -> Option<Reply> {
+        self.command(&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0)
+    }
+
     /// TEST UNIT READY until GOOD, consuming the unit attentions a new
     /// nexus (or a preempted one) has pending; panics after a few.
     pub fn settle(&mut self) {
