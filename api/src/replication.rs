@@ -287,6 +287,9 @@ pub fn decode_request(body: &[u8]) -> Result<Request, WireError> {
             key,
         })
     } else {
+        if !(WRITE..=SYNC).contains(&kind) {
+            return Err(WireError::UnknownKind(kind));
+        }
         let seq = r.u64()?;
         let settled = r.u64()?;
         let kind = match kind {

@@ -199,13 +199,16 @@ fn full_feature(
                 out,
             )?;
             if flow == Flow::Close {
+                session.barrier()?;
                 flush(stream, out)?;
                 return Ok(());
             }
             if out.buf.len() >= FLUSH_THRESHOLD {
+                session.barrier()?;
                 flush(stream, out)?;
             }
         }
+        session.barrier()?;
         flush(stream, out)?;
         if shared.is_shutting_down() {
             return Err(Error::Fenced);

@@ -147,6 +147,14 @@ pub trait Target: Send + Sync {
     fn task_management(&self, nexus: &Nexus, lun: u64, function: TmFunction) -> TmResponse;
     fn session_opened(&self, nexus: &Nexus);
     fn session_closed(&self, nexus: &Nexus);
+    /// Called before responses are sent: completes whatever the commands
+    /// executed since the last call left in flight (a replicated write on
+    /// its way to the other copies). An error means those commands may not
+    /// be complete: the connection is dropped without their responses, and
+    /// the initiator retries them.
+    fn barrier(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Where the server finds targets.

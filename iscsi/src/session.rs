@@ -225,6 +225,18 @@ impl Session {
         out.pdu(&Bhs::Reject(r), &[raw]);
     }
 
+    /// Completes the commands executed since the last flush before their
+    /// responses leave (see [`crate::Target::barrier`]).
+    pub fn barrier(&self) -> Result<(), Error> {
+        match &self.setup.target {
+            Some(t) => t.barrier().map_err(|e| {
+                tracing::warn!(error = %e, "commands could not complete: dropping the connection");
+                Error::Fenced
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Sends a keepalive NOP-In that the initiator must answer.
     pub fn ping(&mut self, out: &mut Out) {
         let ttt = self.new_ttt();

@@ -23,6 +23,32 @@ pub trait Medium: Send + Sync {
     fn size_bytes(&self) -> io::Result<u64>;
     /// Whether `offset` is in allocated data and where that state ends.
     fn extent_at(&self, offset: u64, end: u64) -> io::Result<(bool, u64)>;
+    /// Completes what this thread changed under [`defer_completion`]: on
+    /// return every such change holds wherever the medium keeps copies.
+    fn barrier(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    static DEFERRED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with completion deferred: a medium may return from a mutation
+/// once it is applied locally and on its way to the other copies, and owes
+/// the rest to the thread's next [`Medium::barrier`]. A transport uses it
+/// to keep many commands in flight while it holds their responses back
+/// until the barrier (a group commit).
+pub fn defer_completion<R>(f: impl FnOnce() -> R) -> R {
+    let before = DEFERRED.with(|d| d.replace(true));
+    let r = f();
+    DEFERRED.with(|d| d.set(before));
+    r
+}
+
+/// Whether the current call runs under [`defer_completion`].
+pub fn completion_deferred() -> bool {
+    DEFERRED.with(|d| d.get())
 }
 
 /// A sparse file as the medium.

@@ -30,7 +30,7 @@ mod unit_attention;
 #[cfg(test)]
 mod tests;
 
-pub use backing::{FileMedium, Medium};
+pub use backing::{completion_deferred, defer_completion, FileMedium, Medium};
 pub use lu::{LogicalUnit, QuiesceGuard};
 pub use luns::lun_not_supported;
 

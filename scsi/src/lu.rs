@@ -288,6 +288,14 @@ impl LogicalUnit {
         Ok(QuiesceGuard { _gate: gate })
     }
 
+    /// Completes the changes this thread made with completion deferred
+    /// (see [`crate::defer_completion`]); an error means they may not be
+    /// on every copy, and their responses must not be sent.
+    pub fn barrier(&self) -> Result<(), Error> {
+        self.medium.barrier()?;
+        Ok(())
+    }
+
     /// fdatasync of the backing file.
     pub fn sync(&self) -> Result<(), Error> {
         self.medium.sync()?;

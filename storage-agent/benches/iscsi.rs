@@ -2,7 +2,10 @@
 //! serving the same file, in the same run, with the tools:
 //! random reads with `iscsi-perf -r -b 8` and writes with
 //! `qemu-img bench -w -s 4k`, at queue depth 32 and at queue depth 1
-//! (latency). Prints a table and the Strato/tgt ratios.
+//! (latency). Strato is measured twice: an unreplicated volume, and a
+//! 2-replica one whose primary streams every write to a replica copy over
+//! loopback (Strato's replication protocol, in-process on both ends).
+//! Prints a table with the Strato/tgt and replicated/unreplicated ratios.
 //!
 //! `cargo bench -p storage-agent --bench iscsi` (needs libiscsi-bin,
 //! qemu-utils, qemu-block-extra and tgt; `bash scripts/test.sh` installs them).
@@ -14,7 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use api::internal::{ObservedPeerState, PeerState, ReplicaPeer};
 use storage_agent::exports::{Access, Exports};
+use storage_agent::replication::{PrimaryConfig, ReplicaCopy, ReplicaRegistry, Replicated};
 
 const IQN: &str = "iqn.2026-11.io.strato:bench";
 const PERF_INITIATOR: &str = "iqn.2026-11.io.strato:bench-initiator";
@@ -124,14 +129,69 @@ impl Drop for Tgt {
 }
 
 fn strato(file: &Path) -> (iscsi::Server, String) {
-    let lu = Arc::new(
-        scsi::LogicalUnit::open(
-            file,
-            storage_agent::volumes::device_info(api::ids::VolumeId::new()),
-            None,
-        )
-        .expect("open the logical unit"),
-    );
+    let lu = scsi::LogicalUnit::open(
+        file,
+        storage_agent::volumes::device_info(api::ids::VolumeId::new()),
+        None,
+    )
+    .expect("open the logical unit");
+    serve(lu)
+}
+
+/// A primary on a copy of `file` with one in-sync replica on another copy,
+/// the replica served by a registry on a loopback listener.
+fn strato_replicated(file: &Path, dir: &Path) -> (iscsi::Server, String, Arc<ReplicaRegistry>) {
+    let (primary, replica) = (dir.join("primary.raw"), dir.join("replica.raw"));
+    std::fs::copy(file, &primary).expect("primary copy");
+    std::fs::copy(file, &replica).expect("replica copy");
+    let (pdir, rdir) = (dir.join("primary"), dir.join("replica"));
+    std::fs::create_dir_all(&pdir).expect("primary dir");
+    std::fs::create_dir_all(&rdir).expect("replica dir");
+    let volume = api::ids::VolumeId::new();
+    let key = "bench-replication-key";
+    let registry = Arc::new(ReplicaRegistry::default());
+    registry.insert(ReplicaCopy::open(volume, &replica, &rdir, 1, key).expect("replica copy"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("replication listener");
+    let address = listener.local_addr().expect("addr").to_string();
+    {
+        let registry = registry.clone();
+        std::thread::spawn(move || registry.serve(listener));
+    }
+    let medium = Replicated::open(
+        volume,
+        &primary,
+        &pdir,
+        PrimaryConfig {
+            epoch: 1,
+            key: key.into(),
+            peers: vec![ReplicaPeer {
+                host: api::ids::HostId::new(),
+                address,
+                state: PeerState::InSync,
+            }],
+            resync_bytes_per_sec: 100 << 20,
+        },
+    )
+    .expect("replicated medium");
+    for _ in 0..100 {
+        if medium
+            .observe()
+            .iter()
+            .all(|p| p.state == ObservedPeerState::InSync)
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lu =
+        scsi::LogicalUnit::with_medium(medium, storage_agent::volumes::device_info(volume), None)
+            .expect("open the logical unit");
+    let (server, url) = serve(lu);
+    (server, url, registry)
+}
+
+fn serve(lu: scsi::LogicalUnit) -> (iscsi::Server, String) {
+    let lu = Arc::new(lu);
     let exports = Arc::new(Exports::default());
     exports.upsert(
         IQN,
@@ -221,6 +281,7 @@ fn qemu_write(url: &str, depth: u32, count: u32) -> f64 {
 struct Row {
     what: &'static str,
     strato: f64,
+    replicated: f64,
     tgt: f64,
     latency: bool,
 }
@@ -243,36 +304,45 @@ fn main() {
     }
     let tgt = Tgt::start(&file);
     let (_server, strato_url) = strato(&file);
+    let (_replicated, replicated_url, _registry) = strato_replicated(&file, dir.path());
     let rounds = 2;
     let mut rows = vec![
         Row {
             what: "random read 4k QD32 (IOPS, iscsi-perf)",
             strato: 0.0,
+            replicated: 0.0,
             tgt: 0.0,
             latency: false,
         },
         Row {
             what: "write 4k QD32 (IOPS, qemu-img bench)",
             strato: 0.0,
+            replicated: 0.0,
             tgt: 0.0,
             latency: false,
         },
         Row {
             what: "random read 4k QD1 (µs per I/O, iscsi-perf)",
             strato: 0.0,
+            replicated: 0.0,
             tgt: 0.0,
             latency: true,
         },
         Row {
             what: "write 4k QD1 (µs per I/O, qemu-img bench)",
             strato: 0.0,
+            replicated: 0.0,
             tgt: 0.0,
             latency: true,
         },
     ];
     // Alternate the targets so drift on this noisy machine hits both.
     for round in 0..rounds {
-        for (name, url) in [("tgt", tgt.url.as_str()), ("strato", strato_url.as_str())] {
+        for (name, url) in [
+            ("tgt", tgt.url.as_str()),
+            ("strato", strato_url.as_str()),
+            ("strato-2-replicas", replicated_url.as_str()),
+        ] {
             let r = [
                 perf_read(url, 32, secs),
                 qemu_write(url, 32, 200_000),
@@ -281,27 +351,28 @@ fn main() {
             ];
             eprintln!("round {round} {name}: {r:.0?}");
             for (row, v) in rows.iter_mut().zip(r) {
-                let slot = if name == "tgt" {
-                    &mut row.tgt
-                } else {
-                    &mut row.strato
+                let slot = match name {
+                    "tgt" => &mut row.tgt,
+                    "strato" => &mut row.strato,
+                    _ => &mut row.replicated,
                 };
                 *slot += v / rounds as f64;
             }
         }
     }
-    println!("| 4 KiB over loopback | Strato | tgt | Strato / tgt |");
-    println!("|---|---:|---:|---:|");
+    println!("| 4 KiB over loopback | Strato | Strato, 2 replicas | tgt | Strato / tgt | 2 replicas / 1 |");
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in &rows {
-        // For latency, the ratio is tgt's over Strato's: > 1 means Strato is faster.
-        let ratio = if r.latency {
-            r.tgt / r.strato
-        } else {
-            r.strato / r.tgt
-        };
+        // For latency, ratios are inverted: > 1 means the first is faster.
+        let ratio = |a: f64, b: f64| if r.latency { b / a } else { a / b };
         println!(
-            "| {} | {:.0} | {:.0} | {:.2}× |",
-            r.what, r.strato, r.tgt, ratio
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2}× | {:.2}× |",
+            r.what,
+            r.strato,
+            r.replicated,
+            r.tgt,
+            ratio(r.strato, r.tgt),
+            ratio(r.replicated, r.strato)
         );
     }
 }

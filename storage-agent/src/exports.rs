@@ -137,8 +137,12 @@ impl Target for Export {
             };
         }
         let r = if lun == 0 {
-            self.lu
-                .execute(&self.nexus(nexus), cdb, data_out, expected_len)
+            // Many commands in flight: a replicated change completes at
+            // the barrier, before the batch's responses are sent.
+            scsi::defer_completion(|| {
+                self.lu
+                    .execute(&self.nexus(nexus), cdb, data_out, expected_len)
+            })
         } else {
             scsi::lun_not_supported(cdb, expected_len)
         };
@@ -182,6 +186,10 @@ impl Target for Export {
         let s = scsi_nexus(nexus);
         self.lu.nexus_added(&s);
         write(&self.nexuses).insert(nexus.clone(), s);
+    }
+
+    fn barrier(&self) -> Result<(), String> {
+        self.lu.barrier().map_err(|e| e.to_string())
     }
 
     fn session_closed(&self, nexus: &iscsi::Nexus) {

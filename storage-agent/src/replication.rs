@@ -54,7 +54,7 @@ fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
     stream.write_all(frame)
 }
 
-fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+fn read_frame(stream: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header)?;
     let n = frame_len(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
@@ -424,6 +424,23 @@ impl Replicated {
         local: impl FnOnce(&FileMedium) -> io::Result<()>,
     ) -> io::Result<()> {
         let seq = self.stream(kind, local)?;
+        self.complete(seq)
+    }
+
+    /// Waits for `seq` now, or, under deferred completion, owes it to the
+    /// thread's next barrier.
+    fn complete(&self, seq: u64) -> io::Result<()> {
+        if scsi::completion_deferred() {
+            OWED.with(|o| {
+                let mut o = o.borrow_mut();
+                let at = self as *const Self as usize;
+                match o.iter_mut().find(|(m, _)| *m == at) {
+                    Some((_, s)) => *s = (*s).max(seq),
+                    None => o.push((at, seq)),
+                }
+            });
+            return Ok(());
+        }
         self.await_peers(seq)
     }
 
@@ -735,7 +752,21 @@ impl Medium for Replicated {
     fn sync(&self) -> io::Result<()> {
         let seq = self.stream(OpKind::Sync, |_| Ok(()))?;
         self.local.sync()?;
-        self.await_peers(seq)
+        self.complete(seq)
+    }
+    /// Changes are acknowledged in order, so waiting for the newest one
+    /// this thread owes completes them all.
+    fn barrier(&self) -> io::Result<()> {
+        let at = self as *const Self as usize;
+        let owed = OWED.with(|o| {
+            let mut o = o.borrow_mut();
+            let i = o.iter().position(|(m, _)| *m == at)?;
+            Some(o.swap_remove(i).1)
+        });
+        match owed {
+            Some(seq) => self.await_peers(seq),
+            None => Ok(()),
+        }
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.change(OpKind::SetLen { len }, |l| l.set_len(len))
@@ -746,6 +777,12 @@ impl Medium for Replicated {
     fn extent_at(&self, offset: u64, end: u64) -> io::Result<(bool, u64)> {
         self.local.extent_at(offset, end)
     }
+}
+
+thread_local! {
+    /// Per medium (by address), the newest change this thread made with
+    /// completion deferred and has not yet waited for.
+    static OWED: std::cell::RefCell<Vec<(usize, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 fn read_u64(path: &Path) -> Option<u64> {
@@ -944,9 +981,13 @@ impl ReplicaRegistry {
         );
         write_frame(stream, &out)?;
         stream.set_read_timeout(None)?;
+        // Buffered: a burst of changes costs a few reads, and one
+        // acknowledgement (of the last) once the burst is applied.
+        let mut rx = io::BufReader::with_capacity(1 << 20, stream.try_clone()?);
+        let mut unacked = 0u32;
         let mut first = true;
         loop {
-            let body = read_frame(stream)?;
+            let body = read_frame(&mut rx)?;
             let op = match decode_request(&body) {
                 Ok(Request::Op(op)) => op,
                 Ok(Request::Hello(_)) => {
@@ -982,9 +1023,13 @@ impl ReplicaRegistry {
             if op.settled > 0 {
                 copy.al.settle(op.settled);
             }
-            out.clear();
-            encode_reply(&Reply::Ack { seq: op.seq }, &mut out);
-            write_frame(stream, &out)?;
+            unacked += 1;
+            if rx.buffer().is_empty() || unacked >= 256 {
+                unacked = 0;
+                out.clear();
+                encode_reply(&Reply::Ack { seq: op.seq }, &mut out);
+                write_frame(stream, &out)?;
+            }
         }
     }
 }

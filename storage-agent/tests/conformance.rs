@@ -1,13 +1,20 @@
 //! The iSCSI target judged by libiscsi's conformance suite: each suite runs
 //! in its own `iscsi-test-cu` process against a fresh 16 MiB volume (32768
 //! blocks), with data-loss tests allowed, over CHAP, and must report no
-//! FAILED test.
+//! FAILED test. Every suite runs twice: on a single copy, and on a
+//! replicated volume whose replica (another agent) must then hold exactly
+//! the primary's bytes — every write-type command the suites send
+//! (WRITE SAME, UNMAP, COMPARE AND WRITE, ...) replicated.
 
 mod support;
 
+use std::path::Path;
 use std::time::Duration;
 
+use api::internal::{PeerState, ReplicaPeer, ReplicaRole, ReplicationSpec};
+use api::resources::HostKind;
 use support::*;
+use testkit::StorageAgent;
 
 const SUITES: &[&str] = &[
     "SCSI.TestUnitReady",
@@ -63,12 +70,40 @@ fn summary_row(out: &str, kind: &str) -> Option<(u32, u32, u32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn libiscsi_conformance_suites_pass() {
+async fn libiscsi_conformance_suites_pass_on_single_and_replicated_volumes() {
     let node = Node::start().await;
+    let token = node.sm.enrollment_token(HostKind::Storage).await;
+    let second = StorageAgent::start(
+        Path::new(env!("CARGO_BIN_EXE_storage-agent")),
+        &node.dir.path().join("replica"),
+        &node.sm.internal_url,
+        &token,
+    );
+    let replica_host = second.enrolled(&node.sm.admin).await;
+    let replica = second.client();
     let mut failures = Vec::new();
     let mut report = String::new();
-    for suite in SUITES {
-        let spec = volume_spec(16 << 20);
+    for (suite, replicated) in SUITES.iter().flat_map(|s| [(s, false), (s, true)]) {
+        let mut spec = volume_spec(16 << 20);
+        if replicated {
+            let part = |role, peers| ReplicationSpec {
+                epoch: 1,
+                role,
+                key: "conformance-replication-key".into(),
+                peers,
+            };
+            let mut r = spec.clone();
+            r.replication = Some(part(ReplicaRole::Replica, Vec::new()));
+            replica.volume_put(&r).await.expect("replica spec");
+            spec.replication = Some(part(
+                ReplicaRole::Primary,
+                vec![ReplicaPeer {
+                    host: replica_host,
+                    address: second.replication.clone(),
+                    state: PeerState::InSync,
+                }],
+            ));
+        }
         node.realize(&spec).await;
         let url = node.url(&spec.iqn, Some((CHAP_USER, CHAP_SECRET)));
         let out = run(
@@ -79,7 +114,30 @@ async fn libiscsi_conformance_suites_pass() {
         let text = text(&out);
         let row = summary_row(&text, "tests");
         let asserts = summary_row(&text, "asserts");
-        report.push_str(&format!("{suite}: tests {row:?} asserts {asserts:?}\n"));
+        let kind = if replicated { "2 copies" } else { "1 copy" };
+        report.push_str(&format!(
+            "{suite} ({kind}): tests {row:?} asserts {asserts:?}\n"
+        ));
+        if replicated {
+            // Every response left after the replica acknowledged the change.
+            let path = |state: &Path| state.join("volumes").join(spec.id.to_string()).join("data");
+            let (p, r) = (
+                std::fs::read(path(&node.state)).expect("primary data"),
+                std::fs::read(path(&second.state)).expect("replica data"),
+            );
+            if p != r {
+                let at = p.iter().zip(&r).position(|(a, b)| a != b);
+                failures.push(format!(
+                    "{suite}: the replica differs from the primary (first at byte {at:?}, sizes {} and {})",
+                    p.len(),
+                    r.len()
+                ));
+            }
+            replica
+                .volume_delete(spec.id)
+                .await
+                .expect("delete replica");
+        }
         match (row, asserts) {
             (Some((ran, _, 0)), Some((_, _, 0))) if ran > 0 => {}
             _ => {
@@ -88,7 +146,7 @@ async fn libiscsi_conformance_suites_pass() {
                     .filter(|l| l.contains("FAILED"))
                     .take(30)
                     .collect();
-                failures.push(format!("{suite} ({row:?}):\n{}", failed.join("\n")));
+                failures.push(format!("{suite} ({kind}, {row:?}):\n{}", failed.join("\n")));
                 if row.is_none() {
                     failures.push(text.chars().take(4000).collect());
                 }

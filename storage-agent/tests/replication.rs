@@ -329,8 +329,13 @@ async fn a_replicated_volume_survives_its_primary_twice_without_losing_an_acknow
     // volume again, but no write it takes is acknowledged: C knows epoch 2
     // and B is no replica of it.
     c.nodes[a].restart();
-    c.primary(a, &base, 1, vec![c.peer(b, PeerState::InSync), c.peer(cc, PeerState::InSync)])
-        .await;
+    c.primary(
+        a,
+        &base,
+        1,
+        vec![c.peer(b, PeerState::InSync), c.peer(cc, PeerState::InSync)],
+    )
+    .await;
     let fenced_lba = 3 * BLOCKS_PER_REGION + 77;
     let portal_a = c.nodes[a].portal.clone();
     let iqn2 = iqn.clone();
@@ -342,7 +347,11 @@ async fn a_replicated_volume_survives_its_primary_twice_without_losing_an_acknow
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100))
                 }
-                Err(e) => return Err(format!("the returning node never served its stale volume: {e:?}")),
+                Err(e) => {
+                    return Err(format!(
+                        "the returning node never served its stale volume: {e:?}"
+                    ))
+                }
             }
         };
         s.settle();
