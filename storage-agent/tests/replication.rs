@@ -416,3 +416,89 @@ async fn a_replicated_volume_survives_its_primary_twice_without_losing_an_acknow
         "the write the deposed primary took survived"
     );
 }
+
+/// The other failure: a replica dies. Writes are held (the primary never
+/// decides alone to go on with fewer copies) until the stack manager marks
+/// the replica out of sync; then they complete, the primary records what
+/// the replica misses — durably: the primary itself restarts meanwhile —
+/// and the returning replica is sent only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_replica_holds_writes_until_marked_out_of_sync_and_then_resyncs_what_it_missed() {
+    let mut c = Cluster::start(2).await;
+    let (a, b) = (0, 1);
+    let mut base = volume_spec(SIZE);
+    base.chap_user.clear();
+    base.chap_secret.clear();
+    let iqn = base.iqn.clone();
+    c.replica(b, &base, 1).await;
+    c.primary(a, &base, 1, vec![c.peer(b, PeerState::InSync)])
+        .await;
+    c.in_sync(a, &base, b).await;
+    let acked: Acked = Arc::default();
+    {
+        let mut s = login(&c.nodes[a].portal, &iqn);
+        for lba in (0..64u32).map(|r| r * BLOCKS_PER_REGION) {
+            let blk = block(lba, 1);
+            assert_eq!(s.write_block(lba, &blk).expect("answered").status, 0);
+            acked.lock().unwrap().insert(lba, blk);
+        }
+    }
+
+    c.nodes[b].kill();
+    let held_lba = 2 * BLOCKS_PER_REGION + 5;
+    let (portal, iqn2) = (c.nodes[a].portal.clone(), iqn.clone());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        let mut s = login(&portal, &iqn2);
+        s.set_timeout(Duration::from_secs(60));
+        let started = Instant::now();
+        let r = s.write_block(held_lba, &block(held_lba, 2));
+        let _ = tx.send(());
+        (r, started.elapsed())
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_secs(3)).is_err(),
+        "a write was acknowledged while its in-sync replica was down"
+    );
+    // The stack manager's decision: go on without B.
+    c.primary(a, &base, 2, vec![c.peer(b, PeerState::OutOfSync)])
+        .await;
+    let (r, held) = writer.join().expect("writer");
+    assert_eq!(r.expect("answered").status, 0, "the held write failed");
+    eprintln!("write held for {held:?} until the replica was marked out of sync");
+    acked.lock().unwrap().insert(held_lba, block(held_lba, 2));
+    let changed_regions = 4u32;
+    {
+        let mut s = login(&c.nodes[a].portal, &iqn);
+        for r in 10..10 + changed_regions {
+            let lba = r * BLOCKS_PER_REGION + 9;
+            let blk = block(lba, 3);
+            assert_eq!(s.write_block(lba, &blk).expect("answered").status, 0);
+            acked.lock().unwrap().insert(lba, blk);
+        }
+        assert_eq!(s.synchronize_cache().expect("answered").status, 0);
+    }
+
+    // The primary restarts while B is still away: what B misses is on disk.
+    c.nodes[a].kill();
+    c.nodes[a].restart();
+    c.primary(a, &base, 2, vec![c.peer(b, PeerState::OutOfSync)])
+        .await;
+    c.nodes[b].restart();
+    let resynced = c.in_sync(a, &base, b).await;
+    eprintln!("resync after the replica returned: {resynced} bytes ({} regions changed while it was away)", changed_regions + 1);
+    assert!(resynced > 0, "nothing was resynced");
+    assert!(
+        resynced <= u64::from(changed_regions + 3) << 20,
+        "resync sent {resynced} bytes: more than the regions B missed"
+    );
+
+    // B is whole: with A gone, B holds every acknowledged write.
+    c.primary(a, &base, 3, vec![c.peer(b, PeerState::InSync)])
+        .await;
+    c.in_sync(a, &base, b).await;
+    c.nodes[a].kill();
+    c.primary(b, &base, 4, vec![c.peer(a, PeerState::OutOfSync)])
+        .await;
+    verify(&c.nodes[b].portal, &iqn, &acked);
+}
