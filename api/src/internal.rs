@@ -60,6 +60,10 @@ pub struct EnrollRequest {
     /// Storage nodes: the iSCSI portal initiators connect to, `address:port`.
     #[serde(default)]
     pub iscsi_portal: Option<String>,
+    /// Storage nodes: where primaries of replicated volumes reach this
+    /// node's copies, `address:port`.
+    #[serde(default)]
+    pub replication_address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -50,6 +50,7 @@ async fn enroll(cfg: &Config, hv: &Arc<Hypervisor>) -> anyhow::Result<Identity> 
                 initiator_iqn: Some(cfg.initiator_iqn()),
                 iscsi_portal: None,
                 machine_id: cfg.machine_id.clone(),
+                replication_address: None,
             })
         },
     )

@@ -147,6 +147,7 @@ async fn growth_rebalances_and_drain_empties_a_host() {
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .expect("volume");

@@ -132,6 +132,7 @@ async fn partition_power_loss_and_crash() {
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .expect("volume");

@@ -60,6 +60,7 @@ async fn volume_moves_between_vms_with_its_data() {
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .expect("volume");
@@ -176,6 +177,7 @@ async fn volume_moves_between_vms_with_its_data() {
             name: "locked".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .expect("volume");

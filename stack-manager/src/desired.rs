@@ -26,8 +26,13 @@ pub async fn finalize_instance_delete(state: &AppState, id: InstanceId) -> ApiRe
 /// Finishes deleting a volume once its storage node confirmed (see
 /// `Store::volume_finalize_delete`).
 pub async fn finalize_volume_delete(state: &AppState, id: VolumeId) -> ApiResult<()> {
-    if let Some(c) = state.store.volume_finalize_delete(id).await? {
+    let claims = state.store.volume_finalize_delete(id).await?;
+    for (i, c) in claims.iter().enumerate() {
         state.scheduler.apply(c.reversed());
+        if i > 0 {
+            // A copy's node drops its data in its orphan sweep.
+            state.reconciler.notify_orphans(c.host);
+        }
     }
     Ok(())
 }

@@ -161,7 +161,45 @@ impl HealthMonitor {
             }
         }
         self.crash_restarts(&mut n).await?;
+        if !warming_up {
+            self.storage_fail_over(now).await;
+        }
         Ok(n)
+    }
+
+    /// Replicated volumes whose storage node went silent (for the
+    /// hypervisors' detection time plus the suspicion grace) move to an
+    /// in-sync copy, or go on without the lost one. The copies refuse the
+    /// old primary from then on, which fences it at the storage layer
+    /// even if it is only partitioned.
+    async fn storage_fail_over(&self, now: i64) {
+        let cfg = &self.state.config;
+        let silent_for = (cfg.hosts.down_after_secs + cfg.health.suspect_grace_secs) as i64 * 1000;
+        let alive_since = now - (cfg.hosts.down_after_secs as i64) * 1000;
+        let hosts = match self
+            .state
+            .store
+            .storage_hosts_to_fail_over(now - silent_for)
+            .await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot list silent storage nodes");
+                return;
+            }
+        };
+        for dead in hosts {
+            match self.state.store.storage_fail_over(dead, alive_since).await {
+                Ok(wake) => {
+                    for h in wake {
+                        self.state.reconciler.notify(h);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(host = %dead, error = %e.message, "storage fail-over failed; retrying next pass")
+                }
+            }
+        }
     }
 
     /// One look at one hypervisor.

@@ -209,6 +209,9 @@ async fn heartbeat(
     if folded.push {
         state.reconciler.notify(id);
     }
+    for h in folded.wake {
+        state.reconciler.notify(h);
+    }
     Ok(Json(HeartbeatAck {
         heartbeat_interval_secs: state.config.hosts.heartbeat_interval_secs,
     }))
@@ -249,6 +252,7 @@ mod tests {
             initiator_iqn: Some("iqn.2024-01.org.strato:hv-1".into()),
             iscsi_portal: Some("10.0.0.6:3260".into()),
             machine_id: None,
+            replication_address: None,
         }
     }
 

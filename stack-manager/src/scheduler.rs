@@ -198,8 +198,9 @@ impl VolumePlacer for &Scheduler {
         tx: &mut WriteTx,
         bytes: u64,
         only_on: Option<HostId>,
+        avoid: &[HostId],
     ) -> impl std::future::Future<Output = ApiResult<Claim>> + Send {
-        Scheduler::claim_volume(self, tx, bytes, only_on)
+        Scheduler::claim_volume(self, tx, bytes, only_on, avoid)
     }
 }
 
@@ -586,6 +587,7 @@ impl Scheduler {
         tx: &mut WriteTx,
         bytes: u64,
         only_on: Option<HostId>,
+        avoid: &[HostId],
     ) -> ApiResult<Claim> {
         let started = Instant::now();
         let ratio = self.config.disk_allocation_ratio;
@@ -600,8 +602,37 @@ impl Scheduler {
                     Vec::new()
                 }
             }
-            None => self.rank_storage(bytes),
+            None => {
+                let avoided_racks: Vec<_> = avoid
+                    .iter()
+                    .filter_map(|h| self.get(*h).and_then(|v| v.rack))
+                    .collect();
+                let mut ranked: Vec<HostId> = self
+                    .rank_storage(bytes)
+                    .into_iter()
+                    .filter(|h| !avoid.contains(h))
+                    .collect();
+                // A copy in another rack first: a rack's power or switch
+                // failure must not take every copy.
+                ranked.sort_by_key(|h| {
+                    self.get(*h)
+                        .and_then(|v| v.rack)
+                        .is_some_and(|r| avoided_racks.contains(&r))
+                });
+                ranked
+            }
         };
+        if candidates.is_empty() && !avoid.is_empty() {
+            self.observe("volume", "no_host", started.elapsed());
+            return Err(ApiError::new(
+                api::ErrorCode::CapacityExhausted,
+                format!(
+                    "no storage node besides the {} already chosen can hold another copy of {} GiB",
+                    avoid.len(),
+                    bytes >> 30
+                ),
+            ));
+        }
         for host in candidates {
             if let Some(claim) = claims::host_claim_volume(tx, host, bytes, ratio).await? {
                 self.observe("volume", "ok", started.elapsed());

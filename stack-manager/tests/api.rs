@@ -142,6 +142,7 @@ async fn volume_lifecycle(backend: Backend) {
             name: "data".into(),
             size_gib: 10,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .unwrap();
@@ -683,6 +684,7 @@ async fn usage_and_audit_are_recorded(backend: Backend) {
         name: "v".into(),
         size_gib: 10,
         source: VolumeSource::Empty,
+        replicas: None,
     })
     .await
     .unwrap();

@@ -424,6 +424,7 @@ async fn populate(cloud: &TestCloud, c: &api::Client, name: &str) -> Proj {
                 name: v.into(),
                 size_gib: 2,
                 source: VolumeSource::Empty,
+                replicas: None,
             })
             .await
             .expect("volume");

@@ -115,6 +115,7 @@ async fn a_failed_host_s_instances_move_with_their_addresses_and_volumes(backend
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .unwrap();
@@ -309,6 +310,7 @@ async fn a_host_whose_storage_node_died_too_is_evacuated_on_the_operator_s_word(
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .unwrap();

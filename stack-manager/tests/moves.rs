@@ -296,6 +296,7 @@ async fn a_drain_moves_every_allowed_instance_and_its_volume(backend: Backend) {
             name: "data".into(),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .unwrap();

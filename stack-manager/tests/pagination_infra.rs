@@ -162,6 +162,7 @@ async fn tenant(cloud: &TestCloud, project: &str, user: &str, n: usize) -> Clien
                 name: format!("vol-{i}"),
                 size_gib: 1,
                 source: VolumeSource::Empty,
+                replicas: None,
             })
             .await
             .expect("volume"),
@@ -400,6 +401,7 @@ async fn a_volume_page_costs_the_same_whatever_its_size(backend: Backend) {
             name: format!("vol-{i}"),
             size_gib: 1,
             source: VolumeSource::Empty,
+            replicas: None,
         })
         .await
         .expect("volume");

@@ -64,6 +64,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 initiator_iqn: None,
                 iscsi_portal: Some(cfg.iscsi_portal().to_string()),
                 machine_id: None,
+                replication_address: Some(cfg.replication_address().to_string()),
             })
         },
     )

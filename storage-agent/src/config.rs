@@ -64,6 +64,10 @@ pub struct Config {
     /// Where replicas of replicated volumes take their primaries' changes.
     /// Default `0.0.0.0:3262`.
     pub replication_listen: SocketAddr,
+    /// `address:port` other storage nodes reach the replication listener
+    /// at. Default: `replication_listen`, an unspecified address replaced
+    /// by loopback — set it on any multi-host deployment.
+    pub replication_advertise: Option<SocketAddr>,
     /// Bound on the bytes per second a primary sends to bring one returning
     /// replica back in sync. Default 100 MiB/s.
     pub resync_bytes_per_sec: u64,
@@ -96,6 +100,7 @@ impl Default for Config {
                 PathBuf::from("/var/cache/strato/images"),
             ],
             replication_listen: SocketAddr::from(([0, 0, 0, 0], 3262)),
+            replication_advertise: None,
             resync_bytes_per_sec: 100 << 20,
             log: "info".into(),
         }
@@ -140,6 +145,12 @@ impl Config {
         self.pool_dir
             .clone()
             .unwrap_or_else(|| self.state_dir.join("volumes"))
+    }
+
+    /// What primaries are told to connect to for this node's copies.
+    pub fn replication_address(&self) -> SocketAddr {
+        self.replication_advertise
+            .unwrap_or_else(|| agent_support::config::reachable(self.replication_listen))
     }
 
     pub fn iscsi_portal(&self) -> SocketAddr {

@@ -62,6 +62,11 @@ pub struct VolumeCreate {
     pub size_gib: u64,
     #[serde(default = "default_source")]
     pub source: VolumeSource,
+    /// Copies on distinct storage nodes (distinct racks where known), 1–3.
+    /// A write is acknowledged once every in-sync copy holds it; when the
+    /// primary's node fails, an in-sync copy takes over. Default 1.
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
 
 fn default_source() -> VolumeSource {
@@ -84,6 +89,48 @@ pub struct Volume {
     pub iqn: String,
     pub attachment: Option<Attachment>,
     pub created_at: DateTime<Utc>,
+    /// How many copies the volume keeps.
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// Its copies other than the primary (`host_id`), for a replicated volume.
+    #[serde(default)]
+    pub copies: Vec<VolumeCopy>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VolumeCopy {
+    pub host_id: HostId,
+    pub state: CopyState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyState {
+    /// Holds every acknowledged write; may be promoted.
+    InSync,
+    /// Missed writes (its node was away); being brought back by resync.
+    OutOfSync,
+}
+
+impl CopyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyState::InSync => "in_sync",
+            CopyState::OutOfSync => "out_of_sync",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CopyState> {
+        match s {
+            "in_sync" => Some(CopyState::InSync),
+            "out_of_sync" => Some(CopyState::OutOfSync),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -79,6 +79,10 @@ pub struct CreateArgs {
     /// Start with the blocks of this snapshot (id or name).
     #[arg(long, value_name = "SNAPSHOT")]
     pub from_snapshot: Option<String>,
+    /// Copies on distinct storage nodes, 1–3: with 2 or more, the volume
+    /// survives the loss of its node (an in-sync copy takes over).
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
     /// Wait until it is available (at most 300 s).
     #[arg(long)]
     pub wait: bool,
@@ -157,6 +161,7 @@ pub async fn run(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
                 name: a.name,
                 size_gib: a.size_gib,
                 source,
+                replicas: a.replicas,
             };
             let mut vol = c.volume_create(&body).await?;
             if a.wait {
@@ -276,7 +281,22 @@ async fn show(ctx: &Ctx, c: &Client, v: &Volume) -> Result<()> {
             None => None,
         }
     };
-    let (host, vm) = tokio::join!(host, vm);
+    let copies = async {
+        let mut out = Vec::new();
+        for copy in &v.copies {
+            let name = c.host_get(copy.host_id).await.ok().map(|h| h.name);
+            out.push(format!(
+                "{} ({})",
+                fmt::named(name.as_deref(), copy.host_id),
+                match copy.state {
+                    api::resources::CopyState::InSync => "in sync",
+                    api::resources::CopyState::OutOfSync => "out of sync, resyncing when back",
+                }
+            ));
+        }
+        out
+    };
+    let (host, vm, copies) = tokio::join!(host, vm, copies);
     let mut fields = vec![
         ("id", v.id.to_string()),
         ("name", v.name.clone()),
@@ -312,6 +332,15 @@ async fn show(ctx: &Ctx, c: &Client, v: &Volume) -> Result<()> {
                     )
                 },
             ),
+        ),
+        ("replicas", v.replicas.to_string()),
+        (
+            "copies",
+            if copies.is_empty() {
+                "-".into()
+            } else {
+                copies.join(", ")
+            },
         ),
         ("source", source),
         ("iqn", v.iqn.clone()),

@@ -84,6 +84,8 @@ async fn create(
 ) -> ApiResult<(StatusCode, Json<Volume>)> {
     validate::name("volume", &body.name)?;
     validate::range("size_gib", body.size_gib, 1, 65_536)?;
+    let replicas = body.replicas.unwrap_or(1);
+    validate::range("replicas", u64::from(replicas), 1, 3)?;
     let project = state
         .store
         .project_for_write(&caller, scope.project.as_deref(), "volume")
@@ -113,14 +115,18 @@ async fn create(
         size_gib: body.size_gib,
         image,
         snapshot,
+        replicas,
     };
-    let (id, claim) = state
+    let (id, claims) = state
         .store
         .volume_create(&caller, project, new, &*state.scheduler)
         .await?;
-    // The claim is applied before anything else can fail: the volume exists.
-    state.scheduler.apply(claim);
-    state.reconciler.notify(claim.host);
+    // The claims are applied before anything else can fail: the volume
+    // exists. Copies first, so the primary finds them.
+    for claim in claims.iter().rev() {
+        state.scheduler.apply(*claim);
+        state.reconciler.notify(claim.host);
+    }
     let volume = state.store.volume_get(&caller, id).await?;
     Ok((StatusCode::CREATED, Json(volume)))
 }

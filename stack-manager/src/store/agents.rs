@@ -15,7 +15,8 @@ use std::net::IpAddr;
 use api::ids::{HostId, InstanceId, SnapshotId, VolumeId};
 use api::internal::*;
 use api::resources::{
-    Capacity, DesiredState, HostHealth, HostKind, ImageFormat, InstanceStatus, VolumeStatus,
+    Capacity, CopyState, DesiredState, HostHealth, HostKind, ImageFormat, InstanceStatus,
+    VolumeStatus,
 };
 use sqlx::any::AnyRow;
 
@@ -85,12 +86,15 @@ pub struct StoragePass {
 }
 
 /// What folding a host's report found.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Folded {
     /// The host is behind on something (or a fold failed): push to it.
     pub push: bool,
     /// The host reported something that is not (or no longer) its own.
     pub orphans: bool,
+    /// Other hosts whose desired state the report changed (the copies of
+    /// a replicated volume whose state moved): push to them too.
+    pub wake: Vec<HostId>,
 }
 
 /// The columns of an instance row the fold of a report compares against.
@@ -154,8 +158,8 @@ impl Store {
         let row = sqlx::query(
             "INSERT INTO hosts (id, name, kind, rack_id, agent_url, credential_hash, credential, initiator_iqn, \
                iscsi_portal, admin_state, cap_vcpus, cap_ram_mib, cap_disk_gib, cap_storage_total, cap_storage_free, \
-               last_heartbeat_at, created_at, machine_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'enabled', $10, $11, $12, $13, $14, $15, $15, $16) \
+               last_heartbeat_at, created_at, machine_id, replication_address) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'enabled', $10, $11, $12, $13, $14, $15, $15, $16, $17) \
              RETURNING *",
         )
         .bind(e.host.to_string())
@@ -174,6 +178,7 @@ impl Store {
         .bind(to_i64(c.storage_bytes_free))
         .bind(now)
         .bind(req.machine_id.as_deref())
+        .bind(req.replication_address.as_deref())
         .fetch_one(&mut **tx)
         .await
         .map_err(|err| match is_unique_violation(&err) {
@@ -394,6 +399,17 @@ impl Store {
             }
             pass.live.insert(id);
         }
+        // Copies are deleted with their volume, by the orphan sweep.
+        for r in sqlx::query(
+            "SELECT c.volume_id FROM volume_copies c JOIN volumes v ON v.id = c.volume_id \
+             WHERE c.host_id = $1 AND v.deleted_at IS NULL",
+        )
+        .bind(host.to_string())
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            pass.live.insert(r.id("volume_id")?);
+        }
         pass.stale = self.volume_specs_where(host, true).await?;
         Ok(pass)
     }
@@ -438,7 +454,9 @@ impl Store {
             "SELECT DISTINCT host_id FROM instances WHERE host_id IS NOT NULL AND deleted_at IS NULL \
                AND (applied_generation < generation OR desired = 'deleted' OR status = 'building') \
              UNION SELECT DISTINCT host_id FROM volumes WHERE host_id IS NOT NULL AND deleted_at IS NULL \
-               AND (applied_generation < generation OR status = 'deleting')",
+               AND (applied_generation < generation OR status = 'deleting') \
+             UNION SELECT DISTINCT c.host_id FROM volume_copies c JOIN volumes v ON v.id = c.volume_id \
+               WHERE v.deleted_at IS NULL AND v.status <> 'deleting' AND c.applied_generation < v.generation",
         )
         .fetch_all(&self.db.pool)
         .await?
@@ -454,20 +472,24 @@ impl Store {
         only_stale: bool,
     ) -> ApiResult<Vec<VolumeSpec>> {
         let stale = if only_stale {
-            " AND v.applied_generation < v.generation"
+            " AND ((cp.host_id IS NULL AND v.applied_generation < v.generation) \
+               OR (cp.host_id IS NOT NULL AND cp.applied_generation < v.generation))"
         } else {
             ""
         };
         let rows = sqlx::query(&format!(
             "SELECT v.*, hi.initiator_iqn AS initiator, im.id AS image_id, im.source AS image_source, \
-                    im.format AS image_format, im.sha256 AS image_sha256, sn.volume_id AS snapshot_volume \
+                    im.format AS image_format, im.sha256 AS image_sha256, sn.volume_id AS snapshot_volume, \
+                    cp.host_id AS copy_host \
              FROM volumes v \
+             LEFT JOIN volume_copies cp ON cp.volume_id = v.id AND cp.host_id = $1 \
              LEFT JOIN attachments a ON a.volume_id = v.id \
              LEFT JOIN instances i ON i.id = a.instance_id \
              LEFT JOIN hosts hi ON hi.id = i.host_id AND hi.health NOT IN ('fencing', 'fenced') \
              LEFT JOIN images im ON im.id = v.source_image_id \
              LEFT JOIN snapshots sn ON sn.id = v.source_snapshot_id \
-             WHERE v.host_id = $1 AND v.status <> 'deleting' AND v.deleted_at IS NULL{stale} ORDER BY v.id",
+             WHERE (v.host_id = $1 OR cp.host_id IS NOT NULL) AND v.status <> 'deleting' \
+               AND v.deleted_at IS NULL{stale} ORDER BY v.id",
         ))
         .bind(host.to_string())
         .fetch_all(&self.db.pool)
@@ -490,9 +512,50 @@ impl Store {
                 .or_default()
                 .push(s.id("id")?);
         }
+        let mut peers: HashMap<VolumeId, Vec<ReplicaPeer>> = HashMap::new();
+        for p in sqlx::query(
+            "SELECT c.volume_id, c.host_id, c.state, h.replication_address FROM volume_copies c \
+             JOIN hosts h ON h.id = c.host_id JOIN volumes v ON v.id = c.volume_id \
+             WHERE v.host_id = $1 AND v.deleted_at IS NULL ORDER BY c.host_id",
+        )
+        .bind(host.to_string())
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            let state = match p.parsed("state", CopyState::parse)? {
+                CopyState::InSync => PeerState::InSync,
+                CopyState::OutOfSync => PeerState::OutOfSync,
+            };
+            peers
+                .entry(p.id("volume_id")?)
+                .or_default()
+                .push(ReplicaPeer {
+                    host: p.id("host_id")?,
+                    address: p.opt_text("replication_address")?.unwrap_or_default(),
+                    state,
+                });
+        }
         let mut specs = Vec::with_capacity(rows.len());
         for r in &rows {
             let id: VolumeId = r.id("id")?;
+            let is_copy = r.opt_text("copy_host")?.is_some();
+            let replication = match r.opt_text("replication_key")? {
+                Some(key) if r.uint("replicas")? > 1 => Some(ReplicationSpec {
+                    epoch: r.uint("replication_epoch")?,
+                    role: if is_copy {
+                        ReplicaRole::Replica
+                    } else {
+                        ReplicaRole::Primary
+                    },
+                    key,
+                    peers: if is_copy {
+                        Vec::new()
+                    } else {
+                        peers.remove(&id).unwrap_or_default()
+                    },
+                }),
+                _ => None,
+            };
             let source = if r.opt_text("image_id")?.is_some() {
                 VolumeSourceSpec::Image {
                     image: image_spec(r)?,
@@ -516,9 +579,18 @@ impl Store {
                 iqn: r.text("iqn")?,
                 chap_user: r.text("chap_user")?,
                 chap_secret: r.text("chap_secret")?,
-                allowed_initiators: r.opt_text("initiator")?.into_iter().collect(),
-                snapshots: snapshots.remove(&id).unwrap_or_default(),
-                replication: None,
+                // A copy serves no initiator and keeps no snapshot.
+                allowed_initiators: if is_copy {
+                    Vec::new()
+                } else {
+                    r.opt_text("initiator")?.into_iter().collect()
+                },
+                snapshots: if is_copy {
+                    Vec::new()
+                } else {
+                    snapshots.remove(&id).unwrap_or_default()
+                },
+                replication,
             });
         }
         Ok(specs)
@@ -625,11 +697,30 @@ impl Store {
         }
         let mut folded = Folded::default();
         let mut seen = HashSet::with_capacity(observed.len());
+        let copies = self.copies_on(host).await?;
         for o in observed {
+            if let Some(&(generation, applied)) = copies.get(&o.id) {
+                seen.insert(o.id);
+                if applied != o.generation.min(generation) {
+                    folded.push |=
+                        fold_failed(host, "volume copy", self.copy_observe(host, o).await);
+                } else {
+                    folded.push |= o.generation < generation;
+                }
+                continue;
+            }
             let Some(r) = live.get(&o.id) else {
                 folded.orphans = true;
                 continue;
             };
+            if let Some(peers) = o.replication.as_ref().map(|r| &r.peers) {
+                match self.copies_caught_up(o.id, host, peers).await {
+                    Ok(hosts) => folded.wake.extend(hosts),
+                    Err(e) => {
+                        tracing::warn!(%host, volume = %o.id, error = %e, "cannot fold copy states")
+                    }
+                }
+            }
             seen.insert(o.id);
             if r.status == VolumeStatus::Deleting.as_str() {
                 folded.push = true;
@@ -652,8 +743,124 @@ impl Store {
             .map(|(id, _)| id.to_string())
             .collect();
         self.forget_applied("volumes", host, &lost).await?;
-        folded.push |= live.len() > seen.len();
+        let lost_copies: Vec<VolumeId> = copies
+            .iter()
+            .filter(|(id, (_, applied))| !seen.contains(*id) && *applied > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &lost_copies {
+            sqlx::query("UPDATE volume_copies SET applied_generation = 0 WHERE volume_id = $1 AND host_id = $2")
+                .bind(id.to_string())
+                .bind(host.to_string())
+                .execute(&self.db.pool)
+                .await?;
+        }
+        folded.push |= live.len() + copies.len() > seen.len();
         Ok(folded)
+    }
+
+    /// The copies of replicated volumes `host` holds: (volume generation,
+    /// the generation the copy applied).
+    async fn copies_on(&self, host: HostId) -> ApiResult<HashMap<VolumeId, (u64, u64)>> {
+        let mut out = HashMap::new();
+        for r in sqlx::query(
+            "SELECT c.volume_id, v.generation, c.applied_generation FROM volume_copies c \
+             JOIN volumes v ON v.id = c.volume_id \
+             WHERE c.host_id = $1 AND v.deleted_at IS NULL AND v.status <> 'deleting'",
+        )
+        .bind(host.to_string())
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            out.insert(
+                r.id("volume_id")?,
+                (r.uint("generation")?, r.uint("applied_generation")?),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Folds a copy's report: the generation it applied. Returns whether
+    /// the node needs a push; `None` if `host` holds no copy of it.
+    async fn copy_observe(&self, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {
+        let Some(r) = sqlx::query(
+            "SELECT v.generation FROM volume_copies c JOIN volumes v ON v.id = c.volume_id \
+             WHERE c.volume_id = $1 AND c.host_id = $2 AND v.deleted_at IS NULL",
+        )
+        .bind(o.id.to_string())
+        .bind(host.to_string())
+        .fetch_optional(&self.db.pool)
+        .await?
+        else {
+            return Ok(true);
+        };
+        let generation = r.uint("generation")?;
+        let applied = o.generation.min(generation);
+        let update = sqlx::query(
+            "UPDATE volume_copies SET applied_generation = $3 \
+             WHERE volume_id = $1 AND host_id = $2 AND applied_generation <= $3",
+        )
+        .bind(o.id.to_string())
+        .bind(host.to_string())
+        .bind(applied as i64);
+        self.db.write_one(update).await?;
+        Ok(applied < generation)
+    }
+
+    /// A primary reports a copy the database holds out of sync as caught
+    /// up (connected, every missed region resent): from now on no write is
+    /// acknowledged without it, and it may be promoted. A new epoch and
+    /// generation carry that to every copy; returns the hosts to push to.
+    async fn copies_caught_up(
+        &self,
+        id: VolumeId,
+        primary: HostId,
+        peers: &[ObservedPeer],
+    ) -> ApiResult<Vec<HostId>> {
+        let whole: Vec<HostId> = peers
+            .iter()
+            .filter(|p| p.state == ObservedPeerState::InSync)
+            .map(|p| p.host)
+            .collect();
+        if whole.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The common report changes nothing: read before taking the write gate.
+        let behind: Vec<HostId> = sqlx::query(
+            "SELECT host_id FROM volume_copies WHERE volume_id = $1 AND state = 'out_of_sync'",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.id("host_id"))
+        .collect::<Result<_, sqlx::Error>>()?;
+        let whole: Vec<HostId> = whole.into_iter().filter(|h| behind.contains(h)).collect();
+        if whole.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut changed = 0;
+        for h in &whole {
+            changed += sqlx::query(
+                "UPDATE volume_copies SET state = 'in_sync' WHERE volume_id = $1 AND host_id = $2 \
+                   AND state = 'out_of_sync' \
+                   AND EXISTS (SELECT 1 FROM volumes v WHERE v.id = $1 AND v.host_id = $3 AND v.deleted_at IS NULL)",
+            )
+            .bind(id.to_string())
+            .bind(h.to_string())
+            .bind(primary.to_string())
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+        if changed == 0 {
+            return Ok(Vec::new());
+        }
+        let hosts = bump_replication(&mut tx, id).await?;
+        tx.commit().await?;
+        tracing::info!(volume = %id, copies = ?whole, "copies back in sync");
+        Ok(hosts)
     }
 
     /// Rows the agent did not report were lost on its side (it restarted
@@ -691,6 +898,12 @@ impl Store {
     /// [`instance_observe`](Self::instance_observe)'s: on the host the row
     /// names, not over a newer report, never over a delete.
     pub async fn volume_observe(&self, host: HostId, o: &ObservedVolume) -> ApiResult<bool> {
+        if o.replication
+            .as_ref()
+            .is_some_and(|r| r.role == ReplicaRole::Replica)
+        {
+            return self.copy_observe(host, o).await;
+        }
         let row = sqlx::query(
             "SELECT v.status, v.generation, v.applied_generation, v.lun, \
                     (SELECT COUNT(*) FROM attachments a WHERE a.volume_id = v.id) AS attached \
@@ -791,11 +1004,11 @@ impl Store {
     /// its quota and its claim on the node in the same transaction.
     /// Returns the claim released (for the scheduler's view), or `None`
     /// when it was already gone or had no node.
-    pub async fn volume_finalize_delete(&self, id: VolumeId) -> ApiResult<Option<Claim>> {
+    pub async fn volume_finalize_delete(&self, id: VolumeId) -> ApiResult<Vec<Claim>> {
         let now = now_ms();
         let mut tx = self.db.begin_write().await?;
         let Some(r) = super::mark_deleted(&mut tx, "volumes", &id.to_string(), now).await? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         let size_gib = r.int("size_gib")?;
         quotas::quota_release(
@@ -808,11 +1021,22 @@ impl Store {
             },
         )
         .await?;
-        let claim = r
+        let mut claims: Vec<Claim> = r
             .opt_id::<HostId>("host_id")?
-            .map(|host| Claim::volume(host, size_gib << 30));
-        if let Some(c) = claim {
-            super::claims::host_release(&mut tx, c).await?;
+            .map(|host| Claim::volume(host, size_gib << 30))
+            .into_iter()
+            .collect();
+        // The copies' space is released with the volume; their nodes drop
+        // their data in the orphan sweep (the volume is known deleted).
+        for c in sqlx::query("DELETE FROM volume_copies WHERE volume_id = $1 RETURNING host_id")
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            claims.push(Claim::volume(c.id("host_id")?, size_gib << 30));
+        }
+        for c in &claims {
+            super::claims::host_release(&mut tx, *c).await?;
         }
         sqlx::query(
             "UPDATE usage_spans SET ended_at = $2 WHERE resource_id = $1 AND ended_at IS NULL",
@@ -829,7 +1053,7 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         tx.commit().await?;
-        Ok(claim)
+        Ok(claims)
     }
 }
 
@@ -979,4 +1203,32 @@ fn attachment_spec(r: &AnyRow) -> Result<VolumeAttachmentSpec, sqlx::Error> {
         chap_user: r.text("chap_user")?,
         chap_secret: r.text("chap_secret")?,
     })
+}
+
+/// A new epoch and generation for a replicated volume whose primary or
+/// copy states changed, in the caller's transaction; returns every host
+/// holding a copy (the primary first), to push to.
+pub(crate) async fn bump_replication(
+    tx: &mut crate::db::WriteTx,
+    id: VolumeId,
+) -> Result<Vec<HostId>, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE volumes SET generation = generation + 1, replication_epoch = replication_epoch + 1 \
+         WHERE id = $1 AND deleted_at IS NULL RETURNING host_id",
+    )
+    .bind(id.to_string())
+    .fetch_optional(&mut ***tx)
+    .await?;
+    let mut hosts: Vec<HostId> = match row {
+        Some(r) => r.opt_id::<HostId>("host_id")?.into_iter().collect(),
+        None => return Ok(Vec::new()),
+    };
+    for r in sqlx::query("SELECT host_id FROM volume_copies WHERE volume_id = $1")
+        .bind(id.to_string())
+        .fetch_all(&mut ***tx)
+        .await?
+    {
+        hosts.push(r.id("host_id")?);
+    }
+    Ok(hosts)
 }

@@ -53,7 +53,7 @@ SELECT p.name AS subject, q.used_instances, q.used_vcpus, q.used_ram_mib, q.used
 FROM quotas q JOIN projects p ON p.id = q.project_id ORDER BY p.name";
 
 /// What the live instances placed on (or moving to) a host and the live
-/// volumes on it add up to, beside its recorded allocations. An instance
+/// volumes on it (primary or copy) add up to, beside its recorded allocations. An instance
 /// being moved holds a claim on its source and on its target.
 const HOST_SQL: &str = "\
 SELECT h.name AS subject, h.alloc_vcpus, h.alloc_ram_mib, h.alloc_disk_gib, h.alloc_instances, \
@@ -67,8 +67,11 @@ SELECT h.name AS subject, h.alloc_vcpus, h.alloc_ram_mib, h.alloc_disk_gib, h.al
   (SELECT COUNT(*) FROM instances i WHERE i.deleted_at IS NULL \
     AND (i.host_id = h.id OR i.move_target = h.id)) AS a_instances, \
   CAST((SELECT COALESCE(SUM(v.size_gib), 0) FROM volumes v \
-        WHERE v.deleted_at IS NULL AND v.host_id = h.id) AS BIGINT) * 1073741824 AS a_storage, \
-  (SELECT COUNT(*) FROM volumes v WHERE v.deleted_at IS NULL AND v.host_id = h.id) AS a_volumes \
+        WHERE v.deleted_at IS NULL AND (v.host_id = h.id \
+          OR EXISTS (SELECT 1 FROM volume_copies c WHERE c.volume_id = v.id AND c.host_id = h.id))) \
+        AS BIGINT) * 1073741824 AS a_storage, \
+  (SELECT COUNT(*) FROM volumes v WHERE v.deleted_at IS NULL AND (v.host_id = h.id \
+    OR EXISTS (SELECT 1 FROM volume_copies c WHERE c.volume_id = v.id AND c.host_id = h.id))) AS a_volumes \
 FROM hosts h ORDER BY h.name";
 
 /// Addresses still held for an instance that is deleted or gone.

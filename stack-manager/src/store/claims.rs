@@ -117,15 +117,18 @@ pub trait Placer {
     ) -> impl Future<Output = ApiResult<Claim>> + Send;
 }
 
-/// Chooses and claims the storage node of a new volume inside the create's
-/// transaction; `only_on` pins it to one node (a clone must live where its
-/// snapshot does).
-pub trait VolumePlacer {
+/// Chooses and claims the storage node of a new volume (or of one more
+/// copy of it) inside the create's transaction; `only_on` pins it to one
+/// node (a clone must live where its snapshot does); `avoid` are the nodes
+/// already holding a copy, never chosen again, and whose racks are chosen
+/// last.
+pub trait VolumePlacer: Copy {
     fn claim_volume(
         self,
         tx: &mut WriteTx,
         bytes: u64,
         only_on: Option<HostId>,
+        avoid: &[HostId],
     ) -> impl Future<Output = ApiResult<Claim>> + Send;
 }
 

@@ -6,7 +6,8 @@
 
 use api::ids::{HostId, ImageId, ProjectId, SnapshotId, VolumeId};
 use api::resources::{
-    Attachment, List, ProjectPage, Snapshot, SnapshotStatus, Volume, VolumeStatus,
+    Attachment, CopyState, List, ProjectPage, Snapshot, SnapshotStatus, Volume, VolumeCopy,
+    VolumeStatus,
 };
 use rand::distributions::{Alphanumeric, DistString};
 use sqlx::any::AnyRow;
@@ -52,6 +53,8 @@ pub struct NewVolume {
     pub image: Option<ImageId>,
     /// A snapshot read with [`Store::snapshot_get_for_clone`].
     pub snapshot: Option<Snapshot>,
+    /// Copies, 1–3, checked by the caller.
+    pub replicas: u32,
 }
 
 /// Sizes are checked to be at most 64 Ti before they get here; saturating
@@ -84,6 +87,8 @@ fn volume_of_row(r: &AnyRow) -> ApiResult<Volume> {
         iqn: r.text("iqn")?,
         attachment,
         created_at: r.time("created_at")?,
+        replicas: r.uint("replicas")? as u32,
+        copies: Vec::new(),
     })
 }
 
@@ -133,8 +138,22 @@ impl Store {
             .fetch_optional(&self.db.pool)
             .await?
             .ok_or_else(|| ApiError::not_found("volume", id))?;
-        let volume = volume_of_row(&row)?;
+        let mut volume = volume_of_row(&row)?;
         caller.check_read(volume.project_id, "volume", id)?;
+        if volume.replicas > 1 {
+            for r in sqlx::query(
+                "SELECT host_id, state FROM volume_copies WHERE volume_id = $1 ORDER BY host_id",
+            )
+            .bind(id.to_string())
+            .fetch_all(&self.db.pool)
+            .await?
+            {
+                volume.copies.push(VolumeCopy {
+                    host_id: r.id("host_id")?,
+                    state: r.parsed("state", CopyState::parse)?,
+                });
+            }
+        }
         Ok(volume)
     }
 
@@ -157,7 +176,7 @@ impl Store {
         project: ProjectId,
         new: NewVolume,
         placer: impl VolumePlacer,
-    ) -> ApiResult<(VolumeId, Claim)> {
+    ) -> ApiResult<(VolumeId, Vec<Claim>)> {
         caller.check_write(project, "project", project)?;
         let id = VolumeId::new();
         let now = now_ms();
@@ -209,10 +228,25 @@ impl Store {
                 .await?
                 .opt_id::<HostId>("host_id")?;
         }
-        let claim = placer.claim_volume(&mut tx, bytes, source_host).await?;
+        if new.replicas > 1 && new.snapshot.is_some() {
+            return Err(ApiError::invalid(
+                "a clone of a snapshot lives on the snapshot's node alone: create it with one replica",
+            ));
+        }
+        let claim = placer
+            .claim_volume(&mut tx, bytes, source_host, &[])
+            .await?;
+        let mut claims = vec![claim];
+        while claims.len() < new.replicas as usize {
+            let held: Vec<HostId> = claims.iter().map(|c| c.host).collect();
+            claims.push(placer.claim_volume(&mut tx, bytes, None, &held).await?);
+        }
+        let replication_key =
+            (new.replicas > 1).then(|| Alphanumeric.sample_string(&mut rand::thread_rng(), 32));
         sqlx::query(
             "INSERT INTO volumes (id, project_id, name, size_gib, source_image_id, source_snapshot_id, host_id, status, iqn, \
-             chap_user, chap_secret, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11)",
+             chap_user, chap_secret, created_at, replicas, replication_epoch, replication_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'creating', $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(id.to_string())
         .bind(project.to_string())
@@ -225,6 +259,9 @@ impl Store {
         .bind(format!("strato-{}", &id.to_string()[..8]))
         .bind(chap_secret)
         .bind(now)
+        .bind(i64::from(new.replicas))
+        .bind(i64::from(new.replicas > 1))
+        .bind(replication_key)
         .execute(&mut **tx)
         .await
         .map_err(|e| match crate::db::is_unique_violation(&e) {
@@ -241,8 +278,18 @@ impl Store {
             now,
         )
         .await?;
+        // Every copy starts from the same source: all are in sync.
+        for c in &claims[1..] {
+            sqlx::query(
+                "INSERT INTO volume_copies (volume_id, host_id, state) VALUES ($1, $2, 'in_sync')",
+            )
+            .bind(id.to_string())
+            .bind(c.host.to_string())
+            .execute(&mut **tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok((id, claim))
+        Ok((id, claims))
     }
 
     /// Asks for a volume to be deleted: it becomes `deleting` and its
@@ -428,5 +475,143 @@ impl Store {
         .opt_id::<HostId>("host_id")?;
         tx.commit().await?;
         Ok(host)
+    }
+}
+
+impl Store {
+    /// Storage nodes silent since before `silent_before_ms` (ms since the
+    /// epoch) that still hold a primary or an in-sync copy of a
+    /// replicated volume: what the health monitor fails over.
+    pub async fn storage_hosts_to_fail_over(
+        &self,
+        silent_before_ms: i64,
+    ) -> ApiResult<Vec<HostId>> {
+        sqlx::query(
+            "SELECT h.id FROM hosts h WHERE h.kind = 'storage' \
+               AND (h.last_heartbeat_at IS NULL OR h.last_heartbeat_at < $1) \
+               AND (EXISTS (SELECT 1 FROM volumes v WHERE v.host_id = h.id AND v.replicas > 1 AND v.deleted_at IS NULL) \
+                 OR EXISTS (SELECT 1 FROM volume_copies c WHERE c.host_id = h.id AND c.state = 'in_sync')) \
+             ORDER BY h.id",
+        )
+        .bind(silent_before_ms)
+        .fetch_all(&self.db.pool)
+        .await?
+        .iter()
+        .map(|r| r.id("id"))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(Into::into)
+    }
+
+    /// A storage node is gone: each replicated volume it was primary of
+    /// moves to an in-sync copy on a node heard from since
+    /// `alive_since_ms` (the dead node's copy becomes out of sync), and
+    /// each in-sync copy it held becomes out of sync, so the primary's
+    /// writes go on without it. Every change raises the volume's epoch: the
+    /// copies then refuse the old primary even if it is only partitioned.
+    /// One transaction. Returns the hosts to push to: every copy's node and
+    /// the hypervisors whose attached disks must follow the new primary.
+    pub async fn storage_fail_over(
+        &self,
+        dead: HostId,
+        alive_since_ms: i64,
+    ) -> ApiResult<Vec<HostId>> {
+        let mut wake = Vec::new();
+        let mut tx = self.db.begin_write().await?;
+        let primaries = sqlx::query(
+            "SELECT v.id, v.project_id, \
+               (SELECT c.host_id FROM volume_copies c JOIN hosts h ON h.id = c.host_id \
+                 WHERE c.volume_id = v.id AND c.state = 'in_sync' AND h.last_heartbeat_at >= $2 \
+                 ORDER BY c.host_id LIMIT 1) AS heir \
+             FROM volumes v WHERE v.host_id = $1 AND v.replicas > 1 AND v.deleted_at IS NULL \
+               AND v.status <> 'deleting'",
+        )
+        .bind(dead.to_string())
+        .bind(alive_since_ms)
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in &primaries {
+            let id: VolumeId = r.id("id")?;
+            let Some(heir) = r.opt_id::<HostId>("heir")? else {
+                // No live in-sync copy: the volume waits for its node (a
+                // copy that fell behind is never promoted).
+                continue;
+            };
+            sqlx::query("UPDATE volumes SET host_id = $2, applied_generation = 0 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(heir.to_string())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM volume_copies WHERE volume_id = $1 AND host_id = $2")
+                .bind(id.to_string())
+                .bind(heir.to_string())
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO volume_copies (volume_id, host_id, state, applied_generation) \
+                 VALUES ($1, $2, 'out_of_sync', 0)",
+            )
+            .bind(id.to_string())
+            .bind(dead.to_string())
+            .execute(&mut **tx)
+            .await?;
+            wake.extend(super::agents::bump_replication(&mut tx, id).await?);
+            // The instance it is attached to gets a new generation: its
+            // hypervisor learns the new portal.
+            for i in sqlx::query(
+                "UPDATE instances SET generation = generation + 1 \
+                 WHERE id IN (SELECT instance_id FROM attachments WHERE volume_id = $1) \
+                   AND deleted_at IS NULL RETURNING host_id",
+            )
+            .bind(id.to_string())
+            .fetch_all(&mut **tx)
+            .await?
+            {
+                wake.extend(i.opt_id::<HostId>("host_id")?);
+            }
+            super::health::event_write(
+                &mut tx,
+                "volume",
+                &id.to_string(),
+                Some(r.id("project_id")?),
+                "volume.failed_over",
+                &format!(
+                    "storage node {dead} is silent: the in-sync copy on {heir} is the primary now"
+                ),
+            )
+            .await?;
+            tracing::warn!(volume = %id, from = %dead, to = %heir, "volume failed over");
+        }
+        let copies = sqlx::query(
+            "SELECT c.volume_id, v.project_id FROM volume_copies c JOIN volumes v ON v.id = c.volume_id \
+             WHERE c.host_id = $1 AND c.state = 'in_sync' AND v.deleted_at IS NULL",
+        )
+        .bind(dead.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in &copies {
+            let id: VolumeId = r.id("volume_id")?;
+            sqlx::query(
+                "UPDATE volume_copies SET state = 'out_of_sync' WHERE volume_id = $1 AND host_id = $2",
+            )
+            .bind(id.to_string())
+            .bind(dead.to_string())
+            .execute(&mut **tx)
+            .await?;
+            wake.extend(super::agents::bump_replication(&mut tx, id).await?);
+            super::health::event_write(
+                &mut tx,
+                "volume",
+                &id.to_string(),
+                Some(r.id("project_id")?),
+                "volume.copy_lost",
+                &format!("storage node {dead} is silent: writes go on without its copy, which resyncs when it returns"),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        wake.retain(|h| *h != dead);
+        wake.sort_by_key(|h| h.to_string());
+        wake.dedup();
+        Ok(wake)
     }
 }

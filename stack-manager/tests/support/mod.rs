@@ -135,6 +135,7 @@ impl TestCloud {
                 name: name.into(),
                 size_gib,
                 source: VolumeSource::Empty,
+                replicas: None,
             })
             .await
             .expect("volume");

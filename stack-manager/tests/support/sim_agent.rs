@@ -159,6 +159,7 @@ impl SimFleet {
             initiator_iqn: (kind == HostKind::Hypervisor).then(|| sim_iqn(key)),
             iscsi_portal: (kind == HostKind::Storage).then(|| "127.0.0.1:3260".to_string()),
             machine_id,
+            replication_address: None,
         };
         let resp = internal.enroll(&req).await?;
         self.hosts.lock().unwrap().insert(
