@@ -111,6 +111,20 @@ struct Order {
     next_seq: u64,
 }
 
+impl Order {
+    fn take(&mut self) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        seq
+    }
+}
+
+fn op_frame(seq: u64, settled: u64, kind: OpKind) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_op(&Op { seq, settled, kind }, &mut frame);
+    frame
+}
+
 struct Conn {
     stream: TcpStream,
     /// Changes sent and not yet acknowledged, oldest first, with their regions.
@@ -355,15 +369,12 @@ impl Replicated {
         }
         let regions = op_regions(&kind);
         let mut order = lock(&self.order);
-        let seq = order.next_seq;
-        order.next_seq += 1;
+        let seq = order.take();
         if !regions.is_empty() {
             self.al.mark(regions.clone(), seq)?;
         }
         let links: Vec<Arc<Link>> = lock(&self.links).clone();
-        let mut frame = Vec::new();
-        let settled = self.settled(seq - 1);
-        encode_op(&Op { seq, settled, kind }, &mut frame);
+        let frame = op_frame(seq, self.settled(seq - 1), kind);
         for l in &links {
             let mut st = lock(&l.inner);
             let sent = match st.conn.as_mut() {
@@ -537,17 +548,8 @@ impl Replicated {
             id,
         };
         if welcome.size_bytes < size {
-            let seq = order.next_seq;
-            order.next_seq += 1;
-            let mut f = Vec::new();
-            encode_op(
-                &Op {
-                    seq,
-                    settled: 0,
-                    kind: OpKind::SetLen { len: size },
-                },
-                &mut f,
-            );
+            let seq = order.take();
+            let f = op_frame(seq, 0, OpKind::SetLen { len: size });
             write_frame(&mut conn.stream, &f)?;
             conn.pending.push_back((seq, 0..0));
         }
@@ -680,17 +682,8 @@ impl Replicated {
                 }
             }
         };
-        let seq = order.next_seq;
-        order.next_seq += 1;
-        let mut frame = Vec::new();
-        encode_op(
-            &Op {
-                seq,
-                settled: 0,
-                kind,
-            },
-            &mut frame,
-        );
+        let seq = order.take();
+        let frame = op_frame(seq, 0, kind);
         let conn = st.conn.as_mut().expect("checked above");
         if let Err(e) = write_frame(&mut conn.stream, &frame) {
             if let Some(r) = region {
