@@ -17,6 +17,8 @@ CREATE TABLE volume_copies (
     state TEXT NOT NULL,
     -- The volume generation this copy's node last applied.
     applied_generation BIGINT NOT NULL DEFAULT 0,
+    -- Bytes of regions the primary still has to resend it (its last report).
+    behind_bytes BIGINT NOT NULL DEFAULT 0,
     PRIMARY KEY (volume_id, host_id)
 );
 CREATE INDEX volume_copies_host ON volume_copies(host_id);

@@ -115,6 +115,13 @@ pub struct HealthConfig {
     /// How often the monitor looks at every host, milliseconds; 0 turns
     /// self-healing off (nothing is detected, fenced or moved). Default 1000.
     pub monitor_interval_ms: u64,
+    /// Seconds without a heartbeat after which a storage node's replicated
+    /// volumes fail over to an in-sync copy (and its in-sync copies are
+    /// dropped from the write path). Shorter than a hypervisor's detection
+    /// and grace: the guests' I/O waits meanwhile, and a wrong guess only
+    /// costs a small resync (the epoch fences the old primary). Default 6
+    /// (three default heartbeats).
+    pub storage_failover_after_secs: u64,
     /// The provisioner whose power drivers fence hosts that have a machine
     /// behind them (`machine_id`), e.g. `http://10.0.0.2:7200`. Default
     /// none: such hosts cannot be fenced by power, and stay unconfirmed.
@@ -145,6 +152,7 @@ impl Default for HealthConfig {
             mass_failure_min_hosts: 2,
             mass_failure_window_secs: 300,
             monitor_interval_ms: 1000,
+            storage_failover_after_secs: 6,
             provisioner_url: None,
             provisioner_token: None,
             crash_immediate_restarts: 3,

@@ -167,15 +167,16 @@ impl HealthMonitor {
         Ok(n)
     }
 
-    /// Replicated volumes whose storage node went silent (for the
-    /// hypervisors' detection time plus the suspicion grace) move to an
-    /// in-sync copy, or go on without the lost one. The copies refuse the
+    /// Replicated volumes whose storage node went silent for
+    /// `health.storage_failover_after_secs` move to an in-sync copy, or go
+    /// on without the lost one. The copies refuse the
     /// old primary from then on, which fences it at the storage layer
     /// even if it is only partitioned.
     async fn storage_fail_over(&self, now: i64) {
         let cfg = &self.state.config;
-        let silent_for = (cfg.hosts.down_after_secs + cfg.health.suspect_grace_secs) as i64 * 1000;
-        let alive_since = now - (cfg.hosts.down_after_secs as i64) * 1000;
+        let silent_for = (cfg.health.storage_failover_after_secs as i64) * 1000;
+        // An heir must have been heard from more recently than that.
+        let alive_since = now - silent_for;
         let hosts = match self
             .state
             .store

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub hosts: IntGaugeVec,
     /// 1 while the mass-failure guard holds automatic evacuation.
     pub evacuation_paused: prometheus::IntGauge,
+    /// Copies of replicated volumes (besides their primaries) by state.
+    pub volume_copies: IntGaugeVec,
+    /// What every copy still has to be resent, summed: replication lag.
+    pub volume_copies_behind_bytes: prometheus::IntGauge,
     /// Per background task (`crate::tasks`), labelled by its name.
     pub tasks: crate::tasks::TaskMetrics,
     /// Per lease (`crate::lease`), labelled by its name.
@@ -69,6 +73,19 @@ impl Metrics {
         let evacuation_paused = prometheus::IntGauge::new(
             "strato_evacuation_paused",
             "1 while the mass-failure guard pauses automatic evacuation",
+        )
+        .expect("static metric definition");
+        let volume_copies = IntGaugeVec::new(
+            Opts::new(
+                "strato_volume_copies",
+                "Copies of replicated volumes besides their primaries, by state",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
+        let volume_copies_behind_bytes = prometheus::IntGauge::new(
+            "strato_volume_copies_behind_bytes",
+            "Bytes of regions primaries still have to resend to their copies",
         )
         .expect("static metric definition");
         let tasks = crate::tasks::TaskMetrics {
@@ -153,6 +170,8 @@ impl Metrics {
             Box::new(placement_seconds.clone()),
             Box::new(hosts.clone()),
             Box::new(evacuation_paused.clone()),
+            Box::new(volume_copies.clone()),
+            Box::new(volume_copies_behind_bytes.clone()),
             Box::new(tasks.runs.clone()),
             Box::new(tasks.errors.clone()),
             Box::new(tasks.last_duration_seconds.clone()),
@@ -172,6 +191,8 @@ impl Metrics {
             placement_seconds,
             hosts,
             evacuation_paused,
+            volume_copies,
+            volume_copies_behind_bytes,
             tasks,
             leases,
         }
@@ -224,6 +245,16 @@ pub async fn serve(
     State(state): State<AppState>,
 ) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     state.scheduler.export_host_gauges(&state.metrics.hosts);
+    match state.store.volume_copy_figures().await {
+        Ok((by_state, behind)) => {
+            for s in ["in_sync", "out_of_sync"] {
+                let n = by_state.iter().find(|(k, _)| k == s).map_or(0, |(_, n)| *n);
+                state.metrics.volume_copies.with_label_values(&[s]).set(n);
+            }
+            state.metrics.volume_copies_behind_bytes.set(behind);
+        }
+        Err(e) => tracing::warn!(error = %e.message, "cannot read volume copy figures"),
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

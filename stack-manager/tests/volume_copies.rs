@@ -6,6 +6,7 @@
 //! resyncs, and is marked in sync again from the primary's report; the
 //! delete removes every copy.
 
+#[macro_use]
 mod support;
 
 use api::ids::{HostId, VolumeId};
@@ -27,13 +28,17 @@ async fn reported(agent: &StorageAgent, id: VolumeId) -> Option<ObservedVolume> 
         .find(|o| o.id == id)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replicated_volume_is_placed_fails_over_resyncs_and_is_deleted_through_the_api() {
-    let cloud = TestCloud::start_with(Backend::Sqlite, |c| {
+on_both_backends!(a_replicated_volume_is_placed_fails_over_resyncs_and_is_deleted_through_the_api);
+
+async fn a_replicated_volume_is_placed_fails_over_resyncs_and_is_deleted_through_the_api(
+    backend: Backend,
+) {
+    let cloud = TestCloud::start_with(backend, |c| {
         c.hosts.heartbeat_interval_secs = 1;
         c.hosts.down_after_secs = 3;
         c.health.suspect_grace_secs = 1;
         c.health.monitor_interval_ms = 200;
+        c.health.storage_failover_after_secs = 3;
     })
     .await;
     let dir = tempfile::tempdir().expect("temp dir");
@@ -134,6 +139,19 @@ async fn a_replicated_volume_is_placed_fails_over_resyncs_and_is_deleted_through
         "primary killed to copy promoted and serving: {:?}",
         started.elapsed()
     );
+    let metrics = || async {
+        reqwest::get(format!("{}/metrics", cloud.url))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    };
+    let m = metrics().await;
+    assert!(
+        m.contains("strato_volume_copies{state=\"out_of_sync\"} 1"),
+        "{m}"
+    );
 
     // It returns: a replica of the new epoch, resynced, then in sync.
     let started = std::time::Instant::now();
@@ -147,6 +165,12 @@ async fn a_replicated_volume_is_placed_fails_over_resyncs_and_is_deleted_through
         "old primary restarted to in sync again: {:?}",
         started.elapsed()
     );
+    let m = metrics().await;
+    assert!(
+        m.contains("strato_volume_copies{state=\"in_sync\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("strato_volume_copies_behind_bytes 0"), "{m}");
     let r = reported(&agents[p], v.id)
         .await
         .expect("the old primary holds it");

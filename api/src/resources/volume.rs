@@ -105,6 +105,10 @@ fn one() -> u32 {
 pub struct VolumeCopy {
     pub host_id: HostId,
     pub state: CopyState,
+    /// Bytes the primary still has to resend it, as last reported: the
+    /// resync's progress.
+    #[serde(default)]
+    pub behind_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -289,8 +289,13 @@ async fn show(ctx: &Ctx, c: &Client, v: &Volume) -> Result<()> {
                 "{} ({})",
                 fmt::named(name.as_deref(), copy.host_id),
                 match copy.state {
-                    api::resources::CopyState::InSync => "in sync",
-                    api::resources::CopyState::OutOfSync => "out of sync, resyncing when back",
+                    api::resources::CopyState::InSync => "in sync".to_string(),
+                    api::resources::CopyState::OutOfSync if copy.behind_bytes > 0 => format!(
+                        "out of sync, {} MiB to resync",
+                        copy.behind_bytes.div_ceil(1 << 20)
+                    ),
+                    api::resources::CopyState::OutOfSync =>
+                        "out of sync, resyncing when back".to_string(),
                 }
             ));
         }

@@ -714,7 +714,7 @@ impl Store {
                 continue;
             };
             if let Some(peers) = o.replication.as_ref().map(|r| &r.peers) {
-                match self.copies_caught_up(o.id, host, peers).await {
+                match self.copies_fold(o.id, host, peers).await {
                     Ok(hosts) => folded.wake.extend(hosts),
                     Err(e) => {
                         tracing::warn!(%host, volume = %o.id, error = %e, "cannot fold copy states")
@@ -807,44 +807,61 @@ impl Store {
         Ok(applied < generation)
     }
 
-    /// A primary reports a copy the database holds out of sync as caught
-    /// up (connected, every missed region resent): from now on no write is
-    /// acknowledged without it, and it may be promoted. A new epoch and
-    /// generation carry that to every copy; returns the hosts to push to.
-    async fn copies_caught_up(
+    /// Folds what a primary reports of its copies. A copy the database
+    /// holds out of sync that is caught up (connected, every missed region
+    /// resent) becomes in sync: from then on no write is acknowledged
+    /// without it, and it may be promoted; a new epoch and generation
+    /// carry that to every copy. Each copy's lag (bytes of regions still
+    /// to resend) is recorded as it changes. Returns the hosts to push to.
+    async fn copies_fold(
         &self,
         id: VolumeId,
         primary: HostId,
         peers: &[ObservedPeer],
     ) -> ApiResult<Vec<HostId>> {
-        let whole: Vec<HostId> = peers
-            .iter()
-            .filter(|p| p.state == ObservedPeerState::InSync)
-            .map(|p| p.host)
-            .collect();
-        if whole.is_empty() {
+        if peers.is_empty() {
             return Ok(Vec::new());
         }
         // The common report changes nothing: read before taking the write gate.
-        let behind: Vec<HostId> = sqlx::query(
-            "SELECT host_id FROM volume_copies WHERE volume_id = $1 AND state = 'out_of_sync'",
+        let mut caught_up = Vec::new();
+        let mut lag = Vec::new();
+        for r in sqlx::query(
+            "SELECT host_id, state, behind_bytes FROM volume_copies WHERE volume_id = $1",
         )
         .bind(id.to_string())
         .fetch_all(&self.db.pool)
         .await?
-        .iter()
-        .map(|r| r.id("host_id"))
-        .collect::<Result<_, sqlx::Error>>()?;
-        let whole: Vec<HostId> = whole.into_iter().filter(|h| behind.contains(h)).collect();
-        if whole.is_empty() {
+        {
+            let host: HostId = r.id("host_id")?;
+            let Some(p) = peers.iter().find(|p| p.host == host) else {
+                continue;
+            };
+            if r.text("state")? == "out_of_sync" && p.state == ObservedPeerState::InSync {
+                caught_up.push(host);
+            }
+            if r.uint("behind_bytes")? != p.behind_bytes {
+                lag.push((host, p.behind_bytes));
+            }
+        }
+        if caught_up.is_empty() && lag.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.db.begin_write().await?;
+        for (h, behind) in &lag {
+            sqlx::query(
+                "UPDATE volume_copies SET behind_bytes = $3 WHERE volume_id = $1 AND host_id = $2",
+            )
+            .bind(id.to_string())
+            .bind(h.to_string())
+            .bind(to_i64(*behind))
+            .execute(&mut **tx)
+            .await?;
+        }
         let mut changed = 0;
-        for h in &whole {
+        for h in &caught_up {
             changed += sqlx::query(
-                "UPDATE volume_copies SET state = 'in_sync' WHERE volume_id = $1 AND host_id = $2 \
-                   AND state = 'out_of_sync' \
+                "UPDATE volume_copies SET state = 'in_sync', behind_bytes = 0 WHERE volume_id = $1 \
+                   AND host_id = $2 AND state = 'out_of_sync' \
                    AND EXISTS (SELECT 1 FROM volumes v WHERE v.id = $1 AND v.host_id = $3 AND v.deleted_at IS NULL)",
             )
             .bind(id.to_string())
@@ -854,12 +871,15 @@ impl Store {
             .await?
             .rows_affected();
         }
-        if changed == 0 {
-            return Ok(Vec::new());
-        }
-        let hosts = bump_replication(&mut tx, id).await?;
+        let hosts = if changed > 0 {
+            bump_replication(&mut tx, id).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
-        tracing::info!(volume = %id, copies = ?whole, "copies back in sync");
+        if changed > 0 {
+            tracing::info!(volume = %id, copies = ?caught_up, "copies back in sync");
+        }
         Ok(hosts)
     }
 

@@ -142,7 +142,7 @@ impl Store {
         caller.check_read(volume.project_id, "volume", id)?;
         if volume.replicas > 1 {
             for r in sqlx::query(
-                "SELECT host_id, state FROM volume_copies WHERE volume_id = $1 ORDER BY host_id",
+                "SELECT host_id, state, behind_bytes FROM volume_copies WHERE volume_id = $1 ORDER BY host_id",
             )
             .bind(id.to_string())
             .fetch_all(&self.db.pool)
@@ -151,6 +151,7 @@ impl Store {
                 volume.copies.push(VolumeCopy {
                     host_id: r.id("host_id")?,
                     state: r.parsed("state", CopyState::parse)?,
+                    behind_bytes: r.uint("behind_bytes")?,
                 });
             }
         }
@@ -613,5 +614,26 @@ impl Store {
         wake.sort_by_key(|h| h.to_string());
         wake.dedup();
         Ok(wake)
+    }
+}
+
+impl Store {
+    /// Copies of live volumes by state, and the sum of their lag: what
+    /// `/metrics` reports of replication.
+    pub async fn volume_copy_figures(&self) -> ApiResult<(Vec<(String, i64)>, i64)> {
+        let mut by_state = Vec::new();
+        let mut behind = 0;
+        for r in sqlx::query(
+            "SELECT c.state, COUNT(*) AS n, CAST(COALESCE(SUM(c.behind_bytes), 0) AS BIGINT) AS behind \
+             FROM volume_copies c JOIN volumes v ON v.id = c.volume_id \
+             WHERE v.deleted_at IS NULL GROUP BY c.state",
+        )
+        .fetch_all(&self.db.pool)
+        .await?
+        {
+            behind += r.int("behind")?;
+            by_state.push((r.text("state")?, r.int("n")?));
+        }
+        Ok((by_state, behind))
     }
 }
