@@ -351,10 +351,26 @@ async fn partition_power_loss_and_crash() {
         .wait_status(vm.id, InstanceStatus::Running, Duration::from_secs(60))
         .await;
     assert_eq!(restarted.host_id, Some(h0), "restarted in place");
-    assert_eq!(
-        virsh(&["domstate", &domain]).trim(),
-        "running",
-        "QEMU runs again"
+    // libvirt starts QEMU paused and resumes it once its devices are set
+    // up; the agent may report the restart before the resume lands.
+    let state = tokio::task::spawn_blocking({
+        let domain = domain.clone();
+        move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let state = virsh(&["domstate", "--reason", &domain]);
+                if state.trim().starts_with("running") || Instant::now() > deadline {
+                    return state;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    })
+    .await
+    .expect("domstate");
+    assert!(
+        state.trim().starts_with("running"),
+        "QEMU runs again: {state}"
     );
     eprintln!("done in {:?}", t0.elapsed());
     fleet.assert_consistent().await;
