@@ -154,13 +154,21 @@ struct Link {
 }
 
 impl Link {
-    /// Whether the peer holds every change up to `seq`.
-    fn holds(&self, seq: u64) -> bool {
-        let st = lock(&self.inner);
-        st.conn.is_some()
+    /// When the peer is whole — connected, accepting this primary, missing
+    /// no region, and every resent region acknowledged — the change up to
+    /// which it holds everything.
+    fn whole_through(&self, st: &LinkState) -> Option<u64> {
+        (st.conn.is_some()
             && !st.fenced
             && self.dirty.count() == 0
-            && st.acked_through >= seq.max(st.resynced_through)
+            && st.acked_through >= st.resynced_through)
+            .then_some(st.acked_through)
+    }
+
+    /// Whether the peer holds every change up to `seq`.
+    fn holds(&self, seq: u64) -> bool {
+        self.whole_through(&lock(&self.inner))
+            .is_some_and(|t| t >= seq)
     }
 
     /// Connection lost: what it had not acknowledged is dirty.
@@ -200,6 +208,9 @@ pub struct Replicated {
     next_conn: AtomicU64,
     /// Set when this primary is retired: waiting writes fail.
     closed: AtomicBool,
+    /// The settled watermark last computed (when a change completed), sent
+    /// in every frame: reading it costs the write path no lock.
+    settled_mark: AtomicU64,
 }
 
 impl Replicated {
@@ -234,6 +245,7 @@ impl Replicated {
             changed: Condvar::new(),
             next_conn: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            settled_mark: AtomicU64::new(0),
         });
         r.configure(config)?;
         Ok(r)
@@ -318,7 +330,7 @@ impl Replicated {
                     ObservedPeerState::Fenced
                 } else if st.conn.is_none() {
                     ObservedPeerState::Unreachable
-                } else if behind > 0 || st.acked_through < st.resynced_through {
+                } else if l.whole_through(&st).is_none() {
                     ObservedPeerState::Resyncing
                 } else {
                     ObservedPeerState::InSync
@@ -346,13 +358,7 @@ impl Replicated {
             if st.state != PeerState::InSync {
                 continue;
             }
-            let whole = st.conn.is_some() && l.dirty.count() == 0;
-            let through = if whole && st.acked_through >= st.resynced_through {
-                st.acked_through
-            } else {
-                0
-            };
-            settled = settled.min(through);
+            settled = settled.min(l.whole_through(&st).unwrap_or(0));
         }
         settled
     }
@@ -374,7 +380,7 @@ impl Replicated {
             self.al.mark(regions.clone(), seq)?;
         }
         let links: Vec<Arc<Link>> = lock(&self.links).clone();
-        let frame = op_frame(seq, self.settled(seq - 1), kind);
+        let frame = op_frame(seq, self.settled_mark.load(Ordering::Acquire), kind);
         for l in &links {
             let mut st = lock(&l.inner);
             let sent = match st.conn.as_mut() {
@@ -415,7 +421,9 @@ impl Replicated {
                 .count();
             if missing == 0 {
                 drop(guard);
-                self.al.settle(self.settled(seq));
+                let settled = self.settled(seq);
+                self.settled_mark.fetch_max(settled, Ordering::AcqRel);
+                self.al.settle(settled);
                 return Ok(());
             }
             if !warned && started.elapsed() > Duration::from_secs(2) {
@@ -804,8 +812,6 @@ pub struct ReplicaCopy {
     /// The live connection's id: a newer one (or a retire) ends the older.
     current: AtomicU64,
     streams: Mutex<HashMap<u64, TcpStream>>,
-    /// Bytes of written data applied since the agent started.
-    pub applied_bytes: AtomicU64,
 }
 
 impl ReplicaCopy {
@@ -831,7 +837,6 @@ impl ReplicaCopy {
             key: Mutex::new(key.to_string()),
             current: AtomicU64::new(0),
             streams: Mutex::new(HashMap::new()),
-            applied_bytes: AtomicU64::new(0),
         }))
     }
 
@@ -1008,10 +1013,6 @@ impl ReplicaRegistry {
             if let Err(e) = apply(&copy.local, &op.kind) {
                 tracing::error!(volume = %copy.volume, error = %e, "cannot apply a replicated change");
                 return Self::refuse(stream, RefusedReason::Io, e.to_string());
-            }
-            if let OpKind::Write { data, .. } = &op.kind {
-                copy.applied_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             if op.settled > 0 {
                 copy.al.settle(op.settled);

@@ -59,8 +59,15 @@ struct Slot {
     /// Persisted but not in the stack manager's desired state: kept,
     /// unexported, and left alone until a spec or a delete arrives.
     parked: AtomicBool,
-    /// This copy's part in a replicated volume, for observation.
+    /// This copy's part in a replicated volume. Changed only under `op`;
+    /// its own lock lets observation read it without waiting for `op`.
     part: Mutex<Part>,
+}
+
+impl Slot {
+    fn part(&self) -> Part {
+        lock(&self.part).clone()
+    }
 }
 
 #[derive(Clone, Default)]
@@ -75,10 +82,6 @@ enum Part {
 struct Realized {
     lu: Option<Arc<LogicalUnit>>,
     exported_as: Option<String>,
-    /// The replicating medium under `lu`, when this copy is a primary.
-    primary: Option<Arc<Replicated>>,
-    /// When this copy is a replica (then there is no `lu`).
-    replica: Option<Arc<ReplicaCopy>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -237,7 +240,7 @@ impl Volumes {
             snapshots: s.snapshots,
             reason: s.reason,
             lun: 0,
-            replication: match lock(&slot.part).clone() {
+            replication: match slot.part() {
                 Part::Single => None,
                 Part::Primary(p) => Some(ObservedReplication {
                     epoch: p.epoch(),
@@ -482,10 +485,9 @@ impl Volumes {
         {
             return self.apply_replica(slot, spec, r, realized).await;
         }
-        if let Some(copy) = realized.replica.take() {
+        if matches!(slot.part(), Part::Replica(_)) {
             // Promoted: no older primary's change may land from now on.
-            self.replicas.remove(spec.id);
-            drop(copy);
+            self.retire_part(slot);
         }
         let replicated = spec.replication.as_ref().map(|r| PrimaryConfig {
             epoch: r.epoch,
@@ -493,17 +495,17 @@ impl Volumes {
             peers: r.peers.clone(),
             resync_bytes_per_sec: self.resync_bytes_per_sec,
         });
-        if realized.lu.is_some() && realized.primary.is_some() != replicated.is_some() {
+        let primary = match slot.part() {
+            Part::Primary(p) => Some(p),
+            _ => None,
+        };
+        if realized.lu.is_some() && primary.is_some() != replicated.is_some() {
             // Replication turned on or off: the unit is reopened on the
             // other kind of medium.
             self.unexport(realized).await;
             realized.lu = None;
-            if let Some(p) = realized.primary.take() {
-                p.close();
-            }
-        }
-        if let (Some(p), Some(config)) = (&realized.primary, replicated.clone()) {
-            let p = p.clone();
+            self.retire_part(slot);
+        } else if let (Some(p), Some(config)) = (primary, replicated.clone()) {
             blocking(move || p.configure(config).map_err(VolumeError::io("replication"))).await?;
         }
         let lu = match &realized.lu {
@@ -523,11 +525,7 @@ impl Volumes {
                 .await?;
                 let lu = Arc::new(lu);
                 realized.lu = Some(lu.clone());
-                *lock(&slot.part) = match &primary {
-                    Some(p) => Part::Primary(p.clone()),
-                    None => Part::Single,
-                };
-                realized.primary = primary;
+                *lock(&slot.part) = primary.map_or(Part::Single, Part::Primary);
                 lu
             }
         };
@@ -587,10 +585,10 @@ impl Volumes {
         r: &api::internal::ReplicationSpec,
         realized: &mut Realized,
     ) -> Result<()> {
-        if let Some(p) = realized.primary.take() {
+        if matches!(slot.part(), Part::Primary(_)) {
             // Demoted: a newer primary exists; nothing waiting here may
             // complete, and the sessions it holds can then be closed.
-            p.close();
+            self.retire_part(slot);
         }
         self.unexport(realized).await;
         realized.lu = None;
@@ -604,22 +602,32 @@ impl Volumes {
             Ok(())
         })
         .await?;
-        match &realized.replica {
-            Some(copy) => copy
+        match slot.part() {
+            Part::Replica(copy) => copy
                 .configure(r.epoch, &r.key)
                 .map_err(VolumeError::io(&slot.dir))?,
-            None => {
+            _ => {
                 let (id, dir, epoch, key) = (spec.id, slot.dir.clone(), r.epoch, r.key.clone());
                 let copy = blocking(move || {
                     ReplicaCopy::open(id, &data, &dir, epoch, &key).map_err(VolumeError::io(&dir))
                 })
                 .await?;
                 self.replicas.insert(copy.clone());
-                realized.replica = Some(copy);
+                *lock(&slot.part) = Part::Replica(copy);
             }
         }
-        *lock(&slot.part) = Part::Replica(realized.replica.clone().expect("set above"));
         Ok(())
+    }
+
+    /// Ends this copy's part in a replicated volume: a primary is closed
+    /// (the writes waiting on it fail), a replica stops taking changes.
+    /// Under the slot's operation lock.
+    fn retire_part(&self, slot: &Slot) {
+        match std::mem::take(&mut *lock(&slot.part)) {
+            Part::Single => {}
+            Part::Primary(p) => p.close(),
+            Part::Replica(_) => self.replicas.remove(slot.id),
+        }
     }
 
     async fn create_data(&self, spec: &VolumeSpec, dir: &Path, data: &Path) -> Result<()> {
@@ -799,13 +807,7 @@ impl Volumes {
         };
         self.unexport(&mut realized).await;
         realized.lu = None;
-        if let Some(p) = realized.primary.take() {
-            p.close();
-        }
-        if realized.replica.take().is_some() {
-            self.replicas.remove(id);
-        }
-        *lock(&slot.part) = Part::Single;
+        self.retire_part(&slot);
         if let Some(tomb) = tombstone {
             let pool_dir = self.pool.clone();
             blocking(move || {

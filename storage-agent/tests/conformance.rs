@@ -12,9 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use api::internal::{PeerState, ReplicaPeer, ReplicaRole, ReplicationSpec};
-use api::resources::HostKind;
 use support::*;
-use testkit::StorageAgent;
 
 const SUITES: &[&str] = &[
     "SCSI.TestUnitReady",
@@ -72,14 +70,7 @@ fn summary_row(out: &str, kind: &str) -> Option<(u32, u32, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libiscsi_conformance_suites_pass_on_single_and_replicated_volumes() {
     let node = Node::start().await;
-    let token = node.sm.enrollment_token(HostKind::Storage).await;
-    let second = StorageAgent::start(
-        Path::new(env!("CARGO_BIN_EXE_storage-agent")),
-        &node.dir.path().join("replica"),
-        &node.sm.internal_url,
-        &token,
-    );
-    let replica_host = second.enrolled(&node.sm.admin).await;
+    let (second, replica_host) = storage_agent(&node.sm, &node.dir.path().join("replica")).await;
     let replica = second.client();
     let mut failures = Vec::new();
     let mut report = String::new();

@@ -23,10 +23,9 @@ use api::internal::{
     ObservedPeerState, ObservedVolume, PeerState, ReplicaPeer, ReplicaRole, ReplicationSpec,
     VolumeSpec,
 };
-use api::resources::HostKind;
 use support::raw::Session;
 use support::*;
-use testkit::{wait_async, workspace_bin, StackManager, StorageAgent};
+use testkit::{wait_async, StackManager, StorageAgent};
 
 const SIZE: u64 = 64 << 20;
 const BLOCKS_PER_REGION: u32 = (1 << 20) / 512;
@@ -45,23 +44,12 @@ impl Cluster {
     async fn start(n: usize) -> Cluster {
         require_tools();
         let dir = tempfile::tempdir().expect("temp dir");
-        let sm = StackManager::start(
-            &workspace_bin(env!("CARGO_BIN_EXE_storage-agent"), "stack-manager"),
-            dir.path(),
-            "[hosts]\nheartbeat_interval_secs = 1\n",
-        )
-        .await;
+        let sm = stack_manager(dir.path()).await;
         let mut nodes = Vec::new();
         let mut hosts = Vec::new();
         for i in 0..n {
-            let token = sm.enrollment_token(HostKind::Storage).await;
-            let agent = StorageAgent::start(
-                Path::new(env!("CARGO_BIN_EXE_storage-agent")),
-                &dir.path().join(format!("storage-{i}")),
-                &sm.internal_url,
-                &token,
-            );
-            hosts.push(agent.enrolled(&sm.admin).await);
+            let (agent, host) = storage_agent(&sm, &dir.path().join(format!("storage-{i}"))).await;
+            hosts.push(host);
             nodes.push(agent);
         }
         Cluster {

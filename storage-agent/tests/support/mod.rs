@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use api::ids::VolumeId;
+use api::ids::{HostId, VolumeId};
 use api::internal::{ObservedVolume, ObservedVolumeState, VolumeSourceSpec, VolumeSpec};
 use api::resources::HostKind;
 use api::AgentClient;
@@ -48,24 +48,35 @@ pub fn require_tools() {
     }
 }
 
+/// A stack manager for enrollment, heartbeats every second.
+pub async fn stack_manager(dir: &Path) -> StackManager {
+    StackManager::start(
+        &workspace_bin(env!("CARGO_BIN_EXE_storage-agent"), "stack-manager"),
+        dir,
+        "[hosts]\nheartbeat_interval_secs = 1\n",
+    )
+    .await
+}
+
+/// A storage agent under `dir`, enrolled in `sm` and heartbeating.
+pub async fn storage_agent(sm: &StackManager, dir: &Path) -> (StorageAgent, HostId) {
+    let token = sm.enrollment_token(HostKind::Storage).await;
+    let agent = StorageAgent::start(
+        Path::new(env!("CARGO_BIN_EXE_storage-agent")),
+        dir,
+        &sm.internal_url,
+        &token,
+    );
+    let host = agent.enrolled(&sm.admin).await;
+    (agent, host)
+}
+
 impl Node {
     pub async fn start() -> Node {
         require_tools();
         let dir = tempfile::tempdir().expect("temp dir");
-        let sm = StackManager::start(
-            &workspace_bin(env!("CARGO_BIN_EXE_storage-agent"), "stack-manager"),
-            dir.path(),
-            "[hosts]\nheartbeat_interval_secs = 1\n",
-        )
-        .await;
-        let token = sm.enrollment_token(HostKind::Storage).await;
-        let agent = StorageAgent::start(
-            Path::new(env!("CARGO_BIN_EXE_storage-agent")),
-            &dir.path().join("storage"),
-            &sm.internal_url,
-            &token,
-        );
-        agent.enrolled(&sm.admin).await;
+        let sm = stack_manager(dir.path()).await;
+        let (agent, _) = storage_agent(&sm, &dir.path().join("storage")).await;
         Node {
             state: agent.state.clone(),
             portal: agent.portal.clone(),
